@@ -1,0 +1,91 @@
+"""Stage 3: SimCLR training (lightly + PyTorch Lightning) on the images of stage 2's unlabeled/.
+
+Defaults: ResNet-50 from ImageNet weights, batch 256, 300 epochs, temperature 0.5. --param-i 1..27
+picks one point of batch {64,128,256} x epochs {50,100,300} x temperature {0.1,0.5,0.8} so the grid
+runs as a SLURM array (see grid.sbatch). Re-running the same command resumes from last.ckpt; a
+finished run is skipped. --batch-size is the global batch (split over GPUs with --devices).
+
+Examples:
+    python 3-training/train.py                                  # work/2-dataset -> work/3-training
+    python 3-training/train.py --param-i 14                     # one grid point
+    python 3-training/train.py --list-grid                      # the 27 grid points
+    python 3-training/train.py --backbone resnet18 --pretrained none --input-size 96 \\
+        --batch-size 64 --epochs 20                             # laptop CPU, no weights needed
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from wingclr import cli  # noqa: E402
+from wingclr.grid import grid_table  # noqa: E402
+from wingclr.models import BACKBONES  # noqa: E402
+
+
+def get_args_parser():
+    p = cli.parser(__doc__)
+    p.add_argument("--data", type=Path, default=cli.STAGE_DIRS["dataset"],
+                   help="stage 2 output (its unlabeled/ is used) or any folder of cluster folders")
+    p.add_argument("--output", type=Path, default=cli.STAGE_DIRS["training"],
+                   help="folder that holds one subfolder per run")
+    p.add_argument("--run-name", default=None,
+                   help="run folder name (default simclr_bs_<b>_nepochs_<e>_temp_<t>)")
+    g = p.add_argument_group("grid")
+    g.add_argument("--param-i", type=int, default=None, help="grid point 1..27 (see --list-grid)")
+    g.add_argument("--list-grid", action="store_true", help="print the 27 grid points and exit")
+    g.add_argument("--batch-size", type=int, default=None, help="global batch size (default 256)")
+    g.add_argument("--epochs", type=int, default=None, help="epochs (default 300)")
+    g.add_argument("--temperature", type=float, default=None, help="NT-Xent temperature (default 0.5)")
+    m = p.add_argument_group("model")
+    m.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet50", help="backbone")
+    cli.add_pretrained_args(m)
+    m.add_argument("--input-size", type=int, default=224, help="side of the training views (px)")
+    m.add_argument("--optimizer", choices=["sgd", "lars", "adam"], default="sgd", help="optimizer")
+    m.add_argument("--lr", type=float, default=None,
+                   help="base learning rate at batch 256 (default sgd 0.06, lars 1.2, adam 1e-3); "
+                        "scaled by sqrt(batch / 256)")
+    m.add_argument("--weight-decay", type=float, default=None,
+                   help="weight decay (default sgd 5e-4, lars/adam 1e-6)")
+    m.add_argument("--warmup-epochs", type=int, default=10, help="linear learning-rate warm-up")
+    m.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    d = p.add_argument_group("data")
+    d.add_argument("--balance", choices=["none", "clusters"], default="none",
+                   help="'clusters' samples every cluster equally often")
+    d.add_argument("--augment-on", choices=["auto", "workers", "device"], default="auto",
+                   help="augment per image in DataLoader workers or batched on the device "
+                        "(auto: device on GPU, workers on CPU)")
+    d.add_argument("--cache-size", type=int, default=None,
+                   help="images are letterboxed to this side before cropping (default --input-size)")
+    d.add_argument("--bands", type=lambda s: [int(b) for b in s.split(",")], default=None,
+                   help="select/reorder bands, e.g. 0,1,2,6 (default all)")
+    d.add_argument("--rgb-bands", default=None,
+                   help="which bands (after --bands) are R,G,B, e.g. 0,1,2; colour jitter acts on "
+                        "them (default 0,1,2 when there are >= 3 bands)")
+    d.add_argument("--scale16", choices=["full", "band"], default="full",
+                   help="16-bit to 8-bit: high byte (full) or per-band percentile stretch (band)")
+    cli.add_background_arg(d)
+    d.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default min(8, CPUs))")
+    h = p.add_argument_group("hardware")
+    h.add_argument("--accelerator", default="auto", help="auto, cpu or gpu")
+    h.add_argument("--devices", default="auto", help="GPUs per node (auto = all visible / 1 CPU)")
+    h.add_argument("--num-nodes", type=int, default=1, help="nodes (SLURM multi-node)")
+    h.add_argument("--precision", default="auto",
+                   help="auto (bf16-mixed on GPU, 32-true on CPU), 32-true, 16-mixed, bf16-mixed")
+    h.add_argument("--sync-batchnorm", action="store_true", help="SyncBatchNorm across GPUs")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--overwrite", action="store_true", help="train a finished run again from scratch")
+    return p
+
+
+def main(args):
+    if args.list_grid:
+        print(grid_table())
+        return
+    from wingclr.training import train
+
+    train(args)
+
+
+if __name__ == "__main__":
+    cli.run(main, get_args_parser())

@@ -1,0 +1,153 @@
+"""Image folders as datasets: cluster-folder scanning, letterboxing and torch Datasets.
+
+Images are letterboxed: the longer side is resized to ``size`` and the rest padded with the median
+of the image's border (the specimen's plain background), so aspect ratios are kept.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .cli import UserError
+from .imageio import ImageReadError, list_files, match_channels, read_image
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images of a cluster-folder tree: ``root/<cluster>/<rel path>``.
+
+    Attributes:
+        root: folder holding one subfolder per cluster.
+        images: paths relative to ``root`` (``<cluster>/...``), sorted.
+        clusters: cluster (top folder) name per image.
+        skipped: ``(relative path, reason)`` of files that are not images.
+    """
+
+    root: Path
+    images: list[Path]
+    clusters: list[str]
+    skipped: list[tuple[Path, str]]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def scan_clusters(root: Path | str, what: str = "input") -> ImageSet:
+    """List the images of a folder of cluster subfolders.
+
+    Raises:
+        UserError: ``root`` is missing, has no cluster subfolders, or no images at all.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{what} folder {root} does not exist; run the previous stage or pass "
+                        "the right folder")
+    images, skipped = list_files(root)
+    in_folders = [p for p in images if len(p.parts) > 1]
+    top_level = [p for p in images if len(p.parts) == 1]
+    skipped = [(p, r) for p, r in skipped if len(p.parts) > 1]  # top-level CSV/JSON are expected
+    skipped += [(p, "image outside a cluster folder (ignored)") for p in top_level]
+    if not in_folders:
+        hint = (" (it holds images at the top level: put them in one subfolder per cluster, "
+                "e.g. all/ for a single group)") if top_level else ""
+        raise UserError(f"no images found in cluster subfolders of {root}{hint}")
+    return ImageSet(root, in_folders, [p.parts[0] for p in in_folders], skipped)
+
+
+def letterbox(arr: np.ndarray, size: int) -> np.ndarray:
+    """Resize ``(H, W, C)`` uint8 so the longer side is ``size``; pad to ``(size, size, C)``."""
+    import cv2
+
+    h, w, c = arr.shape
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    if (nh, nw) != (h, w):
+        chunks = [arr[..., i:i + 4] for i in range(0, c, 4)]  # cv2 resizes <= 4 channels fastest
+        resized = [cv2.resize(np.ascontiguousarray(ch), (nw, nh), interpolation=interp) for ch in chunks]
+        arr = np.concatenate([r.reshape(nh, nw, -1) for r in resized], axis=-1)
+    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]]).reshape(-1, c)
+    out = np.empty((size, size, c), np.uint8)
+    out[:] = np.median(border, axis=0).astype(np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top:top + nh, left:left + nw] = arr
+    return out
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    """How a stage turns a file into a fixed-size ``(S, S, C)`` uint8 array."""
+
+    size: int
+    channels: int = 3
+    bands: Sequence[int] | None = None
+    background: Sequence[int] = (255, 255, 255)
+    scale16: str = "full"
+
+    def load(self, path: Path) -> np.ndarray:
+        arr = read_image(path, background=self.background, scale16=self.scale16)
+        if self.bands is not None:
+            if max(self.bands) >= arr.shape[-1]:
+                raise ImageReadError(path, f"has {arr.shape[-1]} bands; --bands asks for band "
+                                           f"{max(self.bands)} (bands are numbered from 0)")
+            arr = arr[..., list(self.bands)]
+        return letterbox(match_channels(arr, self.channels, path), self.size)
+
+
+def probe_channels(root: Path, images: Sequence[Path], bands: Sequence[int] | None) -> int:
+    """Channel count of the dataset: that of the first image (after ``--bands``)."""
+    if bands is not None:
+        return len(bands)
+    for rel in images[:20]:
+        try:
+            c = read_image(root / rel).shape[-1]
+            return 3 if c == 1 else c  # gray images join RGB datasets as 3 equal channels
+        except ImageReadError:
+            continue
+    raise UserError(f"none of the first images under {root} can be read; check the files "
+                    "(stage 2 lists unreadable ones in its manifest)")
+
+
+class FolderDataset(Dataset):
+    """Images of an :class:`ImageSet` as ``(transform(array) or (C, S, S) uint8 tensor, index)``.
+
+    An unreadable file prints one warning and is replaced by the next readable image, so a long
+    training run does not die on one bad file that appeared after stage 2 checked the folder.
+    With ``flag_errors`` (embedding) items are ``(tensor, index, ok)`` and nothing is replaced.
+    """
+
+    def __init__(self, root: Path, images: Sequence[Path], spec: ReadSpec,
+                 transform: Callable | None = None, flag_errors: bool = False):
+        self.root, self.images, self.spec = Path(root), list(images), spec
+        self.transform, self.flag_errors = transform, flag_errors
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _tensor(self, arr: np.ndarray):
+        if self.transform is not None:
+            return self.transform(arr)
+        return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+    def __getitem__(self, index: int):
+        if self.flag_errors:
+            try:
+                return self._tensor(self.spec.load(self.root / self.images[index])), index, True
+            except ImageReadError as e:
+                print(f"warning: skipping {e}", file=sys.stderr)
+                c, s = self.spec.channels, self.spec.size
+                return self._tensor(np.zeros((s, s, c), np.uint8)), index, False
+        for offset in range(len(self.images)):
+            i = (index + offset) % len(self.images)
+            try:
+                return self._tensor(self.spec.load(self.root / self.images[i])), index
+            except ImageReadError as e:
+                print(f"warning: skipping {e}", file=sys.stderr)
+        raise UserError(f"no readable image in {self.root}")

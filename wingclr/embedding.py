@@ -1,0 +1,189 @@
+"""Stage 4: frozen-backbone embeddings of every image, as CSV, plus their PCA projection.
+
+Memory: the images stream through a DataLoader one batch at a time; only the ``(N, D)`` float32
+output array is held, so 100 000 ResNet-50 embeddings need ~0.8 GB.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from .cli import UserError
+from .data import FolderDataset, scan_clusters
+from .loaders import default_workers, read_spec
+from .models import build_backbone
+from .stage import MANIFEST, atomic_path, check_finished, read_manifest, save_figure, write_csv, write_manifest
+from .training import read_checkpoint
+
+PCA_MIN_VARIANCE = 0.005  # keep principal axes that explain more than 0.5 % of the variance
+
+
+def resolve_runs(paths: list[Path], training_dir: Path) -> list[tuple[str, Path]]:
+    """``(run name, checkpoint)`` for each checkpoint file or training-run folder given.
+
+    With no paths, every finished run under ``training_dir``.
+    """
+    if not paths:
+        paths = sorted(p.parent for p in Path(training_dir).glob(f"*/{MANIFEST}"))
+        if not paths:
+            raise UserError(f"no finished training runs in {training_dir}; run 3-training/train.py "
+                            "or pass --checkpoints")
+    runs = []
+    for path in map(Path, paths):
+        if path.is_file():
+            name = path.parent.name if path.name == "last.ckpt" else path.stem
+            runs.append((name, path))
+        elif (path / MANIFEST).exists():
+            runs.append((path.name, path / read_manifest(path)["checkpoint"]))
+        elif path.is_dir():
+            raise UserError(f"{path} holds no finished run (no manifest.json); finish its training "
+                            "or pass its last.ckpt explicitly")
+        else:
+            raise UserError(f"checkpoint {path} does not exist; pass a .ckpt file or a run folder "
+                            f"under {training_dir}")
+    return runs
+
+
+def load_backbone(ckpt_path: Path) -> tuple[torch.nn.Module, dict]:
+    """Backbone (projection head dropped) and its ``wingclr`` metadata from a stage 3 checkpoint."""
+    ckpt = read_checkpoint(ckpt_path)
+    meta = ckpt.get("wingclr")
+    if not meta or "state_dict" not in ckpt:
+        raise UserError(f"{ckpt_path} is not a wingclr SimCLR checkpoint (no model metadata)")
+    backbone, _ = build_backbone(meta["backbone"], False, meta["in_chans"], meta["rgb_bands"],
+                                 meta["input_size"])
+    state = {k[len("backbone."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
+    backbone.load_state_dict(state)
+    return backbone.eval(), meta
+
+
+def image_table(data: Path) -> tuple[Path, pd.DataFrame]:
+    """Image root and ``(image, cluster, split)`` rows: stage 2's split.csv or a folder scan."""
+    data = Path(data)
+    split_csv = data / "split.csv"
+    if split_csv.exists():
+        table = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
+        return data / "unlabeled", table[["image", "cluster", "split"]]
+    found = scan_clusters(data, what="image")
+    return data, pd.DataFrame({"image": [p.as_posix() for p in found.images],
+                               "cluster": found.clusters, "split": ""})
+
+
+@torch.inference_mode()
+def embed_images(backbone: torch.nn.Module, meta: dict, root: Path, images: list[str],
+                 batch_size: int = 64, num_workers: int | None = None,
+                 device: str = "auto", progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Embed images with a frozen backbone.
+
+    Returns:
+        ``(features, ok)``: ``(N, D)`` float32 and ``(N,)`` bool (False: unreadable, row is zeros).
+    """
+    from tqdm import tqdm
+
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    backbone = backbone.to(dev)
+    mean = torch.tensor(meta["mean"], device=dev).view(1, -1, 1, 1)
+    std = torch.tensor(meta["std"], device=dev).view(1, -1, 1, 1)
+    dataset = FolderDataset(root, [Path(p) for p in images], read_spec(meta), flag_errors=True)
+    workers = default_workers() if num_workers is None else num_workers
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                        pin_memory=dev.type == "cuda")
+    out = np.zeros((len(dataset), 0), np.float32)
+    ok = np.zeros(len(dataset), bool)
+    for x, idx, good in tqdm(loader, desc="embedding", unit="batch", disable=not progress,
+                             file=sys.stdout):
+        x = (x.to(dev, non_blocking=True).float() / 255 - mean) / std
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            feats = backbone(x).float().cpu().numpy()
+        if out.shape[1] == 0:
+            out = np.zeros((len(dataset), feats.shape[1]), np.float32)
+        out[idx.numpy()] = feats
+        ok[idx.numpy()] = good.numpy()
+    return out, ok
+
+
+def pca_projection(features: np.ndarray, min_variance: float = PCA_MIN_VARIANCE):
+    """PCA keeping the axes that explain more than ``min_variance`` of the variance.
+
+    Returns:
+        ``(scores (N, k), explained_variance_ratio (all axes), k)``.
+    """
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=min(features.shape), svd_solver="full").fit(features)
+    ratio = pca.explained_variance_ratio_
+    k = max(1, int((ratio > min_variance).sum()))
+    return pca.transform(features)[:, :k], ratio, k
+
+
+def write_matrix_csv(path: Path, ids: pd.DataFrame, values: np.ndarray, columns: list[str],
+                     chunk: int = 2000) -> None:
+    """Write ``ids`` columns then ``values`` (float, 6 significant digits) in chunks, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        for start in range(0, len(ids), chunk):
+            part = ids.iloc[start:start + chunk].reset_index(drop=True)
+            part = pd.concat([part, pd.DataFrame(values[start:start + chunk], columns=columns)], axis=1)
+            part.to_csv(f, index=False, header=start == 0, float_format="%.6g")
+        if len(ids) == 0:
+            f.write(",".join([*ids.columns, *columns]) + "\n")
+
+
+def plot_pca(scores: np.ndarray, clusters: pd.Series, ratio: np.ndarray, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    y = scores[:, 1] if scores.shape[1] > 1 else np.zeros(len(scores))
+    names = sorted(clusters.unique())
+    cmap = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
+    for i, name in enumerate(names):
+        m = (clusters == name).to_numpy()
+        ax.scatter(scores[m, 0], y[m], s=10, alpha=0.8, color=cmap(i % cmap.N), label=name)
+    if len(names) <= 20:
+        ax.legend(fontsize=7, markerscale=1.5, loc="best")
+    ax.set(xlabel=f"PC1 ({ratio[0]:.1%})", ylabel=f"PC2 ({ratio[1]:.1%})" if len(ratio) > 1 else "",
+           title=title)
+    save_figure(fig, path)
+
+
+def embed_run(name: str, ckpt: Path, args) -> dict | None:
+    """Embed ``args.data`` with one checkpoint into ``args.output/<name>/``."""
+    out = Path(args.output) / name
+    run_args = {k: v for k, v in vars(args).items() if k not in ("checkpoints", "batch_size")}
+    run_args["checkpoint"] = str(Path(ckpt).resolve())
+    if check_finished(out, run_args, args.overwrite, "embedding"):
+        print(f"skip: {out} is finished (manifest.json); pass --overwrite to embed again")
+        return None
+    backbone, meta = load_backbone(ckpt)
+    root, table = image_table(args.data)
+    feats, ok = embed_images(backbone, meta, root, table["image"].tolist(), args.batch_size,
+                             args.num_workers, args.device, progress=not args.quiet)
+    failed = table.loc[~ok, "image"].tolist()
+    table, feats = table.loc[ok].reset_index(drop=True), feats[ok]
+    if len(table) < 2:
+        raise UserError(f"fewer than 2 readable images under {root}; nothing to embed")
+    (out / MANIFEST).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "embeddings.npy", feats)  # fast reload for stage 5; the CSV is for people
+    write_matrix_csv(out / "embeddings.csv", table, feats, [f"emb_{i}" for i in range(feats.shape[1])])
+    scores, ratio, k = pca_projection(feats)
+    write_matrix_csv(out / "embeddings_pca.csv", table, scores, [f"PC{i + 1}" for i in range(k)])
+    write_csv(out / "pca_variance.csv", pd.DataFrame({
+        "component": [f"PC{i + 1}" for i in range(len(ratio))], "explained_variance_ratio": ratio,
+        "cumulative": np.cumsum(ratio), "kept": ratio > PCA_MIN_VARIANCE}))
+    plot_pca(scores, table["cluster"], ratio, out / "pca.png", name)
+    print(f"{name}: {len(table)} images x {feats.shape[1]} dims, {k} PCA axes > 0.5 % -> {out}")
+    return write_manifest(
+        out, "4-embed", run_args, packages=("scikit-learn",),
+        counts={"images": len(table), "dims": int(feats.shape[1]), "pca_axes": k,
+                "unreadable": len(failed)},
+        unreadable=failed, model=meta, run_name=name)

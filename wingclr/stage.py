@@ -1,0 +1,158 @@
+"""Stage bookkeeping: atomic writes, ``manifest.json`` and the finished-output guard.
+
+A stage writes ``manifest.json`` last; its presence means the stage finished. Re-running with the
+same settings skips; different settings are refused unless ``--overwrite`` is given, so finished
+work is never replaced by accident.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from .cli import UserError
+
+MANIFEST = "manifest.json"
+# Arguments that change how a stage runs, not what it produces.
+NON_SEMANTIC = {"overwrite", "num_workers", "yes", "progress", "quiet", "show", "devices",
+                "accelerator", "num_nodes", "device"}
+
+
+@contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; results are shared on clusters
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: Path | str, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_csv(path: Path | str, df) -> None:
+    """Write a pandas DataFrame as UTF-8 CSV without the index, atomically."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, encoding="utf-8")
+
+
+def save_figure(fig, path: Path | str, dpi: int = 120) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix.lstrip("."))
+    plt.close(fig)
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, argparse.Namespace):
+        value = vars(value)
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items() if not callable(v)}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions(packages: Iterable[str] = ()) -> dict[str, str]:
+    from importlib import metadata
+
+    from . import __version__
+
+    found = {"python": platform.python_version(), "wingclr": __version__}
+    for name in ("numpy", "torch", "torchvision", *packages):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def settings(args: argparse.Namespace | dict) -> dict:
+    """The arguments that define a stage's output (``NON_SEMANTIC`` ones dropped)."""
+    return {k: v for k, v in jsonable(args).items() if k not in NON_SEMANTIC}
+
+
+def read_manifest(out_dir: Path | str) -> dict | None:
+    path = Path(out_dir) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); delete it to redo the stage") from None
+
+
+def write_manifest(out_dir: Path | str, stage: str, args, counts: dict, seed: int | None = None,
+                   packages: Iterable[str] = (), **extra) -> dict:
+    """Write ``manifest.json`` (the stage's last file) and return its content."""
+    manifest = {
+        "stage": stage,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "args": settings(args),
+        "counts": jsonable(counts),
+        "seed": seed,
+        "git_sha": git_sha(),
+        "versions": versions(packages),
+        **jsonable(extra),
+    }
+    write_text(Path(out_dir) / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def check_finished(out_dir: Path | str, args, overwrite: bool, what: str) -> bool:
+    """Guard a stage's output folder.
+
+    Returns:
+        True when ``out_dir`` already holds this stage finished with the same settings (skip);
+        False when the stage should run (nothing finished there, or ``overwrite``).
+
+    Raises:
+        UserError: a finished output with other settings is there and ``overwrite`` is False.
+    """
+    manifest = read_manifest(out_dir)
+    if manifest is None or overwrite:
+        return False
+    old, new = manifest.get("args", {}), settings(args)
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if not changed:
+        return True
+    raise UserError(f"{out_dir} already holds a finished {what} made with other settings "
+                    f"({', '.join(changed[:4])} differ); pass --overwrite to replace it or choose "
+                    "another --output")

@@ -1,0 +1,75 @@
+"""Find pretrained weight files in one order for every stage.
+
+``weights/<file>`` (or ``$WINGCLR_WEIGHTS_DIR/<file>``) -> torch hub cache -> download (only when
+online and ``WINGCLR_OFFLINE`` is unset) -> :class:`~wingclr.cli.UserError` naming the file, its
+URL and where to put it. Random initialisation is never a silent fallback: callers ask for it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .cli import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def weights_dir() -> Path:
+    return Path(os.environ.get("WINGCLR_WEIGHTS_DIR", REPO_ROOT / "weights"))
+
+
+def hub_checkpoint_dir() -> Path:
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def resolve(filename: str, url: str | None = None, hint: str = "") -> Path:
+    """Return a local path for weights file ``filename``.
+
+    Args:
+        filename: file name as published (e.g. ``resnet50-11ad3fa6.pth``).
+        url: where it can be downloaded; tried only when online and allowed.
+        hint: extra advice for the error message (e.g. the flag for random initialisation).
+
+    Raises:
+        UserError: the file is nowhere to be found and could not be downloaded.
+    """
+    candidates = [weights_dir() / filename, hub_checkpoint_dir() / filename]
+    for path in candidates:
+        if path.is_file():
+            return path
+    if url and not os.environ.get("WINGCLR_OFFLINE"):
+        import torch
+
+        target = candidates[1]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, str(target), progress=False)
+            return target
+        except Exception:  # noqa: BLE001 - any network failure ends in the same advice
+            pass
+    where = f" from {url}" if url else ""
+    raise UserError(f"weights file {filename} not found in {candidates[0].parent}/ or "
+                    f"{candidates[1].parent}/; download it{where} into {candidates[0].parent}/"
+                    + (f" ({hint})" if hint else ""))
+
+
+def load_state_dict(filename: str, url: str | None = None, hint: str = "") -> dict:
+    """Resolve ``filename`` and load it on the CPU as a state dict."""
+    import torch
+
+    path = resolve(filename, url, hint)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - corrupt files raise many types
+        raise UserError(f"{path} could not be loaded ({type(e).__name__}); replace it with a fresh "
+                        "download") from None
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def torchvision_state_dict(weights_enum, hint: str = "") -> dict:
+    """State dict for a torchvision weights enum member (e.g. ``ResNet50_Weights.DEFAULT``)."""
+    url = weights_enum.url
+    return load_state_dict(url.rsplit("/", 1)[-1], url, hint)
