@@ -6,16 +6,15 @@ output array is held, so 100 000 ResNet-50 embeddings need ~0.8 GB.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
 
 from .cli import UserError
 from .data import FolderDataset, scan_clusters
+from .features import iter_features
 from .loaders import default_workers, read_spec
 from .models import build_backbone
 from .stage import MANIFEST, atomic_path, check_finished, read_manifest, save_figure, write_csv, write_manifest
@@ -75,7 +74,6 @@ def image_table(data: Path) -> tuple[Path, pd.DataFrame]:
                                "cluster": found.clusters, "split": ""})
 
 
-@torch.inference_mode()
 def embed_images(backbone: torch.nn.Module, meta: dict, root: Path, images: list[str],
                  batch_size: int = 64, num_workers: int | None = None,
                  device: str = "auto", progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -84,28 +82,16 @@ def embed_images(backbone: torch.nn.Module, meta: dict, root: Path, images: list
     Returns:
         ``(features, ok)``: ``(N, D)`` float32 and ``(N,)`` bool (False: unreadable, row is zeros).
     """
-    from tqdm import tqdm
-
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    backbone = backbone.to(dev)
-    mean = torch.tensor(meta["mean"], device=dev).view(1, -1, 1, 1)
-    std = torch.tensor(meta["std"], device=dev).view(1, -1, 1, 1)
     dataset = FolderDataset(root, [Path(p) for p in images], read_spec(meta), flag_errors=True)
     workers = default_workers() if num_workers is None else num_workers
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
-                        pin_memory=dev.type == "cuda")
     out = np.zeros((len(dataset), 0), np.float32)
     ok = np.zeros(len(dataset), bool)
-    for x, idx, good in tqdm(loader, desc="embedding", unit="batch", disable=not progress,
-                             file=sys.stdout):
-        x = (x.to(dev, non_blocking=True).float() / 255 - mean) / std
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            feats = backbone(x).float().cpu().numpy()
+    for idx, feats, good in iter_features(backbone, dataset, meta["mean"], meta["std"], batch_size,
+                                          workers, device, progress, desc="embedding"):
         if out.shape[1] == 0:
             out = np.zeros((len(dataset), feats.shape[1]), np.float32)
-        out[idx.numpy()] = feats
-        ok[idx.numpy()] = good.numpy()
+        out[idx] = np.where(good[:, None], feats, 0)
+        ok[idx] = good
     return out, ok
 
 
