@@ -56,12 +56,14 @@ def write_csv(path: Path | str, df) -> None:
         df.to_csv(tmp, index=False, encoding="utf-8")
 
 
-def save_figure(fig, path: Path | str, dpi: int = 120) -> None:
+def save_figure(fig, path: Path | str, dpi: int = 120, close: bool = True) -> None:
+    """Save ``fig`` atomically; ``close=False`` keeps it open (to show it in a window after)."""
     import matplotlib.pyplot as plt
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix.lstrip("."))
-    plt.close(fig)
+    if close:
+        plt.close(fig)
 
 
 def jsonable(value: Any) -> Any:
