@@ -144,8 +144,8 @@ def plot_pca(scores: np.ndarray, clusters: pd.Series, ratio: np.ndarray, path: P
 def embed_run(name: str, ckpt: Path, args) -> dict | None:
     """Embed ``args.data`` with one checkpoint into ``args.output/<name>/``."""
     out = Path(args.output) / name
-    run_args = {k: v for k, v in vars(args).items() if k not in ("checkpoints", "batch_size")}
-    run_args["checkpoint"] = str(Path(ckpt).resolve())
+    # what defines the output: the weights and the images (not batch size, device, ...)
+    run_args = {"checkpoint": str(Path(ckpt).resolve()), "data": str(Path(args.data).resolve())}
     if check_finished(out, run_args, args.overwrite, "embedding"):
         print(f"skip: {out} is finished (manifest.json); pass --overwrite to embed again")
         return None
@@ -172,4 +172,4 @@ def embed_run(name: str, ckpt: Path, args) -> dict | None:
         out, "4-embed", run_args, packages=("scikit-learn",),
         counts={"images": len(table), "dims": int(feats.shape[1]), "pca_axes": k,
                 "unreadable": len(failed)},
-        unreadable=failed, model=meta, run_name=name)
+        unreadable=failed, model=meta, run_name=name, cli_args=vars(args))

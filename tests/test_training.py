@@ -1,0 +1,148 @@
+"""Stage 3: grid, NT-Xent, resume after a kill, NaN stop, skip of finished runs."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import REPO, TINY_TRAIN, assert_one_line_error, run_cli, run_stage
+from wingclr.grid import GRID, grid_point, run_name
+
+SCRIPT = "3-training/train.py"
+
+
+def test_param_i_maps_1_to_27_onto_all_distinct_combinations():
+    points = [grid_point(i) for i in range(1, 28)]
+    assert len(set(points)) == 27
+    assert {b for b, _, _ in points} == {64, 128, 256}
+    assert {e for _, e, _ in points} == {50, 100, 300}
+    assert {t for _, _, t in points} == {0.1, 0.5, 0.8}
+    assert points[0] == (64, 50, 0.1) and points[-1] == (256, 300, 0.8)
+    assert run_name(256, 300, 0.5) == "simclr_bs_256_nepochs_300_temp_0.5"
+    assert GRID == points
+
+
+@pytest.mark.parametrize("bad", ["0", "28"])
+def test_param_i_out_of_range_is_a_one_line_error(bad):
+    assert_one_line_error(run_cli(SCRIPT, "--param-i", bad), "--param-i must be between 1 and 27")
+
+
+def test_list_grid_prints_27_rows():
+    proc = run_cli(SCRIPT, "--list-grid")
+    rows = [line for line in proc.stdout.splitlines() if "simclr_bs_" in line]
+    assert proc.returncode == 0 and len(rows) == 27
+    assert rows[13].split()[:4] == ["14", "128", "100", "0.5"]
+
+
+def reference_ntxent(z0: torch.Tensor, z1: torch.Tensor, t: float) -> torch.Tensor:
+    """NT-Xent written out from the SimCLR paper: 2N anchors, one positive, 2N-2 negatives."""
+    z = torch.nn.functional.normalize(torch.cat([z0, z1]), dim=1)
+    n = len(z0)
+    sim = z @ z.T / t
+    losses = []
+    for i in range(2 * n):
+        j = (i + n) % (2 * n)
+        others = [k for k in range(2 * n) if k != i]
+        losses.append(-sim[i, j] + torch.logsumexp(sim[i, others], dim=0))
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("t", [0.1, 0.5, 0.8])
+def test_ntxent_matches_hand_written_reference(t):
+    from wingclr.simclr import SimCLR
+
+    criterion = SimCLR(backbone="resnet18", temperature=t).criterion
+    g = torch.Generator().manual_seed(0)
+    z0, z1 = torch.randn(6, 16, generator=g), torch.randn(6, 16, generator=g)
+    torch.testing.assert_close(criterion(z0, z1), reference_ntxent(z0, z1, t))
+
+
+def test_training_writes_run_and_skips_when_finished(dataset_dir, tmp_path):
+    out = tmp_path / "runs"
+    run_stage(SCRIPT, "--data", dataset_dir, "--output", out, "--epochs", "2", *TINY_TRAIN)
+    run = out / "simclr_bs_8_nepochs_2_temp_0.5"
+    names = {p.name for p in run.iterdir()}
+    assert {"simclr_bs_8_nepochs_2_temp_0.5.ckpt", "last.ckpt", "metrics.csv", "loss.png",
+            "manifest.json"} <= names
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert metrics.epoch.tolist() == [1, 2] and metrics.train_loss.notna().all()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["model"]["backbone"] == "resnet18" and manifest["counts"]["images"] == 30
+    stamp = (run / "last.ckpt").stat().st_mtime_ns
+    proc = run_cli(SCRIPT, "--data", dataset_dir, "--output", out, "--epochs", "2", *TINY_TRAIN)
+    assert proc.returncode == 0 and "skip:" in proc.stdout
+    assert (run / "last.ckpt").stat().st_mtime_ns == stamp
+
+
+def test_balanced_sampler_draws_clusters_equally():
+    from wingclr.loaders import balanced_sampler
+
+    clusters = ["big"] * 90 + ["small"] * 10
+    torch.manual_seed(0)
+    drawn = [clusters[i] for i in balanced_sampler(clusters)] * 1
+    share = drawn.count("small") / len(drawn)
+    assert 0.35 < share < 0.65  # ~0.5 instead of 0.1
+
+
+def test_resume_after_kill_continues_from_last_checkpoint(dataset_dir, tmp_path):
+    out = tmp_path / "runs"
+    args = [sys.executable, str(REPO / SCRIPT), "--data", str(dataset_dir), "--output", str(out),
+            "--epochs", "6", "--run-name", "resume", *TINY_TRAIN]
+    last = out / "resume" / "last.ckpt"
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)  # a crash or preemption without warning
+    finally:
+        proc.wait(30)
+    assert last.exists(), "training never wrote last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    saved_epochs = ckpt["epoch"] + 1
+    saved_history = next(v["history"] for v in ckpt["callbacks"].values() if "history" in v)
+    assert saved_epochs < 6 and len(saved_history) == saved_epochs
+    assert not (out / "resume" / "manifest.json").exists()
+
+    rerun = subprocess.run(args, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resuming resume from {last}" in rerun.stdout
+    metrics = pd.read_csv(out / "resume" / "metrics.csv")
+    assert metrics.epoch.tolist() == list(range(1, 7))  # history restored, no epoch repeated
+    # the epochs done before the kill were not trained again: their timings are the old ones
+    assert metrics.seconds[:saved_epochs].tolist() == pytest.approx([h["seconds"] for h in saved_history])
+    assert json.loads((out / "resume" / "manifest.json").read_text())["counts"]["epochs"] == 6
+
+
+def test_changed_settings_do_not_resume_a_foreign_checkpoint(dataset_dir, tmp_path):
+    out = tmp_path / "runs"
+    run_stage(SCRIPT, "--data", dataset_dir, "--output", out, "--epochs", "1", "--run-name", "r", *TINY_TRAIN)
+    (out / "r" / "manifest.json").unlink()  # pretend it was interrupted
+    proc = run_cli(SCRIPT, "--data", dataset_dir, "--output", out, "--epochs", "1", "--run-name", "r",
+                   "--seed", "5", *TINY_TRAIN)
+    assert_one_line_error(proc, "last.ckpt", "seed", "--overwrite")
+
+
+def test_nan_loss_stops_with_clear_message(dataset_dir, tmp_path):
+    proc = run_cli(SCRIPT, "--data", dataset_dir, "--output", tmp_path, "--epochs", "3",
+                   "--lr", "1e30", *TINY_TRAIN)
+    assert_one_line_error(proc, "loss became", "--lr")
+
+
+def test_batch_larger_than_dataset_is_a_clear_error(dataset_dir, tmp_path):
+    proc = run_cli(SCRIPT, "--data", dataset_dir, "--output", tmp_path, "--epochs", "1",
+                   *TINY_TRAIN, "--batch-size", "64")
+    assert_one_line_error(proc, "fewer than --batch-size 64")
+
+
+def test_missing_imagenet_weights_name_file_and_flag(dataset_dir, tmp_path):
+    proc = run_cli(SCRIPT, "--data", dataset_dir, "--output", tmp_path, "--epochs", "1",
+                   *TINY_TRAIN[:2], "--pretrained", "imagenet", *TINY_TRAIN[4:])
+    assert_one_line_error(proc, "resnet18-f37072fd.pth", "https://download.pytorch.org", "--pretrained none")
