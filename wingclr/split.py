@@ -48,7 +48,8 @@ def assign_splits(clusters: list[str], val_fraction: float, seed: int,
     return splits
 
 
-def _place(src: Path, dst: Path, link: str) -> None:
+def place_file(src: Path, dst: Path, link: str) -> None:
+    """Copy ``src`` to ``dst`` (``link="copy"``) or link it (``"symlink"``, ``"hardlink"``)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     if link == "symlink":
         os.symlink(os.path.relpath(src.resolve(), dst.parent.resolve()), dst)
@@ -100,9 +101,9 @@ def create_dataset(args) -> dict | None:
         shutil.rmtree(out / subset, ignore_errors=True)
     for rel, split in zip(images, splits):
         src = found.root / rel
-        _place(src, out / "unlabeled" / rel, args.link)
+        place_file(src, out / "unlabeled" / rel, args.link)
         if split in ("train", "validation"):
-            _place(src, out / split / rel, args.link)
+            place_file(src, out / split / rel, args.link)
 
     table = pd.DataFrame({
         "image": [p.as_posix() for p in images], "cluster": clusters, "split": splits,
