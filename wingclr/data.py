@@ -53,7 +53,8 @@ def scan_clusters(root: Path | str, what: str = "input") -> ImageSet:
     in_folders = [p for p in images if len(p.parts) > 1]
     top_level = [p for p in images if len(p.parts) == 1]
     skipped = [(p, r) for p, r in skipped if len(p.parts) > 1]  # top-level CSV/JSON are expected
-    skipped += [(p, "image outside a cluster folder (ignored)") for p in top_level]
+    if not (root / "manifest.json").is_file():  # in a stage's output, top-level files are its own
+        skipped += [(p, "image outside a cluster folder (ignored)") for p in top_level]
     if not in_folders:
         hint = (" (it holds images at the top level: put them in one subfolder per cluster, "
                 "e.g. all/ for a single group)") if top_level else ""
