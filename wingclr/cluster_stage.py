@@ -1,0 +1,291 @@
+"""Stage 1: image folder -> VGG16 features -> 3-D UMAP -> HDBSCAN, with the keep-or-retry loop.
+
+Modes (see ``1-clustering/cluster.py --help``):
+
+* interactive (stdin is a terminal, or ``--interactive``): asks min_cluster_size and
+  cluster_selection_epsilon, shows the result, then "keep (1) or retry (0)"; a retry reuses the
+  features and the UMAP embedding, so only HDBSCAN runs again;
+* batch (``--yes``, or both parameters given without a terminal): one pass, no questions;
+* ``--sweep`` alone without a terminal: prints the parameter table and stops.
+
+Without a terminal and without parameters the stage stops with an error naming the flags.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .cli import UserError
+from .cluster_plots import display_available, plot_silhouette, plot_umap_3d, show_figures
+from .clustering import Clustering, cluster, identical_rows, project_umap, sweep, sweep_grid
+from .imageio import list_files
+from .split import place_file
+from .stage import MANIFEST, atomic_path, check_finished, read_manifest, settings, write_csv, write_manifest, write_text
+
+DEFAULT_MIN_CLUSTER_SIZE, DEFAULT_EPSILON = 20, 0.0
+MIN_IMAGES = 5  # UMAP needs a few points to build a neighbour graph
+OUTLIERS = "outliers"
+UMAP_KEYS = ("n_neighbors", "min_dist", "seed", "metric", "pca_dims")
+RUN_ONLY = ("interactive", "sweep", "no_show", "batch_size", "device")  # do not change results
+BATCH_HINT = "--min-cluster-size N --cluster-selection-epsilon E --yes"
+
+
+def decide_mode(args, stdin_is_tty: bool) -> str:
+    """``"interactive"``, ``"batch"`` or ``"sweep-only"``; fills in defaults for batch mode.
+
+    Raises:
+        UserError: no terminal to ask on and the parameters are not given.
+    """
+    if args.yes and args.interactive:
+        raise UserError("--yes and --interactive exclude each other; pass one of them")
+    given = args.min_cluster_size is not None and args.cluster_selection_epsilon is not None
+    if args.interactive or (stdin_is_tty and not args.yes):
+        return "interactive"
+    if args.yes or given:
+        if args.min_cluster_size is None:
+            args.min_cluster_size = DEFAULT_MIN_CLUSTER_SIZE
+        if args.cluster_selection_epsilon is None:
+            args.cluster_selection_epsilon = DEFAULT_EPSILON
+        return "batch"
+    if args.sweep:
+        return "sweep-only"
+    raise UserError("stdin is not a terminal, so min_cluster_size and cluster_selection_epsilon "
+                    f"cannot be asked: pass {BATCH_HINT} (e.g. --min-cluster-size 20 "
+                    "--cluster-selection-epsilon 0.1 --yes), or --sweep to print a table to choose "
+                    "from, or --interactive to answer on piped stdin")
+
+
+def stdin_isatty() -> bool:
+    try:
+        return bool(sys.stdin is not None and sys.stdin.isatty())
+    except (AttributeError, OSError, ValueError):  # closed or replaced stdin
+        return False
+
+
+def stage_settings(args) -> dict:
+    """The arguments that define the output (stored in manifest.json, compared on re-runs)."""
+    return {k: v for k, v in settings(args).items() if k not in RUN_ONLY}
+
+
+def guard_output(out: Path, args, mode: str) -> bool:
+    """True when the same finished clustering is already in ``out`` (skip).
+
+    Raises:
+        UserError: a finished clustering with other settings is there and no ``--overwrite``.
+    """
+    if mode == "batch":
+        return check_finished(out, stage_settings(args), args.overwrite, "clustering")
+    manifest = read_manifest(out)
+    if manifest is None or args.overwrite:
+        return False
+    old, new = manifest.get("args", {}), stage_settings(args)
+    feature_keys = [k for k in new if k not in ("min_cluster_size", "cluster_selection_epsilon",
+                                                "min_samples", "link")]
+    if mode == "sweep-only" and all(old.get(k) == new[k] for k in feature_keys):
+        return False  # a sweep only reads the finished output's caches
+    raise UserError(f"{out} already holds a finished clustering (manifest.json); pass --overwrite "
+                    "to cluster again, or choose another --output")
+
+
+def resolve_input(path: Path, out: Path) -> Path:
+    """The image folder; stage 0's output folder is accepted for its ``images/``."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"input folder {path} does not exist; run 0-segmentation/segment.py first "
+                        "or pass --input with your image folder")
+    if (path / "images").is_dir() and (path / "masks").is_dir():
+        path = path / "images"  # stage 0 root given: cluster its cut-out images, not the masks
+    inp, outp = path.resolve(), Path(out).resolve()
+    if outp == inp or inp in outp.parents or outp in inp.parents:
+        raise UserError(f"--output {out} and --input {path} overlap; choose an output folder "
+                        "outside the image folder")
+    return path
+
+
+def ask(prompt: str, default, parse, check=lambda v: True, expected: str = "a number"):
+    """Ask on stdin until the answer parses and passes ``check``; Enter takes ``default``."""
+    while True:
+        suffix = f" [{default}]" if default is not None else ""
+        try:
+            text = input(f"{prompt}{suffix}: ").strip()
+        except EOFError:
+            print()
+            raise UserError(f"stdin ended before '{prompt}' was answered; to run without questions "
+                            f"pass {BATCH_HINT}") from None
+        if not text and default is not None:
+            return default
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is not None and check(value):
+            return value
+        print(f"please enter {expected}")
+
+
+def umap_embedding(features: np.ndarray, args, out: Path, memo: dict) -> np.ndarray:
+    """The 3-D UMAP embedding, from this session's memo or ``umap_3d.npy`` when it matches."""
+    params = {k: getattr(args, k) for k in UMAP_KEYS}
+    digest = hashlib.blake2b(np.ascontiguousarray(features).data, digest_size=16).hexdigest()
+    key = json.dumps({**params, "features": digest}, sort_keys=True)
+    if key in memo:
+        return memo[key]
+    try:
+        if (out / "umap_3d.json").read_text(encoding="utf-8") == key:
+            emb = np.load(out / "umap_3d.npy")
+            if emb.shape == (len(features), 3):
+                memo[key] = emb
+                print("UMAP: reusing umap_3d.npy (same features and parameters)")
+                return emb
+    except (OSError, ValueError):
+        pass
+    print(f"UMAP: {features.shape[0]} x {features.shape[1]} -> 3-D ({', '.join(f'{k}={v}' for k, v in params.items())})",
+          flush=True)
+    emb = project_umap(features, **params)
+    with atomic_path(out / "umap_3d.npy") as tmp:
+        np.save(tmp, emb)
+    write_text(out / "umap_3d.json", key)
+    memo[key] = emb
+    return emb
+
+
+def choose(embedding: np.ndarray, args, mode: str, out: Path, degenerate: bool,
+           show: bool) -> tuple[Clustering, list[dict]]:
+    """Cluster, report and plot until the user keeps a result (one pass in batch mode).
+
+    Returns:
+        The kept result and every tried result's summary (in order).
+    """
+    n = len(embedding)
+    mcs = args.min_cluster_size if args.min_cluster_size is not None else min(DEFAULT_MIN_CLUSTER_SIZE, n)
+    eps = args.cluster_selection_epsilon if args.cluster_selection_epsilon is not None else DEFAULT_EPSILON
+    tried = []
+    while True:
+        if mode == "interactive":
+            mcs = ask("min_cluster_size", mcs, int, lambda v: 2 <= v <= n,
+                      f"a whole number from 2 to {n} (the number of images)")
+            eps = ask("cluster_selection_epsilon", eps, float, lambda v: v >= 0, "a number >= 0")
+        result = cluster(embedding, mcs, eps, args.min_samples, args.seed, degenerate)
+        tried.append(result.record())
+        print(result.summary())
+        if result.silhouette is None:
+            print(result.note)
+        figures = [plot_umap_3d(embedding, result, out / "umap_3d.png", show),
+                   plot_silhouette(result, out / "silhouette.png", show)]
+        print(f"plots: {out / 'umap_3d.png'}, {out / 'silhouette.png'}")
+        if show:
+            show_figures(figures)
+        if mode != "interactive":
+            return result, tried
+        if ask("keep (1) or retry (0)", None, int, lambda v: v in (0, 1), "1 to keep or 0 to retry"):
+            args.min_cluster_size, args.cluster_selection_epsilon = mcs, eps
+            return result, tried
+
+
+def write_clusters(out: Path, root: Path, images: list[str], result: Clustering,
+                   embedding: np.ndarray, link: str) -> pd.DataFrame:
+    """``cluster_<k>/<rel>``, ``outliers/<rel>`` and ``clusters.csv``; returns the table."""
+    for old in [*out.glob("cluster_*"), out / OUTLIERS]:  # our own folders of an unfinished run
+        if old.is_dir():
+            shutil.rmtree(old)
+    folders = [f"cluster_{k}" if k >= 0 else OUTLIERS for k in result.labels]
+    for rel, folder in zip(images, folders):
+        place_file(root / rel, out / folder / rel, link)
+    table = pd.DataFrame({"image": images, "cluster": result.labels,
+                          "probability": np.round(result.probabilities, 4)})
+    for i in range(3):
+        table[f"umap_{i + 1}"] = np.round(embedding[:, i], 5)
+    write_csv(out / "clusters.csv", table)
+    return table
+
+
+def run_clustering(args, stdin_is_tty: bool | None = None, builder=None) -> dict | None:
+    """Run stage 1 (arguments: see ``1-clustering/cluster.py``).
+
+    Args:
+        stdin_is_tty: whether questions can be asked (default: ``sys.stdin.isatty()``).
+        builder: backbone factory override (tests count forward passes with it).
+
+    Returns:
+        The manifest, or None when skipped (same finished output) or after a sweep-only run.
+    """
+    from .data import probe_channels
+    from .features import FeatureConfig, compute_features
+    from .loaders import default_workers
+    from .models import build_backbone
+
+    if stdin_is_tty is None:
+        stdin_is_tty = stdin_isatty()
+    if args.min_cluster_size is not None and args.min_cluster_size < 2:
+        raise UserError(f"--min-cluster-size must be at least 2, got {args.min_cluster_size}")
+    if args.cluster_selection_epsilon is not None and args.cluster_selection_epsilon < 0:
+        raise UserError(f"--cluster-selection-epsilon must be >= 0, got {args.cluster_selection_epsilon}")
+    mode = decide_mode(args, stdin_is_tty)
+    out = Path(args.output)
+    root = resolve_input(args.input, out)
+    if guard_output(out, args, mode):
+        print(f"skip: {out} already holds this clustering (manifest.json); pass --overwrite to redo it")
+        return None
+    images, skipped = list_files(root)
+    n = len(images)
+    if n < max(MIN_IMAGES, args.min_cluster_size or 0):
+        need = (f"fewer than --min-cluster-size {args.min_cluster_size}; pass a smaller "
+                f"--min-cluster-size (at most {n})") if n >= MIN_IMAGES else (
+                f"clustering needs at least {MIN_IMAGES}; add images or point --input elsewhere")
+        raise UserError(f"{root} holds {n} image{'s' * (n != 1)}, {need}")
+    if mode != "sweep-only":
+        (out / MANIFEST).unlink(missing_ok=True)  # from here on the output is unfinished
+    config = FeatureConfig(args.backbone, args.pretrained == "imagenet", args.input_size,
+                           probe_channels(root, images, None), tuple(args.background), args.seed)
+    feats = compute_features(root, images, out, config, args.batch_size,
+                             default_workers() if args.num_workers is None else args.num_workers,
+                             args.device, not args.quiet, builder=builder or build_backbone)
+    print(f"features: {n - feats.computed} from the cache, {feats.computed} computed "
+          f"({args.backbone}, {'ImageNet' if config.pretrained else 'random'} weights) -> {out / 'features.npy'}")
+    unreadable = [(images[i].as_posix(), feats.errors[i]) for i in np.flatnonzero(~feats.ok)]
+    skipped = [(p.as_posix(), r) for p, r in skipped] + unreadable
+    for path, reason in skipped:
+        print(f"skipped: {path}: {reason}")
+    ok = feats.ok
+    readable = [images[i].as_posix() for i in np.flatnonzero(ok)]
+    if len(readable) < max(MIN_IMAGES, args.min_cluster_size or 0):
+        raise UserError(f"only {len(readable)} of the {n} images in {root} are readable; fix or "
+                        "remove the files listed above, or pass a smaller --min-cluster-size")
+    values, computed = (feats.values if ok.all() else feats.values[ok]), feats.computed
+    del feats  # the readable rows are all that is kept
+    degenerate = identical_rows(values)
+    embedding = (np.zeros((len(values), 3), np.float32) if degenerate
+                 else umap_embedding(values, args, out, {}))
+    if degenerate:
+        print(f"all {len(values)} images give identical features (duplicate images?): nothing to "
+              "project or separate; they form one cluster and the silhouette is undefined")
+    if args.sweep:
+        table = sweep(embedding, sweep_grid(args.min_cluster_size or min(DEFAULT_MIN_CLUSTER_SIZE, len(values)),
+                                            len(values), args.cluster_selection_epsilon),
+                      args.min_samples, args.seed, degenerate)
+        print(table.to_string(index=False, na_rep="undefined"))
+        write_csv(out / "sweep.csv", table)
+        print(f"sweep table: {out / 'sweep.csv'}")
+        if mode == "sweep-only":
+            print(f"pick a row and run again with {BATCH_HINT}")
+            return None
+    show = not args.no_show and display_available()
+    result, tried = choose(embedding, args, mode, out, degenerate, show)
+    write_clusters(out, root, readable, result, embedding, args.link)
+    print(f"wrote {result.n_clusters} cluster folders, {OUTLIERS}/ ({result.n_outliers} images) "
+          f"and clusters.csv to {out}")
+    return write_manifest(
+        out, "1-clustering", stage_settings(args), seed=args.seed,
+        packages=("umap-learn", "hdbscan", "scikit-learn"),
+        counts={"images": n, "clustered": len(readable), "clusters": result.n_clusters,
+                "outliers": result.n_outliers, "unreadable": len(unreadable),
+                "skipped": len(skipped), "features_computed": computed},
+        silhouette=result.silhouette, silhouette_note=result.note, cluster_sizes=result.sizes,
+        tried=tried, skipped_files=skipped, input=str(root.resolve()), features=config.key())
