@@ -1,14 +1,19 @@
-"""Stage 5: linear evaluation of frozen embeddings: trained on train/, scored on validation/.
+"""Stage 5: evaluate frozen embeddings on stage 2's split: trained on train/, scored on validation/.
 
-Per run: logistic-regression probe (standardised features, L2 strength chosen by cross-validation
-on train only), kNN accuracy, report.csv, classification_report.txt, confusion_matrix.png. Each run
-adds (or replaces) its row in evaluation.csv, so the 27 grid runs compare in one table. Classes are
-the clusters, or your own labels with --labels (CSV with columns image,label).
+Per run, in <output>/<run>/: linear probe (standardised features, L2-regularised multinomial
+logistic regression, strength chosen by cross-validation on train only), weighted kNN accuracy
+(cosine, k=20), silhouette and Davies-Bouldin of the classes in embedding space, report.csv,
+classification_report.txt, predictions.csv, confusion_matrix.png and umap.png. Baselines on the
+same split: pixel PCA (raw pixels -> PCA fitted on train -> the same probe), the run's backbone with
+ImageNet weights (needs the file in weights/) and, on request, at random initialisation. Every run
+adds (or replaces) its row in evaluation.csv; grid_summary.png and summary.txt compare the grid.
+Classes are the clusters, or your own labels with --labels (CSV with columns image,label).
 
 Examples:
     python 5-evaluation/evaluate.py                               # every run in work/4-embeddings
-    python 5-evaluation/evaluate.py --runs work/3-training/*      # embeds first where needed
-    python 5-evaluation/evaluate.py --labels species.csv
+    python 5-evaluation/evaluate.py --runs work/3-training/*      # the grid; embeds where needed
+    python 5-evaluation/evaluate.py --baselines pixel,imagenet,random --no-umap
+    python 5-evaluation/evaluate.py --labels species.csv --output work/5-evaluation-species
 """
 
 import sys
@@ -23,23 +28,41 @@ def get_args_parser():
     p = cli.parser(__doc__)
     p.add_argument("--runs", type=Path, nargs="*", default=[],
                    help="embedding folders, training-run folders or checkpoints (default: all "
-                        "finished embeddings)")
+                        "finished embeddings); unfinished training runs are skipped")
     p.add_argument("--embeddings", type=Path, default=cli.STAGE_DIRS["embedding"],
                    help="stage 4 output folder")
-    p.add_argument("--data", type=Path, default=cli.STAGE_DIRS["dataset"],
-                   help="stage 2 output, used when a run still has to be embedded")
+    p.add_argument("--data", type=Path, default=None,
+                   help="stage 2 output: images for the baselines and for runs that still have "
+                        "to be embedded (default: the folder each run was embedded from, else "
+                        f"{cli.STAGE_DIRS['dataset']})")
     p.add_argument("--output", type=Path, default=cli.STAGE_DIRS["evaluation"], help="output folder")
     p.add_argument("--labels", type=Path, default=None,
                    help="CSV with columns image,label to use instead of the clusters")
     p.add_argument("--knn-k", type=int, default=20, help="neighbours for the kNN accuracy")
-    p.add_argument("--seed", type=int, default=0, help="seed of the cross-validation folds")
+    p.add_argument("--baselines", default="pixel,imagenet",
+                   help="comma-separated: pixel (pixel PCA), imagenet (ImageNet weights, no "
+                        "SimCLR), random (random init, no training); 'none' for no baselines")
+    p.add_argument("--no-baselines", dest="baselines", action="store_const", const="none",
+                   help="same as --baselines none")
+    p.add_argument("--pixel-size", type=int, default=32,
+                   help="side (px) the images are letterboxed to for the pixel-PCA baseline")
+    p.add_argument("--no-umap", dest="umap", action="store_false",
+                   help="skip umap.png (the first UMAP in a process costs ~10-30 s)")
+    p.add_argument("--outliers-folder", default="outliers",
+                   help="cluster drawn in grey in umap.png (stage 2's outliers)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the cross-validation folds, UMAP and the random-init baseline")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (baselines, embedding)")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="DataLoader workers for baselines/embedding (default min(8, CPUs))")
+    p.add_argument("--overwrite", action="store_true", help="evaluate finished runs again")
     return p
 
 
 def main(args):
     from wingclr.evaluation import evaluate_runs
 
-    evaluate_runs(args)
+    return evaluate_runs(args)
 
 
 if __name__ == "__main__":

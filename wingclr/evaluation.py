@@ -1,23 +1,32 @@
-"""Stage 5: linear evaluation of frozen embeddings (train/ -> validation/), plus kNN.
+"""Stage 5: evaluate frozen embeddings on stage 2's train/validation split, one folder per run.
 
-Linear probe (SimCLR paper's transfer protocol): features standardised, L2-regularised multinomial
-logistic regression (L-BFGS), the regularisation strength C chosen by stratified cross-validation
-on the training split only, over log-spaced values; the validation split is touched once, to score.
+Per run (``<output>/<run>/``): linear probe and weighted kNN (:mod:`wingclr.probe`), silhouette and
+Davies-Bouldin of the classes in embedding space, report.csv, classification_report.txt,
+predictions.csv, confusion_matrix.png, umap.png and manifest.json (written last; it also keeps the
+run's evaluation.csv row, so a finished run is skipped when evaluated again with the same settings).
+Baselines (:mod:`wingclr.baselines`) are scored once per dataset on the same split. The output root
+gets evaluation.csv (one row per run, upserted), baselines.csv, grid_summary.png and summary.txt.
 """
 
 from __future__ import annotations
 
+from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .cli import UserError
-from .stage import MANIFEST, read_manifest, save_figure, write_csv, write_text
+from .baselines import BASELINES, SplitData, parse_baselines, run_baseline
+from .cli import STAGE_DIRS, UserError
+from .gridplot import summary_table, write_grid_summary
+from .probe import score_split
+from .stage import MANIFEST, check_finished, read_manifest, write_csv, write_manifest, write_text
 
-C_GRID = np.logspace(-4, 4, 13)
 EVAL_COLUMNS = ["run", "backbone", "batch_size", "epochs", "temperature", "n_train", "n_val",
-                "accuracy", "balanced_accuracy", "macro_f1", "knn_accuracy", "probe_C"]
+                "accuracy", "balanced_accuracy", "macro_f1", "knn_accuracy",
+                *[f"{b}_{m}" for b in BASELINES.values() for m in ("accuracy", "knn_accuracy")],
+                "silhouette", "davies_bouldin", "probe_C", "probe_cv_accuracy", "dataset"]
+MODEL_KEYS = ("backbone", "in_chans", "input_size", "mean", "std")  # what a baseline needs
 
 
 def load_embeddings(emb_dir: Path) -> tuple[pd.DataFrame, np.ndarray]:
@@ -49,120 +58,131 @@ def attach_labels(ids: pd.DataFrame, labels_csv: Path | None) -> pd.Series:
     return labels.fillna("")
 
 
-def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, seed: int = 0,
-                 c_grid: np.ndarray = C_GRID) -> tuple[np.ndarray, float, float]:
-    """Fit the probe on train (C by CV on train only) and predict validation.
-
-    Returns:
-        ``(predictions, chosen C, mean CV accuracy)``.
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    folds = min(5, int(pd.Series(y_train).value_counts().min()))
-    if folds < 2:  # a class with one training image: no CV possible, use the default strength
-        pipe.fit(x_train, y_train)
-        return pipe.predict(x_val), 1.0, float("nan")
-    search = GridSearchCV(pipe, {"logisticregression__C": c_grid}, scoring="accuracy",
-                          cv=StratifiedKFold(folds, shuffle=True, random_state=seed), n_jobs=1)
-    search.fit(x_train, y_train)
-    return search.predict(x_val), float(search.best_params_["logisticregression__C"]), float(search.best_score_)
-
-
-def knn_predict(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, k: int = 20,
-                temperature: float = 0.07) -> np.ndarray:
-    """Weighted kNN (cosine similarity, votes ``exp(sim / T)``) as in InstDisc / DINO.
-
-    Args:
-        x_train: ``(N, D)``; y_train: ``(N,)`` labels; x_val: ``(M, D)``.
-
-    Returns:
-        ``(M,)`` predicted labels.
-    """
-    classes, y_idx = np.unique(y_train, return_inverse=True)
-    a = x_train / np.maximum(np.linalg.norm(x_train, axis=1, keepdims=True), 1e-12)
-    b = x_val / np.maximum(np.linalg.norm(x_val, axis=1, keepdims=True), 1e-12)
-    sim = b @ a.T  # (M, N)
-    k = min(k, len(a))
-    nn = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-    weights = np.exp(np.take_along_axis(sim, nn, 1) / temperature)
-    votes = np.zeros((len(b), len(classes)))
-    np.add.at(votes, (np.repeat(np.arange(len(b)), k), y_idx[nn].ravel()), weights.ravel())
-    return classes[votes.argmax(1)]
-
-
-def plot_confusion(y_true, y_pred, labels, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    size = 3 + 0.45 * len(labels)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=labels, ax=ax, colorbar=False,
-                                            xticks_rotation=45)
-    ax.set_title(title)
-    save_figure(fig, path)
-
-
-def run_info(emb_dir: Path) -> dict:
-    """Backbone and grid values of the training run behind an embedding folder."""
-    manifest = read_manifest(emb_dir) or {}
+def run_info(manifest: dict) -> dict:
+    """Backbone and grid values of the training run behind an embedding folder's manifest."""
     model = manifest.get("model", {})
     train_args = model.get("settings", {})
     return {"backbone": model.get("backbone"), "batch_size": train_args.get("batch_size"),
             "epochs": train_args.get("epochs"), "temperature": train_args.get("temperature")}
 
 
-def evaluate_embeddings(name: str, emb_dir: Path, out_dir: Path, labels_csv: Path | None = None,
-                        seed: int = 0, k: int = 20) -> dict:
-    """Probe one run's embeddings; write its report folder and return its evaluation.csv row."""
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, classification_report, f1_score
+def image_root(manifest: dict, data: Path | None) -> Path | None:
+    """Folder the embedded image paths are relative to: ``--data`` or the one stage 4 used."""
+    from .embedding import image_table
 
-    ids, feats = load_embeddings(emb_dir)
-    y = attach_labels(ids, labels_csv).to_numpy()
-    train = ((ids["split"] == "train") & (y != "")).to_numpy()
-    val = ((ids["split"] == "validation") & (y != "")).to_numpy()
-    if train.sum() < 2 or val.sum() < 1 or len(set(y[train])) < 2:
-        raise UserError(f"{emb_dir}: need >= 2 classes in train and >= 1 validation image "
-                        "(split.csv from stage 2 gives them; user labels need an image,label CSV)")
-    pred, best_c, cv_acc = linear_probe(feats[train], y[train], feats[val], seed)
-    knn = knn_predict(feats[train], y[train], feats[val], k)
-    yv = y[val]
-    labels = sorted(set(y[train]) | set(yv))
-    row = {"run": name, **run_info(emb_dir), "n_train": int(train.sum()), "n_val": int(val.sum()),
-           "accuracy": accuracy_score(yv, pred), "balanced_accuracy": balanced_accuracy_score(yv, pred),
-           "macro_f1": f1_score(yv, pred, average="macro", labels=labels, zero_division=0),
-           "knn_accuracy": accuracy_score(yv, knn), "probe_C": best_c, "probe_cv_accuracy": cv_acc}
-    out_dir.mkdir(parents=True, exist_ok=True)
+    data = data or manifest.get("args", {}).get("data")
+    try:
+        return image_table(Path(data))[0] if data else None
+    except UserError:
+        return None
+
+
+def load_split(ids: pd.DataFrame, labels_csv: Path | None, root: Path | None) -> SplitData:
+    y = attach_labels(ids, labels_csv).to_numpy(str)
+    labelled = y != ""
+    return SplitData(root, ids["image"].to_numpy(str), y,
+                     ((ids["split"] == "train").to_numpy() & labelled),
+                     ((ids["split"] == "validation").to_numpy() & labelled))
+
+
+def write_reports(out_dir: Path, name: str, split: SplitData, probe, knn: np.ndarray) -> None:
+    from sklearn.metrics import classification_report
+
+    from .evalplots import plot_confusion
+
+    yv, pred = split.y[split.val], probe.predictions
+    labels = sorted(set(split.y[split.train | split.val]))
     report = classification_report(yv, pred, labels=labels, output_dict=True, zero_division=0)
     write_csv(out_dir / "report.csv", pd.DataFrame(report).T.rename_axis("class").reset_index())
     write_text(out_dir / "classification_report.txt",
                classification_report(yv, pred, labels=labels, zero_division=0))
     write_csv(out_dir / "predictions.csv", pd.DataFrame({
-        "image": ids.loc[val, "image"].to_numpy(), "label": yv, "linear": pred, "knn": knn}))
+        "image": split.images[split.val], "label": yv, "linear": pred, "knn": knn}))
     plot_confusion(yv, pred, labels, out_dir / "confusion_matrix.png", name)
-    return row
 
 
-def upsert_rows(path: Path, rows: list[dict]) -> pd.DataFrame:
-    """Add rows to evaluation.csv, replacing earlier rows of the same run."""
+def evaluate_embeddings(name: str, emb_dir: Path, out_dir: Path, args) -> tuple[dict, SplitData, dict]:
+    """Evaluate one run's embeddings into ``out_dir`` (skipped when finished with these settings).
+
+    Returns:
+        ``(evaluation.csv row without baselines, the split, the run's model metadata)``.
+    """
+    from .evalplots import plot_umap
+
+    manifest = read_manifest(emb_dir) or {}
+    ids, feats = load_embeddings(emb_dir)
+    split = load_split(ids, args.labels, image_root(manifest, args.data))
+    if split.train.sum() < 2 or split.val.sum() < 1 or len(set(split.y[split.train])) < 2:
+        raise UserError(f"{emb_dir}: need >= 2 classes in train and >= 1 validation image "
+                        "(split.csv from stage 2 gives them; user labels need an image,label CSV)")
+    settings = {"embeddings": str(Path(emb_dir).resolve()), "embedded": manifest.get("finished"),
+                "labels": str(args.labels) if args.labels else None, "knn_k": args.knn_k,
+                "seed": args.seed}
+    if check_finished(out_dir, settings, args.overwrite, "evaluation"):
+        print(f"skip: {out_dir} is finished (manifest.json); pass --overwrite to evaluate again")
+        row = read_manifest(out_dir)["row"]
+    else:
+        (out_dir / MANIFEST).unlink(missing_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        metrics, probe, knn = score_split(feats, split.y, split.train, split.val, args.seed, args.knn_k)
+        write_reports(out_dir, name, split, probe, knn)
+        row = {"run": name, **run_info(manifest), **metrics, "dataset": split.key()}
+    if args.umap and not (out_dir / "umap.png").exists():
+        plot_umap(feats, ids["cluster"], args.outliers_folder, out_dir / "umap.png", name, args.seed)
+    if read_manifest(out_dir) is None:
+        write_manifest(out_dir, "5-evaluation", settings, seed=args.seed, packages=("scikit-learn",),
+                       counts={"train": row["n_train"], "validation": row["n_val"]}, row=row)
+    return row, split, manifest.get("model", {})
+
+
+def baseline_columns(split: SplitData, model: dict, args, cache_dir: Path, notes: dict,
+                     results: dict) -> dict:
+    """evaluation.csv baseline columns for one run; NaN (and a note) when one is unavailable.
+
+    Args:
+        notes: one-line notes, collected so each is printed once.
+        results: filled with every baseline result, keyed by its label and dataset.
+    """
+    cols = {}
+    for method in parse_baselines(args.baselines):
+        prefix = BASELINES[method]
+        cols[f"{prefix}_accuracy"] = cols[f"{prefix}_knn_accuracy"] = float("nan")
+        missing = [k for k in MODEL_KEYS if k not in model]
+        try:
+            if missing:
+                raise UserError(f"the embeddings' manifest.json lacks model.{missing[0]}")
+            res = run_baseline(method, model, split, cache_dir, args.pixel_size, args.seed,
+                               args.knn_k, args.device, args.num_workers)
+        except UserError as e:
+            notes.setdefault(str(e), f"note: {prefix} baseline left empty: {e}")
+            continue
+        results[(res["label"], res["settings"]["dataset"])] = res
+        cols[f"{prefix}_accuracy"] = res["metrics"]["accuracy"]
+        cols[f"{prefix}_knn_accuracy"] = res["metrics"]["knn_accuracy"]
+    return cols
+
+
+def upsert_rows(path: Path, rows: list[dict], keys: tuple[str, ...] = ("run",),
+                order: list[str] = EVAL_COLUMNS) -> pd.DataFrame:
+    """Add rows to a CSV, replacing earlier rows with the same ``keys``."""
     new = pd.DataFrame(rows)
-    if path.exists():
-        old = pd.read_csv(path)
-        new = pd.concat([old[~old["run"].isin(new["run"])], new], ignore_index=True)
-    ordered = [c for c in EVAL_COLUMNS if c in new.columns] + [c for c in new.columns if c not in EVAL_COLUMNS]
-    new = new[ordered]
+    if path.exists() and len(new):
+        old = pd.read_csv(path, dtype={k: str for k in (*keys, "dataset")})
+        if set(keys) <= set(old.columns):
+            same = old.set_index(list(keys)).index.isin(new.set_index(list(keys)).index)
+            new = pd.concat([old[~same], new], ignore_index=True)
+    elif path.exists():
+        new = pd.read_csv(path)
+    new = new[[c for c in order if c in new.columns] + [c for c in new.columns if c not in order]]
     write_csv(path, new)
     return new
 
 
 def find_embedding_dirs(paths: list[Path], emb_root: Path, embed=None) -> list[tuple[str, Path]]:
     """Embedding folders for stage 4 folders, stage 3 run folders or checkpoints (default: all).
+
+    Unfinished training-run folders (no manifest.json) are skipped with a message, so
+    ``--runs work/3-training/*`` evaluates whatever has finished.
 
     Args:
         embed: called as ``embed(path)`` for a checkpoint or training run that has no embeddings
@@ -176,44 +196,57 @@ def find_embedding_dirs(paths: list[Path], emb_root: Path, embed=None) -> list[t
     found = []
     for p in map(Path, paths):
         name = p.parent.name if p.name == "last.ckpt" else (p.stem if p.suffix == ".ckpt" else p.name)
-        for cand in (p, Path(emb_root) / name):
-            if (cand / MANIFEST).exists() and (cand / "embeddings.csv").exists():
-                found.append((name, cand))
-                break
+        done = [c for c in (p, Path(emb_root) / name)
+                if (c / MANIFEST).exists() and (c / "embeddings.csv").exists()]
+        if done:
+            found.append((name, done[0]))
+        elif p.is_dir() and not (p / MANIFEST).exists():
+            print(f"skip: {p} is not finished (no manifest.json); pass {p / 'last.ckpt'} to "
+                  "evaluate its last epoch")
+        elif embed is None:
+            raise UserError(f"no embeddings for {p} (looked in {Path(emb_root) / name}); run "
+                            f"4-embed/embed.py --checkpoints {p} first")
         else:
-            if embed is None:
-                raise UserError(f"no embeddings for {p} (looked in {Path(emb_root) / name}); run "
-                                f"4-embed/embed.py --checkpoints {p} first")
             found.append((name, embed(p)))
+    if not found:
+        raise UserError(f"none of the {len(paths)} --runs is finished; wait for training or "
+                        "pass checkpoints (last.ckpt) explicitly")
     return found
-
-
-def print_table(table: pd.DataFrame) -> None:
-    cols = [c for c in ("run", "accuracy", "balanced_accuracy", "macro_f1", "knn_accuracy")
-            if c in table.columns]
-    print(table.sort_values("accuracy", ascending=False)[cols].to_string(
-        index=False, float_format=lambda v: f"{v:.3f}"))
 
 
 def evaluate_runs(args) -> pd.DataFrame:
     """Run stage 5 (see ``5-evaluation/evaluate.py`` for the arguments)."""
-    from argparse import Namespace
-
     from .embedding import embed_run, resolve_runs
 
     def embed(path: Path) -> Path:
         (name, ckpt), = resolve_runs([path], Path(path).parent)
-        embed_args = Namespace(data=args.data, output=args.embeddings, batch_size=64,
-                               num_workers=None, device="auto", quiet=False, overwrite=False)
-        embed_run(name, ckpt, embed_args)
+        embed_run(name, ckpt, Namespace(
+            data=args.data or STAGE_DIRS["dataset"], output=args.embeddings, batch_size=64,
+            num_workers=args.num_workers, device=args.device, quiet=True, overwrite=False))
         return Path(args.embeddings) / name
 
+    parse_baselines(args.baselines)  # bad names fail before any work
     out = Path(args.output)
-    rows = []
+    rows, notes, results = [], {}, {}
     for name, emb_dir in find_embedding_dirs(args.runs, args.embeddings, embed):
-        rows.append(evaluate_embeddings(name, emb_dir, out / name, args.labels, args.seed, args.knn_k))
-        print(f"{name}: linear accuracy {rows[-1]['accuracy']:.3f}, kNN {rows[-1]['knn_accuracy']:.3f}")
+        row, split, model = evaluate_embeddings(name, emb_dir, out / name, args)
+        row.update(baseline_columns(split, model, args, out / "baselines", notes, results))
+        rows.append(row)
+        print(f"{name}: linear accuracy {row['accuracy']:.3f}, kNN {row['knn_accuracy']:.3f}, "
+              f"silhouette {row['silhouette']:.3f}")
+    for note in notes.values():
+        print(note)
     table = upsert_rows(out / "evaluation.csv", rows)
-    print_table(table)
+    baselines = list(results.values())
+    if baselines:
+        upsert_rows(out / "baselines.csv", [{"baseline": b["label"], "name": b["name"],
+                                             "dataset": b["settings"]["dataset"], **b["metrics"]}
+                                            for b in baselines], keys=("baseline", "dataset"),
+                    order=["baseline", "name", "dataset"])
+    if write_grid_summary(table, out / "grid_summary.png"):
+        print(f"wrote {out / 'grid_summary.png'}")
+    text = summary_table(table, baselines)
+    write_text(out / "summary.txt", text + "\n")
+    print(text)
     print(f"wrote {out / 'evaluation.csv'}")
     return table
