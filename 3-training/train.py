@@ -48,7 +48,9 @@ def get_args_parser():
     m.add_argument("--weight-decay", type=float, default=None,
                    help="weight decay (default sgd 5e-4, lars/adam 1e-6)")
     m.add_argument("--warmup-epochs", type=int, default=10, help="linear learning-rate warm-up")
-    m.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    m.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
+                   help="channels_last memory format (auto: on with a GPU)")
+    m.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
     d = p.add_argument_group("data")
     d.add_argument("--balance", choices=["none", "clusters"], default="none",
                    help="'clusters' samples every cluster equally often")
@@ -57,6 +59,8 @@ def get_args_parser():
                         "(auto: device on GPU, workers on CPU)")
     d.add_argument("--cache-size", type=int, default=None,
                    help="images are letterboxed to this side before cropping (default --input-size)")
+    d.add_argument("--cache-dir", type=Path, default=cli.WORK / "cache",
+                   help="decode-once image cache of the device path, shared by runs (safe to delete)")
     d.add_argument("--bands", type=lambda s: [int(b) for b in s.split(",")], default=None,
                    help="select/reorder bands, e.g. 0,1,2,6 (default all)")
     d.add_argument("--rgb-bands", default=None,

@@ -31,6 +31,8 @@ def get_args_parser():
     p.add_argument("--batch-size", type=int, default=64, help="images per inference batch")
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default min(8, CPUs))")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--cache-dir", type=Path, default=cli.WORK / "cache",
+                   help="stage 3's decode-once image cache; used when it holds these images")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace finished embeddings")
     return p

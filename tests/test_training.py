@@ -79,14 +79,33 @@ def test_training_writes_run_and_skips_when_finished(dataset_dir, tmp_path):
     assert (run / "last.ckpt").stat().st_mtime_ns == stamp
 
 
-def test_balanced_sampler_draws_clusters_equally():
-    from wingclr.loaders import balanced_sampler
+def test_balanced_sampling_draws_clusters_equally():
+    from wingclr.loaders import EpochBatchSampler, cluster_weights
 
-    clusters = ["big"] * 90 + ["small"] * 10
-    torch.manual_seed(0)
-    drawn = [clusters[i] for i in balanced_sampler(clusters)] * 1
-    share = drawn.count("small") / len(drawn)
-    assert 0.35 < share < 0.65  # ~0.5 instead of 0.1
+    clusters = ["big"] * 900 + ["small"] * 100
+    sampler = EpochBatchSampler(range(1000), 50, weights=cluster_weights(clusters))
+    drawn = [clusters[i] for batch in sampler for i in batch]
+    assert len(drawn) == 1000
+    assert 0.45 < drawn.count("small") / len(drawn) < 0.55  # ~0.5 instead of 0.1
+
+
+def test_epoch_sampler_shards_ranks_and_skips_trained_batches(monkeypatch):
+    import torch.distributed as dist
+
+    from wingclr.loaders import EpochBatchSampler
+
+    shards = []
+    for rank in (0, 1):
+        monkeypatch.setattr(dist, "is_initialized", lambda: True)
+        monkeypatch.setattr(dist, "get_rank", lambda r=rank: r)
+        shards.append([i for b in EpochBatchSampler(range(100), 10, world_size=2, seed=3) for i in b])
+    assert len(shards[0]) == len(shards[1]) == 50 and not set(shards[0]) & set(shards[1])
+    monkeypatch.undo()
+    full = list(EpochBatchSampler(range(100), 10, seed=3, epoch_fn=lambda: 4))
+    resumed = EpochBatchSampler(range(100), 10, seed=3, epoch_fn=lambda: 4)
+    resumed.skip = 3
+    assert list(resumed) == full[3:] and list(resumed) == full  # skip applies to one epoch only
+    assert full != list(EpochBatchSampler(range(100), 10, seed=3, epoch_fn=lambda: 5))
 
 
 def test_resume_after_kill_continues_from_last_checkpoint(dataset_dir, tmp_path):
@@ -146,3 +165,34 @@ def test_missing_imagenet_weights_name_file_and_flag(dataset_dir, tmp_path):
     proc = run_cli(SCRIPT, "--data", dataset_dir, "--output", tmp_path, "--epochs", "1",
                    *TINY_TRAIN[:2], "--pretrained", "imagenet", *TINY_TRAIN[4:])
     assert_one_line_error(proc, "resnet18-f37072fd.pth", "https://download.pytorch.org", "--pretrained none")
+
+
+def test_device_path_stops_on_sigusr1_and_resumes_the_same_batches(dataset_dir, tmp_path):
+    """SLURM's warning signal mid-epoch: save, stop, and the re-run trains exactly what was left."""
+    out = tmp_path / "runs"
+    args = [sys.executable, str(REPO / SCRIPT), "--data", str(dataset_dir), "--output", str(out),
+            "--epochs", "3", "--run-name", "sig", "--augment-on", "device",
+            "--cache-dir", str(tmp_path / "cache"), *TINY_TRAIN]
+    last = out / "sig" / "last.ckpt"
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 240
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGUSR1)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output[-3000:]
+    assert "SIGUSR1: saved" in output and not (out / "sig" / "manifest.json").exists()
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    steps_before = ckpt["global_step"]
+    hparams = ckpt["hyper_parameters"]
+
+    rerun = subprocess.run(args, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    final = torch.load(out / "sig" / "sig.ckpt", map_location="cpu", weights_only=False)
+    batches_per_epoch = 30 // 8
+    assert final["global_step"] == 3 * batches_per_epoch  # nothing trained twice, nothing skipped
+    assert 0 < steps_before < final["global_step"]
+    assert final["hyper_parameters"] == hparams
+    assert pd.read_csv(out / "sig" / "metrics.csv").epoch.tolist() == [1, 2, 3]

@@ -1,19 +1,28 @@
 """SimCLR augmentations, in two interchangeable forms with one parameter set.
 
-* :func:`lightly_transform`: lightly's ``SimCLRTransform`` (PIL, per image, in DataLoader workers),
-  the classic path for RGB images.
-* :class:`BatchAugment`: the same distribution as batched kornia ops on ``(B, C, H, W)`` tensors,
-  on any device ("device" path), for any number of bands. Colour jitter and grayscale act on the
-  RGB bands only; other bands get an optional per-band brightness/contrast jitter.
+* :func:`lightly_transform`: lightly's ``SimCLRTransform`` (PIL, one image at a time, in DataLoader
+  workers), the classic path for RGB images.
+* :class:`BatchAugment`: the same distribution as batched tensor ops on ``(B, C, H, W)``, on any
+  device (the fast "device" path), for any number of bands. Parameters are drawn per image exactly
+  as torchvision draws them (:meth:`BatchAugment.sample`); colour jitter (random order of
+  brightness, contrast, saturation, hue, as torchvision) and grayscale act on the RGB bands only;
+  other bands get a per-band brightness/contrast jitter instead.
+
+The ops are plain torch (plus ``torchvision.ops.roi_align`` for crop-and-resize and kornia's
+grayscale weights) because kornia's augmentation modules cost ~10x more per batch on a CPU; on a
+GPU both are negligible next to the model.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import torch
 from torch import nn
+
+GRAY = (0.299, 0.587, 0.114)  # ITU-R 601, as torchvision and kornia
 
 
 @dataclass
@@ -40,8 +49,7 @@ class AugmentConfig:
     std: Sequence[float] = (0.229, 0.224, 0.225)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 def lightly_transform(cfg: AugmentConfig):
@@ -56,25 +64,82 @@ def lightly_transform(cfg: AugmentConfig):
         normalize={"mean": list(cfg.mean), "std": list(cfg.std)})
 
 
-class BandJitter(nn.Module):
-    """Independent brightness and contrast factors per sample and band, applied with prob ``p``.
+def _uniform(n: int, lo: float, hi: float, device, g=None) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, device=device, generator=g)
 
-    Input/Output: ``(B, C, H, W)`` float in [0, 1].
+
+def _bernoulli(n: int, p: float, device, g=None) -> torch.Tensor:
+    return torch.rand(n, device=device, generator=g) < p
+
+
+def sample_crops(n: int, height: int, width: int, scale: tuple[float, float],
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), device="cpu", g=None) -> torch.Tensor:
+    """torchvision ``RandomResizedCrop.get_params`` for ``n`` images at once.
+
+    Returns:
+        ``(n, 4)`` float boxes ``x0, y0, x1, y1`` in pixels (end exclusive).
     """
+    tries = 10
+    area = height * width * _uniform(n * tries, *scale, device, g).view(n, tries)
+    log_r = _uniform(n * tries, math.log(ratio[0]), math.log(ratio[1]), device, g).view(n, tries)
+    aspect = torch.exp(log_r)
+    w = torch.round(torch.sqrt(area * aspect))
+    h = torch.round(torch.sqrt(area / aspect))
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = ok.float().argmax(1, keepdim=True)
+    w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
+    found = ok.any(1)
+    in_ratio = width / height  # fallback: central crop, as torchvision
+    if in_ratio < ratio[0]:
+        fw, fh = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        fw, fh = round(height * ratio[1]), height
+    else:
+        fw, fh = width, height
+    w, h = torch.where(found, w, float(fw)), torch.where(found, h, float(fh))
+    y0 = torch.floor(torch.rand(n, device=device, generator=g) * (height - h + 1))
+    x0 = torch.floor(torch.rand(n, device=device, generator=g) * (width - w + 1))
+    y0 = torch.where(found, y0, torch.div(height - h, 2, rounding_mode="floor"))
+    x0 = torch.where(found, x0, torch.div(width - w, 2, rounding_mode="floor"))
+    return torch.stack([x0, y0, x0 + w, y0 + h], 1)
 
-    def __init__(self, strength: float, p: float):
-        super().__init__()
-        self.strength, self.p = strength, p
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c = x.shape[:2]
-        shape = (b, c, 1, 1)
-        apply = torch.rand(shape, device=x.device) < self.p
-        bright = 1 + (torch.rand(shape, device=x.device) * 2 - 1) * self.strength
-        contrast = 1 + (torch.rand(shape, device=x.device) * 2 - 1) * self.strength
-        mean = x.mean(dim=(2, 3), keepdim=True)
-        out = ((x * bright - mean * bright) * contrast + mean * bright).clamp(0, 1)
-        return torch.where(apply, out, x)
+def rgb_to_gray(x: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` -> ``(B, 1, H, W)``."""
+    return GRAY[0] * x[:, 0:1] + GRAY[1] * x[:, 1:2] + GRAY[2] * x[:, 2:3]
+
+
+def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """torchvision's HSV hue shift with one factor per image, in closed form.
+
+    ``x``: ``(B, 3, H, W)`` in [0, 1]; ``factor``: ``(B,)`` in [-0.5, 0.5]. Value and chroma are
+    kept; the hue angle (in sixths) moves by ``6 * factor`` and each channel is
+    ``v - c * clamp(min(k, 4 - k), 0, 1)`` with ``k = (n + h) mod 6``, n = 5, 3, 1 for R, G, B.
+    """
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    v, _ = x.max(1, keepdim=True)
+    c = v - x.min(1, keepdim=True)[0]
+    is_r, is_g = v == r, (v == g) & (v != r)
+    num = torch.where(is_r, g - b, torch.where(is_g, b - r, r - g))
+    offset = torch.where(is_r, 0.0, torch.where(is_g, 2.0, 4.0))
+    h = num / torch.where(c > 0, c, 1.0) + offset + 6 * factor.view(-1, 1, 1, 1)
+    n = torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1)
+    k = torch.remainder(n + h, 6.0)
+    return v - c * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, sigma_max: float) -> torch.Tensor:
+    """Separable Gaussian blur, one sigma per image; ``x`` ``(B, C, H, W)``, ``sigma`` ``(B,)``."""
+    b, c, hgt, wid = x.shape
+    radius = max(1, math.ceil(3 * sigma_max))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kern = torch.exp(-0.5 * (t.view(1, -1) / sigma.view(-1, 1)) ** 2)
+    kern = (kern / kern.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B*C, k)
+    y = x.reshape(1, b * c, hgt, wid)
+    y = nn.functional.pad(y, (radius, radius, radius, radius), mode="reflect")
+    y = nn.functional.conv2d(y, kern.view(b * c, 1, 1, -1), groups=b * c)
+    y = nn.functional.conv2d(y, kern.view(b * c, 1, -1, 1), groups=b * c)
+    return y.view(b, c, hgt, wid)
 
 
 class BatchAugment(nn.Module):
@@ -86,42 +151,88 @@ class BatchAugment(nn.Module):
 
     def __init__(self, cfg: AugmentConfig, in_chans: int):
         super().__init__()
-        import kornia.augmentation as K
-
-        self.rgb = [b for b in cfg.rgb_bands if b < in_chans][:3]
-        if len(self.rgb) != 3:
-            self.rgb = []
+        self.cfg, self.in_chans = cfg, in_chans
+        rgb = [b for b in cfg.rgb_bands if b < in_chans][:3]
+        self.rgb = rgb if len(rgb) == 3 else []
         self.other = [c for c in range(in_chans) if c not in self.rgb]
-        size = (cfg.input_size, cfg.input_size)
-        self.geometric = nn.Sequential(
-            K.RandomResizedCrop(size, scale=(cfg.min_scale, 1.0), align_corners=False),
-            K.RandomHorizontalFlip(p=cfg.hf_prob),
-            K.RandomVerticalFlip(p=cfg.vf_prob),
-        )
-        s = cfg.cj_strength
-        self.colour = nn.Sequential(
-            K.ColorJitter(s * cfg.cj_bright, s * cfg.cj_contrast, s * cfg.cj_sat, s * cfg.cj_hue,
-                          p=cfg.cj_prob),
-            K.RandomGrayscale(p=cfg.gray_prob),
-        )
-        self.band_jitter = BandJitter(cfg.band_jitter, cfg.band_jitter_prob)
-        sigma_max = cfg.sigmas[1]
-        kernel = 2 * int(3 * sigma_max + 0.5) + 1
-        self.blur = K.RandomGaussianBlur(kernel, tuple(cfg.sigmas), p=cfg.blur_prob)
         self.register_buffer("mean", torch.tensor(cfg.mean, dtype=torch.float32).view(1, -1, 1, 1),
                              persistent=False)
         self.register_buffer("std", torch.tensor(cfg.std, dtype=torch.float32).view(1, -1, 1, 1),
                              persistent=False)
 
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def sample(self, n: int, height: int, width: int, device="cpu", g=None) -> dict:
+        """Per-image parameters, drawn as torchvision / lightly draw them."""
+        cfg, s = self.cfg, self.cfg.cj_strength
+        jitter = [s * cfg.cj_bright, s * cfg.cj_contrast, s * cfg.cj_sat]
+        factors = [_uniform(n, max(0.0, 1 - j), 1 + j, device, g) for j in jitter]
+        factors.append(_uniform(n, -s * cfg.cj_hue, s * cfg.cj_hue, device, g))
+        return {
+            "box": sample_crops(n, height, width, (cfg.min_scale, 1.0), device=device, g=g),
+            "hflip": _bernoulli(n, cfg.hf_prob, device, g),
+            "vflip": _bernoulli(n, cfg.vf_prob, device, g),
+            "jitter": _bernoulli(n, cfg.cj_prob, device, g),
+            "factors": torch.stack(factors, 1),  # brightness, contrast, saturation, hue
+            "order": torch.argsort(torch.rand(n, 4, device=device, generator=g), 1),
+            "gray": _bernoulli(n, cfg.gray_prob, device, g),
+            "blur": _bernoulli(n, cfg.blur_prob, device, g),
+            "sigma": _uniform(n, *cfg.sigmas, device, g),
+            "band_jitter": _bernoulli(n * len(self.other), cfg.band_jitter_prob, device, g),
+            "band_factors": _uniform(n * len(self.other) * 2, 1 - cfg.band_jitter,
+                                     1 + cfg.band_jitter, device, g),
+        }
+
+    def _colour(self, x: torch.Tensor, p: dict) -> torch.Tensor:
+        """Colour jitter in per-image random order, then grayscale; ``x`` ``(B, 3, H, W)``."""
+        f = p["factors"]
+        for slot in range(4):
+            for op in range(4):
+                idx = torch.nonzero(p["jitter"] & (p["order"][:, slot] == op))[:, 0]
+                if len(idx) == 0:
+                    continue
+                sub, k = x[idx], f[idx, op].view(-1, 1, 1, 1)
+                if op == 0:
+                    sub = sub * k
+                elif op == 1:
+                    sub = k * sub + (1 - k) * rgb_to_gray(sub).mean((1, 2, 3), keepdim=True)
+                elif op == 2:
+                    sub = k * sub + (1 - k) * rgb_to_gray(sub)
+                else:
+                    sub = adjust_hue(sub, f[idx, 3])
+                x[idx] = sub.clamp(0, 1)
+        gray = p["gray"].view(-1, 1, 1, 1)
+        return torch.where(gray, rgb_to_gray(x).expand_as(x), x)
+
+    def _bands(self, x: torch.Tensor, p: dict) -> torch.Tensor:
+        """Per-band brightness and contrast for non-RGB bands; ``x`` ``(B, K, H, W)``."""
+        b, k = x.shape[:2]
+        on = p["band_jitter"].view(b, k, 1, 1)
+        bright, contrast = p["band_factors"].view(2, b, k, 1, 1)
+        mean = x.mean((2, 3), keepdim=True)
+        out = ((x - mean) * contrast + mean) * bright
+        return torch.where(on, out.clamp(0, 1), x)
+
+    def apply(self, x: torch.Tensor, p: dict) -> torch.Tensor:
+        from torchvision.ops import roi_align
+
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
-        x = self.geometric(x)
+        b = x.shape[0]
+        size = self.cfg.input_size
+        boxes = torch.cat([torch.arange(b, device=x.device, dtype=x.dtype).view(-1, 1),
+                           p["box"].to(x.dtype)], 1)
+        x = roi_align(x, boxes, (size, size), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+        x = torch.where(p["hflip"].view(-1, 1, 1, 1), x.flip(-1), x)
+        if self.cfg.vf_prob > 0:
+            x = torch.where(p["vflip"].view(-1, 1, 1, 1), x.flip(-2), x)
         if self.rgb:
-            x = x.clone()
-            x[:, self.rgb] = self.colour(x[:, self.rgb]).clamp(0, 1)
+            x[:, self.rgb] = self._colour(x[:, self.rgb], p)
         if self.other:
-            x[:, self.other] = self.band_jitter(x[:, self.other])
-        x = self.blur(x)
+            x[:, self.other] = self._bands(x[:, self.other], p)
+        idx = torch.nonzero(p["blur"])[:, 0]
+        if len(idx):
+            x[idx] = gaussian_blur(x[idx], p["sigma"][idx], self.cfg.sigmas[1])
         return (x - self.mean) / self.std
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.apply(x, self.sample(x.shape[0], x.shape[-2], x.shape[-1], x.device))

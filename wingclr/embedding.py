@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .cache import CachedImages, ensure_cache
 from .cli import UserError
 from .data import FolderDataset, scan_clusters
 from .features import iter_features
@@ -76,13 +77,21 @@ def image_table(data: Path) -> tuple[Path, pd.DataFrame]:
 
 def embed_images(backbone: torch.nn.Module, meta: dict, root: Path, images: list[str],
                  batch_size: int = 64, num_workers: int | None = None,
-                 device: str = "auto", progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                 device: str = "auto", progress: bool = True,
+                 cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Embed images with a frozen backbone.
+
+    When stage 3 left a decode-once cache of exactly these images at this size in ``cache_dir``,
+    images are read from it instead of being decoded again.
 
     Returns:
         ``(features, ok)``: ``(N, D)`` float32 and ``(N,)`` bool (False: unreadable, row is zeros).
     """
-    dataset = FolderDataset(root, [Path(p) for p in images], read_spec(meta), flag_errors=True)
+    rels = [Path(p) for p in images]
+    cache = ensure_cache(cache_dir, root, rels, read_spec(meta), build=False) if cache_dir else None
+    if cache is not None:
+        print(f"reading images from the cache {cache.folder}")
+    dataset = CachedImages(cache) if cache else FolderDataset(root, rels, read_spec(meta), flag_errors=True)
     workers = default_workers() if num_workers is None else num_workers
     out = np.zeros((len(dataset), 0), np.float32)
     ok = np.zeros(len(dataset), bool)
@@ -152,7 +161,8 @@ def embed_run(name: str, ckpt: Path, args) -> dict | None:
     backbone, meta = load_backbone(ckpt)
     root, table = image_table(args.data)
     feats, ok = embed_images(backbone, meta, root, table["image"].tolist(), args.batch_size,
-                             args.num_workers, args.device, progress=not args.quiet)
+                             args.num_workers, args.device, progress=not args.quiet,
+                             cache_dir=getattr(args, "cache_dir", None))
     failed = table.loc[~ok, "image"].tolist()
     table, feats = table.loc[ok].reset_index(drop=True), feats[ok]
     if len(table) < 2:

@@ -6,9 +6,12 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from typing import Sequence
+
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from torch.utils.data import DataLoader, Sampler
 
 from .augment import AugmentConfig, BatchAugment, lightly_transform
 from .cli import UserError
@@ -43,11 +46,50 @@ class TwoViews:
         return [self._t(x)[0], self._t(x)[0]]
 
 
-def balanced_sampler(clusters: list[str]) -> WeightedRandomSampler:
-    """Every cluster is drawn equally often (weights 1 / cluster size), with replacement."""
+def cluster_weights(clusters: Sequence[str]) -> torch.Tensor:
+    """Sampling weight 1 / cluster size per image: every cluster is drawn equally often."""
     counts = Counter(clusters)
-    weights = torch.tensor([1.0 / counts[c] for c in clusters], dtype=torch.double)
-    return WeightedRandomSampler(weights, num_samples=len(clusters), replacement=True)
+    return torch.tensor([1.0 / counts[c] for c in clusters], dtype=torch.double)
+
+
+class EpochBatchSampler(Sampler):
+    """Yields this process's batches of an epoch; deterministic in ``(seed, epoch)``.
+
+    The epoch's order is a permutation (or, with ``weights``, draws with replacement); with several
+    processes each takes its own contiguous share, so no image is seen twice in an epoch across
+    GPUs. ``skip`` batches are left out at the start of the next epoch iterated: a run stopped
+    mid-epoch resumes with exactly the batches it had not trained on.
+    """
+
+    def __init__(self, indices: Sequence[int], batch_size: int, world_size: int = 1, seed: int = 0,
+                 weights: torch.Tensor | None = None, epoch_fn=None):
+        self.indices = torch.as_tensor(list(indices), dtype=torch.long)
+        self.n, self.batch_size, self.world_size, self.seed = len(indices), batch_size, world_size, seed
+        self.weights, self.epoch, self.skip, self.epoch_fn = weights, 0, 0, epoch_fn
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n // (self.batch_size * self.world_size)
+
+    def __iter__(self):
+        import torch.distributed as dist
+
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        # Lightning creates the epoch's iterator before calling set_epoch on a resumed run, so the
+        # trainer's epoch counter is read here when available.
+        epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+        else:
+            order = torch.randperm(self.n, generator=g)
+        per_rank = len(self) * self.batch_size
+        mine = order[rank * per_rank:(rank + 1) * per_rank].view(len(self), self.batch_size)
+        skip, self.skip = self.skip, 0
+        for batch in mine[skip:]:
+            yield self.indices[batch].tolist()
 
 
 def training_images(data: Path) -> ImageSet:
@@ -81,8 +123,8 @@ def build_training(args, trainer, pretrained: bool):
     """Model, DataLoader and metadata for a training run.
 
     Returns:
-        ``(module, loader, meta)``; the loader yields per-process batches of
-        ``args.batch_size // world_size`` images.
+        ``(module, loader, sampler, meta)``; the loader yields per-process batches of
+        ``args.batch_size // world_size`` images in the order of ``sampler``.
     """
     from .simclr import WEIGHT_DECAY, SimCLR, scaled_lr
 
@@ -98,24 +140,35 @@ def build_training(args, trainer, pretrained: bool):
                         f"{args.batch_size}; pass a smaller --batch-size")
     cfg = AugmentConfig(input_size=args.input_size, rgb_bands=meta["rgb_bands"], mean=meta["mean"],
                         std=meta["std"])
-    on_device = args.augment_on == "device" or (
-        args.augment_on == "auto" and trainer.strategy.root_device.type == "cuda")
+    cuda = trainer.strategy.root_device.type == "cuda"
+    on_device = args.augment_on == "device" or (args.augment_on == "auto" and cuda)
     spec = read_spec(meta, meta["cache_size"])
-    dataset = FolderDataset(images.root, images.images, spec,
-                            transform=None if on_device else TwoViews(cfg, in_chans))
-    sampler = balanced_sampler(images.clusters) if args.balance == "clusters" else None
     workers = default_workers() if args.num_workers is None else args.num_workers
-    loader = DataLoader(dataset, batch_size=per_device, shuffle=sampler is None, sampler=sampler,
-                        num_workers=workers, drop_last=True, persistent_workers=workers > 0,
-                        pin_memory=trainer.strategy.root_device.type == "cuda")
+    if on_device:  # decode once into the cache; uint8 batches are augmented on the device
+        from .cache import ensure_cache
+
+        dataset = ensure_cache(args.cache_dir, images.root, images.images, spec, workers)
+        valid = dataset.valid_indices()
+    else:
+        dataset = FolderDataset(images.root, images.images, spec, transform=TwoViews(cfg, in_chans))
+        valid = list(range(len(images)))
+    weights = cluster_weights([images.clusters[i] for i in valid]) if args.balance == "clusters" else None
+    sampler = EpochBatchSampler(valid, per_device, world, args.seed, weights,
+                                epoch_fn=lambda: trainer.current_epoch)
+    loader_kwargs = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=cuda)
+    if on_device:  # the dataset reads whole batches: dataset[list of indices]
+        loader = DataLoader(dataset, sampler=sampler, batch_size=None, **loader_kwargs)
+    else:
+        loader = DataLoader(dataset, batch_sampler=sampler, **loader_kwargs)
     lr = scaled_lr(args.optimizer, args.batch_size, args.lr)
     module = SimCLR(
         backbone=args.backbone, in_chans=in_chans, rgb_bands=meta["rgb_bands"],
         input_size=args.input_size, temperature=args.temperature, optimizer=args.optimizer, lr=lr,
         weight_decay=WEIGHT_DECAY[args.optimizer] if args.weight_decay is None else args.weight_decay,
         warmup_epochs=args.warmup_epochs, gather_distributed=world > 1,
-        augment=cfg.to_dict() if on_device else None, channels_last=args.channels_last,
-        pretrained=pretrained and args.pretrained == "imagenet")
+        augment=cfg.to_dict() if on_device else None,
+        channels_last=args.channels_last == "on" or (args.channels_last == "auto" and cuda),
+        compile=args.compile, pretrained=pretrained and args.pretrained == "imagenet")
     meta.update(augment_on="device" if on_device else "workers", lr=lr, world_size=world,
-                images=len(images), clusters=dict(Counter(images.clusters)))
-    return module, loader, meta
+                images=len(valid), clusters=dict(Counter(images.clusters)))
+    return module, loader, sampler, meta

@@ -42,7 +42,7 @@ class SimCLR(pl.LightningModule):
                  input_size: int = 224, temperature: float = 0.5, optimizer: str = "sgd",
                  lr: float = 0.06, weight_decay: float = 5e-4, warmup_epochs: int = 10,
                  gather_distributed: bool = False, augment: dict | None = None,
-                 channels_last: bool = False, pretrained: bool = False):
+                 channels_last: bool = False, compile: bool = False, pretrained: bool = False):
         super().__init__()
         self.save_hyperparameters(ignore=["pretrained"])
         self.backbone, dim = build_backbone(backbone, pretrained, in_chans, rgb_bands, input_size)
@@ -51,6 +51,12 @@ class SimCLR(pl.LightningModule):
         self.augment = BatchAugment(AugmentConfig(**augment), in_chans) if augment else None
         if channels_last:
             self.to(memory_format=torch.channels_last)
+        # kept out of the module registry, so checkpoints hold the plain (uncompiled) weights
+        self.__dict__["_encoder"] = torch.compile(self.encoder) if compile else self.encoder
+
+    def encoder(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, S, S)`` -> projections ``(B, 128)``."""
+        return self.projection_head(self.backbone(x))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["wingclr"] = getattr(self, "wingclr_meta", {})
@@ -59,13 +65,15 @@ class SimCLR(pl.LightningModule):
         """``(B, C, S, S)`` -> projections ``(B, 128)``."""
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.projection_head(self.backbone(x))
+        return self._encoder(x)
 
     def views(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two augmented views ``(B, C, S, S)`` float of a batch."""
         images, _ = batch
-        if self.augment is not None:
+        if self.augment is None:
+            return images[0], images[1]
+        with torch.autocast(images.device.type, enabled=False):  # augment in float32
             return self.augment(images), self.augment(images)
-        return images[0], images[1]
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x0, x1 = self.views(batch)

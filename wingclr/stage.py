@@ -24,7 +24,7 @@ from .cli import UserError
 MANIFEST = "manifest.json"
 # Arguments that change how a stage runs, not what it produces.
 NON_SEMANTIC = {"overwrite", "num_workers", "yes", "progress", "quiet", "show", "devices",
-                "accelerator", "num_nodes", "device"}
+                "accelerator", "num_nodes", "device", "cache_dir", "compile"}
 
 
 @contextmanager

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -47,19 +49,42 @@ def save_checkpoint(trainer: pl.Trainer, path: Path, weights_only: bool = False)
 
 
 class EpochCheckpoint(pl.Callback):
-    """Saves ``last.ckpt`` and ``metrics.csv`` after each epoch; the history resumes with the run."""
+    """Saves ``last.ckpt`` and ``metrics.csv`` after each epoch, and mid-epoch on SIGUSR1.
+
+    SLURM sends SIGUSR1 shortly before a time limit or preemption (``--signal=SIGUSR1@120``):
+    the run saves ``last.ckpt`` after the current batch, stops, and (under SLURM) requeues itself.
+    The history, the batches already trained this epoch and the loops' state travel in the
+    checkpoint, so the re-run trains exactly the batches that were left.
+    """
 
     def __init__(self, run_dir: Path):
         self.run_dir, self.history = run_dir, []
+        self.sampler = None  # set by train(): the loader's EpochBatchSampler
+        self.consumed = 0  # batches trained in the current epoch
+        self.stop_requested = False
         self._start, self._images = 0.0, 0
 
+    def request_stop(self, signum=None, frame=None) -> None:
+        self.stop_requested = True
+
+    def on_train_start(self, trainer, pl_module):
+        self._start = time.perf_counter()  # a run resumed mid-epoch gets no on_train_epoch_start
+
     def on_train_epoch_start(self, trainer, pl_module):
-        self._start, self._images = time.perf_counter(), 0
+        self._start, self._images, self.consumed = time.perf_counter(), 0, 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._images += len(batch[1]) * trainer.world_size
+        self.consumed += 1
+        if trainer.world_size > 1:  # every rank must stop after the same batch
+            self.stop_requested = trainer.strategy.reduce_boolean_decision(self.stop_requested, all=False)
+        if self.stop_requested and not trainer.should_stop:
+            save_checkpoint(trainer, self.run_dir / "last.ckpt")
+            trainer.should_stop = True
 
     def on_train_epoch_end(self, trainer, pl_module):
+        if self.stop_requested and trainer.should_stop:
+            return  # saved mid-epoch already; the epoch is not complete
         seconds = time.perf_counter() - self._start
         loss = trainer.callback_metrics.get("train_loss")
         self.history.append({
@@ -69,6 +94,7 @@ class EpochCheckpoint(pl.Callback):
             "images_per_s": self._images / max(seconds, 1e-9),
             "seconds": seconds,
         })
+        self.consumed = 0
         save_checkpoint(trainer, self.run_dir / "last.ckpt")
         if trainer.is_global_zero:
             import pandas as pd
@@ -76,10 +102,33 @@ class EpochCheckpoint(pl.Callback):
             write_csv(self.run_dir / "metrics.csv", pd.DataFrame(self.history))
 
     def state_dict(self):
-        return {"history": self.history}
+        return {"history": self.history, "consumed": self.consumed}
 
     def load_state_dict(self, state_dict):
         self.history = list(state_dict["history"])
+        self.consumed = state_dict.get("consumed", 0)
+        if self.sampler is not None:
+            self.sampler.skip = self.consumed
+
+
+def slurm_plugins() -> list:
+    """Under SLURM, Lightning's own SIGUSR1 requeue is switched off: :class:`EpochCheckpoint` does it."""
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
+def requeue(trainer: pl.Trainer, run_dir: Path) -> None:
+    """After SIGUSR1: requeue the SLURM job (rank 0) so it resumes from ``last.ckpt``."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID")
+    print(f"SIGUSR1: saved {run_dir / 'last.ckpt'} after {trainer.global_step} steps")
+    if job and trainer.is_global_zero:
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+        print(f"requeued SLURM job {job}" if result.returncode == 0 else
+              f"could not requeue job {job}: {result.stderr.strip()}; re-submit to resume")
+    elif not job:
+        print("re-run the same command to resume")
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -162,19 +211,23 @@ def train(args) -> dict | None:
         precision=precision, sync_batchnorm=args.sync_batchnorm and distributed, logger=False,
         enable_checkpointing=False, enable_model_summary=False, benchmark=cuda,
         callbacks=[checkpointing], default_root_dir=run_dir, log_every_n_steps=10,
-        num_sanity_val_steps=0)
-    module, loader, meta = build_training(args, trainer, pretrained=resume is None)
+        num_sanity_val_steps=0, use_distributed_sampler=False, plugins=slurm_plugins())
+    module, loader, checkpointing.sampler, meta = build_training(args, trainer, pretrained=resume is None)
     meta = {**meta, "run_name": name, "settings": settings(args), "precision": precision}
     module.wingclr_meta = meta
     if resume is not None:
         print(f"resuming {name} from {resume}")
     from .simclr import NonFiniteLossError
 
+    signal.signal(signal.SIGUSR1, checkpointing.request_stop)
     try:
         trainer.fit(module, loader, ckpt_path=resume)
     except NonFiniteLossError as e:
         raise UserError(f"{e}: training stopped. Lower --lr (now {module.hparams.lr:.3g}) or raise "
                         f"--temperature; {run_dir}/last.ckpt keeps the last good epoch") from None
+    if checkpointing.stop_requested:
+        requeue(trainer, run_dir)
+        return None
     if trainer.interrupted or trainer.current_epoch < args.epochs:
         print(f"stopped at epoch {trainer.current_epoch}; re-run the same command to resume")
         return None
