@@ -1,0 +1,74 @@
+"""Stage 0: keep the wings of every specimen photo (body, antennae, pins, labels, rulers and
+background removed): one RGBA PNG per photo plus a label mask.
+
+Methods (--method):
+  maskrcnn+rembg  Mask R-CNN finds each wing, rembg gives the clean outline (default; needs a
+                  trained checkpoint and a rembg model in weights/)
+  maskrcnn        the Mask R-CNN masks alone (checkpoint only)
+  rembg           rembg's foreground: the whole specimen, label 1 (rembg model only)
+  threshold       OpenCV foreground on plain backgrounds: the whole specimen, no weights at all
+
+Examples:
+    python 0-segmentation/segment.py --input photos                      # -> work/0-segmented
+    python 0-segmentation/segment.py --input photos --method threshold   # no weights needed
+    python 0-segmentation/segment.py --input photos --checkpoint weights/my_wings.pth \\
+        --rembg-model isnet-general-use --device cuda --batch-size 4
+
+Outputs: images/<rel>.png (RGBA), masks/<rel>.png (0 background, 1..K = the checkpoint's wing
+classes, or 1 = specimen), segmentation.csv (one row per photo: status ok | no_wings |
+unreadable | error, wings found, per-wing area and score), manifest.json. Re-running the same
+command resumes; photos without wings are listed, never written as empty PNGs.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from wingclr import cli  # noqa: E402
+from wingclr.segmentation import segment  # noqa: E402
+from wingclr.segmentation_methods import METHODS  # noqa: E402
+from wingclr.segmentation_rembg import REMBG_MODELS  # noqa: E402
+
+
+def get_args_parser():
+    p = cli.parser(__doc__)
+    p.add_argument("--input", type=Path, default=Path("photos"),
+                   help="folder of specimen photos (searched recursively)")
+    p.add_argument("--output", type=Path, default=cli.STAGE_DIRS["segmentation"],
+                   help="output folder")
+    p.add_argument("--method", choices=METHODS, default="maskrcnn+rembg",
+                   help="segmentation method (see above)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="Mask R-CNN checkpoint from train_maskrcnn.py (default: "
+                        "weights/maskrcnn_wings.pth)")
+    p.add_argument("--score-threshold", type=float, default=0.5,
+                   help="ignore Mask R-CNN detections scoring lower; the best one per wing class "
+                        "is kept")
+    p.add_argument("--rembg-model", default="u2net",
+                   help=f"rembg model ({', '.join(REMBG_MODELS)}) whose <name>.onnx is in "
+                        "weights/, or the path of a U^2-Net-style .onnx file")
+    p.add_argument("--dilate", type=float, default=0.03,
+                   help="maskrcnn+rembg: how far beyond a Mask R-CNN mask rembg's edge may "
+                        "extend the wing, as a fraction of the wings' bounding box")
+    p.add_argument("--max-side", type=int, default=2048,
+                   help="photos are segmented at most this large (longer side, px); masks are "
+                        "scaled back to the full photo")
+    cli.add_background_arg(p)
+    p.add_argument("--batch-size", type=int, default=1, help="photos per Mask R-CNN batch")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (Mask R-CNN)")
+    p.add_argument("--num-workers", type=int, default=2, help="threads that read photos ahead")
+    p.add_argument("--flush-every", type=int, default=25,
+                   help="rewrite segmentation.csv after this many photos (resume granularity)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished output folder")
+    return p
+
+
+def main(args):
+    return segment(args)
+
+
+if __name__ == "__main__":
+    cli.run(main, get_args_parser())
