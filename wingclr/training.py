@@ -231,9 +231,9 @@ def train(args) -> dict | None:
     if trainer.interrupted or trainer.current_epoch < args.epochs:
         print(f"stopped at epoch {trainer.current_epoch}; re-run the same command to resume")
         return None
+    save_checkpoint(trainer, run_dir / f"{name}.ckpt", weights_only=True)  # every rank: a barrier
     if not trainer.is_global_zero:
         return None
-    save_checkpoint(trainer, run_dir / f"{name}.ckpt", weights_only=True)
     plot_loss(checkpointing.history, run_dir / "loss.png", name)
     last = checkpointing.history[-1] if checkpointing.history else {}
     return write_manifest(

@@ -1,0 +1,104 @@
+"""The batched (device) augmentation draws the same distribution as lightly's per-image path."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms as T
+from PIL import Image
+from scipy.stats import ks_2samp
+
+from wingclr.augment import AugmentConfig, BatchAugment, adjust_hue, lightly_transform, sample_crops
+
+N = 4000
+
+
+def seed_all(s: int) -> None:
+    random.seed(s), np.random.seed(s), torch.manual_seed(s)
+
+
+def test_crop_parameters_match_torchvision_random_resized_crop():
+    seed_all(0)
+    h, w = 60, 90
+    img = torch.zeros(3, h, w)
+    ref = np.array([T.RandomResizedCrop.get_params(img, (0.08, 1.0), (3 / 4, 4 / 3)) for _ in range(N)],
+                   dtype=float)  # i, j, h, w
+    box = sample_crops(N, h, w, (0.08, 1.0)).numpy()  # x0, y0, x1, y1
+    ours = {"area": (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]) / (h * w),
+            "aspect": (box[:, 2] - box[:, 0]) / (box[:, 3] - box[:, 1]),
+            "x0": box[:, 0], "y0": box[:, 1]}
+    theirs = {"area": ref[:, 2] * ref[:, 3] / (h * w), "aspect": ref[:, 3] / ref[:, 2],
+              "x0": ref[:, 1], "y0": ref[:, 0]}
+    for key in ours:
+        assert ks_2samp(ours[key], theirs[key]).pvalue > 1e-3, key
+    assert (box[:, 2] <= w).all() and (box[:, 3] <= h).all() and (box[:, :2] >= 0).all()
+
+
+def test_jitter_factors_order_and_probabilities_match_torchvision():
+    seed_all(1)
+    cfg = AugmentConfig()
+    aug = BatchAugment(cfg, 3)
+    p = aug.sample(N, 32, 32)
+    jitter = T.ColorJitter(0.8, 0.8, 0.8, 0.2)
+    ref = [T.ColorJitter.get_params(jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue)
+           for _ in range(N)]
+    for k in range(4):
+        theirs = np.array([r[k + 1] for r in ref], dtype=float)
+        assert ks_2samp(p["factors"][:, k].numpy(), theirs).pvalue > 1e-3, k
+    first_op = np.bincount(p["order"][:, 0].numpy(), minlength=4) / N
+    np.testing.assert_allclose(first_op, 0.25, atol=0.03)
+    for key, prob in [("hflip", 0.5), ("jitter", 0.8), ("gray", 0.2), ("blur", 0.5), ("vflip", 0.0)]:
+        assert abs(p[key].float().mean().item() - prob) < 0.03, key
+    assert ks_2samp(p["sigma"].numpy(), np.random.uniform(0.1, 2.0, N)).pvalue > 1e-3
+
+
+def test_hue_shift_equals_torchvision():
+    import torchvision.transforms.v2.functional as F
+
+    x = torch.rand(5, 3, 16, 16)
+    for f in (-0.2, -0.03, 0.0, 0.11, 0.2):
+        ref = torch.stack([F.adjust_hue(xi, f) for xi in x])
+        torch.testing.assert_close(adjust_hue(x, torch.full((5,), f)), ref, atol=1e-5, rtol=0)
+
+
+def view_stats(views: np.ndarray) -> dict:
+    """Per-view statistics of ``(N, 3, S, S)`` views in [0, 1]."""
+    gray = np.abs(views[:, 0] - views[:, 1]).max((1, 2)) < 0.02
+    return {"mean": views.mean((1, 2, 3)), "std": views.std((1, 2, 3)),
+            "red_minus_blue": (views[:, 0] - views[:, 2]).mean((1, 2)), "gray": gray.astype(float),
+            "sharpness": np.abs(np.diff(views, axis=-1)).mean((1, 2, 3))}
+
+
+@pytest.fixture(scope="module")
+def specimen():
+    from wingclr.demo import make_specimen
+
+    return make_specimen(np.random.default_rng(0), "eyespots", 64).image
+
+
+def test_output_statistics_of_both_paths_agree(specimen):
+    """Same image, 600 views each way: the distributions of simple view statistics agree."""
+    seed_all(2)
+    cfg = AugmentConfig(input_size=48, mean=(0, 0, 0), std=(1, 1, 1))
+    lightly = lightly_transform(cfg).transforms[0]  # one view per call
+    pil = Image.fromarray(specimen)
+    ref = np.stack([lightly(pil).numpy() for _ in range(600)])
+    batch = torch.from_numpy(specimen).permute(2, 0, 1)[None].repeat(600, 1, 1, 1)
+    ours = BatchAugment(cfg, 3)(batch).numpy()
+    assert ours.shape == ref.shape
+    a, b = view_stats(ours), view_stats(ref)
+    for key in a:
+        assert ks_2samp(a[key], b[key]).pvalue > 1e-3, (key, a[key].mean(), b[key].mean())
+
+
+def test_multiband_colour_ops_touch_rgb_bands_only():
+    seed_all(3)
+    cfg = AugmentConfig(input_size=16, mean=[0] * 5, std=[1] * 5, band_jitter_prob=0.0,
+                        blur_prob=0.0, min_scale=1.0, hf_prob=0.0)
+    aug = BatchAugment(cfg, 5)
+    x = torch.rand(8, 5, 16, 16)
+    x[:, 3:] = 0.5
+    out = aug(x)
+    assert torch.allclose(out[:, 3:], torch.full_like(out[:, 3:], 0.5), atol=1e-5)
+    assert not torch.allclose(out[:, :3], x[:, :3], atol=1e-3)

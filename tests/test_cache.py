@@ -1,0 +1,80 @@
+"""Decode-once image cache: content, reuse, invalidation, unreadable files, stale locks."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import wingclr.cache as cache_mod
+from wingclr.cache import CachedImages, ensure_cache
+from wingclr.data import ReadSpec
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "imgs"
+    rels = []
+    for i in range(5):
+        rel = Path("a") / f"{i}.png"
+        (root / "a").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (20 + i, 30, 3), dtype=np.uint8)).save(root / rel)
+        rels.append(rel)
+    return root, rels
+
+
+def count_builds(monkeypatch) -> list:
+    calls = []
+    real = cache_mod._build
+    monkeypatch.setattr(cache_mod, "_build", lambda *a, **k: (calls.append(1), real(*a, **k)))
+    return calls
+
+
+def test_cache_holds_letterboxed_images_and_is_reused(images, tmp_path, monkeypatch):
+    root, rels = images
+    spec = ReadSpec(size=16)
+    builds = count_builds(monkeypatch)
+    ds = ensure_cache(tmp_path / "c", root, rels, spec, progress=False)
+    x, idx = ds[[3, 1]]
+    assert x.shape == (2, 3, 16, 16) and x.dtype == torch.uint8 and idx.tolist() == [1, 3]
+    np.testing.assert_array_equal(x[1].permute(1, 2, 0).numpy(), spec.load(root / rels[3]))
+    again = ensure_cache(tmp_path / "c", root, rels, spec, progress=False)
+    assert again.folder == ds.folder and len(builds) == 1
+    assert ensure_cache(tmp_path / "c", root, rels, ReadSpec(size=24), build=False) is None
+
+
+def test_changed_image_invalidates_the_cache(images, tmp_path):
+    root, rels = images
+    first = ensure_cache(tmp_path / "c", root, rels, ReadSpec(size=16), progress=False)
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(root / rels[0])
+    os.utime(root / rels[0], ns=(1, 1))  # a different mtime even on coarse clocks
+    second = ensure_cache(tmp_path / "c", root, rels, ReadSpec(size=16), progress=False)
+    assert second.folder != first.folder
+    assert second[[0]][0].sum() == 0
+
+
+def test_unreadable_images_are_listed_and_left_out(images, tmp_path):
+    root, rels = images
+    (root / rels[2]).write_bytes(b"broken")
+    ds = ensure_cache(tmp_path / "c", root, rels, ReadSpec(size=16), progress=False)
+    assert ds.index["unreadable"] == [rels[2].as_posix()]
+    assert ds.valid_indices() == [0, 1, 3, 4]
+    assert [CachedImages(ds)[i][2] for i in range(5)] == [True, True, False, True, True]
+
+
+def test_lock_of_a_dead_process_is_removed(images, tmp_path):
+    root, rels = images
+    spec = ReadSpec(size=16)
+    key, _ = cache_mod.cache_key(root, rels, spec)
+    folder = tmp_path / "c" / f"16px-{key}"
+    folder.mkdir(parents=True)
+    dead = os.fork()
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)
+    (folder / "building.lock").write_text(f"{os.uname().nodename} {dead}\n")
+    ds = ensure_cache(tmp_path / "c", root, rels, spec, progress=False)
+    assert len(ds) == 5 and not (folder / "building.lock").exists()
