@@ -1,6 +1,7 @@
 """Stage 3: grid, NT-Xent, resume after a kill, NaN stop, skip of finished runs."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -174,8 +175,14 @@ def test_device_path_stops_on_sigusr1_and_resumes_the_same_batches(dataset_dir, 
             "--epochs", "3", "--run-name", "sig", "--augment-on", "device",
             "--cache-dir", str(tmp_path / "cache"), *TINY_TRAIN]
     last = out / "sig" / "last.ckpt"
+    fake = tmp_path / "bin"  # an scontrol that records the requeue
+    fake.mkdir()
+    (fake / "scontrol").write_text(f'#!/bin/sh\necho "$*" > {tmp_path}/scontrol.log\n')
+    (fake / "scontrol").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "SLURM_JOB_ID": "123",
+           "SLURM_ARRAY_JOB_ID": "120", "SLURM_ARRAY_TASK_ID": "3"}
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, text=True)
+                            stdin=subprocess.DEVNULL, text=True, env=env)
     deadline = time.monotonic() + 240
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -183,6 +190,7 @@ def test_device_path_stops_on_sigusr1_and_resumes_the_same_batches(dataset_dir, 
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, output[-3000:]
     assert "SIGUSR1: saved" in output and not (out / "sig" / "manifest.json").exists()
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "120_3"]
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
     steps_before = ckpt["global_step"]
     hparams = ckpt["hyper_parameters"]
