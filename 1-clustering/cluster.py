@@ -46,8 +46,7 @@ def get_args_parser():
     u.add_argument("--min-dist", type=float, default=0.1, help="UMAP minimum distance")
     u.add_argument("--metric", default="euclidean", help="feature distance (euclidean, cosine, ...)")
     u.add_argument("--pca-dims", type=int, default=0,
-                   help="reduce features to this many principal axes before UMAP (0: off; 50 makes "
-                        "large sets several times faster)")
+                   help="reduce features to this many principal axes before UMAP (0: off)")
     u.add_argument("--seed", type=int, default=0,
                    help="random seed (UMAP; also the weights with --pretrained none)")
     h = p.add_argument_group("HDBSCAN (asked interactively; these give the defaults)")

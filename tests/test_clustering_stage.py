@@ -191,7 +191,8 @@ def test_interactive_loop_through_stdin_retry_then_keep(clustered, specimens, tm
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("keep (1) or retry (0)") == 2
     assert proc.stdout.count("min_cluster_size [") == 2
-    assert "UMAP: reusing" in proc.stdout and "computed" in proc.stdout
+    assert "32 from the cache, 0 computed" in proc.stdout  # no feature extraction
+    assert proc.stdout.count("UMAP:") == 1 and "UMAP: reusing" in proc.stdout  # no refit on retry
     manifest = json.loads((out / "manifest.json").read_text())
     assert [(t["min_cluster_size"], t["cluster_selection_epsilon"]) for t in manifest["tried"]] == [first, second]
     assert (manifest["args"]["min_cluster_size"], manifest["args"]["cluster_selection_epsilon"]) == second

@@ -17,6 +17,7 @@ import hashlib
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -130,29 +131,31 @@ def ask(prompt: str, default, parse, check=lambda v: True, expected: str = "a nu
         print(f"please enter {expected}")
 
 
-def umap_embedding(features: np.ndarray, args, out: Path, memo: dict) -> np.ndarray:
-    """The 3-D UMAP embedding, from this session's memo or ``umap_3d.npy`` when it matches."""
+def umap_embedding(features: np.ndarray, args, out: Path) -> np.ndarray:
+    """The ``(N, 3)`` UMAP embedding, reused from ``umap_3d.npy`` when features and parameters match.
+
+    Computed once per run: a retry only re-runs HDBSCAN; a re-run (e.g. with ``--overwrite`` and
+    other HDBSCAN parameters) reads it back.
+    """
     params = {k: getattr(args, k) for k in UMAP_KEYS}
     digest = hashlib.blake2b(np.ascontiguousarray(features).data, digest_size=16).hexdigest()
     key = json.dumps({**params, "features": digest}, sort_keys=True)
-    if key in memo:
-        return memo[key]
     try:
         if (out / "umap_3d.json").read_text(encoding="utf-8") == key:
             emb = np.load(out / "umap_3d.npy")
             if emb.shape == (len(features), 3):
-                memo[key] = emb
                 print("UMAP: reusing umap_3d.npy (same features and parameters)")
                 return emb
     except (OSError, ValueError):
         pass
     print(f"UMAP: {features.shape[0]} x {features.shape[1]} -> 3-D ({', '.join(f'{k}={v}' for k, v in params.items())})",
           flush=True)
+    start = time.perf_counter()
     emb = project_umap(features, **params)
+    print(f"UMAP: {time.perf_counter() - start:.1f} s")
     with atomic_path(out / "umap_3d.npy") as tmp:
         np.save(tmp, emb)
     write_text(out / "umap_3d.json", key)
-    memo[key] = emb
     return emb
 
 
@@ -225,8 +228,12 @@ def run_clustering(args, stdin_is_tty: bool | None = None, builder=None) -> dict
         stdin_is_tty = stdin_isatty()
     if args.min_cluster_size is not None and args.min_cluster_size < 2:
         raise UserError(f"--min-cluster-size must be at least 2, got {args.min_cluster_size}")
-    if args.cluster_selection_epsilon is not None and args.cluster_selection_epsilon < 0:
-        raise UserError(f"--cluster-selection-epsilon must be >= 0, got {args.cluster_selection_epsilon}")
+    for flag, value, low in (("--cluster-selection-epsilon", args.cluster_selection_epsilon, 0),
+                             ("--min-samples", args.min_samples, 1), ("--n-neighbors", args.n_neighbors, 2),
+                             ("--min-dist", args.min_dist, 0), ("--input-size", args.input_size, 32),
+                             ("--batch-size", args.batch_size, 1), ("--pca-dims", args.pca_dims, 0)):
+        if value is not None and value < low:
+            raise UserError(f"{flag} must be at least {low}, got {value}")
     mode = decide_mode(args, stdin_is_tty)
     out = Path(args.output)
     root = resolve_input(args.input, out)
@@ -258,11 +265,14 @@ def run_clustering(args, stdin_is_tty: bool | None = None, builder=None) -> dict
     if len(readable) < max(MIN_IMAGES, args.min_cluster_size or 0):
         raise UserError(f"only {len(readable)} of the {n} images in {root} are readable; fix or "
                         "remove the files listed above, or pass a smaller --min-cluster-size")
+    if args.min_samples is not None and args.min_samples > len(readable):
+        raise UserError(f"--min-samples {args.min_samples} is more than the {len(readable)} readable "
+                        f"images in {root}; pass a smaller --min-samples")
     values, computed = (feats.values if ok.all() else feats.values[ok]), feats.computed
     del feats  # the readable rows are all that is kept
     degenerate = identical_rows(values)
     embedding = (np.zeros((len(values), 3), np.float32) if degenerate
-                 else umap_embedding(values, args, out, {}))
+                 else umap_embedding(values, args, out))
     if degenerate:
         print(f"all {len(values)} images give identical features (duplicate images?): nothing to "
               "project or separate; they form one cluster and the silhouette is undefined")

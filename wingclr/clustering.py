@@ -45,6 +45,7 @@ def project_umap(features: np.ndarray, n_neighbors: int = 15, min_dist: float = 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*n_jobs value.*")  # seeded: single thread
         warnings.filterwarnings("ignore", message=".*n_neighbors is larger.*")
+        warnings.filterwarnings("ignore", message=".*not fully connected.*")  # disjoint groups
         return reducer.fit_transform(x).astype(np.float32)
 
 
@@ -53,8 +54,9 @@ def run_hdbscan(embedding: np.ndarray, min_cluster_size: int, epsilon: float = 0
     """HDBSCAN on ``(N, 3)`` points -> ``(labels (N,) int, -1 = outlier; probabilities (N,))``."""
     import hdbscan
 
+    # core_dist_n_jobs=1: a worker pool costs ~8 s to start and 3-D neighbours need none
     model = hdbscan.HDBSCAN(min_cluster_size=int(min_cluster_size), min_samples=min_samples,
-                            cluster_selection_epsilon=float(epsilon))
+                            cluster_selection_epsilon=float(epsilon), core_dist_n_jobs=1)
     labels = model.fit_predict(np.asarray(embedding, np.float64))
     return labels.astype(int), np.asarray(model.probabilities_, np.float32)
 
