@@ -155,7 +155,8 @@ def run_baseline(method: str, meta: dict, split: SplitData, cache_dir: Path, pix
     if cache.exists():
         return json.loads(cache.read_text(encoding="utf-8"))
     if split.root is None or not Path(split.root).is_dir():
-        raise UserError(f"image folder {split.root} not found; pass --data <stage 2 folder>")
+        where = f"image folder {split.root}" if split.root else "the folder the run was embedded from"
+        raise UserError(f"{where} not found; pass --data <stage 2 folder>")
     model = baseline_model(method, meta, seed)  # fails first when weights are missing
     label = describe(settings)
     print(f"baseline: {label} ...")
