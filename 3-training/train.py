@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wingclr import cli  # noqa: E402
+from wingclr.bands import parse_bands  # noqa: E402
 from wingclr.grid import grid_table  # noqa: E402
 from wingclr.models import BACKBONES  # noqa: E402
 
@@ -61,11 +62,16 @@ def get_args_parser():
                    help="images are letterboxed to this side before cropping (default --input-size)")
     d.add_argument("--cache-dir", type=Path, default=cli.WORK / "cache",
                    help="decode-once image cache of the device path, shared by runs (safe to delete)")
-    d.add_argument("--bands", type=lambda s: [int(b) for b in s.split(",")], default=None,
+    d.add_argument("--bands", type=parse_bands, default=None,
                    help="select/reorder bands, e.g. 0,1,2,6 (default all)")
     d.add_argument("--rgb-bands", default=None,
                    help="which bands (after --bands) are R,G,B, e.g. 0,1,2; colour jitter acts on "
-                        "them (default 0,1,2 when there are >= 3 bands)")
+                        "them (default 0,1,2 when there are >= 3 bands; '' for none)")
+    d.add_argument("--views", default=None,
+                   help="experimental cross-modal pairs: the two views come from two band groups, "
+                        "e.g. rgb,uv (see --band-group)")
+    d.add_argument("--band-group", action="append", default=[], metavar="NAME=BANDS",
+                   help="define a band group for --views, e.g. uv=3 (rgb and all are predefined)")
     d.add_argument("--scale16", choices=["full", "band"], default="full",
                    help="16-bit to 8-bit: high byte (full) or per-band percentile stretch (band)")
     cli.add_background_arg(d)

@@ -55,3 +55,17 @@ def test_first_conv_adaptation_keeps_rgb_filters(chans, rgb):
     expected = conv.weight.sum(1) if not rgb else conv.weight.mean(1)
     for c in others[:3]:
         torch.testing.assert_close(new.weight[:, c], expected)
+
+
+@pytest.mark.parametrize("chans", [1, 4, 7, 408])
+def test_backbone_forward_for_any_band_count(weights_dir, chans):
+    reference = torchvision.models.resnet18(weights=None)
+    torch.save(reference.state_dict(), weights_dir / "resnet18-f37072fd.pth")
+    rgb = [0, 1, 2] if chans >= 3 else []
+    model, dim = build_backbone("resnet18", pretrained=True, in_chans=chans, rgb_bands=rgb)
+    assert model.conv1.weight.shape[1] == chans
+    if rgb:
+        torch.testing.assert_close(model.conv1.weight[:, :3], reference.conv1.weight)
+    torch.testing.assert_close(model.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)
+    with torch.no_grad():
+        assert model.eval()(torch.rand(2, chans, 32, 32)).shape == (2, dim)

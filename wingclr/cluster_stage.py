@@ -219,7 +219,7 @@ def run_clustering(args, stdin_is_tty: bool | None = None, builder=None) -> dict
     Returns:
         The manifest, or None when skipped (same finished output) or after a sweep-only run.
     """
-    from .data import probe_channels
+    from .data import dataset_channels
     from .features import FeatureConfig, compute_features
     from .loaders import default_workers
     from .models import build_backbone
@@ -250,7 +250,7 @@ def run_clustering(args, stdin_is_tty: bool | None = None, builder=None) -> dict
     if mode != "sweep-only":
         (out / MANIFEST).unlink(missing_ok=True)  # from here on the output is unfinished
     config = FeatureConfig(args.backbone, args.pretrained == "imagenet", args.input_size,
-                           probe_channels(root, images, None), tuple(args.background), args.seed)
+                           dataset_channels(root, images, None), tuple(args.background), args.seed)
     feats = compute_features(root, images, out, config, args.batch_size,
                              default_workers() if args.num_workers is None else args.num_workers,
                              args.device, not args.quiet, builder=builder or build_backbone)

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .cli import UserError
-from .imageio import ImageReadError, list_files, match_channels, read_image
+from .imageio import ImageReadError, image_channels, list_files, match_channels, read_image
 
 
 @dataclass(frozen=True)
@@ -102,18 +102,36 @@ class ReadSpec:
         return letterbox(match_channels(arr, self.channels, path), self.size)
 
 
-def probe_channels(root: Path, images: Sequence[Path], bands: Sequence[int] | None) -> int:
-    """Channel count of the dataset: that of the first image (after ``--bands``)."""
-    if bands is not None:
-        return len(bands)
-    for rel in images[:20]:
+def dataset_channels(root: Path, images: Sequence[Path], bands: Sequence[int] | None = None) -> int:
+    """Channel count of a dataset after ``--bands``, checked on every file's header.
+
+    Gray images count as RGB (they are repeated to three channels); every other file must have
+    the channel count of the first one.
+
+    Raises:
+        UserError: names the first file whose channel count differs, or a band outside the range.
+    """
+    first = None
+    for rel in images:
         try:
-            c = read_image(root / rel).shape[-1]
-            return 3 if c == 1 else c  # gray images join RGB datasets as 3 equal channels
+            c = image_channels(Path(root) / rel)
         except ImageReadError:
-            continue
-    raise UserError(f"none of the first images under {root} can be read; check the files "
-                    "(stage 2 lists unreadable ones in its manifest)")
+            continue  # unreadable files are reported where they are decoded
+        c = 3 if c == 1 else c
+        if first is None:
+            first = (rel, c)
+        elif c != first[1]:
+            raise UserError(f"{Path(root) / rel} has {c} channels but {Path(root) / first[0]} has "
+                            f"{first[1]}; keep one band layout per dataset (move the odd files out)")
+    if first is None:
+        raise UserError(f"no readable image under {root}")
+    if bands is not None:
+        bad = [b for b in bands if not 0 <= b < first[1]]
+        if bad:
+            raise UserError(f"--bands {','.join(map(str, bands))} asks for band {bad[0]} but "
+                            f"{Path(root) / first[0]} has {first[1]} (numbered 0-{first[1] - 1})")
+        return len(bands)
+    return first[1]
 
 
 class FolderDataset(Dataset):

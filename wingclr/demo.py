@@ -37,6 +37,8 @@ class Specimen:
     wings: np.ndarray       # (S, S) uint8 label image, 0 background, 1..4 WING_CLASSES
     foreground: np.ndarray  # (S, S) bool, wings + body + antennae
     phenotype: str
+    pattern: np.ndarray | None = None  # (S, S) bool, wing pixels painted with the pattern
+    body: np.ndarray | None = None     # (S, S) bool, body and antennae
 
 
 def _bezier(p0, c, p1, n=24) -> np.ndarray:
@@ -79,8 +81,8 @@ def _wing_polygons(rng, cx, cy, L) -> dict[int, np.ndarray]:
     return out
 
 
-def _pattern(rng, phenotype, wing_masks, polys, canvas, colour, L) -> None:
-    """Paint the phenotype's pattern in ``colour`` inside the wings (in place)."""
+def _pattern(rng, phenotype, wing_masks, polys, canvas, colour, L) -> np.ndarray:
+    """Paint the phenotype's pattern in ``colour`` inside the wings (in place); returns its mask."""
     layer = np.zeros(canvas.shape[:2], np.uint8)
     s = max(1, int(L / 40))
     for label, poly in polys.items():
@@ -115,6 +117,7 @@ def _pattern(rng, phenotype, wing_masks, polys, canvas, colour, L) -> None:
         wings |= m
     paint = (layer > 0) & (wings > 0)
     canvas[paint] = colour
+    return paint
 
 
 def make_specimen(rng: np.random.Generator, phenotype: str, size: int = 128,
@@ -139,7 +142,7 @@ def make_specimen(rng: np.random.Generator, phenotype: str, size: int = 128,
         labels[m > 0] = label
         canvas[m > 0] = base_col * rng.uniform(0.9, 1.05)
     wing_img = canvas.copy()
-    _pattern(rng, phenotype, masks, polys, wing_img, pat_col, L)
+    pattern = _pattern(rng, phenotype, masks, polys, wing_img, pat_col, L)
     canvas = np.where((labels > 0)[..., None], wing_img, canvas)
     for label, poly in polys.items():  # dark veins along the wing edge
         cv2.polylines(canvas, [poly], True, (35, 30, 30), max(1, S // 160))
@@ -173,7 +176,8 @@ def make_specimen(rng: np.random.Generator, phenotype: str, size: int = 128,
     rot = cv2.getRotationMatrix2D((S / 2, S / 2), angle, 1.0)
     canvas = cv2.warpAffine(canvas, rot, (S, S), flags=cv2.INTER_LINEAR, borderValue=tuple(float(v) for v in bg))
     labels = cv2.warpAffine(labels, rot, (S, S), flags=cv2.INTER_NEAREST)
-    foreground = cv2.warpAffine(foreground.astype(np.uint8), rot, (S, S), flags=cv2.INTER_NEAREST) > 0
+    warp = lambda m: cv2.warpAffine(m.astype(np.uint8), rot, (S, S), flags=cv2.INTER_NEAREST)  # noqa: E731
+    foreground, pattern, body = warp(foreground) > 0, warp(pattern & (labels > 0)) > 0, warp(body) > 0
 
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float32) / S  # lighting gradient and gain
     g = rng.uniform(-0.2, 0.2, 2)
@@ -181,13 +185,66 @@ def make_specimen(rng: np.random.Generator, phenotype: str, size: int = 128,
     canvas = canvas * light[..., None] + rng.normal(0, 4, canvas.shape)
     image = cv2.resize(np.clip(canvas, 0, 255).astype(np.uint8), (size, size), interpolation=cv2.INTER_AREA)
     wings = cv2.resize(labels, (size, size), interpolation=cv2.INTER_NEAREST)
-    fg = cv2.resize(foreground.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
-    return Specimen(image, wings, fg, phenotype)
+    small = lambda m: cv2.resize(m.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0  # noqa: E731
+    return Specimen(image, wings, small(foreground), phenotype, small(pattern), small(body))
+
+
+def spectral_cube(spec: Specimen, n_bands: int, rng: np.random.Generator) -> np.ndarray:
+    """A multispectral version of a specimen: ``(S, S, n_bands)`` float32 in [0, 1].
+
+    Bands 0-2 are the specimen's RGB photo. Every further band shows each material (background,
+    wing, pattern, body) with its own smooth reflectance spectrum, so the pattern also stands out
+    (or hides) outside the visible range, as UV patterns do; lighting varies across the image.
+    """
+    size = spec.image.shape[0]
+    extra = max(0, n_bands - 3)
+    wl = np.linspace(0, 1, extra)[:, None]
+    spectra = []  # per material: sum of 2 Gaussian bumps over the band axis, fixed by material
+    for seed in range(4):
+        g = np.random.default_rng(1000 + seed)
+        centres, widths, heights = g.uniform(0, 1, 2), g.uniform(0.05, 0.3, 2), g.uniform(0.2, 0.8, 2)
+        spectra.append(0.1 + (heights * np.exp(-0.5 * ((wl - centres) / widths) ** 2)).sum(1))
+    material = np.zeros((size, size), np.int64)  # 0 background
+    material[spec.wings > 0] = 1
+    material[spec.pattern] = 2
+    material[spec.body] = 3
+    cube = np.stack(spectra)[material]  # (S, S, extra)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    light = rng.uniform(0.8, 1.1) * (1 + rng.uniform(-0.2, 0.2) * (xx - 0.5))
+    cube = cube * light[..., None] + rng.normal(0, 0.02, cube.shape)
+    rgb = spec.image.astype(np.float32) / 255
+    return np.clip(np.concatenate([rgb, cube], -1)[..., :n_bands], 0, 1).astype(np.float32)
+
+
+def write_specimen(path: Path, spec: Specimen, n_bands: int, rng: np.random.Generator) -> str:
+    """Write the photo (3 bands: PNG), a 16-bit TIFF stack (< 32 bands) or a float .npy cube."""
+    from .imageio import write_png
+    from .stage import atomic_path
+
+    if n_bands == 3:
+        write_png(path.with_suffix(".png"), spec.image)
+        return path.with_suffix(".png").name
+    cube = spectral_cube(spec, n_bands, rng)
+    suffix = ".tif" if n_bands < 32 else ".npy"
+    with atomic_path(path.with_suffix(suffix)) as tmp:
+        if suffix == ".tif":
+            import tifffile
+
+            tifffile.imwrite(tmp, np.round(np.moveaxis(cube, -1, 0) * 65535).astype(np.uint16))
+        else:
+            with open(tmp, "wb") as f:
+                np.save(f, cube)
+    return path.with_suffix(suffix).name
 
 
 def generate(output: Path | str, n: int = 240, size: int = 128, seed: int = 0,
-             phenotypes: tuple[str, ...] = PHENOTYPES, clutter: float = 0.5) -> "object":
-    """Write ``n`` specimens (phenotypes in turn) and return the labels table (DataFrame)."""
+             phenotypes: tuple[str, ...] = PHENOTYPES, clutter: float = 0.5,
+             n_bands: int = 3) -> "object":
+    """Write ``n`` specimens (phenotypes in turn) and return the labels table (DataFrame).
+
+    With ``n_bands`` > 3 the cluster folders hold multispectral stacks (see :func:`spectral_cube`):
+    16-bit multi-page TIFFs below 32 bands, float32 ``.npy`` cubes from 32 bands on.
+    """
     import pandas as pd
 
     from .imageio import write_png
@@ -203,12 +260,13 @@ def generate(output: Path | str, n: int = 240, size: int = 128, seed: int = 0,
         write_png(out / "specimens" / name, spec.image)
         write_png(out / "masks" / name, spec.wings)
         write_png(out / "foreground" / name, spec.foreground.astype(np.uint8) * 255)
-        write_png(out / "clusters" / ph / name, spec.image)
-        rows.append({"image": name, "phenotype": ph, "mask": f"masks/{name}",
+        stored = write_specimen(out / "clusters" / ph / name, spec, n_bands, rng)
+        rows.append({"image": name, "phenotype": ph, "mask": f"masks/{name}", "cluster_file": f"{ph}/{stored}",
                      "wing_pixels": int((spec.wings > 0).sum())})
     table = pd.DataFrame(rows)
     write_csv(out / "labels.csv", table)
-    write_manifest(out, "demo", {"n": n, "size": size, "seed": seed, "phenotypes": list(phenotypes)},
+    write_manifest(out, "demo", {"n": n, "size": size, "seed": seed, "phenotypes": list(phenotypes),
+                                 "bands": n_bands},
                    counts={"images": n}, seed=seed, wing_classes=list(WING_CLASSES))
     return table
 
@@ -220,8 +278,11 @@ def main(argv=None) -> None:
     p.add_argument("--size", type=int, default=128, help="image side (px)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clutter", type=float, default=0.5, help="probability of a pin and a paper label")
+    p.add_argument("--bands", type=int, default=3,
+                   help="bands of the cluster-folder images: 3 = PNG photos, e.g. 7 = 16-bit TIFF "
+                        "stacks, e.g. 408 = float .npy hyperspectral cubes")
     a = p.parse_args(argv)
-    generate(a.output, a.n, a.size, a.seed, clutter=a.clutter)
+    generate(a.output, a.n, a.size, a.seed, clutter=a.clutter, n_bands=a.bands)
     print(f"wrote {a.n} specimens to {a.output} (specimens/, masks/, clusters/, labels.csv)")
 
 

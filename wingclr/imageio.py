@@ -158,6 +158,35 @@ def read_image(path: Path | str, *, background: Sequence[int] = (255, 255, 255),
         raise ImageReadError(path, f"unreadable ({reason})") from None
 
 
+def image_channels(path: Path | str) -> int:
+    """Channel count :func:`read_image` will return, read from the file header only.
+
+    Raises:
+        ImageReadError: the header cannot be read.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix in NPY_EXTENSIONS:
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+            return 1 if len(shape) == 2 else shape[-1]
+        if suffix in TIFF_EXTENSIONS:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                shape = [n for n in series.shape if n != 1]
+                if len(shape) <= 2:
+                    return 1
+                return shape[-1] if series.axes.endswith("S") else shape[0]
+        with Image.open(path) as img:
+            if img.mode == "P":
+                return 3
+            return {"1": 1, "L": 1, "I": 1, "I;16": 1, "I;16B": 1, "F": 1, "LA": 1}.get(img.mode, 3)
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError) as e:
+        raise ImageReadError(path, f"unreadable header ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
 def try_read(path: Path | str, **kwargs) -> tuple[np.ndarray | None, str]:
     """:func:`read_image` that returns ``(None, reason)`` instead of raising."""
     try:

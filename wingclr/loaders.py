@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from .augment import AugmentConfig, BatchAugment, lightly_transform
 from .cli import UserError
-from .data import FolderDataset, ImageSet, ReadSpec, probe_channels, scan_clusters
+from .data import FolderDataset, ImageSet, ReadSpec, dataset_channels, scan_clusters
 from .models import BACKBONES, channel_stats
 
 
@@ -26,24 +26,32 @@ def default_workers() -> int:
 class TwoViews:
     """Picklable per-image transform for DataLoader workers: ``(S, S, C)`` uint8 -> [view0, view1].
 
-    RGB images go through lightly's SimCLRTransform; other band counts through the batched
-    kornia pipeline applied to a batch of one.
+    View ``v`` takes the bands ``bands[v]``; RGB views go through lightly's SimCLRTransform, any
+    other band layout through the batched pipeline applied to a batch of one.
     """
 
-    def __init__(self, cfg: AugmentConfig, in_chans: int):
-        self.cfg, self.in_chans = cfg, in_chans
-        self.rgb = in_chans == 3 and list(cfg.rgb_bands) == [0, 1, 2]
+    def __init__(self, cfgs: list[AugmentConfig], bands: list[list[int]], in_chans: int):
+        self.cfgs, self.bands, self.in_chans = cfgs, bands, in_chans
         self._t = None
+
+    def _make(self, cfg: AugmentConfig):
+        if self.in_chans == 3 and list(cfg.rgb_bands) == [0, 1, 2]:
+            return lightly_transform(cfg).transforms[0], True
+        return BatchAugment(cfg, self.in_chans), False
 
     def __call__(self, arr: np.ndarray):
         if self._t is None:  # built lazily, inside the worker process
-            self._t = lightly_transform(self.cfg) if self.rgb else BatchAugment(self.cfg, self.in_chans)
-        if self.rgb:
-            from PIL import Image
+            self._t = [self._make(cfg) for cfg in self.cfgs]
+        views = []
+        for (t, pil), bands in zip(self._t, self.bands):
+            sel = np.ascontiguousarray(arr[..., bands])
+            if pil:
+                from PIL import Image
 
-            return self._t(Image.fromarray(arr))
-        x = torch.from_numpy(arr).permute(2, 0, 1)[None]
-        return [self._t(x)[0], self._t(x)[0]]
+                views.append(t(Image.fromarray(sel)))
+            else:
+                views.append(t(torch.from_numpy(sel).permute(2, 0, 1)[None])[0])
+        return views
 
 
 def cluster_weights(clusters: Sequence[str]) -> torch.Tensor:
@@ -99,18 +107,15 @@ def training_images(data: Path) -> ImageSet:
     return scan_clusters(root, what="training data")
 
 
-def model_meta(args, in_chans: int) -> dict:
-    """What stage 4 needs to rebuild the backbone and read images the same way."""
-    rgb = [int(b) for b in args.rgb_bands.split(",")] if args.rgb_bands else (
-        [0, 1, 2] if in_chans >= 3 else [])
-    if any(b >= in_chans for b in rgb):
-        raise UserError(f"--rgb-bands {args.rgb_bands} names a band beyond the {in_chans} "
-                        "channels of the data (bands are numbered from 0)")
-    mean, std = channel_stats(in_chans, rgb)
-    return {"backbone": args.backbone, "in_chans": in_chans, "rgb_bands": rgb,
-            "bands": args.bands, "input_size": args.input_size,
-            "cache_size": args.cache_size or args.input_size, "mean": mean, "std": std,
-            "background": list(args.background), "scale16": args.scale16,
+def model_meta(args, channels: int, plan) -> dict:
+    """What stage 4 needs to rebuild the backbone and read images the same way (view 0)."""
+    mean, std = plan.stats(0)
+    embed_bands = [args.bands[b] for b in plan.bands[0]] if args.bands else plan.bands[0]
+    return {"backbone": args.backbone, "in_chans": plan.in_chans, "data_channels": channels,
+            "rgb_bands": plan.rgb[0], "bands": embed_bands if args.bands or plan.cross_modal else None,
+            "train_bands": args.bands, "views": {"names": plan.names, "bands": plan.bands},
+            "input_size": args.input_size, "cache_size": args.cache_size or args.input_size,
+            "mean": mean, "std": std, "background": list(args.background), "scale16": args.scale16,
             "embedding_dim": BACKBONES[args.backbone].dim}
 
 
@@ -128,9 +133,12 @@ def build_training(args, trainer, pretrained: bool):
     """
     from .simclr import WEIGHT_DECAY, SimCLR, scaled_lr
 
+    from .bands import plan_views
+
     images = training_images(args.data)
-    in_chans = probe_channels(images.root, images.images, args.bands)
-    meta = model_meta(args, in_chans)
+    channels = dataset_channels(images.root, images.images, args.bands)
+    plan = plan_views(channels, args.rgb_bands, args.views, args.band_group)
+    meta = model_meta(args, channels, plan)
     world = trainer.world_size
     if args.batch_size % world:
         raise UserError(f"--batch-size {args.batch_size} is not divisible by the {world} processes")
@@ -138,11 +146,16 @@ def build_training(args, trainer, pretrained: bool):
     if len(images) < args.batch_size:
         raise UserError(f"{images.root} holds {len(images)} images, fewer than --batch-size "
                         f"{args.batch_size}; pass a smaller --batch-size")
-    cfg = AugmentConfig(input_size=args.input_size, rgb_bands=meta["rgb_bands"], mean=meta["mean"],
-                        std=meta["std"])
+    cfgs = [AugmentConfig(input_size=args.input_size, rgb_bands=plan.rgb[v], mean=plan.stats(v)[0],
+                          std=plan.stats(v)[1]) for v in (0, 1)]
+    for name, rgb in zip(plan.names, plan.rgb):
+        if not rgb:
+            print(f"warning: view '{name}' has no RGB bands: colour jitter and grayscale are off for "
+                  "it; its bands get per-band brightness/contrast jitter (set --rgb-bands if needed)")
     cuda = trainer.strategy.root_device.type == "cuda"
     on_device = args.augment_on == "device" or (args.augment_on == "auto" and cuda)
-    spec = read_spec(meta, meta["cache_size"])
+    spec = ReadSpec(size=meta["cache_size"], channels=channels, bands=args.bands,
+                    background=tuple(args.background), scale16=args.scale16)
     workers = default_workers() if args.num_workers is None else args.num_workers
     if on_device:  # decode once into the cache; uint8 batches are augmented on the device
         from .cache import ensure_cache
@@ -150,7 +163,8 @@ def build_training(args, trainer, pretrained: bool):
         dataset = ensure_cache(args.cache_dir, images.root, images.images, spec, workers)
         valid = dataset.valid_indices()
     else:
-        dataset = FolderDataset(images.root, images.images, spec, transform=TwoViews(cfg, in_chans))
+        dataset = FolderDataset(images.root, images.images, spec,
+                                transform=TwoViews(cfgs, plan.bands, plan.in_chans))
         valid = list(range(len(images)))
     weights = cluster_weights([images.clusters[i] for i in valid]) if args.balance == "clusters" else None
     sampler = EpochBatchSampler(valid, per_device, world, args.seed, weights,
@@ -162,11 +176,12 @@ def build_training(args, trainer, pretrained: bool):
         loader = DataLoader(dataset, batch_sampler=sampler, **loader_kwargs)
     lr = scaled_lr(args.optimizer, args.batch_size, args.lr)
     module = SimCLR(
-        backbone=args.backbone, in_chans=in_chans, rgb_bands=meta["rgb_bands"],
+        backbone=args.backbone, in_chans=plan.in_chans, rgb_bands=plan.rgb[0],
         input_size=args.input_size, temperature=args.temperature, optimizer=args.optimizer, lr=lr,
         weight_decay=WEIGHT_DECAY[args.optimizer] if args.weight_decay is None else args.weight_decay,
         warmup_epochs=args.warmup_epochs, gather_distributed=world > 1,
-        augment=cfg.to_dict() if on_device else None,
+        augment=[cfg.to_dict() for cfg in cfgs] if on_device else None,
+        view_bands=plan.bands if plan.cross_modal else None,
         channels_last=args.channels_last == "on" or (args.channels_last == "auto" and cuda),
         compile=args.compile, pretrained=pretrained and args.pretrained == "imagenet")
     meta.update(augment_on="device" if on_device else "workers", lr=lr, world_size=world,

@@ -11,6 +11,7 @@ import math
 
 import pytorch_lightning as pl
 import torch
+from torch import nn
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 
@@ -33,22 +34,25 @@ class NonFiniteLossError(FloatingPointError):
 class SimCLR(pl.LightningModule):
     """SimCLR training module.
 
-    Batches are ``([view0, view1], index)`` with views ``(B, C, S, S)`` float (augmented in
+    Batches are ``([view0, view1], index)`` with views ``(B, K, S, S)`` float (augmented in
     DataLoader workers), or ``(images, index)`` with ``(B, C, S, S)`` uint8 images that are
-    augmented here, on the device, when ``augment`` is given.
+    augmented here, on the device, when ``augment`` (one config per view) is given; view ``v``
+    then takes the bands ``view_bands[v]`` (cross-modal views) or all of them.
     """
 
     def __init__(self, backbone: str = "resnet50", in_chans: int = 3, rgb_bands=(0, 1, 2),
                  input_size: int = 224, temperature: float = 0.5, optimizer: str = "sgd",
                  lr: float = 0.06, weight_decay: float = 5e-4, warmup_epochs: int = 10,
-                 gather_distributed: bool = False, augment: dict | None = None,
+                 gather_distributed: bool = False, augment: list[dict] | None = None,
+                 view_bands: list[list[int]] | None = None,
                  channels_last: bool = False, compile: bool = False, pretrained: bool = False):
         super().__init__()
         self.save_hyperparameters(ignore=["pretrained"])
         self.backbone, dim = build_backbone(backbone, pretrained, in_chans, rgb_bands, input_size)
         self.projection_head = SimCLRProjectionHead(dim, dim, 128)
         self.criterion = NTXentLoss(temperature=temperature, gather_distributed=gather_distributed)
-        self.augment = BatchAugment(AugmentConfig(**augment), in_chans) if augment else None
+        self.augment = nn.ModuleList(BatchAugment(AugmentConfig(**cfg), in_chans)
+                                     for cfg in augment) if augment else None
         if channels_last:
             self.to(memory_format=torch.channels_last)
         # kept out of the module registry, so checkpoints hold the plain (uncompiled) weights
@@ -72,8 +76,9 @@ class SimCLR(pl.LightningModule):
         images, _ = batch
         if self.augment is None:
             return images[0], images[1]
+        bands = self.hparams.view_bands or [None, None]
         with torch.autocast(images.device.type, enabled=False):  # augment in float32
-            return self.augment(images), self.augment(images)
+            return tuple(aug(images if b is None else images[:, b]) for aug, b in zip(self.augment, bands))
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x0, x1 = self.views(batch)

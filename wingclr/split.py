@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .cli import UserError
-from .data import scan_clusters
+from .data import dataset_channels, scan_clusters
 from .imageio import try_read
 from .stage import check_finished, write_csv, write_manifest
 
@@ -94,6 +94,7 @@ def create_dataset(args) -> dict | None:
         raise UserError(f"none of the {len(found.images)} images under {found.root} can be read")
     images = [found.images[i] for i in keep]
     clusters = [found.clusters[i] for i in keep]
+    channels = dataset_channels(found.root, images)  # one band layout per dataset
     splits = assign_splits(clusters, args.val_fraction, args.seed, args.outliers_folder)
 
     (out / "manifest.json").unlink(missing_ok=True)  # from here on the output is unfinished
@@ -119,6 +120,7 @@ def create_dataset(args) -> dict | None:
     return write_manifest(
         out, "2-create_dataset", args, seed=args.seed,
         counts={"images": len(images), "clusters": len(summary), "skipped": len(skipped),
+                "channels": channels,
                 "train": int((table.split == "train").sum()),
                 "validation": int((table.split == "validation").sum()),
                 "per_cluster": summary},
