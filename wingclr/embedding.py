@@ -92,6 +92,13 @@ def embed_images(backbone: torch.nn.Module, meta: dict, root: Path, images: list
     if cache is not None:
         print(f"reading images from the cache {cache.folder}")
     dataset = CachedImages(cache) if cache else FolderDataset(root, rels, read_spec(meta), flag_errors=True)
+    return embed_dataset(backbone, meta, dataset, batch_size, num_workers, device, progress)
+
+
+def embed_dataset(backbone: torch.nn.Module, meta: dict, dataset, batch_size: int = 64,
+                  num_workers: int | None = None, device: str = "auto",
+                  progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`embed_images` for a dataset of ``((C, S, S) uint8, index, readable)`` items."""
     workers = default_workers() if num_workers is None else num_workers
     out = np.zeros((len(dataset), 0), np.float32)
     ok = np.zeros(len(dataset), bool)
