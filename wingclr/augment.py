@@ -8,9 +8,9 @@
   brightness, contrast, saturation, hue, as torchvision) and grayscale act on the RGB bands only;
   other bands get a per-band brightness/contrast jitter instead.
 
-The ops are plain torch (plus ``torchvision.ops.roi_align`` for crop-and-resize and kornia's
-grayscale weights) because kornia's augmentation modules cost ~10x more per batch on a CPU; on a
-GPU both are negligible next to the model.
+The ops are plain torch (one ``grid_sample`` crops and resizes the whole batch) because kornia's
+augmentation modules cost ~10x more per batch on a CPU; on a GPU both are negligible next to the
+model.
 """
 
 from __future__ import annotations
@@ -117,15 +117,38 @@ def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     ``v - c * clamp(min(k, 4 - k), 0, 1)`` with ``k = (n + h) mod 6``, n = 5, 3, 1 for R, G, B.
     """
     r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-    v, _ = x.max(1, keepdim=True)
-    c = v - x.min(1, keepdim=True)[0]
-    is_r, is_g = v == r, (v == g) & (v != r)
+    v = torch.maximum(torch.maximum(r, g), b)  # elementwise: much faster than max over dim 1
+    c = v - torch.minimum(torch.minimum(r, g), b)
+    is_r = v == r
+    is_g = (v == g) & ~is_r
     num = torch.where(is_r, g - b, torch.where(is_g, b - r, r - g))
-    offset = torch.where(is_r, 0.0, torch.where(is_g, 2.0, 4.0))
-    h = num / torch.where(c > 0, c, 1.0) + offset + 6 * factor.view(-1, 1, 1, 1)
+    offset = is_g * 2.0 + ~(is_r | is_g) * 4.0
+    h = num / (c + (c == 0)) + offset + 6 * factor.view(-1, 1, 1, 1)
     n = torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1)
     k = torch.remainder(n + h, 6.0)
     return v - c * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+
+
+def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear crop-and-resize of each image to ``size`` x ``size`` (one ``grid_sample``).
+
+    ``x`` ``(B, C, H, W)``; ``boxes`` ``(B, 4)`` pixel boxes ``x0, y0, x1, y1`` (end exclusive).
+    """
+    b, _, hgt, wid = x.shape
+    x0, y0, x1, y1 = boxes.to(x.dtype).unbind(1)
+    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 0, 2] = (x1 - x0) / wid, (x0 + x1) / wid - 1
+    theta[:, 1, 1], theta[:, 1, 2] = (y1 - y0) / hgt, (y0 + y1) / hgt - 1
+    grid = nn.functional.affine_grid(theta, [b, x.shape[1], size, size], align_corners=False)
+    return nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _subset(x: torch.Tensor, mask: torch.Tensor, fn) -> torch.Tensor:
+    """Apply ``fn`` to the images where ``mask`` is True only (in place)."""
+    idx = torch.nonzero(mask)[:, 0]
+    if len(idx):
+        x[idx] = fn(x[idx], idx)
+    return x
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, sigma_max: float) -> torch.Tensor:
@@ -199,8 +222,7 @@ class BatchAugment(nn.Module):
                 else:
                     sub = adjust_hue(sub, f[idx, 3])
                 x[idx] = sub.clamp(0, 1)
-        gray = p["gray"].view(-1, 1, 1, 1)
-        return torch.where(gray, rgb_to_gray(x).expand_as(x), x)
+        return _subset(x, p["gray"], lambda sub, _: rgb_to_gray(sub).expand_as(sub))
 
     def _bands(self, x: torch.Tensor, p: dict) -> torch.Tensor:
         """Per-band brightness and contrast for non-RGB bands; ``x`` ``(B, K, H, W)``."""
@@ -212,26 +234,21 @@ class BatchAugment(nn.Module):
         return torch.where(on, out.clamp(0, 1), x)
 
     def apply(self, x: torch.Tensor, p: dict) -> torch.Tensor:
-        from torchvision.ops import roi_align
-
+        """``(B, C, H, W)`` uint8 or float images and :meth:`sample`'s parameters -> one view."""
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
-        b = x.shape[0]
-        size = self.cfg.input_size
-        boxes = torch.cat([torch.arange(b, device=x.device, dtype=x.dtype).view(-1, 1),
-                           p["box"].to(x.dtype)], 1)
-        x = roi_align(x, boxes, (size, size), spatial_scale=1.0, sampling_ratio=2, aligned=True)
-        x = torch.where(p["hflip"].view(-1, 1, 1, 1), x.flip(-1), x)
-        if self.cfg.vf_prob > 0:
-            x = torch.where(p["vflip"].view(-1, 1, 1, 1), x.flip(-2), x)
-        if self.rgb:
+        x = crop_resize(x, p["box"], self.cfg.input_size)
+        x = _subset(x, p["hflip"], lambda sub, _: sub.flip(-1))
+        x = _subset(x, p["vflip"], lambda sub, _: sub.flip(-2))
+        if self.rgb == [0, 1, 2] and x.shape[1] == 3:
+            x = self._colour(x, p)
+        elif self.rgb:
             x[:, self.rgb] = self._colour(x[:, self.rgb], p)
         if self.other:
             x[:, self.other] = self._bands(x[:, self.other], p)
-        idx = torch.nonzero(p["blur"])[:, 0]
-        if len(idx):
-            x[idx] = gaussian_blur(x[idx], p["sigma"][idx], self.cfg.sigmas[1])
-        return (x - self.mean) / self.std
+        sigma_max = self.cfg.sigmas[1]
+        x = _subset(x, p["blur"], lambda sub, idx: gaussian_blur(sub, p["sigma"][idx], sigma_max))
+        return x.sub_(self.mean).div_(self.std)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
