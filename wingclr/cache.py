@@ -107,7 +107,8 @@ def _build(folder: Path, root: Path, images: Sequence[Path], spec: ReadSpec, ent
     tmp = folder / f"images.u8.tmp-{os.getpid()}"
     record = spec.channels * spec.size * spec.size
     dataset = FolderDataset(root, images, spec, flag_errors=True)
-    loader = DataLoader(dataset, batch_size=32, num_workers=workers)
+    batch = max(1, min(32, (64 << 20) // record))  # ~64 MB per batch: hyperspectral cubes are big
+    loader = DataLoader(dataset, batch_size=batch, num_workers=workers)
     failed = []
     with open(tmp, "wb") as f:
         f.truncate(record * len(images))
