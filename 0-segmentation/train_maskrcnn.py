@@ -64,6 +64,8 @@ def get_args_parser():
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--min-size", type=int, default=640, help="shorter side the model resizes to")
     p.add_argument("--max-size", type=int, default=1024, help="longer side limit of that resize")
+    p.add_argument("--rois-per-image", type=int, default=128,
+                   help="proposals sampled per photo for the box and mask heads")
     p.add_argument("--scale-jitter", type=float, default=0.25,
                    help="training sizes vary within min-size x (1 +- jitter)")
     p.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability (swaps left/right)")

@@ -89,9 +89,10 @@ def decode_segmentation(seg, height: int, width: int) -> np.ndarray:
             raise ValueError(f"RLE of size {mask.shape} in an image of size {(height, width)}")
         return mask
     mask = np.zeros((height, width), np.uint8)
-    polys = [np.round(np.asarray(p, np.float64).reshape(-1, 2)).astype(np.int32)
+    # COCO coordinates put pixel centres at +0.5; fill with 1/8 px precision (shift=3)
+    polys = [np.round((np.asarray(p, np.float64).reshape(-1, 2) - 0.5) * 8).astype(np.int32)
              for p in seg if len(p) >= 6]
-    cv2.fillPoly(mask, polys, 1)
+    cv2.fillPoly(mask, polys, 1, shift=3)
     return mask > 0
 
 

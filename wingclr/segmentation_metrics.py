@@ -59,8 +59,15 @@ def read_gt(path: Path, gt_type: str, remap: np.ndarray | None) -> tuple[np.ndar
 
 
 def _pred_classes(pred_dir: Path) -> list[str] | None:
+    """Class names of a stage 0 output: from its manifest, or (unfinished) its CSV columns."""
     manifest = read_manifest(pred_dir) or {}
-    return manifest.get("classes")
+    if manifest.get("classes"):
+        return manifest["classes"]
+    table = pred_dir / "segmentation.csv"
+    if table.is_file():
+        columns = pd.read_csv(table, nrows=0).columns
+        return [c[:-5] for c in columns if c.endswith("_area") and c != "mask_area"] or None
+    return None
 
 
 def _label_remap(gt_classes: Sequence[str] | None, classes: Sequence[str] | None) -> np.ndarray | None:

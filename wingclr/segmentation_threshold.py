@@ -101,14 +101,14 @@ def threshold_foreground(rgb: np.ndarray, work_side: int = 512, border: float = 
 
 def _fill_small_holes(fg: np.ndarray, max_fraction: float) -> np.ndarray:
     """Fill background pieces enclosed by foreground and smaller than ``max_fraction`` of it."""
-    n, comp, stats, _ = cv2.connectedComponentsWithStats(1 - fg, 4)
+    _, comp, stats, _ = cv2.connectedComponentsWithStats(1 - fg, 4)
     h, w = fg.shape
     x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
     touches = (x == 0) | (y == 0) | (x + stats[:, cv2.CC_STAT_WIDTH] == w) | \
               (y + stats[:, cv2.CC_STAT_HEIGHT] == h)
     small = stats[:, cv2.CC_STAT_AREA] < max_fraction * max(1, int(fg.sum()))
     holes = np.flatnonzero(~touches & small)
-    holes = holes[holes > 0] if n > 1 else holes[:0]
+    holes = holes[holes > 0]  # label 0 is the foreground itself
     out = fg.copy()
     out[np.isin(comp, holes)] = 1
     return out

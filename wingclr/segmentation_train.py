@@ -128,6 +128,8 @@ def train_maskrcnn(args) -> dict | None:
     torch.manual_seed(args.seed)
     model, spec = _start_model(args, classes)
     keep_best_per_class(model)  # validation speed; training is unaffected
+    # a photo holds a few wings: fewer sampled RoIs (torchvision: 512) cut the mask head's cost
+    model.roi_heads.fg_bg_sampler.batch_size_per_image = args.rois_per_image
     device = pick_device(args.device)
     model.to(device)
     train_set = WingDataset(train_items, spec.classes, True, args.hflip, args.vflip, args.max_side)
