@@ -8,8 +8,8 @@ Two cases (run both by default):
                  2048-d head. Expected RSS: the process baseline + a few batches + the
                  100 000 x 2048 float32 output (0.8 GB).
   hyperspectral  1 000 cubes of 408 bands at 224 px (20 MB each as uint8) written as .npy, cached
-                 by stage 3's code, then batches of 8 through the device augmentation (two float
-                 views) and one ResNet-18 training step.
+                 by stage 3's code, then 20 batches of 8 through the device augmentation (two
+                 float views each) and one ResNet-18 training step.
 
 Prints peak RSS (this process and the largest worker) next to the budget, for each phase.
 
@@ -114,7 +114,7 @@ def hyperspectral(args) -> None:
     model = SimCLR(backbone="resnet18", in_chans=bands, rgb_bands=[], input_size=size,
                    augment=[cfg.to_dict()] * 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    for step, batch in enumerate(loader):
+    for step, batch in zip(range(args.batches), loader):
         x0, x1 = model.views(batch)
         if step < args.train_steps:
             loss = model.criterion(model(x0), model(x1))
@@ -122,7 +122,7 @@ def hyperspectral(args) -> None:
             opt.step()
             opt.zero_grad()
     view = bs * bands * size * size * 4 / GB
-    print(f"one epoch of augmented batches of {bs} + {args.train_steps} training steps; {peaks()}; "
+    print(f"{args.batches} augmented batches of {bs} + {args.train_steps} training steps; {peaks()}; "
           f"budget: baseline + 2 float views ({2 * view:.2f} GB) + uint8 batches "
           f"({(args.workers * 2 + 1) * bs * bands * size * size / GB:.2f} GB) + activations")
     if not args.keep:
@@ -136,6 +136,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=100_000, help="images in the images100k case")
     p.add_argument("--cubes", type=int, default=1000, help="cubes in the hyperspectral case")
     p.add_argument("--train-steps", type=int, default=1)
+    p.add_argument("--batches", type=int, default=20, help="augmented hyperspectral batches")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--keep", action="store_true", help="keep the generated cubes and cache")
     p.add_argument("--work", type=Path, default=Path("work/bench/memory"))
