@@ -16,13 +16,17 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# Stage 3 in the demo is a CPU-sized run (~7 min) with the short-run recipe of
+# benchmarks/probe_common.py (CPU_RECIPE): Adam, T=0.2, crops >= 30 %, no blur.
 demo: install
-	$(PY) -m wingclr.demo --output $(DEMO)/specimens-set --n 240 --size 96
+	$(PY) -m wingclr.demo --output $(DEMO)/specimens-set --n 600 --size 96
 	$(PY) 2-create_dataset/create_dataset.py --input $(DEMO)/specimens-set/clusters --output $(DEMO)/2-dataset
 	$(PY) 3-training/train.py --data $(DEMO)/2-dataset --output $(DEMO)/3-training \
-		--backbone resnet18 --pretrained none --input-size 64 --batch-size 64 --epochs 30
+		--backbone resnet18 --pretrained none --input-size 64 --batch-size 64 --epochs 45 \
+		--temperature 0.2 --optimizer adam --lr 2e-3 --min-scale 0.3 --blur-prob 0
 	$(PY) 4-embed/embed.py --training-dir $(DEMO)/3-training --data $(DEMO)/2-dataset --output $(DEMO)/4-embeddings
-	$(PY) 5-evaluation/evaluate.py --embeddings $(DEMO)/4-embeddings --output $(DEMO)/5-evaluation
+	$(PY) 5-evaluation/evaluate.py --embeddings $(DEMO)/4-embeddings --output $(DEMO)/5-evaluation \
+		--baselines pixel,random
 	@echo "demo done: CSVs in $(DEMO)/4-embeddings/*/ and $(DEMO)/5-evaluation/evaluation.csv, plots next to them"
 
 test: install

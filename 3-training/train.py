@@ -58,6 +58,11 @@ def get_args_parser():
     d.add_argument("--augment-on", choices=["auto", "workers", "device"], default="auto",
                    help="augment per image in DataLoader workers or batched on the device "
                         "(auto: device on GPU, workers on CPU)")
+    d.add_argument("--min-scale", type=float, default=0.08,
+                   help="smallest random-resized-crop area (fraction of the image); raise it for "
+                        "small inputs where fine wing patterns must stay visible")
+    d.add_argument("--blur-prob", type=float, default=0.5,
+                   help="probability of Gaussian blur per view (lightly: 0.5; 0 for small inputs)")
     d.add_argument("--cache-size", type=int, default=None,
                    help="images are letterboxed to this side before cropping (default --input-size)")
     d.add_argument("--cache-dir", type=Path, default=cli.WORK / "cache",

@@ -1,13 +1,13 @@
 """Does SimCLR training help on the demo set? Linear probe and kNN vs random init and pixel PCA.
 
-Generates the demo set as ``make demo`` does (240 specimens, 96 px, 5 wing-pattern phenotypes as
+Generates the demo set as ``make demo`` does (600 specimens, 96 px, 5 wing-pattern phenotypes as
 clusters), trains SimCLR with make demo's settings (ResNet-18 from random init, 64 px, batch 64,
-30 epochs), then scores on the same validation splits (averaged over --splits stage 2 seeds):
+45 epochs, probe_common.CPU_RECIPE), then scores on the same validation splits (averaged over --splits stage 2 seeds):
 (a) the trained backbone, (b) the same backbone at random initialisation (no training), (c) pixel
 PCA, and (d) ImageNet ResNet-18 when weights/resnet18-f37072fd.pth is present. Prints accuracy,
 kNN accuracy and silhouette per method and SimCLR's ratios to the baselines. Nothing is asserted.
 
-    python benchmarks/demo_probe.py                         # make bench; ~5 min on 2 CPU cores
+    python benchmarks/demo_probe.py                         # make bench; ~10 min on 2 CPU cores
     python benchmarks/demo_probe.py --epochs 100 --work work/bench/demo-100
 """
 
@@ -26,9 +26,9 @@ from probe_common import add_budget_args, report, run_benchmark  # noqa: E402
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, default=Path("work/bench/demo"), help="working folder")
-    p.add_argument("--n", type=int, default=240, help="specimens")
+    p.add_argument("--n", type=int, default=600, help="specimens")
     p.add_argument("--size", type=int, default=96, help="specimen image side (px)")
-    add_budget_args(p, epochs=30, input_size=64, batch_size=64, splits=5)
+    add_budget_args(p, epochs=45, input_size=64, batch_size=64, splits=5)
     args = p.parse_args(argv)
 
     from wingclr.demo import PHENOTYPES, generate

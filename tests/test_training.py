@@ -204,3 +204,25 @@ def test_device_path_stops_on_sigusr1_and_resumes_the_same_batches(dataset_dir, 
     assert 0 < steps_before < final["global_step"]
     assert final["hyper_parameters"] == hparams
     assert pd.read_csv(out / "sig" / "metrics.csv").epoch.tolist() == [1, 2, 3]
+
+
+def test_crop_scale_and_blur_flags_reach_the_augmentation(dataset_dir, tmp_path):
+    run_stage(SCRIPT, "--data", dataset_dir, "--output", tmp_path, "--epochs", "1", "--run-name", "aug",
+              "--augment-on", "device", "--cache-dir", tmp_path / "cache", "--min-scale", "0.3",
+              "--blur-prob", "0", *TINY_TRAIN)
+    ckpt = torch.load(tmp_path / "aug" / "aug.ckpt", map_location="cpu", weights_only=False)
+    views = ckpt["hyper_parameters"]["augment"]
+    assert [(v["min_scale"], v["blur_prob"]) for v in views] == [(0.3, 0.0), (0.3, 0.0)]
+
+    from wingclr.loaders import TwoViews
+    from wingclr.augment import AugmentConfig
+
+    views = TwoViews([AugmentConfig(input_size=32, min_scale=0.3, blur_prob=0.0)] * 2, [[0, 1, 2]] * 2, 3)
+    steps = views._make(views.cfgs[0])[0].transform.transforms  # lightly's per-view Compose
+    assert tuple(steps[0].scale) == (0.3, 1.0)
+    blur = next(s for s in steps if type(s).__name__ == "GaussianBlur")
+    assert blur.prob == 0.0
+
+    proc = run_cli(SCRIPT, "--data", dataset_dir, "--output", tmp_path, "--epochs", "1",
+                   "--min-scale", "0", *TINY_TRAIN)
+    assert_one_line_error(proc, "--min-scale must be in (0, 1]")

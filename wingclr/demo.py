@@ -4,7 +4,9 @@ Each specimen has four wings (label image: 1 forewing_left, 2 forewing_right, 3 
 4 hindwing_right), a body and antennae (background in the wing mask), and sometimes a pin and a
 paper label. The phenotype is a wing *pattern* family; base and pattern colours are drawn from one
 palette for every phenotype, and pose, scale, wing shape, lighting and background vary, so colour
-statistics alone do not give the phenotype away.
+statistics alone do not give the phenotype away. Pattern elements are drawn at >= ~6 % of the wing
+length, so they survive downscaling to the 64 px of ``make demo`` (at ~2 % they vanished below
+ResNet's stride-4 stem and no short SimCLR run could learn them).
 
 Usage:
     python -m wingclr.demo --output work/demo --n 240 --size 128
@@ -84,7 +86,6 @@ def _wing_polygons(rng, cx, cy, L) -> dict[int, np.ndarray]:
 def _pattern(rng, phenotype, wing_masks, polys, canvas, colour, L) -> np.ndarray:
     """Paint the phenotype's pattern in ``colour`` inside the wings (in place); returns its mask."""
     layer = np.zeros(canvas.shape[:2], np.uint8)
-    s = max(1, int(L / 40))
     for label, poly in polys.items():
         fore = label in (1, 2)
         pts = poly.astype(float)
@@ -95,23 +96,23 @@ def _pattern(rng, phenotype, wing_masks, polys, canvas, colour, L) -> np.ndarray
             d = far - base
             normal = np.array([-d[1], d[0]]) / (np.linalg.norm(d) + 1e-6)
             cv2.line(layer, tuple((mid - normal * L).astype(int)), tuple((mid + normal * L).astype(int)),
-                     255, int(L * rng.uniform(0.12, 0.2)))
+                     255, int(L * rng.uniform(0.18, 0.26)))
         elif phenotype == "spots" and fore:
-            for t in rng.uniform(0.55, 0.9, rng.integers(3, 6)):
+            for t in rng.uniform(0.5, 0.9, rng.integers(2, 4)):
                 p = base + t * (far - base) + rng.normal(0, L * 0.06, 2)
-                cv2.circle(layer, tuple(p.astype(int)), int(L * rng.uniform(0.04, 0.07)), 255, -1)
+                cv2.circle(layer, tuple(p.astype(int)), int(L * rng.uniform(0.08, 0.11)), 255, -1)
         elif phenotype == "eyespots" and not fore:
             p = centre + 0.25 * (far - centre)
-            r = int(L * rng.uniform(0.1, 0.14))
+            r = int(L * rng.uniform(0.14, 0.18))
             cv2.circle(layer, tuple(p.astype(int)), r, 255, -1)
             cv2.circle(canvas, tuple(p.astype(int)), int(r * 0.55), (20, 20, 20), -1)
             cv2.circle(canvas, tuple(p.astype(int)), max(1, int(r * 0.2)), (250, 250, 250), -1)
         elif phenotype == "rays":
-            for k in range(rng.integers(4, 7)):
+            for k in range(rng.integers(3, 5)):
                 q = pts[int(len(pts) * (0.15 + 0.5 * k / 6))]
-                cv2.line(layer, tuple(base.astype(int)), tuple(q.astype(int)), 255, 2 * s)
+                cv2.line(layer, tuple(base.astype(int)), tuple(q.astype(int)), 255, max(2, int(0.06 * L)))
         elif phenotype == "margin":
-            cv2.polylines(layer, [poly], True, 255, int(L * rng.uniform(0.1, 0.14)))
+            cv2.polylines(layer, [poly], True, 255, int(L * rng.uniform(0.16, 0.22)))
     wings = np.zeros_like(layer)
     for m in wing_masks.values():
         wings |= m
@@ -127,7 +128,7 @@ def make_specimen(rng: np.random.Generator, phenotype: str, size: int = 128,
     bg = BACKGROUNDS[rng.integers(len(BACKGROUNDS))] + rng.normal(0, 6, 3)
     canvas = np.empty((S, S, 3), np.float32)
     canvas[:] = bg
-    L = S * rng.uniform(0.26, 0.4)
+    L = S * rng.uniform(0.34, 0.44)
     cx, cy = S / 2 + rng.normal(0, S * 0.04), S / 2 + rng.normal(0, S * 0.04)
     polys = _wing_polygons(rng, cx, cy, L)
     base_i, pat_i = rng.choice(len(PALETTE), 2, replace=False)
