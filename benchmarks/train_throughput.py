@@ -2,12 +2,16 @@
 
 In one process, on the same backbone, batch and input size:
 
-  (a) reference: lightly's SimCLRTransform in a torch DataLoader with N workers reading JPEGs;
+  (a) reference: lightly's SimCLRTransform in a torch DataLoader with N workers reading JPEGs,
+      and the plain float32 training step of lightly's examples (default memory format);
   (b) fast path: images decoded once into wingclr's uint8 cache, uint8 batches moved to the device
-      and augmented there in one batch (wingclr.augment.BatchAugment), then the same step;
-  (c) ceiling: the same training step on pre-made tensors (no data loading, no augmentation).
+      and augmented there in one batch (wingclr.augment.BatchAugment), then stage 3's training
+      step (channels_last; bf16 autocast on CUDA);
+  (c) ceiling: (b)'s training step on pre-made tensors (no data loading, no augmentation).
 
-Prints images/s of each and the ratios b/a and b/c (and peak GPU memory on CUDA).
+Also (a+): the reference input path feeding (b)'s training step, which splits b/a into the gain of
+the input path (b / a+) and of the training step (a+ / a). Prints images/s of each, the ratios
+b/a and b/c (and peak GPU memory on CUDA).
 
     python benchmarks/train_throughput.py --device cpu                  # ResNet-18, 96 px, batch 64
     python benchmarks/train_throughput.py --device cuda --backbone resnet50 --input-size 224 \\
@@ -31,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from wingclr.augment import AugmentConfig, lightly_transform  # noqa: E402
 from wingclr.cache import ensure_cache  # noqa: E402
 from wingclr.data import ReadSpec  # noqa: E402
-from wingclr.loaders import EpochBatchSampler  # noqa: E402
+from wingclr.loaders import EpochBatchSampler, cache_loader_workers  # noqa: E402
 from wingclr.simclr import SimCLR  # noqa: E402
 
 
@@ -66,16 +70,16 @@ def make_jpegs(folder: Path, n: int, size: int) -> list[Path]:
 
 
 class Runner:
-    """One SimCLR training step, identical for all three measurements."""
+    """One SimCLR training step: the plain reference one, or stage 3's (``tuned``)."""
 
-    def __init__(self, args, device: torch.device, augment: bool):
+    def __init__(self, args, device: torch.device, augment: bool, tuned: bool):
         cfg = AugmentConfig(input_size=args.input_size)
         self.device = device
         self.model = SimCLR(backbone=args.backbone, input_size=args.input_size,
-                            augment=cfg.to_dict() if augment else None,
-                            channels_last=args.channels_last).to(device)
+                            augment=[cfg.to_dict()] * 2 if augment else None,
+                            channels_last=tuned and args.channels_last).to(device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
-        self.bf16 = device.type == "cuda" and args.precision == "bf16-mixed"
+        self.bf16 = tuned and device.type == "cuda" and args.precision == "bf16-mixed"
 
     def step(self, x0: torch.Tensor, x1: torch.Tensor) -> None:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -110,7 +114,10 @@ def main() -> None:
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--input-size", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of both input paths")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference path")
+    p.add_argument("--fast-workers", type=int, default=None,
+                   help="DataLoader workers of the fast path (default: stage 3's, 1 on CPU, 4 on "
+                        "CUDA); they only read uint8 batches from the cache")
     p.add_argument("--images", type=int, default=512, help="JPEGs generated for the benchmark")
     p.add_argument("--jpeg-size", type=int, default=256, help="side of the generated JPEGs")
     p.add_argument("--steps", type=int, default=4, help="timed steps per path and round")
@@ -126,10 +133,12 @@ def main() -> None:
     files = make_jpegs(args.work / "jpeg" / "all", args.images, args.jpeg_size)
     root = args.work / "jpeg"
     bs, pin = args.batch_size, device.type == "cuda"
-    print(f"{args.backbone}, {args.input_size} px, batch {bs}, {args.workers} workers, {device}, "
+    fast_workers = cache_loader_workers(pin) if args.fast_workers is None else args.fast_workers
+    print(f"{args.backbone}, {args.input_size} px, batch {bs}, {args.workers} workers (fast path {fast_workers}), {device}, "
           f"{torch.get_num_threads()} threads, channels_last={args.channels_last}")
 
-    ref, fast = Runner(args, device, augment=False), Runner(args, device, augment=True)
+    ref, tuned = Runner(args, device, False, tuned=False), Runner(args, device, False, tuned=True)
+    fast = Runner(args, device, augment=True, tuned=True)
     transform = lightly_transform(AugmentConfig(input_size=args.input_size))
     loader_a = DataLoader(JpegViews(files, transform), batch_size=bs, shuffle=True, drop_last=True,
                           num_workers=args.workers, persistent_workers=args.workers > 0, pin_memory=pin)
@@ -141,8 +150,8 @@ def main() -> None:
                          ReadSpec(size=args.input_size), workers=args.workers, progress=False)
     cache_s = time.perf_counter() - start
     loader_b = DataLoader(cache, sampler=EpochBatchSampler(range(len(cache)), bs, seed=0),
-                          batch_size=None, num_workers=args.workers,
-                          persistent_workers=args.workers > 0, pin_memory=pin)
+                          batch_size=None, num_workers=fast_workers,
+                          persistent_workers=fast_workers > 0, pin_memory=pin)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     x0 = torch.randn(bs, 3, args.input_size, args.input_size, device=device).contiguous(memory_format=fmt)
     premade = (x0, torch.randn_like(x0))
@@ -153,19 +162,22 @@ def main() -> None:
     paths = {  # name: (runner, batch iterator, batch -> two views)
         "a": (ref, forever(loader_a), lambda batch: to_dev(batch[0])),
         "b": (fast, forever(loader_b), lambda batch: fast.model.views((batch[0].to(device, non_blocking=True), None))),
-        "c": (ref, forever([premade]), lambda views: views),
+        "a+": (tuned, forever(loader_a), lambda batch: to_dev(batch[0])),
+        "c": (tuned, forever([premade]), lambda views: views),
     }
     for runner, it, prepare in paths.values():  # warm-up: workers started, kernels chosen
         timed(runner, it, args.warmup, bs, prepare)
     rates = {k: [] for k in paths}
-    for _ in range(args.rounds):  # interleaved, so load from other processes hits all three alike
+    for _ in range(args.rounds):  # interleaved, so load from other processes hits all alike
         for k, (runner, it, prepare) in paths.items():
             rates[k].append(timed(runner, it, args.steps, bs, prepare))
-    a, b, c = (statistics.median(rates[k]) for k in "abc")
-    print(f"(a) reference, lightly + DataLoader : {a:8.1f} img/s   (data only {data_only:.0f} img/s)")
-    print(f"(b) fast path, cache + batched aug  : {b:8.1f} img/s   (cache built once in {cache_s:.1f} s)")
-    print(f"(c) model-only ceiling              : {c:8.1f} img/s")
-    print(f"b/a = {b / a:.2f}   b/c = {b / c:.2f}   a/c = {a / c:.2f}")
+    a, a2, b, c = (statistics.median(rates[k]) for k in ("a", "a+", "b", "c"))
+    print(f"(a)  reference, lightly + DataLoader : {a:8.1f} img/s   (data only {data_only:.0f} img/s)")
+    print(f"(a+) same input, stage 3's step      : {a2:8.1f} img/s")
+    print(f"(b)  fast path, cache + batched aug  : {b:8.1f} img/s   (cache built once in {cache_s:.1f} s)")
+    print(f"(c)  model-only ceiling (b's step)   : {c:8.1f} img/s")
+    print(f"b/a = {b / a:.2f}   b/c = {b / c:.2f}   (input path b/a+ = {b / a2:.2f}, "
+          f"training step a+/a = {a2 / a:.2f})")
     if device.type == "cuda":
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 

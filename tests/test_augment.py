@@ -102,3 +102,15 @@ def test_multiband_colour_ops_touch_rgb_bands_only():
     out = aug(x)
     assert torch.allclose(out[:, 3:], torch.full_like(out[:, 3:], 0.5), atol=1e-5)
     assert not torch.allclose(out[:, :3], x[:, :3], atol=1e-3)
+
+
+def test_gaussian_blur_equals_torchvision_per_image_sigma():
+    from torchvision.transforms.functional import gaussian_blur as tv_blur
+
+    from wingclr.augment import gaussian_blur
+
+    x = torch.rand(3, 4, 20, 17, generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([0.3, 1.0, 2.0])
+    out = gaussian_blur(x, sigma, sigma_max=2.0)  # radius 6: kernel 13
+    for i, s in enumerate(sigma.tolist()):
+        torch.testing.assert_close(out[i], tv_blur(x[i], [13, 13], [s, s]), atol=1e-5, rtol=1e-5)

@@ -115,18 +115,20 @@ def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     ``x``: ``(B, 3, H, W)`` in [0, 1]; ``factor``: ``(B,)`` in [-0.5, 0.5]. Value and chroma are
     kept; the hue angle (in sixths) moves by ``6 * factor`` and each channel is
     ``v - c * clamp(min(k, 4 - k), 0, 1)`` with ``k = (n + h) mod 6``, n = 5, 3, 1 for R, G, B.
+    Written with in-place ops on few buffers: on a CPU this chain is bound by memory traffic.
     """
     r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-    v = torch.maximum(torch.maximum(r, g), b)  # elementwise: much faster than max over dim 1
-    c = v - torch.minimum(torch.minimum(r, g), b)
-    is_r = v == r
-    is_g = (v == g) & ~is_r
-    num = torch.where(is_r, g - b, torch.where(is_g, b - r, r - g))
-    offset = is_g * 2.0 + ~(is_r | is_g) * 4.0
-    h = num / (c + (c == 0)) + offset + 6 * factor.view(-1, 1, 1, 1)
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1)
-    k = torch.remainder(n + h, 6.0)
-    return v - c * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+    v = torch.maximum(r, g)  # elementwise: much faster than max over dim 1
+    torch.maximum(v, b, out=v)
+    c = torch.minimum(r, g)
+    torch.minimum(c, b, out=c)
+    c.neg_().add_(v)  # chroma
+    # hue x chroma in sixths, from the largest channel: R + 0, G + 2, B + 4 sixths (ties: R, then G)
+    h = torch.where(v == r, g - b, torch.where(v == g, (b - r).add_(c, alpha=2), (r - g).add_(c, alpha=4)))
+    h.div_(torch.where(c == 0, 1.0, c)).add_(6 * factor.view(-1, 1, 1, 1))
+    k = h + torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1)
+    k.remainder_(6.0).sub_(2).abs_().neg_().add_(2).clamp_(0, 1)  # min(k, 4 - k) = 2 - |k - 2|
+    return k.mul_(c).neg_().add_(v)
 
 
 def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
@@ -147,22 +149,27 @@ def _subset(x: torch.Tensor, mask: torch.Tensor, fn) -> torch.Tensor:
     """Apply ``fn`` to the images where ``mask`` is True only (in place)."""
     idx = torch.nonzero(mask)[:, 0]
     if len(idx):
-        x[idx] = fn(x[idx], idx)
+        x.index_copy_(0, idx, fn(x.index_select(0, idx), idx))  # faster than x[idx] on CPU
     return x
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, sigma_max: float) -> torch.Tensor:
-    """Separable Gaussian blur, one sigma per image; ``x`` ``(B, C, H, W)``, ``sigma`` ``(B,)``."""
+    """Separable Gaussian blur, one sigma per image; ``x`` ``(B, C, H, W)``, ``sigma`` ``(B,)``.
+
+    Each pass is a weighted sum of shifted copies (reflect padding): ~1.5x faster on a CPU than a
+    grouped convolution with one group per image and band.
+    """
     b, c, hgt, wid = x.shape
     radius = max(1, math.ceil(3 * sigma_max))
     t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     kern = torch.exp(-0.5 * (t.view(1, -1) / sigma.view(-1, 1)) ** 2)
-    kern = (kern / kern.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B*C, k)
-    y = x.reshape(1, b * c, hgt, wid)
-    y = nn.functional.pad(y, (radius, radius, radius, radius), mode="reflect")
-    y = nn.functional.conv2d(y, kern.view(b * c, 1, 1, -1), groups=b * c)
-    y = nn.functional.conv2d(y, kern.view(b * c, 1, -1, 1), groups=b * c)
-    return y.view(b, c, hgt, wid)
+    kern = (kern / kern.sum(1, keepdim=True)).view(b, 1, 1, 1, -1)  # (B, 1, 1, 1, k)
+    for dim, size, pad in ((3, wid, (radius, radius, 0, 0)), (2, hgt, (0, 0, radius, radius))):
+        y = nn.functional.pad(x, pad, mode="reflect")
+        x = y.narrow(dim, 0, size) * kern[..., 0]
+        for i in range(1, 2 * radius + 1):
+            x.addcmul_(y.narrow(dim, i, size), kern[..., i])
+    return x
 
 
 class BatchAugment(nn.Module):
@@ -212,16 +219,18 @@ class BatchAugment(nn.Module):
                 idx = torch.nonzero(p["jitter"] & (p["order"][:, slot] == op))[:, 0]
                 if len(idx) == 0:
                     continue
-                sub, k = x[idx], f[idx, op].view(-1, 1, 1, 1)
-                if op == 0:
-                    sub = sub * k
+                sub, k = x.index_select(0, idx), f[idx, op].view(-1, 1, 1, 1)
+                if op == 0:  # sub is a copy: in-place ops are safe
+                    sub.mul_(k)
                 elif op == 1:
-                    sub = k * sub + (1 - k) * rgb_to_gray(sub).mean((1, 2, 3), keepdim=True)
+                    mean = rgb_to_gray(sub).mean((1, 2, 3), keepdim=True)
+                    sub.mul_(k).add_((1 - k) * mean)
                 elif op == 2:
-                    sub = k * sub + (1 - k) * rgb_to_gray(sub)
+                    gray = rgb_to_gray(sub)
+                    sub.mul_(k).add_(gray.mul_(1 - k))
                 else:
                     sub = adjust_hue(sub, f[idx, 3])
-                x[idx] = sub.clamp(0, 1)
+                x.index_copy_(0, idx, sub.clamp_(0, 1))
         return _subset(x, p["gray"], lambda sub, _: rgb_to_gray(sub).expand_as(sub))
 
     def _bands(self, x: torch.Tensor, p: dict) -> torch.Tensor:

@@ -23,6 +23,16 @@ def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
+def cache_loader_workers(cuda: bool) -> int:
+    """DataLoader workers that read uint8 batches from the cache (the device path).
+
+    They only copy bytes, so a few suffice. On a CPU-only machine the cores belong to the model
+    step and augmentation: one worker prefetches, and more only preempt the model's threads
+    (measured on 2 cores: 2 workers cost ~5 % of the step rate, benchmarks/train_throughput.py).
+    """
+    return min(4, default_workers()) if cuda else 1
+
+
 class TwoViews:
     """Picklable per-image transform for DataLoader workers: ``(S, S, C)`` uint8 -> [view0, view1].
 
@@ -173,6 +183,8 @@ def build_training(args, trainer, pretrained: bool):
     weights = cluster_weights([images.clusters[i] for i in valid]) if args.balance == "clusters" else None
     sampler = EpochBatchSampler(valid, per_device, world, args.seed, weights,
                                 epoch_fn=lambda: trainer.current_epoch)
+    if on_device and args.num_workers is None:
+        workers = cache_loader_workers(cuda)
     loader_kwargs = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=cuda)
     if on_device:  # the dataset reads whole batches: dataset[list of indices]
         loader = DataLoader(dataset, sampler=sampler, batch_size=None, **loader_kwargs)
@@ -186,7 +198,7 @@ def build_training(args, trainer, pretrained: bool):
         warmup_epochs=args.warmup_epochs, gather_distributed=world > 1,
         augment=[cfg.to_dict() for cfg in cfgs] if on_device else None,
         view_bands=plan.bands if plan.cross_modal else None,
-        channels_last=args.channels_last == "on" or (args.channels_last == "auto" and cuda),
+        channels_last=args.channels_last == "on",
         compile=args.compile, pretrained=pretrained and args.pretrained == "imagenet")
     meta.update(augment_on="device" if on_device else "workers", lr=lr, world_size=world,
                 images=len(valid), clusters=dict(Counter(images.clusters)))
