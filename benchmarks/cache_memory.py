@@ -114,17 +114,20 @@ def hyperspectral(args) -> None:
     model = SimCLR(backbone="resnet18", in_chans=bands, rgb_bands=[], input_size=size,
                    augment=[cfg.to_dict()] * 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    for step, batch in zip(range(args.batches), loader):
-        x0, x1 = model.views(batch)
-        if step < args.train_steps:
-            loss = model.criterion(model(x0), model(x1))
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
     view = bs * bands * size * size * 4 / GB
-    print(f"{args.batches} augmented batches of {bs} + {args.train_steps} training steps; {peaks()}; "
-          f"budget: baseline + 2 float views ({2 * view:.2f} GB) + uint8 batches "
-          f"({(args.workers * 2 + 1) * bs * bands * size * size / GB:.2f} GB) + activations")
+    x0 = x1 = None
+    for step, batch in zip(range(args.batches), loader):
+        x0 = x1 = None  # as in training, a batch's views are gone before the next are made
+        x0, x1 = model.views(batch)
+    print(f"{args.batches} augmented batches of {bs}; {peaks()}; budget: baseline + 2 float views "
+          f"({2 * view:.2f} GB) + uint8 batches ({(args.workers * 2 + 1) * bs * bands * size * size / GB:.2f} GB)"
+          " + one view's augmentation temporaries")
+    for _ in range(args.train_steps):
+        loss = model.criterion(model(x0), model(x1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    print(f"+ {args.train_steps} ResNet-18 training step(s) on the last views; {peaks()}")
     if not args.keep:
         shutil.rmtree(root)
         shutil.rmtree(args.work / "cache-hs")

@@ -114,3 +114,46 @@ def test_gaussian_blur_equals_torchvision_per_image_sigma():
     out = gaussian_blur(x, sigma, sigma_max=2.0)  # radius 6: kernel 13
     for i, s in enumerate(sigma.tolist()):
         torch.testing.assert_close(out[i], tv_blur(x[i], [13, 13], [s, s]), atol=1e-5, rtol=1e-5)
+
+
+def test_flips_in_the_sampling_grid_equal_flipping_the_resized_crop():
+    from wingclr.augment import crop_resize
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(6, 2, 30, 40, generator=g)
+    boxes = sample_crops(6, 30, 40, (0.2, 1.0), g=g)
+    h = torch.tensor([True, False, True, False, True, False])
+    v = torch.tensor([True, True, False, False, True, False])
+    plain = crop_resize(x, boxes, 16)
+    expected = torch.where(h.view(-1, 1, 1, 1), plain.flip(-1), plain)
+    expected = torch.where(v.view(-1, 1, 1, 1), expected.flip(-2), expected)
+    torch.testing.assert_close(crop_resize(x, boxes, 16, h, v), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_band_jitter_scales_only_the_selected_bands():
+    cfg = AugmentConfig(input_size=8, rgb_bands=[], mean=[0] * 4, std=[1] * 4, band_jitter=0.4)
+    aug = BatchAugment(cfg, 4)
+    x = torch.rand(3, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    p = aug.sample(3, 8, 8, g=torch.Generator().manual_seed(3))
+    on = p["band_jitter"].view(3, 4, 1, 1)
+    bright, contrast = p["band_factors"].view(3, 2, 4, 1, 1).unbind(1)
+    mean = x.mean((2, 3), keepdim=True)
+    expected = torch.where(on, (((x - mean) * contrast + mean) * bright).clamp(0, 1), x)
+    torch.testing.assert_close(aug._bands(x.clone(), p), expected)
+    assert 0 < on.sum() < on.numel()  # some bands jittered, some left alone
+
+
+def test_large_images_are_augmented_in_slices_with_the_same_result(monkeypatch):
+    import wingclr.augment as A
+
+    aug = BatchAugment(AugmentConfig(input_size=12, rgb_bands=[0, 1, 2], mean=[0] * 5, std=[1] * 5), 5)
+    x = torch.randint(0, 255, (7, 5, 16, 16), dtype=torch.uint8)
+    torch.manual_seed(4)
+    whole = aug(x)
+    monkeypatch.setattr(A, "CHUNK_BYTES", 2 * 5 * 16 * 16 * 4)  # two images per slice
+    calls = []
+    monkeypatch.setattr(aug, "apply", lambda xs, p, f=aug.apply: calls.append(len(xs)) or f(xs, p))
+    torch.manual_seed(4)
+    sliced = aug(x)
+    assert calls == [2, 2, 2, 1]
+    torch.testing.assert_close(sliced, whole)

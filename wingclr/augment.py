@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 GRAY = (0.299, 0.587, 0.114)  # ITU-R 601, as torchvision and kornia
+CHUNK_BYTES = 256 << 20  # float32 input per slice of BatchAugment.forward
 
 
 @dataclass
@@ -131,16 +132,22 @@ def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return k.mul_(c).neg_().add_(v)
 
 
-def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int, hflip: torch.Tensor | None = None,
+                vflip: torch.Tensor | None = None) -> torch.Tensor:
     """Bilinear crop-and-resize of each image to ``size`` x ``size`` (one ``grid_sample``).
 
-    ``x`` ``(B, C, H, W)``; ``boxes`` ``(B, 4)`` pixel boxes ``x0, y0, x1, y1`` (end exclusive).
+    ``x`` ``(B, C, H, W)``; ``boxes`` ``(B, 4)`` pixel boxes ``x0, y0, x1, y1`` (end exclusive);
+    ``hflip`` / ``vflip`` ``(B,)`` bool flip the output, by mirroring the sampling grid (the same
+    numbers as flipping the resized crop, without copying the batch again).
     """
     b, _, hgt, wid = x.shape
     x0, y0, x1, y1 = boxes.to(x.dtype).unbind(1)
     theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
     theta[:, 0, 0], theta[:, 0, 2] = (x1 - x0) / wid, (x0 + x1) / wid - 1
     theta[:, 1, 1], theta[:, 1, 2] = (y1 - y0) / hgt, (y0 + y1) / hgt - 1
+    for axis, flip in ((0, hflip), (1, vflip)):
+        if flip is not None:
+            theta[:, axis, axis] *= 1 - 2 * flip.to(x.dtype)
     grid = nn.functional.affine_grid(theta, [b, x.shape[1], size, size], align_corners=False)
     return nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -206,10 +213,10 @@ class BatchAugment(nn.Module):
             "gray": _bernoulli(n, cfg.gray_prob, device, g),
             "blur": _bernoulli(n, cfg.blur_prob, device, g),
             "sigma": _uniform(n, *cfg.sigmas, device, g),
-            "band_jitter": _bernoulli(n * len(self.other), cfg.band_jitter_prob, device, g),
-            "band_factors": _uniform(n * len(self.other) * 2, 1 - cfg.band_jitter,
-                                     1 + cfg.band_jitter, device, g),
-        }
+            "band_jitter": _bernoulli(n * len(self.other), cfg.band_jitter_prob, device, g).view(n, -1),
+            "band_factors": _uniform(n * len(self.other) * 2, 1 - cfg.band_jitter,  # bright, contrast
+                                     1 + cfg.band_jitter, device, g).view(n, 2, -1),
+        }  # every entry has one row per image, so a batch can be augmented in slices
 
     def _colour(self, x: torch.Tensor, p: dict) -> torch.Tensor:
         """Colour jitter in per-image random order, then grayscale; ``x`` ``(B, 3, H, W)``."""
@@ -234,26 +241,29 @@ class BatchAugment(nn.Module):
         return _subset(x, p["gray"], lambda sub, _: rgb_to_gray(sub).expand_as(sub))
 
     def _bands(self, x: torch.Tensor, p: dict) -> torch.Tensor:
-        """Per-band brightness and contrast for non-RGB bands; ``x`` ``(B, K, H, W)``."""
+        """Per-band brightness and contrast for non-RGB bands, in place; ``x`` ``(B, K, H, W)``.
+
+        Bands left alone get factors 1 (and x is in [0, 1], so the clamp keeps them): no copies
+        of the batch, which matters for hyperspectral cubes.
+        """
         b, k = x.shape[:2]
         on = p["band_jitter"].view(b, k, 1, 1)
-        bright, contrast = p["band_factors"].view(2, b, k, 1, 1)
+        bright, contrast = (torch.where(on, f.view(b, k, 1, 1), 1.0) for f in p["band_factors"].unbind(1))
         mean = x.mean((2, 3), keepdim=True)
-        out = ((x - mean) * contrast + mean) * bright
-        return torch.where(on, out.clamp(0, 1), x)
+        return x.sub_(mean).mul_(contrast).add_(mean).mul_(bright).clamp_(0, 1)
 
     def apply(self, x: torch.Tensor, p: dict) -> torch.Tensor:
         """``(B, C, H, W)`` uint8 or float images and :meth:`sample`'s parameters -> one view."""
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
-        x = crop_resize(x, p["box"], self.cfg.input_size)
-        x = _subset(x, p["hflip"], lambda sub, _: sub.flip(-1))
-        x = _subset(x, p["vflip"], lambda sub, _: sub.flip(-2))
+        x = crop_resize(x, p["box"], self.cfg.input_size, p["hflip"], p["vflip"])
         if self.rgb == [0, 1, 2] and x.shape[1] == 3:
             x = self._colour(x, p)
         elif self.rgb:
             x[:, self.rgb] = self._colour(x[:, self.rgb], p)
-        if self.other:
+        if len(self.other) == x.shape[1]:  # no RGB bands: jitter the batch itself
+            self._bands(x, p)
+        elif self.other:
             x[:, self.other] = self._bands(x[:, self.other], p)
         sigma_max = self.cfg.sigmas[1]
         x = _subset(x, p["blur"], lambda sub, idx: gaussian_blur(sub, p["sigma"][idx], sigma_max))
@@ -261,4 +271,21 @@ class BatchAugment(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.apply(x, self.sample(x.shape[0], x.shape[-2], x.shape[-1], x.device))
+        """One view of ``x`` ``(B, C, S, S)``; batches of large images go through in slices.
+
+        A slice holds at most ``CHUNK_BYTES`` of float32 input, so the temporaries of the ops
+        stay small next to the output (hyperspectral cubes: a 408-band image at 224 px is 82 MB
+        as float32); RGB batches of usual sizes go through whole.
+        """
+        n = x.shape[0]
+        p = self.sample(n, x.shape[-2], x.shape[-1], x.device)
+        step = max(1, CHUNK_BYTES // (x[0].numel() * 4))
+        if step >= n:
+            return self.apply(x, p)
+        out = None
+        for i in range(0, n, step):
+            y = self.apply(x[i:i + step], {k: v[i:i + step] for k, v in p.items()})
+            if out is None:
+                out = y.new_empty((n, *y.shape[1:]))
+            out[i:i + step] = y
+        return out

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .cli import UserError
-from .data import FolderDataset, ReadSpec
+from .data import FolderDataset, ReadSpec, worker_init
 from .stage import write_text
 
 LOCK_TIMEOUT_S = 6 * 3600
@@ -108,7 +108,7 @@ def _build(folder: Path, root: Path, images: Sequence[Path], spec: ReadSpec, ent
     record = spec.channels * spec.size * spec.size
     dataset = FolderDataset(root, images, spec, flag_errors=True)
     batch = max(1, min(32, (64 << 20) // record))  # ~64 MB per batch: hyperspectral cubes are big
-    loader = DataLoader(dataset, batch_size=batch, num_workers=workers)
+    loader = DataLoader(dataset, batch_size=batch, num_workers=workers, worker_init_fn=worker_init)
     failed = []
     with open(tmp, "wb") as f:
         f.truncate(record * len(images))

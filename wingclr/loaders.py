@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from .augment import AugmentConfig, BatchAugment, lightly_transform
 from .cli import UserError
-from .data import FolderDataset, ImageSet, ReadSpec, dataset_channels, scan_clusters
+from .data import FolderDataset, ImageSet, ReadSpec, dataset_channels, scan_clusters, worker_init
 from .models import BACKBONES, channel_stats
 
 
@@ -185,7 +185,8 @@ def build_training(args, trainer, pretrained: bool):
                                 epoch_fn=lambda: trainer.current_epoch)
     if on_device and args.num_workers is None:
         workers = cache_loader_workers(cuda)
-    loader_kwargs = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=cuda)
+    loader_kwargs = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=cuda,
+                         worker_init_fn=worker_init)
     if on_device:  # the dataset reads whole batches: dataset[list of indices]
         loader = DataLoader(dataset, sampler=sampler, batch_size=None, **loader_kwargs)
     else:
