@@ -7,7 +7,7 @@ trained once on all images) and prints linear-probe and kNN accuracy of SimCLR, 
 at random initialisation, pixel PCA and ImageNet ResNet-18 (when weights/resnet18-f37072fd.pth
 is present). Skips with a message when the data folder is absent. Nothing is asserted.
 
-    python benchmarks/real_data.py                                # ~10 min on 2 CPU cores
+    python benchmarks/real_data.py                                # ~5 min on 2 CPU cores
     python benchmarks/real_data.py --epochs 200 --input-size 96 --work work/bench/real-96
 """
 
