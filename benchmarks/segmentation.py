@@ -10,7 +10,7 @@
     masks): threshold, rembg when its model file is in weights/, and the Mask R-CNN of (a).
     Skipped when the folder is absent.
 
-    python benchmarks/segmentation.py                              # ~1 h on a busy 2-core CPU
+    python benchmarks/segmentation.py                              # ~10 min on an idle 2-core CPU
     python benchmarks/segmentation.py --train-n 200 --steps 1500 --device cuda
 """
 
