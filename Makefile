@@ -16,7 +16,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# Stage 3 in the demo is a CPU-sized run (~7 min) with the short-run recipe of
+# Stage 3 in the demo is a CPU-sized run (~5.5 min on 2 cores) with the short-run recipe of
 # benchmarks/probe_common.py (CPU_RECIPE): Adam, T=0.2, crops >= 30 %, no blur.
 demo: install
 	$(PY) -m wingclr.demo --output $(DEMO)/specimens-set --n 600 --size 96
@@ -33,7 +33,7 @@ test: install
 	$(PY) -m pytest -q
 
 test-slow: install
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow || test $$? -eq 5  # 5: no test is marked slow
 
 bench: install
 	$(PY) benchmarks/demo_probe.py
