@@ -115,8 +115,7 @@ def hyperspectral(args) -> None:
                    augment=[cfg.to_dict()] * 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     view = bs * bands * size * size * 4 / GB
-    x0 = x1 = None
-    for step, batch in zip(range(args.batches), loader):
+    for _, batch in zip(range(args.batches), loader):
         x0 = x1 = None  # as in training, a batch's views are gone before the next are made
         x0, x1 = model.views(batch)
     print(f"{args.batches} augmented batches of {bs}; {peaks()}; budget: baseline + 2 float views "

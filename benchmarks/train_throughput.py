@@ -137,7 +137,8 @@ def main() -> None:
     print(f"{args.backbone}, {args.input_size} px, batch {bs}, {args.workers} workers (fast path {fast_workers}), {device}, "
           f"{torch.get_num_threads()} threads, channels_last={args.channels_last}")
 
-    ref, tuned = Runner(args, device, False, tuned=False), Runner(args, device, False, tuned=True)
+    ref = Runner(args, device, augment=False, tuned=False)
+    tuned = Runner(args, device, augment=False, tuned=True)
     fast = Runner(args, device, augment=True, tuned=True)
     transform = lightly_transform(AugmentConfig(input_size=args.input_size))
     loader_a = DataLoader(JpegViews(files, transform), batch_size=bs, shuffle=True, drop_last=True,

@@ -223,6 +223,8 @@ def test_crop_scale_and_blur_flags_reach_the_augmentation(dataset_dir, tmp_path)
     blur = next(s for s in steps if type(s).__name__ == "GaussianBlur")
     assert blur.prob == 0.0
 
+    before = sorted(tmp_path.iterdir())
     proc = run_cli(SCRIPT, "--data", dataset_dir, "--output", tmp_path, "--epochs", "1",
                    "--min-scale", "0", *TINY_TRAIN)
     assert_one_line_error(proc, "--min-scale must be in (0, 1]")
+    assert sorted(tmp_path.iterdir()) == before  # refused before any run folder is made

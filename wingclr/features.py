@@ -58,14 +58,13 @@ def iter_features(backbone: torch.nn.Module, dataset: Dataset, mean: Sequence[fl
     from tqdm import tqdm
 
     dev = pick_device(device)
-    fmt = torch.channels_last
-    backbone = backbone.eval().to(dev, memory_format=fmt)
+    backbone = backbone.eval().to(dev, memory_format=torch.channels_last)
     mean_t = torch.tensor(list(mean), device=dev).view(1, -1, 1, 1)
     std_t = torch.tensor(list(std), device=dev).view(1, -1, 1, 1)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                         pin_memory=dev.type == "cuda", worker_init_fn=worker_init)
     for x, idx, good in tqdm(loader, desc=desc, unit="batch", disable=not progress, file=sys.stdout):
-        x = ((x.to(dev, non_blocking=True).float() / 255 - mean_t) / std_t).contiguous(memory_format=fmt)
+        x = ((x.to(dev, non_blocking=True).float() / 255 - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             feats = backbone(x).float().cpu().numpy()
         yield idx.numpy(), feats, good.numpy().astype(bool)

@@ -156,9 +156,6 @@ def build_training(args, trainer, pretrained: bool):
     if len(images) < args.batch_size:
         raise UserError(f"{images.root} holds {len(images)} images, fewer than --batch-size "
                         f"{args.batch_size}; pass a smaller --batch-size")
-    if not (0 < args.min_scale <= 1 and 0 <= args.blur_prob <= 1):
-        raise UserError(f"--min-scale must be in (0, 1] and --blur-prob in [0, 1] (got "
-                        f"{args.min_scale}, {args.blur_prob})")
     cfgs = [AugmentConfig(input_size=args.input_size, rgb_bands=plan.rgb[v], mean=plan.stats(v)[0],
                           std=plan.stats(v)[1], min_scale=args.min_scale, blur_prob=args.blur_prob)
             for v in (0, 1)]

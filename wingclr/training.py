@@ -26,7 +26,8 @@ RUN_FILES = ("last.ckpt", "metrics.csv", "loss.png", MANIFEST)
 
 
 def resolve_grid_args(args) -> None:
-    """Fill ``batch_size``, ``epochs``, ``temperature`` from ``--param-i`` or the defaults."""
+    """Fill ``batch_size``, ``epochs``, ``temperature`` from ``--param-i`` or the defaults, and
+    check the numeric flags before anything is read or created."""
     explicit = [f for f in ("batch_size", "epochs", "temperature") if getattr(args, f) is not None]
     if args.param_i is not None:
         if explicit:
@@ -38,6 +39,9 @@ def resolve_grid_args(args) -> None:
     args.temperature = 0.5 if args.temperature is None else args.temperature
     if args.batch_size < 2 or args.epochs < 1 or args.temperature <= 0:
         raise UserError("--batch-size must be >= 2, --epochs >= 1 and --temperature > 0")
+    if not (0 < args.min_scale <= 1 and 0 <= args.blur_prob <= 1):
+        raise UserError(f"--min-scale must be in (0, 1] and --blur-prob in [0, 1] (got "
+                        f"{args.min_scale}, {args.blur_prob})")
 
 
 def save_checkpoint(trainer: pl.Trainer, path: Path, weights_only: bool = False) -> None:
