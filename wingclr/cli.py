@@ -30,6 +30,20 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Shows defaults and keeps the docstring's copy-paste commands as written."""
 
 
+def require_folder(path: Path, what: str, fix: str) -> None:
+    """One-line :class:`UserError` unless ``path`` is an existing folder.
+
+    Args:
+        what: e.g. ``"input folder"``; ``fix``: what to do when the folder does not exist.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file, expected a folder; pass the folder that holds "
+                        f"it (e.g. {path.parent}) instead")
+    if not path.is_dir():
+        raise UserError(f"{what} {path} does not exist; {fix}")
+
+
 def parser(doc: str | None) -> argparse.ArgumentParser:
     """An ArgumentParser whose description is the stage script's docstring."""
     return argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cli import UserError
+from .cli import UserError, require_folder
 from .cluster_plots import display_available, plot_silhouette, plot_umap_3d, show_figures
 from .clustering import Clustering, cluster, identical_rows, project_umap, sweep, sweep_grid
 from .imageio import list_files
@@ -98,9 +98,8 @@ def guard_output(out: Path, args, mode: str) -> bool:
 def resolve_input(path: Path, out: Path) -> Path:
     """The image folder; stage 0's output folder is accepted for its ``images/``."""
     path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"input folder {path} does not exist; run 0-segmentation/segment.py first "
-                        "or pass --input with your image folder")
+    require_folder(path, "input folder", "run 0-segmentation/segment.py first or pass --input "
+                   "with your image folder")
     if (path / "images").is_dir() and (path / "masks").is_dir():
         path = path / "images"  # stage 0 root given: cluster its cut-out images, not the masks
     inp, outp = path.resolve(), Path(out).resolve()

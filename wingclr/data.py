@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .cli import UserError
+from .cli import UserError, require_folder
 from .imageio import ImageReadError, image_channels, list_files, match_channels, read_image
 
 
@@ -62,9 +62,7 @@ def scan_clusters(root: Path | str, what: str = "input") -> ImageSet:
         UserError: ``root`` is missing, has no cluster subfolders, or no images at all.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"{what} folder {root} does not exist; run the previous stage or pass "
-                        "the right folder")
+    require_folder(root, f"{what} folder", "run the previous stage or pass the right folder")
     images, skipped = list_files(root)
     in_folders = [p for p in images if len(p.parts) > 1]
     top_level = [p for p in images if len(p.parts) == 1]

@@ -11,20 +11,21 @@ applied. Conversion rules to uint8 (documented in README.md, "Images"):
 * float: ``x * 255`` when all values lie in [0, 1], otherwise each band is min-max scaled.
 * RGBA / LA / palette with transparency: composited on ``background``.
 
-Unreadable files raise :class:`ImageReadError` naming the file and the reason; callers report and
-skip them (see :func:`try_read`).
+The decoder is chosen by the file's content (magic bytes), not its extension, so a JPEG saved as
+``.TIF`` reads like any JPEG. Unreadable files raise :class:`ImageReadError` naming the file and the
+reason; callers report and skip them (see :func:`try_read`).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-PIL_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"}
+PIL_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".gif"}
 TIFF_EXTENSIONS = {".tif", ".tiff"}
 NPY_EXTENSIONS = {".npy"}
 IMAGE_EXTENSIONS = PIL_EXTENSIONS | TIFF_EXTENSIONS | NPY_EXTENSIONS
@@ -41,6 +42,24 @@ class ImageReadError(Exception):
 
 def is_image_file(path: Path | str) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def sniff_format(path: Path) -> str:
+    """``"tiff"``, ``"npy"`` or ``"pil"`` (everything else) from the file's first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # classic and BigTIFF
+        return "tiff"
+    if head[:6] == b"\x93NUMPY":
+        return "npy"
+    return "pil"
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else ""
+    if isinstance(e, (OSError, ValueError, SyntaxError)):
+        return text or type(e).__name__
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def to_uint8(arr: np.ndarray, scale16: str = "full") -> np.ndarray:
@@ -102,6 +121,8 @@ def _read_tiff(path: Path) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise ValueError("TIFF header without any image in it")
         series = tif.series[0]
         axes, arr = series.axes, series.asarray()
     arr = np.squeeze(arr)
@@ -130,18 +151,11 @@ def read_image(path: Path | str, *, background: Sequence[int] = (255, 255, 255),
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    if suffix not in IMAGE_EXTENSIONS:
+        raise ImageReadError(path, f"not an image (extension {suffix or 'none'}); "
+                                   f"supported: {', '.join(sorted(IMAGE_EXTENSIONS))}")
     try:
-        if suffix in NPY_EXTENSIONS:
-            arr = np.load(path, allow_pickle=False)
-            if arr.ndim not in (2, 3):
-                raise ValueError(f"array of shape {arr.shape}; expected (H, W) or (H, W, C)")
-        elif suffix in TIFF_EXTENSIONS:
-            arr = _read_tiff(path)
-        elif suffix in PIL_EXTENSIONS:
-            arr = _read_pil(path, keep_alpha, background)
-        else:
-            raise ImageReadError(path, f"not an image (extension {suffix or 'none'}); "
-                                       f"supported: {', '.join(sorted(IMAGE_EXTENSIONS))}")
+        arr = _decode(path, keep_alpha, background)
         if arr.ndim == 2:
             arr = arr[..., None]
         if arr.shape[0] < 1 or arr.shape[1] < 1:
@@ -153,9 +167,20 @@ def read_image(path: Path | str, *, background: Sequence[int] = (255, 255, 255),
         raise ImageReadError(path, "file not found") from None
     except UnidentifiedImageError:
         raise ImageReadError(path, "not a recognised image file (corrupt or wrong extension)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ImageReadError(path, f"unreadable ({reason})") from None
+    except Exception as e:  # noqa: BLE001 - decoders fail on corrupt data with any exception type
+        raise ImageReadError(path, f"unreadable ({_reason(e)})") from None
+
+
+def _decode(path: Path, keep_alpha: bool, background: Sequence[int]) -> np.ndarray:
+    fmt = sniff_format(path)
+    if fmt == "npy":
+        arr = np.load(path, allow_pickle=False)
+        if arr.ndim not in (2, 3):
+            raise ValueError(f"array of shape {arr.shape}; expected (H, W) or (H, W, C)")
+        return arr
+    if fmt == "tiff":
+        return _read_tiff(path)
+    return _read_pil(path, keep_alpha, background)
 
 
 def image_channels(path: Path | str) -> int:
@@ -165,12 +190,12 @@ def image_channels(path: Path | str) -> int:
         ImageReadError: the header cannot be read.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
     try:
-        if suffix in NPY_EXTENSIONS:
+        fmt = sniff_format(path)
+        if fmt == "npy":
             shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
             return 1 if len(shape) == 2 else shape[-1]
-        if suffix in TIFF_EXTENSIONS:
+        if fmt == "tiff":
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
@@ -183,8 +208,8 @@ def image_channels(path: Path | str) -> int:
             if img.mode == "P":
                 return 3
             return {"1": 1, "L": 1, "I": 1, "I;16": 1, "I;16B": 1, "F": 1, "LA": 1}.get(img.mode, 3)
-    except (OSError, ValueError, SyntaxError, UnidentifiedImageError) as e:
-        raise ImageReadError(path, f"unreadable header ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    except Exception as e:  # noqa: BLE001 - as in read_image: corrupt headers raise anything
+        raise ImageReadError(path, f"unreadable header ({_reason(e)})") from None
 
 
 def try_read(path: Path | str, **kwargs) -> tuple[np.ndarray | None, str]:
@@ -195,25 +220,78 @@ def try_read(path: Path | str, **kwargs) -> tuple[np.ndarray | None, str]:
         return None, e.reason
 
 
+def walk_tree(root: Path | str) -> Iterator[tuple[Path, list[str], list[tuple[Path, str]]]]:
+    """Walk ``root`` depth-first (sorted, hidden entries ignored), each real folder once.
+
+    Linked folders are followed (photos often live on another disk), except a link whose target is
+    inside ``root`` (that folder is walked under its own path) or a folder already walked: link
+    loops then neither hang the walk nor list a photo many times.
+
+    Yields:
+        ``(folder relative to root, file names, skipped)`` where ``skipped`` holds
+        ``(relative path, reason)`` for sub-folders that are not walked.
+    """
+    root = Path(root)
+    real_root = os.path.realpath(root)
+    seen = {_identity(root)}
+    stack = [Path()]
+    while stack:
+        rel = stack.pop()
+        files, subdirs, skipped = [], [], []
+        try:
+            entries = sorted(os.scandir(root / rel), key=lambda e: e.name)
+        except OSError as e:
+            yield rel, [], [(rel, f"folder not readable ({e.strerror or e})")]
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if not entry.is_dir():
+                files.append(entry.name)
+                continue
+            key = _identity(Path(entry.path))
+            reason = _outside_link(Path(entry.path), real_root) if entry.is_symlink() else ""
+            if not reason and key in seen:
+                reason = f"folder already listed (through a link to {os.path.realpath(entry.path)})"
+            if reason:
+                skipped.append((rel / entry.name, reason))
+            else:
+                seen.add(key)
+                subdirs.append(rel / entry.name)
+        yield rel, files, skipped
+        stack.extend(reversed(subdirs))
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _outside_link(link: Path, real_root: str) -> str:
+    """'' for a linked folder outside ``real_root`` (followed), else why it is not followed."""
+    target = os.path.realpath(link)
+    if target == real_root or target.startswith(real_root.rstrip(os.sep) + os.sep):
+        return f"link to {target}, inside the same folder tree (listed once, under its own path)"
+    return ""
+
+
 def list_files(root: Path | str) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Walk ``root`` recursively (sorted, hidden entries ignored).
+    """Walk ``root`` recursively with :func:`walk_tree`.
 
     Returns:
         ``(images, skipped)``: relative paths of image files, and ``(relative path, reason)`` for
-        every other file so callers can report them instead of letting them vanish.
+        every other file and every folder not walked, so callers can report them instead of
+        letting them vanish.
     """
-    root = Path(root)
     images, skipped = [], []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            rel = Path(dirpath, name).relative_to(root)
+    for folder, names, not_walked in walk_tree(root):
+        for name in names:
+            rel = folder / name
             if is_image_file(name):
                 images.append(rel)
             else:
                 skipped.append((rel, f"not an image (extension {Path(name).suffix or 'none'})"))
+        skipped += not_walked
     return images, skipped
 
 

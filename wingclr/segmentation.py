@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from .cli import UserError
+from .cli import UserError, require_folder
 from .imageio import ImageReadError, list_files, match_channels, read_image, write_png
 from .segmentation_masks import cutout, downscale, to_full_resolution
 from .segmentation_methods import Segmenter
@@ -171,8 +171,7 @@ def _segment_batch(segmenter: Segmenter, batch, names, out: Path) -> list[dict]:
 def segment(args) -> dict:
     """Run stage 0 (arguments: see ``0-segmentation/segment.py``). Returns the manifest."""
     inp, out = Path(args.input), Path(args.output)
-    if not inp.is_dir():
-        raise UserError(f"input folder {inp} does not exist; pass your photos folder with --input")
+    require_folder(inp, "input folder", "pass your photos folder with --input")
     if out.resolve() == inp.resolve() or inp.resolve() in out.resolve().parents:
         raise UserError(f"--output {out} lies inside --input {inp}; choose an output folder "
                         "outside the photos folder")
