@@ -95,3 +95,67 @@ def test_case21_file_input_and_format_by_content(tmp_path):
     assert read_image(tmp_path / "cube_named.tif").shape == (5, 6, 7)
     images, _ = list_files(tmp_path)
     assert {p.name for p in images} >= {"photo.jpe", "photo.jfif"}
+
+
+def _meta(backbone="resnet18", in_chans=3):
+    from wingclr.models import channel_stats
+
+    mean, std = channel_stats(in_chans, [0, 1, 2])
+    return {"backbone": backbone, "in_chans": in_chans, "rgb_bands": [0, 1, 2], "bands": None,
+            "input_size": 32, "mean": mean, "std": std, "background": [255, 255, 255],
+            "scale16": "full", "settings": {"batch_size": 8, "epochs": 1, "temperature": 0.5}}
+
+
+def _checkpoint(path, seed, meta=None, in_chans=3):
+    """A stage 3 checkpoint as stage 4 reads it: ``wingclr`` metadata plus backbone weights."""
+    import torch
+
+    from wingclr.models import build_backbone
+
+    torch.manual_seed(seed)
+    backbone, _ = build_backbone("resnet18", False, in_chans)
+    state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    torch.save({"wingclr": meta or _meta(), "state_dict": state}, path)
+    return path
+
+
+def _embed(ckpt, dataset_dir, out, capsys) -> str:
+    """Stage 4 in-process; returns what it printed."""
+    capsys.readouterr()
+    run_stage("4-embed/embed.py", "--checkpoints", ckpt, "--data", dataset_dir, "--output", out,
+              "--num-workers", "0", "--quiet", "--cache-dir", out / "no-cache")
+    return capsys.readouterr().out
+
+
+def _one_line_user_error(call, *needles) -> str:
+    from wingclr.cli import UserError
+
+    with pytest.raises(UserError) as e:
+        call()
+    text = str(e.value)
+    assert "\n" not in text and all(n in text for n in needles), text
+    return text
+
+
+def test_case04_retrained_checkpoint_is_embedded_again(tmp_path, dataset_dir, capsys):
+    ckpt = _checkpoint(tmp_path / "run.ckpt", seed=0)
+    out = tmp_path / "4-embeddings"
+    _embed(ckpt, dataset_dir, out, capsys)
+    first = np.load(out / "run" / "embeddings.npy")
+    _checkpoint(ckpt, seed=1)  # stage 3 --overwrite re-trained the run in place
+    st = ckpt.stat()
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    printed = _embed(ckpt, dataset_dir, out, capsys)
+    assert "skip:" not in printed and "changed" in printed, printed
+    assert not np.allclose(np.load(out / "run" / "embeddings.npy"), first)
+    assert "skip:" in _embed(ckpt, dataset_dir, out, capsys)  # unchanged since: finished
+
+
+def test_case11_checkpoint_metadata_disagrees_with_weights(tmp_path, dataset_dir, capsys):
+    four = _checkpoint(tmp_path / "four.ckpt", 0, in_chans=4)  # metadata says 3
+    text = _one_line_user_error(lambda: _embed(four, dataset_dir, tmp_path / "out", capsys),
+                                "four.ckpt", "resnet18", "3 channels", "4 channels")
+    assert "load_state_dict" not in text
+    r50 = _checkpoint(tmp_path / "r50.ckpt", 0, meta=_meta("resnet50"))
+    _one_line_user_error(lambda: _embed(r50, dataset_dir, tmp_path / "out", capsys),
+                         "r50.ckpt", "resnet50", "3 channels")

@@ -59,8 +59,45 @@ def load_backbone(ckpt_path: Path) -> tuple[torch.nn.Module, dict]:
     backbone, _ = build_backbone(meta["backbone"], False, meta["in_chans"], meta["rgb_bands"],
                                  meta["input_size"])
     state = {k[len("backbone."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
+    misfit = weights_misfit(backbone.state_dict(), state)
+    if misfit:
+        raise UserError(f"{ckpt_path}: its metadata says backbone {meta['backbone']} with "
+                        f"{meta['in_chans']} channels, but its weights {misfit}; the metadata or "
+                        "the weights were changed, so re-train the run or use the original file")
     backbone.load_state_dict(state)
     return backbone.eval(), meta
+
+
+def weights_misfit(expected: dict, state: dict) -> str:
+    """How checkpoint weights ``state`` differ from a model's ``expected`` ones ('' when they fit)."""
+    first = next((k for k, v in state.items() if v.ndim == 4), None)  # the first convolution
+    seen = f" (their first layer {first} takes {state[first].shape[1]} channels)" if first else ""
+    for key, want in expected.items():
+        if key in state and state[key].shape != want.shape:
+            return (f"have {key} of shape {list(state[key].shape)} where that model has "
+                    f"{list(want.shape)}{seen}")
+    missing, extra = set(expected) - set(state), set(state) - set(expected)
+    if missing or extra:
+        return (f"lack {len(missing)} and add {len(extra)} of that model's tensors (e.g. "
+                f"{sorted(missing or extra)[0]}){seen}")
+    return ""
+
+
+def checkpoint_stamp(ckpt: Path) -> dict:
+    """Size and modification time of a checkpoint: they change when stage 3 re-trains the run."""
+    st = Path(ckpt).stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def embedded_other_weights(out: Path, ckpt: Path) -> bool:
+    """True when ``out``'s finished embeddings came from an earlier version of ``ckpt``."""
+    manifest = read_manifest(out)
+    if manifest is None or not Path(ckpt).is_file():  # a deleted checkpoint keeps its embeddings
+        return False
+    old = manifest.get("checkpoint_file")
+    if old is None:  # written before stage 4 stamped checkpoints: compare times instead
+        return Path(ckpt).stat().st_mtime_ns > (out / MANIFEST).stat().st_mtime_ns
+    return old != checkpoint_stamp(ckpt)
 
 
 def image_table(data: Path) -> tuple[Path, pd.DataFrame]:
@@ -163,8 +200,12 @@ def embed_run(name: str, ckpt: Path, args) -> dict | None:
     # what defines the output: the weights and the images (not batch size, device, ...)
     run_args = {"checkpoint": str(Path(ckpt).resolve()), "data": str(Path(args.data).resolve())}
     if check_finished(out, run_args, args.overwrite, "embedding"):
-        print(f"skip: {out} is finished (manifest.json); pass --overwrite to embed again")
-        return None
+        if not embedded_other_weights(out, ckpt):
+            print(f"skip: {out} is finished (manifest.json); pass --overwrite to embed again")
+            return None
+        print(f"note: {ckpt} changed since {out} was embedded (re-trained); embedding it again")
+    # stamped before reading, so a checkpoint replaced meanwhile is embedded again next time
+    stamp = checkpoint_stamp(ckpt) if Path(ckpt).is_file() else None
     backbone, meta = load_backbone(ckpt)
     root, table = image_table(args.data)
     feats, ok = embed_images(backbone, meta, root, table["image"].tolist(), args.batch_size,
@@ -189,4 +230,4 @@ def embed_run(name: str, ckpt: Path, args) -> dict | None:
         out, "4-embed", run_args, packages=("scikit-learn",),
         counts={"images": len(table), "dims": int(feats.shape[1]), "pca_axes": k,
                 "unreadable": len(failed)},
-        unreadable=failed, model=meta, run_name=name, cli_args=vars(args))
+        unreadable=failed, model=meta, run_name=name, cli_args=vars(args), checkpoint_file=stamp)
