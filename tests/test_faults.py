@@ -159,3 +159,23 @@ def test_case11_checkpoint_metadata_disagrees_with_weights(tmp_path, dataset_dir
     r50 = _checkpoint(tmp_path / "r50.ckpt", 0, meta=_meta("resnet50"))
     _one_line_user_error(lambda: _embed(r50, dataset_dir, tmp_path / "out", capsys),
                          "r50.ckpt", "resnet50", "3 channels")
+
+
+def test_case05_outputs_of_removed_photos_are_removed(tmp_path, demo_set, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in sorted(p.name for p in (demo_set / "specimens").iterdir())[:4]:
+        shutil.copy(demo_set / "specimens" / name, photos / name)
+    out = tmp_path / "seg"
+    args = ("--input", photos, "--output", out, "--method", "threshold", "--no-progress")
+    run_stage("0-segmentation/segment.py", *args)
+    gone = sorted(photos.iterdir())[0].name
+    assert (out / "images" / gone).is_file()
+    (photos / gone).unlink()
+    capsys.readouterr()
+    manifest = run_stage("0-segmentation/segment.py", *args)
+    printed = capsys.readouterr().out
+    assert not (out / "images" / gone).exists() and not (out / "masks" / gone).exists()
+    assert gone not in set(pd.read_csv(out / "segmentation.csv").image)
+    assert [line for line in printed.splitlines() if gone in line and "removed" in line], printed
+    assert manifest["removed_outputs"] == [gone] and manifest["counts"]["images"] == 3

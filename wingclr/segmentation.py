@@ -190,6 +190,10 @@ def segment(args) -> dict:
     segmenter = Segmenter(args.method, checkpoint, args.rembg_model, args.score_threshold,
                           args.dilate, args.device)
     names = output_names(images)
+    removed = remove_orphans(out, set(names.values()))
+    if removed:
+        print(f"removed {len(removed)} outputs whose photo is no longer in {inp} (from images/, "
+              f"masks/ and {TABLE}): {', '.join(removed[:3])}{' ...' if len(removed) > 3 else ''}")
     previous = _previous_rows(out)
     rows = {rel: previous[rel.as_posix()] for rel in images
             if _finished(out, previous.get(rel.as_posix()))}
@@ -217,8 +221,26 @@ def segment(args) -> dict:
                 "not_images": len(not_images)},
         packages=("opencv-python-headless", "rembg", "onnxruntime"),
         classes=list(segmenter.classes), model=segmenter.info, input=str(inp.resolve()),
-        **{f"{s}_files": v for s, v in listed.items()},
+        **{f"{s}_files": v for s, v in listed.items()}, removed_outputs=removed,
         not_image_files=[(str(p), r) for p, r in not_images])
+
+
+def remove_orphans(out: Path, expected: set[str]) -> list[str]:
+    """Delete ``images/`` and ``masks/`` PNGs of photos no longer in the input; returns their names.
+
+    Without this a re-run after a photo was removed keeps its cut-out, and stage 1 clusters it.
+    Rows of such photos leave ``segmentation.csv`` by themselves: it lists the current photos only.
+    """
+    removed: set[str] = set()
+    if not any((out / name).is_file() for name in (TABLE, PARTIAL, MANIFEST)):
+        return []  # not a stage 0 output: its files are not ours to delete
+    for sub in ("images", "masks"):
+        if (out / sub).is_dir():
+            for rel in list_files(out / sub)[0]:
+                if rel.as_posix() not in expected:
+                    (out / sub / rel).unlink()
+                    removed.add(rel.as_posix())
+    return sorted(removed)
 
 
 def _run(segmenter, inp, todo, names, rows, images, out, args) -> None:
