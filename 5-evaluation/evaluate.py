@@ -38,6 +38,9 @@ def get_args_parser():
     p.add_argument("--output", type=Path, default=cli.STAGE_DIRS["evaluation"], help="output folder")
     p.add_argument("--labels", type=Path, default=None,
                    help="CSV with columns image,label to use instead of the clusters")
+    p.add_argument("--allow-partial-labels", action="store_true",
+                   help="evaluate even when fewer than half the embedded images have a label in "
+                        "--labels (only the labelled ones are used)")
     p.add_argument("--knn-k", type=int, default=20, help="neighbours for the kNN accuracy")
     p.add_argument("--baselines", default="pixel,imagenet",
                    help="comma-separated: pixel (pixel PCA), imagenet (ImageNet weights, no "

@@ -179,3 +179,94 @@ def test_case05_outputs_of_removed_photos_are_removed(tmp_path, demo_set, capsys
     assert gone not in set(pd.read_csv(out / "segmentation.csv").image)
     assert [line for line in printed.splitlines() if gone in line and "removed" in line], printed
     assert manifest["removed_outputs"] == [gone] and manifest["counts"]["images"] == 3
+
+
+def _fake_embeddings(out, dataset_dir, seed=0):
+    """A stage 4 folder (CSV, .npy, manifest with the CSV's digest): separable class centres."""
+    from wingclr.eval_inputs import file_digest
+    from wingclr.stage import write_manifest
+
+    split = pd.read_csv(dataset_dir / "split.csv", dtype=str)[["image", "cluster", "split"]]
+    rng = np.random.default_rng(seed)
+    codes = pd.factorize(split.cluster, sort=True)[0]
+    feats = (rng.normal(size=(codes.max() + 1, 8))[codes]
+             + rng.normal(0, 0.05, (len(split), 8))).astype(np.float32)
+    out.mkdir(parents=True)
+    np.save(out / "embeddings.npy", feats)
+    pd.concat([split, pd.DataFrame(feats, columns=[f"emb_{i}" for i in range(8)])],
+              axis=1).to_csv(out / "embeddings.csv", index=False, float_format="%.6g")
+    write_manifest(out, "4-embed", {"checkpoint": "run.ckpt", "data": str(dataset_dir)},
+                   counts={"images": len(split)}, model=_meta(),
+                   embeddings_csv=file_digest(out / "embeddings.csv"))
+    return out, dict(zip(split.image, feats))
+
+
+def _evaluate(emb_dir, out, *extra):
+    run_stage("5-evaluation/evaluate.py", "--runs", emb_dir, "--embeddings", emb_dir.parent,
+              "--output", out, "--no-baselines", "--no-umap", "--num-workers", "0", *extra)
+    return pd.read_csv(out / emb_dir.name / "predictions.csv")
+
+
+def test_case01_sorted_embeddings_csv(tmp_path, dataset_dir):
+    from wingclr.eval_inputs import load_embeddings
+    from wingclr.stage import read_manifest
+
+    emb, vectors = _fake_embeddings(tmp_path / "4" / "run", dataset_dir)
+    before = _evaluate(emb, tmp_path / "5a")
+    csv = pd.read_csv(emb / "embeddings.csv")
+    by_name = csv.image.str.rsplit("/", n=1).str[-1].argsort(kind="stable")  # a spreadsheet sort
+    csv = csv.iloc[by_name].reset_index(drop=True)
+    csv.to_csv(emb / "embeddings.csv", index=False)
+    ids, feats = load_embeddings(emb, read_manifest(emb))
+    for image, vector in zip(ids.image, feats):
+        np.testing.assert_allclose(vector, vectors[image], rtol=1e-5, atol=1e-6)
+    after = _evaluate(emb, tmp_path / "5b")
+    pd.testing.assert_frame_equal(before.sort_values("image", ignore_index=True),
+                                  after.sort_values("image", ignore_index=True))
+    # an edited number is used, not the stale .npy value
+    csv.loc[3, "emb_5"] = 42.0
+    csv.to_csv(emb / "embeddings.csv", index=False)
+    ids, feats = load_embeddings(emb, read_manifest(emb))
+    assert feats[ids.image.tolist().index(csv.image[3]), 5] == 42.0
+    # a blanked cell is refused in one line naming the image and the column
+    csv["emb_2"] = csv["emb_2"].astype(object)
+    csv.loc[7, "emb_2"] = ""
+    csv.to_csv(emb / "embeddings.csv", index=False)
+    _one_line_user_error(lambda: load_embeddings(emb, read_manifest(emb)), "emb_2", csv.image[7])
+
+
+def test_case06_partial_labels_are_counted_and_refused(tmp_path, dataset_dir, capsys):
+    from wingclr.eval_inputs import attach_labels
+
+    emb, _ = _fake_embeddings(tmp_path / "4" / "run", dataset_dir)
+    ids = pd.read_csv(emb / "embeddings.csv", dtype=str)[["image", "cluster", "split"]]
+    labels = tmp_path / "labels.csv"
+    ids.iloc[:10].rename(columns={"cluster": "label"}).to_csv(labels, index=False)
+    capsys.readouterr()
+    _one_line_user_error(lambda: _evaluate(emb, tmp_path / "5", "--labels", labels),
+                         "10 of 30", str(labels), "--allow-partial-labels")
+    assert "labels: 10 of 30" in capsys.readouterr().out
+    assert (attach_labels(ids, labels, allow_partial=True) != "").sum() == 10
+    printed = capsys.readouterr().out
+    assert "10 of 30" in printed and ids.image[10] in printed  # names images without a label
+    ids.iloc[:20].rename(columns={"cluster": "label"}).to_csv(labels, index=False)
+    assert (attach_labels(ids, labels) != "").sum() == 20  # most matched: accepted, still counted
+    assert "20 of 30" in capsys.readouterr().out
+
+
+def test_case12_spreadsheet_saved_embeddings_csv(tmp_path, dataset_dir):
+    from wingclr.eval_inputs import load_embeddings
+
+    emb, vectors = _fake_embeddings(tmp_path / "4" / "run", dataset_dir)
+    csv = pd.read_csv(emb / "embeddings.csv")
+    csv.rename(columns={"cluster": "Cluster"}).to_csv(emb / "embeddings.csv", index=False)
+    ids, feats = load_embeddings(emb)
+    assert list(ids.columns) == ["image", "cluster", "split"]
+    # ;-separated with decimal commas, as a German/French spreadsheet saves it
+    csv.to_csv(emb / "embeddings.csv", index=False, sep=";", decimal=",")
+    ids, feats = load_embeddings(emb)
+    for image, vector in zip(ids.image, feats):
+        np.testing.assert_allclose(vector, vectors[image], rtol=1e-5, atol=1e-6)
+    _evaluate(emb, tmp_path / "5")
+    csv.rename(columns={"cluster": "class"}).to_csv(emb / "embeddings.csv", index=False)
+    _one_line_user_error(lambda: load_embeddings(emb), "embeddings.csv", "image, cluster, split")

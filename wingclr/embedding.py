@@ -15,6 +15,7 @@ import torch
 from .cache import CachedImages, ensure_cache
 from .cli import UserError
 from .data import FolderDataset, scan_clusters
+from .eval_inputs import file_digest
 from .features import iter_features
 from .loaders import default_workers, read_spec
 from .models import build_backbone
@@ -230,4 +231,5 @@ def embed_run(name: str, ckpt: Path, args) -> dict | None:
         out, "4-embed", run_args, packages=("scikit-learn",),
         counts={"images": len(table), "dims": int(feats.shape[1]), "pca_axes": k,
                 "unreadable": len(failed)},
-        unreadable=failed, model=meta, run_name=name, cli_args=vars(args), checkpoint_file=stamp)
+        unreadable=failed, model=meta, run_name=name, cli_args=vars(args), checkpoint_file=stamp,
+        embeddings_csv=file_digest(out / "embeddings.csv"))

@@ -18,6 +18,7 @@ import pandas as pd
 
 from .baselines import BASELINES, SplitData, parse_baselines, run_baseline
 from .cli import STAGE_DIRS, UserError
+from .eval_inputs import attach_labels, load_embeddings
 from .gridplot import summary_table, write_grid_summary
 from .probe import score_split
 from .stage import MANIFEST, check_finished, read_manifest, write_csv, write_manifest, write_text
@@ -27,35 +28,6 @@ EVAL_COLUMNS = ["run", "backbone", "batch_size", "epochs", "temperature", "n_tra
                 *[f"{b}_{m}" for b in BASELINES.values() for m in ("accuracy", "knn_accuracy")],
                 "silhouette", "davies_bouldin", "probe_C", "probe_cv_accuracy", "dataset"]
 MODEL_KEYS = ("backbone", "in_chans", "input_size", "mean", "std")  # what a baseline needs
-
-
-def load_embeddings(emb_dir: Path) -> tuple[pd.DataFrame, np.ndarray]:
-    """``(image, cluster, split)`` table and ``(N, D)`` float32 features of a stage 4 run folder."""
-    emb_dir = Path(emb_dir)
-    csv = emb_dir / "embeddings.csv"
-    if not csv.exists():
-        raise UserError(f"{csv} not found; run 4-embed/embed.py for this run first")
-    ids = pd.read_csv(csv, usecols=["image", "cluster", "split"], dtype=str, keep_default_na=False)
-    npy = emb_dir / "embeddings.npy"
-    if npy.exists():
-        feats = np.load(npy)
-    else:
-        emb = pd.read_csv(csv)
-        feats = emb[[c for c in emb.columns if c.startswith("emb_")]].to_numpy(np.float32)
-    if len(feats) != len(ids):
-        raise UserError(f"{npy} and {csv} disagree on the number of images; re-run 4-embed with --overwrite")
-    return ids, feats
-
-
-def attach_labels(ids: pd.DataFrame, labels_csv: Path | None) -> pd.Series:
-    """Class per image: the cluster, or the ``label`` column of a user CSV keyed by ``image``."""
-    if labels_csv is None:
-        return ids["cluster"]
-    user = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
-    if not {"image", "label"} <= set(user.columns):
-        raise UserError(f"{labels_csv} needs the columns image,label (image as in embeddings.csv)")
-    labels = ids["image"].map(dict(zip(user["image"], user["label"])))
-    return labels.fillna("")
 
 
 def run_info(manifest: dict) -> dict:
@@ -77,8 +49,9 @@ def image_root(manifest: dict, data: Path | None) -> Path | None:
         return None
 
 
-def load_split(ids: pd.DataFrame, labels_csv: Path | None, root: Path | None) -> SplitData:
-    y = attach_labels(ids, labels_csv).to_numpy(str)
+def load_split(ids: pd.DataFrame, labels_csv: Path | None, root: Path | None,
+               allow_partial: bool = False) -> SplitData:
+    y = attach_labels(ids, labels_csv, allow_partial).to_numpy(str)
     labelled = y != ""
     return SplitData(root, ids["image"].to_numpy(str), y,
                      ((ids["split"] == "train").to_numpy() & labelled),
@@ -110,8 +83,9 @@ def evaluate_embeddings(name: str, emb_dir: Path, out_dir: Path, args) -> tuple[
     from .evalplots import plot_umap
 
     manifest = read_manifest(emb_dir) or {}
-    ids, feats = load_embeddings(emb_dir)
-    split = load_split(ids, args.labels, image_root(manifest, args.data))
+    ids, feats = load_embeddings(emb_dir, manifest)
+    split = load_split(ids, args.labels, image_root(manifest, args.data),
+                       getattr(args, "allow_partial_labels", False))
     if split.train.sum() < 2 or split.val.sum() < 1 or len(set(split.y[split.train])) < 2:
         raise UserError(f"{emb_dir}: need >= 2 classes in train and >= 1 validation image "
                         "(split.csv from stage 2 gives them; user labels need an image,label CSV)")
