@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wingclr import cli  # noqa: E402
 from wingclr.cluster_stage import run_clustering  # noqa: E402
-from wingclr.models import BACKBONES  # noqa: E402
+from wingclr.models import BACKBONES, check_backbone  # noqa: E402
 
 
 def get_args_parser():
@@ -31,8 +31,9 @@ def get_args_parser():
                    help="image folder (subfolders allowed); stage 0's output folder works too")
     p.add_argument("--output", type=Path, default=cli.STAGE_DIRS["clustering"], help="output folder")
     f = p.add_argument_group("features (cached in <output>/features.npy)")
-    f.add_argument("--backbone", choices=sorted(BACKBONES), default="vgg16",
-                   help="ImageNet network whose features are clustered (vgg16: 4096-d fc7)")
+    f.add_argument("--backbone", type=check_backbone, default="vgg16",
+                   help=f"ImageNet network whose features are clustered (vgg16: 4096-d fc7; "
+                        f"{', '.join(sorted(BACKBONES))} or timm/<model>, e.g. timm/efficientnet_lite0)")
     cli.add_pretrained_args(f)
     f.add_argument("--input-size", type=int, default=224,
                    help="images are letterboxed to this side (px) before the network")

@@ -46,8 +46,9 @@ class ViewPlan:
     def cross_modal(self) -> bool:
         return self.bands[0] != self.bands[1]
 
-    def stats(self, view: int) -> tuple[list[float], list[float]]:
-        return channel_stats(self.in_chans, self.rgb[view])
+    def stats(self, view: int, backbone: str | None = None) -> tuple[list[float], list[float]]:
+        """Normalisation of view ``view``'s bands for ``backbone`` (its pretraining statistics)."""
+        return channel_stats(self.in_chans, self.rgb[view], backbone)
 
 
 def plan_views(channels: int, rgb_bands: str | None = None, views: str | None = None,

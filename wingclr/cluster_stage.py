@@ -297,4 +297,5 @@ def run_clustering(args, stdin_is_tty: bool | None = None, builder=None) -> dict
                 "outliers": result.n_outliers, "unreadable": len(unreadable),
                 "skipped": len(skipped), "features_computed": computed},
         silhouette=result.silhouette, silhouette_note=result.note, cluster_sizes=result.sizes,
-        tried=tried, skipped_files=skipped, input=str(root.resolve()), features=config.key())
+        tried=tried, skipped_files=skipped, input=str(root.resolve()),
+        features={**config.key(), "dim": int(values.shape[1])})

