@@ -1,14 +1,16 @@
 """Stage 3: SimCLR training (lightly + PyTorch Lightning) on the images of stage 2's unlabeled/.
 
-Defaults: ResNet-50 from ImageNet weights, batch 256, 300 epochs, temperature 0.5. --param-i 1..27
-picks one point of batch {64,128,256} x epochs {50,100,300} x temperature {0.1,0.5,0.8} so the grid
-runs as a SLURM array (see grid.sbatch). Re-running the same command resumes from last.ckpt; a
+Defaults: ResNet-50 from ImageNet weights, batch 256, 300 epochs, temperature 0.5, the original
+butterfly pipeline's augmentations and optimiser (--recipe phenotype; --recipe simclr for lightly's
+ImageNet recipe). --param-i 1..27 picks one point of batch {64,128,256} x epochs {50,100,300} x
+temperature {0.1,0.5,0.8} so the grid runs as a SLURM array (see grid.sbatch). Re-running the same command resumes from last.ckpt; a
 finished run is skipped. --batch-size is the global batch (split over GPUs with --devices).
 
 Examples:
     python 3-training/train.py                                  # work/2-dataset -> work/3-training
     python 3-training/train.py --param-i 14                     # one grid point
     python 3-training/train.py --list-grid                      # the 27 grid points
+    python 3-training/train.py --backbone timm/efficientnet_lite0 --input-size 128  # any timm model
     python 3-training/train.py --backbone resnet18 --pretrained none --input-size 96 \\
         --batch-size 64 --epochs 20                             # laptop CPU, no weights needed
 """
@@ -21,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from wingclr import cli  # noqa: E402
 from wingclr.bands import parse_bands  # noqa: E402
 from wingclr.grid import grid_table  # noqa: E402
-from wingclr.models import BACKBONES  # noqa: E402
+from wingclr.models import BACKBONES, check_backbone  # noqa: E402
+from wingclr.recipes import add_recipe_args  # noqa: E402
 
 
 def get_args_parser():
@@ -39,30 +42,18 @@ def get_args_parser():
     g.add_argument("--epochs", type=int, default=None, help="epochs (default 300)")
     g.add_argument("--temperature", type=float, default=None, help="NT-Xent temperature (default 0.5)")
     m = p.add_argument_group("model")
-    m.add_argument("--backbone", choices=sorted(BACKBONES), default="resnet50", help="backbone")
+    m.add_argument("--backbone", type=check_backbone, default="resnet50",
+                   help=f"{', '.join(sorted(BACKBONES))} or timm/<model> (e.g. timm/efficientnet_lite0)")
     cli.add_pretrained_args(m)
     m.add_argument("--input-size", type=int, default=224, help="side of the training views (px)")
-    m.add_argument("--optimizer", choices=["sgd", "lars", "adam"], default="sgd", help="optimizer")
-    m.add_argument("--lr", type=float, default=None,
-                   help="base learning rate at batch 256 (default sgd 0.06, lars 1.2, adam 1e-3); "
-                        "scaled by sqrt(batch / 256)")
-    m.add_argument("--weight-decay", type=float, default=None,
-                   help="weight decay (default sgd 5e-4, lars/adam 1e-6)")
-    m.add_argument("--warmup-epochs", type=int, default=10, help="linear learning-rate warm-up")
     m.add_argument("--channels-last", choices=["on", "off"], default="on",
                    help="channels_last memory format (faster convolutions on GPUs and CPUs)")
     m.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    add_recipe_args(p)
     d = p.add_argument_group("data")
-    d.add_argument("--balance", choices=["none", "clusters"], default="none",
-                   help="'clusters' samples every cluster equally often")
     d.add_argument("--augment-on", choices=["auto", "workers", "device"], default="auto",
                    help="augment per image in DataLoader workers or batched on the device "
                         "(auto: device on GPU, workers on CPU)")
-    d.add_argument("--min-scale", type=float, default=0.08,
-                   help="smallest random-resized-crop area (fraction of the image); raise it for "
-                        "small inputs where fine wing patterns must stay visible")
-    d.add_argument("--blur-prob", type=float, default=0.5,
-                   help="probability of Gaussian blur per view (lightly: 0.5; 0 for small inputs)")
     d.add_argument("--cache-size", type=int, default=None,
                    help="images are letterboxed to this side before cropping (default --input-size)")
     d.add_argument("--cache-dir", type=Path, default=cli.WORK / "cache",

@@ -34,6 +34,7 @@ class AugmentConfig:
     min_scale: float = 0.08
     hf_prob: float = 0.5
     vf_prob: float = 0.0
+    rr_prob: float = 0.0  # 90-degree counter-clockwise rotation (lightly's rr_prob)
     cj_prob: float = 0.8
     cj_strength: float = 1.0
     cj_bright: float = 0.8
@@ -61,7 +62,7 @@ def lightly_transform(cfg: AugmentConfig):
         input_size=cfg.input_size, cj_prob=cfg.cj_prob, cj_strength=cfg.cj_strength,
         cj_bright=cfg.cj_bright, cj_contrast=cfg.cj_contrast, cj_sat=cfg.cj_sat, cj_hue=cfg.cj_hue,
         min_scale=cfg.min_scale, random_gray_scale=cfg.gray_prob, gaussian_blur=cfg.blur_prob,
-        sigmas=tuple(cfg.sigmas), vf_prob=cfg.vf_prob, hf_prob=cfg.hf_prob,
+        sigmas=tuple(cfg.sigmas), vf_prob=cfg.vf_prob, hf_prob=cfg.hf_prob, rr_prob=cfg.rr_prob,
         normalize={"mean": list(cfg.mean), "std": list(cfg.std)})
 
 
@@ -207,6 +208,7 @@ class BatchAugment(nn.Module):
             "box": sample_crops(n, height, width, (cfg.min_scale, 1.0), device=device, g=g),
             "hflip": _bernoulli(n, cfg.hf_prob, device, g),
             "vflip": _bernoulli(n, cfg.vf_prob, device, g),
+            "rotate": _bernoulli(n, cfg.rr_prob, device, g),
             "jitter": _bernoulli(n, cfg.cj_prob, device, g),
             "factors": torch.stack(factors, 1),  # brightness, contrast, saturation, hue
             "order": torch.argsort(torch.rand(n, 4, device=device, generator=g), 1),
@@ -257,6 +259,7 @@ class BatchAugment(nn.Module):
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
         x = crop_resize(x, p["box"], self.cfg.input_size, p["hflip"], p["vflip"])
+        x = _subset(x, p["rotate"], lambda sub, _: torch.rot90(sub, 1, (2, 3)))
         if self.rgb == [0, 1, 2] and x.shape[1] == 3:
             x = self._colour(x, p)
         elif self.rgb:

@@ -136,6 +136,18 @@ def baseline_columns(split: SplitData, model: dict, args, cache_dir: Path, notes
     return cols
 
 
+def imagenet_beside(row: dict) -> str:
+    """``"; frozen ImageNet: linear 0.710 (SimCLR -0.020), kNN 0.650"`` or "" without that baseline.
+
+    SimCLR fine-tuning can make ImageNet features worse; the user sees it on every run's line.
+    """
+    base = row.get("imagenet_accuracy", float("nan"))
+    if base != base:  # NaN: not computed
+        return ""
+    return (f"; frozen ImageNet: linear {base:.3f} (SimCLR {row['accuracy'] - base:+.3f}), "
+            f"kNN {row['imagenet_knn_accuracy']:.3f}")
+
+
 def upsert_rows(path: Path, rows: list[dict], keys: tuple[str, ...] = ("run",),
                 order: list[str] = EVAL_COLUMNS) -> pd.DataFrame:
     """Add rows to a CSV, replacing earlier rows with the same ``keys``."""
@@ -207,7 +219,7 @@ def evaluate_runs(args) -> pd.DataFrame:
         row.update(baseline_columns(split, model, args, out / "baselines", notes, results))
         rows.append(row)
         print(f"{name}: linear accuracy {row['accuracy']:.3f}, kNN {row['knn_accuracy']:.3f}, "
-              f"silhouette {row['silhouette']:.3f}")
+              f"silhouette {row['silhouette']:.3f}{imagenet_beside(row)}")
     for note in notes.values():
         print(note)
     table = upsert_rows(out / "evaluation.csv", rows)

@@ -16,7 +16,6 @@ from torch.utils.data import DataLoader, Sampler
 from .augment import AugmentConfig, BatchAugment, lightly_transform
 from .cli import UserError
 from .data import FolderDataset, ImageSet, ReadSpec, dataset_channels, scan_clusters, worker_init
-from .models import BACKBONES, channel_stats
 
 
 def default_workers() -> int:
@@ -119,14 +118,14 @@ def training_images(data: Path) -> ImageSet:
 
 def model_meta(args, channels: int, plan) -> dict:
     """What stage 4 needs to rebuild the backbone and read images the same way (view 0)."""
-    mean, std = plan.stats(0)
+    mean, std = plan.stats(0, args.backbone)
     embed_bands = [args.bands[b] for b in plan.bands[0]] if args.bands else plan.bands[0]
     return {"backbone": args.backbone, "in_chans": plan.in_chans, "data_channels": channels,
             "rgb_bands": plan.rgb[0], "bands": embed_bands if args.bands or plan.cross_modal else None,
             "train_bands": args.bands, "views": {"names": plan.names, "bands": plan.bands},
             "input_size": args.input_size, "cache_size": args.cache_size or args.input_size,
             "mean": mean, "std": std, "background": list(args.background), "scale16": args.scale16,
-            "embedding_dim": BACKBONES[args.backbone].dim}
+            "recipe": args.recipe}
 
 
 def read_spec(meta: dict, size: int | None = None) -> ReadSpec:
@@ -141,7 +140,7 @@ def build_training(args, trainer, pretrained: bool):
         ``(module, loader, sampler, meta)``; the loader yields per-process batches of
         ``args.batch_size // world_size`` images in the order of ``sampler``.
     """
-    from .simclr import WEIGHT_DECAY, SimCLR, scaled_lr
+    from .simclr import SimCLR, scaled_lr
 
     from .bands import plan_views
 
@@ -156,8 +155,10 @@ def build_training(args, trainer, pretrained: bool):
     if len(images) < args.batch_size:
         raise UserError(f"{images.root} holds {len(images)} images, fewer than --batch-size "
                         f"{args.batch_size}; pass a smaller --batch-size")
-    cfgs = [AugmentConfig(input_size=args.input_size, rgb_bands=plan.rgb[v], mean=plan.stats(v)[0],
-                          std=plan.stats(v)[1], min_scale=args.min_scale, blur_prob=args.blur_prob)
+    cfgs = [AugmentConfig(input_size=args.input_size, rgb_bands=plan.rgb[v],
+                          mean=plan.stats(v, args.backbone)[0], std=plan.stats(v, args.backbone)[1],
+                          min_scale=args.min_scale, cj_prob=args.cj_prob, gray_prob=args.gray_prob,
+                          blur_prob=args.blur_prob, vf_prob=args.vf_prob, rr_prob=args.rr_prob)
             for v in (0, 1)]
     for name, rgb in zip(plan.names, plan.rgb):
         if not rgb:
@@ -188,16 +189,17 @@ def build_training(args, trainer, pretrained: bool):
         loader = DataLoader(dataset, sampler=sampler, batch_size=None, **loader_kwargs)
     else:
         loader = DataLoader(dataset, batch_sampler=sampler, **loader_kwargs)
-    lr = scaled_lr(args.optimizer, args.batch_size, args.lr)
+    lr = scaled_lr(args.optimizer, args.batch_size, args.lr) if args.lr_scaling == "sqrt" else args.lr
     module = SimCLR(
         backbone=args.backbone, in_chans=plan.in_chans, rgb_bands=plan.rgb[0],
         input_size=args.input_size, temperature=args.temperature, optimizer=args.optimizer, lr=lr,
-        weight_decay=WEIGHT_DECAY[args.optimizer] if args.weight_decay is None else args.weight_decay,
+        weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, gather_distributed=world > 1,
         augment=[cfg.to_dict() for cfg in cfgs] if on_device else None,
         view_bands=plan.bands if plan.cross_modal else None,
         channels_last=args.channels_last == "on",
         compile=args.compile, pretrained=pretrained and args.pretrained == "imagenet")
     meta.update(augment_on="device" if on_device else "workers", lr=lr, world_size=world,
+                embedding_dim=module.embedding_dim,
                 images=len(valid), clusters=dict(Counter(images.clusters)))
     return module, loader, sampler, meta

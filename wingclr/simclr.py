@@ -1,8 +1,10 @@
 """SimCLR as a Lightning module: backbone + lightly projection head + NT-Xent loss.
 
-Learning rate rule (README "Training"): ``lr = base_lr * sqrt(global_batch / 256)``, the square-root
-scaling the SimCLR paper recommends for large-batch SGD/LARS (its 0.075 * sqrt(B) for LARS is
-base_lr 1.2 here). Base rates: sgd 0.06, lars 1.2, adam 1e-3. Cosine decay after a linear warm-up.
+Learning rate rule of ``--recipe simclr`` (README "Training"): ``lr = base_lr * sqrt(global_batch /
+256)``, the square-root scaling the SimCLR paper recommends for large-batch SGD/LARS (its
+0.075 * sqrt(B) for LARS is base_lr 1.2 here). Base rates: sgd 0.06, lars 1.2, adam 1e-3. Cosine
+decay after a linear warm-up. ``--recipe phenotype`` uses lr 0.01 unscaled and no warm-up
+(:mod:`wingclr.recipes`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class SimCLR(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["pretrained"])
         self.backbone, dim = build_backbone(backbone, pretrained, in_chans, rgb_bands, input_size)
+        self.embedding_dim = dim
         self.projection_head = SimCLRProjectionHead(dim, dim, 128)
         self.criterion = NTXentLoss(temperature=temperature, gather_distributed=gather_distributed)
         self.augment = nn.ModuleList(BatchAugment(AugmentConfig(**cfg), in_chans)

@@ -20,28 +20,28 @@ import torch
 from .cli import UserError
 from .grid import grid_point, run_name
 from .loaders import build_training
+from .recipes import apply_recipe
 from .stage import MANIFEST, check_finished, settings, write_csv, write_manifest
 
 RUN_FILES = ("last.ckpt", "metrics.csv", "loss.png", MANIFEST)
 
 
 def resolve_grid_args(args) -> None:
-    """Fill ``batch_size``, ``epochs``, ``temperature`` from ``--param-i`` or the defaults, and
-    check the numeric flags before anything is read or created."""
+    """Fill ``batch_size``, ``epochs``, ``temperature`` from ``--param-i`` or the defaults and the
+    recipe's flags from ``--recipe``; check the numeric flags before anything is read or created."""
     explicit = [f for f in ("batch_size", "epochs", "temperature") if getattr(args, f) is not None]
     if args.param_i is not None:
         if explicit:
             raise UserError(f"--param-i sets batch size, epochs and temperature; drop "
                             f"--{explicit[0].replace('_', '-')} or --param-i")
         args.batch_size, args.epochs, args.temperature = grid_point(args.param_i)
-    args.batch_size = args.batch_size or 256
-    args.epochs = args.epochs or 300
+    args.batch_size = 256 if args.batch_size is None else args.batch_size
+    args.epochs = 300 if args.epochs is None else args.epochs
     args.temperature = 0.5 if args.temperature is None else args.temperature
-    if args.batch_size < 2 or args.epochs < 1 or args.temperature <= 0:
-        raise UserError("--batch-size must be >= 2, --epochs >= 1 and --temperature > 0")
-    if not (0 < args.min_scale <= 1 and 0 <= args.blur_prob <= 1):
-        raise UserError(f"--min-scale must be in (0, 1] and --blur-prob in [0, 1] (got "
-                        f"{args.min_scale}, {args.blur_prob})")
+    if args.batch_size < 2 or args.epochs < 1 or not args.temperature > 0:
+        raise UserError(f"--batch-size must be >= 2, --epochs >= 1 and --temperature > 0 (got "
+                        f"{args.batch_size}, {args.epochs}, {args.temperature})")
+    apply_recipe(args)
 
 
 def save_checkpoint(trainer: pl.Trainer, path: Path, weights_only: bool = False) -> None:
