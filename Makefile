@@ -56,7 +56,7 @@ bench: install
 bench-real: install weights-isnet
 	$(PY) benchmarks/real_specimens.py
 	$(PY) 0-segmentation/segment.py --input $(LEEDS)/images --output work/bench/leeds-isnet \
-		--method rembg --rembg-model isnet-general-use --quiet
+		--method rembg --rembg-model isnet-general-use --no-progress
 	$(PY) 0-segmentation/evaluate_segmentation.py --pred work/bench/leeds-isnet --gt $(LEEDS)/masks --gt-suffix _mask
 
 clean:

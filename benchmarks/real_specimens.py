@@ -18,6 +18,7 @@ only, here from 1e-4..10 in decades) and its cosine kNN (k = 20); mean +- sd ove
 against genus / species, frozen ImageNet Lite0 vs random VGG16 (what stage 1 gives without weights).
 
     python benchmarks/real_specimens.py                    # CPU budget: Lite0, 128 px, ~30 min on 2 cores
+    python benchmarks/real_specimens.py --extra "gray0=--gray-prob 0" --extra "e20=--epochs 20"
     python benchmarks/real_specimens.py --input-size 224 --epochs 100 --batch-size 128 \\
         --backbone timm/efficientnet_lite0 --work work/bench/real-224   # GPU: the full-size version
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -179,6 +181,10 @@ def run_set(name: str, data: Path, table: pd.DataFrame, tasks: dict, args) -> li
     runs = {"simclr_scratch": ("--pretrained", "none"),
             "simclr_imagenet_phenotype": ("--recipe", "phenotype"),
             "simclr_imagenet_simclr": ("--recipe", "simclr")}
+    for extra in args.extra:  # NAME=FLAGS: more stage 3 runs from ImageNet
+        key, _, flags = extra.partition("=")
+        runs[key] = tuple(shlex.split(flags))
+        METHODS[key] = f"SimCLR from ImageNet, {flags}"
     feats = {m: features(m, root, images, args) for m in ("pixel", "random", "imagenet")}
     for method, flags in runs.items():
         run = work / "3-training" / method
@@ -232,6 +238,9 @@ def main(argv=None) -> None:
     p.add_argument("--pixel-size", type=int, default=32, help="pixel-PCA image side (px)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for embedding")
     p.add_argument("--sets", default="papilionidae,butterflies", help="data sets to run")
+    p.add_argument("--extra", action="append", default=[], metavar="NAME=FLAGS",
+                   help="another stage 3 run, e.g. gray0='--recipe phenotype --gray-prob 0' (repeatable; "
+                        "flags override the ones above)")
     p.add_argument("--no-ari", dest="ari", action="store_false", help="skip the stage 1 ARI part")
     p.add_argument("--seed", type=int, default=0, help="seed of training, folds and UMAP")
     args = p.parse_args(argv)
