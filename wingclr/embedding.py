@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from .cache import CachedImages, ensure_cache
-from .cli import UserError
+from .cli import UserError, check_gpu_request, check_minimum, require_output_folder
 from .data import FolderDataset, scan_clusters
 from .eval_inputs import file_digest
 from .features import iter_features
@@ -23,6 +23,13 @@ from .stage import MANIFEST, atomic_path, check_finished, read_manifest, save_fi
 from .training import read_checkpoint
 
 PCA_MIN_VARIANCE = 0.005  # keep principal axes that explain more than 0.5 % of the variance
+
+
+def check_embed_args(args) -> None:
+    """Stage 4's flags, checked before any checkpoint or image is read."""
+    check_minimum(("--batch-size", args.batch_size, 1), ("--num-workers", args.num_workers, 0))
+    check_gpu_request("--device", args.device)
+    require_output_folder(args.output)
 
 
 def resolve_runs(paths: list[Path], training_dir: Path) -> list[tuple[str, Path]]:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .baselines import BASELINES, SplitData, parse_baselines, run_baseline
-from .cli import STAGE_DIRS, UserError
+from .cli import STAGE_DIRS, UserError, check_gpu_request, check_minimum, require_output_folder
 from .eval_inputs import attach_labels, load_embeddings
 from .gridplot import summary_table, write_grid_summary
 from .probe import score_split
@@ -211,7 +211,13 @@ def evaluate_runs(args) -> pd.DataFrame:
             num_workers=args.num_workers, device=args.device, quiet=True, overwrite=False))
         return Path(args.embeddings) / name
 
-    parse_baselines(args.baselines)  # bad names fail before any work
+    parse_baselines(args.baselines)  # bad names and flags fail before any work
+    check_minimum(("--knn-k", args.knn_k, 1), ("--num-workers", args.num_workers, 0),
+                  ("--pixel-size", args.pixel_size, 1))
+    check_gpu_request("--device", args.device)
+    require_output_folder(args.output)
+    if args.labels is not None and not Path(args.labels).is_file():
+        raise UserError(f"--labels {args.labels} does not exist; pass a CSV with columns image,label")
     out = Path(args.output)
     rows, notes, results = [], {}, {}
     for name, emb_dir in find_embedding_dirs(args.runs, args.embeddings, embed):

@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from .cli import UserError
-from .weights import weights_dir
+from .weights import fetch_advice, weights_dir
 
 RELEASES = "https://github.com/danielgatis/rembg/releases/download/v0.0.0/"
 # rembg model name -> published file (saved by `rembg d <name>` as <name>.onnx)
@@ -70,10 +70,10 @@ def model_path(name: str, home: Path | None = None) -> Path:
     for candidate in (home / "models" / name / f"{name}.onnx", home / f"{name}.onnx"):
         if candidate.is_file():
             return candidate
-    raise UserError(f"rembg model file {name}.onnx not found in {home}/; on a machine with internet "
-                    f"run `rembg d {name}` (or download {RELEASES}{REMBG_MODELS[name]}) and copy "
-                    f"the file into {home}/ as {name}.onnx, or use --method threshold|maskrcnn "
-                    "which need no rembg model")
+    raise UserError(f"rembg model file {name}.onnx not found in {home}/; {fetch_advice(name)} "
+                    f"(or download {RELEASES}{REMBG_MODELS[name]}; `rembg d {name}` needs "
+                    f"pip install \"rembg[cli]\") and copy the file into {home}/ as {name}.onnx, "
+                    "or use --method threshold|maskrcnn which need no rembg model")
 
 
 def load_session(name: str, home: Path | None = None):

