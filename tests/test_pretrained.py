@@ -88,7 +88,8 @@ def test_backbone_flag_accepts_timm_models_and_rejects_unknown_ones():
     assert rgb_stats("resnet18")[0] == (0.485, 0.456, 0.406)
 
 
-def test_timm_backbone_through_stages_3_4_with_its_embedding_size(dataset_dir, tmp_path):
+def test_timm_backbone_through_stages_3_4_5_with_its_embedding_size(dataset_dir, tmp_path, lite0_weights,
+                                                                    monkeypatch, capsys):
     args = [a for a in TINY_TRAIN]
     args[args.index("resnet18")] = LITE0
     run_stage("3-training/train.py", "--data", dataset_dir, "--output", tmp_path / "runs", "--epochs", "1",
@@ -99,6 +100,13 @@ def test_timm_backbone_through_stages_3_4_with_its_embedding_size(dataset_dir, t
               "--output", tmp_path / "emb", "--quiet")
     table = pd.read_csv(tmp_path / "emb" / "lite0" / "embeddings.csv")
     assert sum(c.startswith("emb_") for c in table.columns) == 1280 and len(table) == 30
+    monkeypatch.setenv("WINGCLR_WEIGHTS_DIR", str(lite0_weights))  # the real ImageNet baseline
+    capsys.readouterr()
+    run_stage("5-evaluation/evaluate.py", "--embeddings", tmp_path / "emb", "--data", dataset_dir,
+              "--output", tmp_path / "eval", "--baselines", "imagenet", "--no-umap")
+    row = pd.read_csv(tmp_path / "eval" / "evaluation.csv").iloc[0]
+    assert 0 <= row["imagenet_accuracy"] <= 1
+    assert f"frozen ImageNet: linear {row['imagenet_accuracy']:.3f}" in capsys.readouterr().out
 
 
 def test_stage1_timm_features_record_their_size(demo_set, tmp_path):
