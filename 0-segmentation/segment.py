@@ -2,11 +2,14 @@
 background removed): one RGBA PNG per photo plus a label mask.
 
 Methods (--method):
-  maskrcnn+rembg  Mask R-CNN finds each wing, rembg gives the clean outline (default; needs a
-                  trained checkpoint and a rembg model in weights/)
+  maskrcnn+rembg  Mask R-CNN finds each wing, rembg gives the clean outline (default when
+                  weights/maskrcnn_wings.pth exists; needs that checkpoint and a rembg model)
   maskrcnn        the Mask R-CNN masks alone (checkpoint only)
   rembg           rembg's foreground: the whole specimen, label 1 (rembg model only)
   threshold       OpenCV foreground on plain backgrounds: the whole specimen, no weights at all
+Without --method and without a wing checkpoint (a new user has none until they annotate photos
+and run train_maskrcnn.py) the whole specimen is cut out with rembg, and the output says so.
+Get the rembg model with `python -m wingclr.weights fetch u2net` on a machine with internet.
 
 Examples:
     python 0-segmentation/segment.py --input photos                      # -> work/0-segmented
@@ -14,10 +17,14 @@ Examples:
     python 0-segmentation/segment.py --input photos --checkpoint weights/my_wings.pth \\
         --rembg-model isnet-general-use --device cuda --batch-size 4
 
-Outputs: images/<rel>.png (RGBA), masks/<rel>.png (0 background, 1..K = the checkpoint's wing
-classes, or 1 = specimen), segmentation.csv (one row per photo: status ok | no_wings |
-unreadable | error, wings found, per-wing area and score), manifest.json. Re-running the same
-command resumes; photos without wings are listed, never written as empty PNGs.
+Outputs: images/<rel>.png (RGBA), masks/<rel>.png (palette PNG: value 0 background, 1..K = the
+checkpoint's wing classes, or 1 = specimen; coloured in a viewer), segmentation.csv (one row per
+photo: status ok | low_coverage | high_coverage | no_wings | unreadable | error, method,
+coverage = foreground fraction of the photo, wings found, per-wing area and score),
+contact_sheet.png (all cut-outs at a glance, flagged ones framed red), manifest.json. Cut-outs
+covering less than --min-coverage or more than --max-coverage of the photo go to rejected/images/
+and rejected/masks/, not to images/ (stage 1's input). Re-running the same command resumes;
+photos without wings are listed, never written as empty PNGs.
 """
 
 import sys
@@ -37,8 +44,9 @@ def get_args_parser():
                    help="folder of specimen photos (searched recursively)")
     p.add_argument("--output", type=Path, default=cli.STAGE_DIRS["segmentation"],
                    help="output folder")
-    p.add_argument("--method", choices=METHODS, default="maskrcnn+rembg",
-                   help="segmentation method (see above)")
+    p.add_argument("--method", choices=METHODS, default=None,
+                   help="segmentation method (see above); if not given: maskrcnn+rembg when the "
+                        "wing checkpoint exists, else rembg")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="Mask R-CNN checkpoint from train_maskrcnn.py (default: "
                         "weights/maskrcnn_wings.pth)")
@@ -51,6 +59,11 @@ def get_args_parser():
     p.add_argument("--dilate", type=float, default=0.03,
                    help="maskrcnn+rembg: how far beyond a Mask R-CNN mask rembg's edge may "
                         "extend the wing, as a fraction of the wings' bounding box")
+    p.add_argument("--min-coverage", type=float, default=0.02,
+                   help="cut-outs covering less of the photo (fraction) are flagged low_coverage "
+                        "and kept out of images/ (0: off)")
+    p.add_argument("--max-coverage", type=float, default=0.95,
+                   help="cut-outs covering more of the photo are flagged high_coverage (1: off)")
     p.add_argument("--max-side", type=int, default=2048,
                    help="photos are segmented at most this large (longer side, px); masks are "
                         "scaled back to the full photo")
@@ -60,7 +73,7 @@ def get_args_parser():
     p.add_argument("--num-workers", type=int, default=2, help="threads that read photos ahead")
     p.add_argument("--flush-every", type=int, default=25,
                    help="rewrite segmentation.csv after this many photos (resume granularity)")
-    p.add_argument("--no-progress", dest="progress", action="store_false",
+    p.add_argument("--no-progress", "--quiet", dest="progress", action="store_false",
                    help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace a finished output folder")
     return p

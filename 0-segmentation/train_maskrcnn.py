@@ -1,12 +1,15 @@
 """Fine-tune a Mask R-CNN on your wing annotations; the best checkpoint (by validation mask IoU)
 is saved with its class names for segment.py.
 
-Annotations: a COCO JSON file (polygons or RLE; --annotations) or a folder of label-mask PNGs
-(--masks; <masks>/<image's relative path minus extension><suffix>.png, pixel value k = the k-th
-name of --classes, 0 = background). Horizontal flips swap left/right class names.
+Annotations: a COCO JSON file (polygons or RLE; --annotations), a folder of labelme JSON files
+(--annotations FOLDER; one per photo, label names = classes, polygons / rectangles / circles;
+the folder may be the photos folder itself) or a folder of label-mask PNGs (--masks; <masks>/<image's
+relative path minus extension><suffix>.png, pixel value k = the k-th name of --classes,
+0 = background; stage 0's palette masks work). Horizontal flips swap left/right class names.
 
 Examples:
     python 0-segmentation/train_maskrcnn.py --images photos --annotations wings_coco.json
+    python 0-segmentation/train_maskrcnn.py --images photos --annotations photos   # labelme .json beside the photos
     python 0-segmentation/train_maskrcnn.py --images work/demo/specimens --masks work/demo/masks \\
         --pretrained none --min-size 256 --max-size 256 --epochs 10     # CPU-sized smoke run
     python 0-segmentation/train_maskrcnn.py --images photos --masks wing_masks --device cuda \\
@@ -37,7 +40,9 @@ def get_args_parser():
     p = cli.parser(__doc__)
     p.add_argument("--images", type=Path, required=True, help="folder of annotated photos")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--annotations", type=Path, help="COCO JSON file (file_name relative to --images)")
+    src.add_argument("--annotations", type=Path,
+                     help="COCO JSON file (file_name relative to --images), or a folder of labelme "
+                          ".json files (classes: --classes, else the labels found, sorted)")
     src.add_argument("--masks", type=Path, help="folder of label-mask PNGs paired with --images")
     p.add_argument("--mask-suffix", default="", help="text between the image name and .png in mask names")
     p.add_argument("--classes", type=_names, default=None,

@@ -8,6 +8,16 @@ written last. An output made with other settings is refused unless ``--overwrite
 Huge photos are segmented downscaled to ``--max-side`` and the masks upscaled back (the soft
 foreground linearly, the wing labels by nearest neighbour), so no full-resolution float copy is
 ever made.
+
+``coverage`` (foreground fraction of the photo) is reported per image. Cut-outs below
+``--min-coverage`` (a fragment: the segmentation missed the specimen) or above ``--max-coverage``
+(the background was not removed) get ``status`` ``low_coverage`` / ``high_coverage`` and are
+written to ``rejected/images/`` and ``rejected/masks/`` instead of ``images/`` and ``masks/``, so
+stage 1 (which reads ``images/``) never sees them; a person looks at them there and in the contact
+sheet, then moves the good ones to ``images/``/``masks/`` or re-runs with other limits. Masks are
+palette PNGs: the pixel values are the labels, the palette makes them visible in a viewer.
+``contact_sheet.png`` shows every photo's cut-out (flagged and failed photos first, framed red;
+see :mod:`wingclr.segmentation_sheet`).
 """
 
 from __future__ import annotations
@@ -24,13 +34,17 @@ import pandas as pd
 
 from .cli import UserError, require_folder
 from .imageio import ImageReadError, list_files, match_channels, read_image, write_png
-from .segmentation_masks import cutout, downscale, to_full_resolution
-from .segmentation_methods import Segmenter
+from .segmentation_masks import cutout, downscale, to_full_resolution, write_label_png
+from .segmentation_methods import Segmenter, choose_method
+from .segmentation_sheet import SHEET_GLOB, write_contact_sheets
 from .stage import MANIFEST, check_finished, jsonable, settings, write_csv, write_manifest, write_text
 
 TABLE = "segmentation.csv"
 PARTIAL = ".settings.json"  # settings of an unfinished run, so a resume cannot mix settings
 SPEED_ONLY = {"batch_size", "flush_every"}
+FLAGGED = ("low_coverage", "high_coverage")
+REJECTED = "rejected"  # flagged cut-outs: rejected/images/, rejected/masks/
+STATUSES = ("ok", *FLAGGED, "no_wings", "unreadable", "error")
 
 
 def output_names(images: list[Path]) -> dict[Path, str]:
@@ -55,10 +69,12 @@ def run_settings(args) -> dict:
 
 def _guard(out: Path, semantic: dict, overwrite: bool) -> None:
     if overwrite:
-        for name in ("images", "masks"):
+        for name in ("images", "masks", REJECTED):
             shutil.rmtree(out / name, ignore_errors=True)
         for name in (TABLE, MANIFEST, PARTIAL, "evaluation.csv"):
             (out / name).unlink(missing_ok=True)
+        for sheet in out.glob(SHEET_GLOB):
+            sheet.unlink()
         return
     check_finished(out, semantic, False, "segmentation")
     partial = out / PARTIAL
@@ -87,9 +103,10 @@ def _finished(out: Path, row: dict | None) -> bool:
         return False
     if row.get("status") == "no_wings":
         return True
-    name = row.get("output", "")
-    return (row.get("status") == "ok" and bool(name) and (out / "images" / name).is_file()
-            and (out / "masks" / name).is_file())
+    name, status = row.get("output", ""), row.get("status")
+    root = out if status == "ok" else out / REJECTED
+    return (status in ("ok", *FLAGGED) and bool(name) and (root / "images" / name).is_file()
+            and (root / "masks" / name).is_file())
 
 
 def load_rgb(path: Path, max_side: int, background) -> tuple[np.ndarray, np.ndarray]:
@@ -127,11 +144,13 @@ def _prefetch(root: Path, todo: list[Path], args) -> Iterator[list[tuple[Path, o
 
 
 def _row(rel: Path, name: str, classes, status: str, reason: str = "", shape=None,
-         labels: np.ndarray | None = None, scores: dict | None = None) -> dict:
-    row = {"image": rel.as_posix(), "output": name if status == "ok" else "", "status": status,
-           "reason": reason, "height": shape[0] if shape else "", "width": shape[1] if shape else ""}
+         labels: np.ndarray | None = None, scores: dict | None = None, method: str = "") -> dict:
     areas = (np.bincount(labels.ravel(), minlength=len(classes) + 1) if labels is not None
              else np.zeros(len(classes) + 1, int))
+    coverage = round(float(areas[1:].sum()) / (shape[0] * shape[1]), 4) if shape else ""
+    row = {"image": rel.as_posix(), "output": name if status in ("ok", *FLAGGED) else "",
+           "status": status, "reason": reason, "method": method, "coverage": coverage,
+           "height": shape[0] if shape else "", "width": shape[1] if shape else ""}
     found = [c for k, c in enumerate(classes, 1) if areas[k] > 0]
     row.update(wings_found=len(found), wings=";".join(found), mask_area=int(areas[1:].sum()))
     for k, c in enumerate(classes, 1):
@@ -141,30 +160,49 @@ def _row(rel: Path, name: str, classes, status: str, reason: str = "", shape=Non
     return row
 
 
-def _segment_batch(segmenter: Segmenter, batch, names, out: Path) -> list[dict]:
-    classes = segmenter.classes
+def coverage_status(coverage: float, limits: tuple[float, float]) -> tuple[str, str]:
+    """``(status, reason)`` of a cut-out covering ``coverage`` of its photo."""
+    low, high = limits
+    if coverage < low:
+        return "low_coverage", (f"foreground is {coverage:.2%} of the photo, below --min-coverage "
+                                f"{low:g}: a fragment rather than the specimen")
+    if coverage > high:
+        return "high_coverage", (f"foreground is {coverage:.2%} of the photo, above --max-coverage "
+                                 f"{high:g}: the background was not removed")
+    return "ok", ""
+
+
+def _segment_batch(segmenter: Segmenter, batch, names, out: Path,
+                   limits: tuple[float, float] = (0.0, 1.0)) -> list[dict]:
+    classes, method = segmenter.classes, segmenter.method
     rows, ready = [], [(rel, data) for rel, data in batch if not isinstance(data, Exception)]
     for rel, data in batch:
         if isinstance(data, Exception):
-            rows.append(_row(rel, names[rel], classes, "unreadable", data.reason))
+            rows.append(_row(rel, names[rel], classes, "unreadable", data.reason, method=method))
     try:
         results = segmenter([small for _, (_, small) in ready]) if ready else []
     except Exception as e:  # noqa: BLE001 - e.g. out of GPU memory: retry one image at a time
         if len(ready) == 1:
             return rows + [_row(ready[0][0], names[ready[0][0]], classes, "error",
-                                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")]
-        return rows + [r for item in ready for r in _segment_batch(segmenter, [item], names, out)]
+                                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                                method=method)]
+        return rows + [r for item in ready
+                       for r in _segment_batch(segmenter, [item], names, out, limits)]
     for (rel, (rgb, _)), res in zip(ready, results):
         labels = to_full_resolution(res.owner, res.fg, rgb.shape[:2])
         if not labels.any():
             rows.append(_row(rel, names[rel], classes, "no_wings",
                              "no wing found" + (" above --score-threshold"
                                                 if segmenter.model is not None else ""),
-                             rgb.shape[:2]))
+                             rgb.shape[:2], method=method))
             continue
-        write_png(out / "masks" / names[rel], labels)  # mask first: an image implies its mask
-        write_png(out / "images" / names[rel], cutout(rgb, labels))
-        rows.append(_row(rel, names[rel], classes, "ok", "", rgb.shape[:2], labels, res.scores))
+        status, reason = coverage_status(np.count_nonzero(labels) / labels.size, limits)
+        root = out if status == "ok" else out / REJECTED
+        # mask first: an image implies its mask
+        write_label_png(root / "masks" / names[rel], labels, len(classes))
+        write_png(root / "images" / names[rel], cutout(rgb, labels))
+        rows.append(_row(rel, names[rel], classes, status, reason, rgb.shape[:2], labels,
+                         res.scores, method))
     return rows
 
 
@@ -177,16 +215,17 @@ def segment(args) -> dict:
                         "outside the photos folder")
     if not 0 <= args.score_threshold <= 1 or args.max_side < 32 or args.dilate < 0:
         raise UserError("--score-threshold must be in [0, 1], --max-side >= 32 and --dilate >= 0")
+    if not 0 <= args.min_coverage < args.max_coverage <= 1:
+        raise UserError("--min-coverage and --max-coverage must satisfy 0 <= min < max <= 1 "
+                        f"(got {args.min_coverage:g} and {args.max_coverage:g})")
+    args.method, checkpoint, note = choose_method(args.method, args.checkpoint, args.rembg_model)
+    if note:
+        print(note)
     semantic = run_settings(args)
     _guard(out, semantic, args.overwrite)
     images, not_images = list_files(inp)
     if not images:
         raise UserError(f"no images found in {inp} (looked for JPEG, PNG, TIFF, BMP, WebP, .npy)")
-    checkpoint = args.checkpoint
-    if args.method.startswith("maskrcnn") and checkpoint is None:
-        from .segmentation_maskrcnn import default_checkpoint
-
-        checkpoint = default_checkpoint()
     segmenter = Segmenter(args.method, checkpoint, args.rembg_model, args.score_threshold,
                           args.dilate, args.device)
     names = output_names(images)
@@ -207,21 +246,26 @@ def segment(args) -> dict:
     table = pd.DataFrame([rows[rel] for rel in images])
     by = table["status"].value_counts().to_dict()
     listed = {s: [(r["image"], r["reason"]) for r in rows.values() if r["status"] == s]
-              for s in ("no_wings", "unreadable", "error")}
+              for s in STATUSES[1:]}
     for status, items in listed.items():
         for image, reason in items:
             print(f"{status}: {image}: {reason}")
+    flagged = sum(by.get(s, 0) for s in FLAGGED)
     print(f"wrote {by.get('ok', 0)} segmented images to {out}/images and masks/ "
-          f"({by.get('no_wings', 0)} without wings, {by.get('unreadable', 0)} unreadable, "
-          f"{by.get('error', 0)} failed; see {TABLE})")
+          f"({flagged} with implausible coverage in {out / REJECTED}/, {by.get('no_wings', 0)} "
+          f"without wings, {by.get('unreadable', 0)} unreadable, {by.get('error', 0)} failed; "
+          f"see {TABLE})")
+    sheets = write_contact_sheets(out, [rows[rel] for rel in images], inp, REJECTED)
+    if sheets:
+        print(f"contact sheet: {', '.join(str(p) for p in sheets)} (flagged photos first, framed red)")
     return write_manifest(
         out, "0-segmentation", semantic,
-        counts={"images": len(images), **{s: int(by.get(s, 0)) for s in
-                                          ("ok", "no_wings", "unreadable", "error")},
+        counts={"images": len(images), **{s: int(by.get(s, 0)) for s in STATUSES},
                 "not_images": len(not_images)},
         packages=("opencv-python-headless", "rembg", "onnxruntime"),
         classes=list(segmenter.classes), model=segmenter.info, input=str(inp.resolve()),
         **{f"{s}_files": v for s, v in listed.items()}, removed_outputs=removed,
+        contact_sheets=[p.name for p in sheets],
         not_image_files=[(str(p), r) for p, r in not_images])
 
 
@@ -234,7 +278,7 @@ def remove_orphans(out: Path, expected: set[str]) -> list[str]:
     removed: set[str] = set()
     if not any((out / name).is_file() for name in (TABLE, PARTIAL, MANIFEST)):
         return []  # not a stage 0 output: its files are not ours to delete
-    for sub in ("images", "masks"):
+    for sub in ("images", "masks", f"{REJECTED}/images", f"{REJECTED}/masks"):
         if (out / sub).is_dir():
             for rel in list_files(out / sub)[0]:
                 if rel.as_posix() not in expected:
@@ -253,7 +297,8 @@ def _run(segmenter, inp, todo, names, rows, images, out, args) -> None:
     bar = tqdm(total=len(todo), unit="img", disable=None if args.progress else True)
     try:
         for batch in _prefetch(inp, todo, args):
-            for row in _segment_batch(segmenter, batch, names, out):
+            for row in _segment_batch(segmenter, batch, names, out,
+                                      (args.min_coverage, args.max_coverage)):
                 rows[Path(row["image"])] = row
             bar.update(len(batch))
             since_flush += len(batch)

@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 
 from .cli import UserError
-from .imageio import IMAGE_EXTENSIONS, list_files, read_image
+from .imageio import IMAGE_EXTENSIONS, list_files
+from .segmentation_masks import read_label_png
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,7 @@ def read_label_mask(path: Path, num_classes: int) -> np.ndarray:
     Raises:
         UserError: the mask holds labels above K (names the file and the classes count).
     """
-    labels = read_image(path)[..., 0]
+    labels = read_label_png(path)
     values = np.unique(labels)
     if num_classes == 1 and set(values.tolist()) <= {0, 255}:
         return (labels > 0).astype(np.uint8)

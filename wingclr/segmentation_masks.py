@@ -143,3 +143,55 @@ def cutout(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
     out[keep, :3] = rgb[keep]
     out[keep, 3] = 255
     return out
+
+
+# label colours of mask PNGs: 0 black, then well-separated colours (one class: white)
+COLOURS = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+           (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128))
+
+
+def label_palette(n_classes: int) -> list[int]:
+    """Flat 256-entry RGB palette: index 0 black, 1..K distinct colours (white when K == 1)."""
+    colours = [(255, 255, 255)] if n_classes == 1 else [COLOURS[i % len(COLOURS)]
+                                                         for i in range(max(0, n_classes))]
+    flat = [0, 0, 0] + [v for c in colours for v in c]
+    return flat + [0] * (768 - len(flat))
+
+
+def write_label_png(path, labels: np.ndarray, n_classes: int) -> None:
+    """Write a label image as a palette PNG (atomically).
+
+    Pixel values stay the labels (``np.array(Image.open(path))`` gives 0..K back); the palette only
+    makes them visible in an image viewer, where a plain 0/1 PNG looks black.
+    """
+    from pathlib import Path
+
+    from PIL import Image
+
+    from .stage import atomic_path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(np.ascontiguousarray(labels, np.uint8))
+    img.putpalette(label_palette(n_classes))  # "L" becomes "P" with the same values
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def read_label_png(path) -> np.ndarray:
+    """A label mask as ``(H, W)`` uint8: palette PNGs by index, anything else by its first band.
+
+    Raises:
+        ImageReadError: unreadable file.
+    """
+    from PIL import Image
+
+    from .imageio import read_image
+
+    try:
+        with Image.open(path) as img:
+            if img.mode == "P":
+                return np.asarray(img, np.uint8)
+    except (OSError, ValueError, SyntaxError):
+        pass  # not something PIL opens (e.g. a TIFF stack): the common reader says why
+    return read_image(path)[..., 0]

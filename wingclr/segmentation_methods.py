@@ -7,6 +7,10 @@
 * ``maskrcnn``: the Mask R-CNN masks alone.
 * ``rembg``: rembg's foreground, the whole specimen (label 1 = ``specimen``).
 * ``threshold``: classical OpenCV foreground on plain backgrounds, no weights (label 1 = specimen).
+
+Without ``--method`` the default is ``maskrcnn+rembg`` when a wing checkpoint exists, else ``rembg``
+(whole specimens): a new user has no wing model until they annotate and train one
+(:func:`choose_method`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 from .segmentation_masks import (Instance, instances_to_fg, instances_to_owner, remove_specks)
 
 METHODS = ("maskrcnn+rembg", "maskrcnn", "rembg", "threshold")
+DEFAULT_METHOD = "maskrcnn+rembg"
 WHOLE_SPECIMEN = ("specimen",)
 
 
@@ -35,6 +40,44 @@ class Result:
     owner: np.ndarray
     fg: np.ndarray
     scores: dict[int, float] = field(default_factory=dict)
+
+
+def choose_method(method: str | None, checkpoint: Path | None,
+                  rembg_model: str) -> tuple[str, Path | None, str]:
+    """Resolve ``--method`` (None: not given) to ``(method, checkpoint, note to print)``.
+
+    Raises:
+        UserError: the default method has neither a wing checkpoint nor a rembg model; names both
+            files, the fetch command and ``--method threshold``.
+    """
+    if method is not None or checkpoint is not None:
+        method = method or DEFAULT_METHOD
+        if method.startswith("maskrcnn") and checkpoint is None:
+            from .segmentation_maskrcnn import default_checkpoint
+
+            checkpoint = default_checkpoint()
+        return method, checkpoint, ""
+    from .cli import UserError
+    from .segmentation_maskrcnn import default_checkpoint
+    from .segmentation_rembg import model_path
+    from .weights import fetch_advice, weights_dir
+
+    wings = default_checkpoint()
+    if wings.is_file():
+        return DEFAULT_METHOD, wings, ""
+    try:
+        model_path(rembg_model)
+    except UserError:
+        onnx = rembg_model if rembg_model.endswith(".onnx") else f"{rembg_model}.onnx"
+        raise UserError(f"the default method needs a wing Mask R-CNN ({wings}) or at least a rembg "
+                        f"model ({weights_dir() / onnx}), and neither is there: "
+                        f"{fetch_advice(rembg_model)} and copy it into {weights_dir()}/ "
+                        "(whole-specimen cut-outs), train a wing model with "
+                        "0-segmentation/train_maskrcnn.py (per-wing masks), or pass "
+                        "--method threshold (plain backgrounds, no weights)") from None
+    return "rembg", None, (f"no wing Mask R-CNN ({wings}): cutting out whole specimens with rembg "
+                           f"({rembg_model}); for per-wing masks annotate some photos and train one "
+                           "with 0-segmentation/train_maskrcnn.py")
 
 
 def pick_device(name: str):

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from .cli import UserError
-from .imageio import ImageReadError, list_files, read_image
+from .imageio import ImageReadError, list_files
 from .segmentation_annotations import find_mask
+from .segmentation_masks import read_label_png
 from .stage import read_manifest, write_csv
 
 
@@ -50,7 +51,7 @@ def score_masks(pred: np.ndarray, gt: np.ndarray, classes: Sequence[str] | None)
 
 def read_gt(path: Path, gt_type: str, remap: np.ndarray | None) -> tuple[np.ndarray, bool]:
     """Ground-truth mask as ``(labels uint8, is_binary)``."""
-    arr = read_image(path)[..., 0]
+    arr = read_label_png(path)
     values = set(np.unique(arr).tolist())
     binary = gt_type == "binary" or (gt_type == "auto" and values <= {0, 255})
     if binary:
@@ -145,7 +146,7 @@ def _score_one(pred_path: Path | None, gt_path: Path, image: str, status: str, g
     except ImageReadError as e:
         return {**row, "status": f"unreadable ground truth ({e.reason})"}
     if pred_path is not None and pred_path.is_file():
-        pred = read_image(pred_path)[..., 0]
+        pred = read_label_png(pred_path)
         if pred.shape != gt.shape:
             if pred.shape[0] * gt.shape[1] != pred.shape[1] * gt.shape[0]:
                 return {**row, "status": f"size {pred.shape} differs from ground truth {gt.shape}"}

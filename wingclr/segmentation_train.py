@@ -31,7 +31,12 @@ LAST = "last.pth"
 
 
 def load_annotations(args, expected: list[str] | None):
-    """``(classes, items, skipped)`` from ``--annotations`` (COCO) or ``--masks`` (label PNGs)."""
+    """``(classes, items, skipped)`` from ``--annotations`` (a COCO file or a folder of labelme
+    files) or ``--masks`` (label PNGs)."""
+    if args.annotations and Path(args.annotations).is_dir():
+        from .segmentation_labelme import load_labelme
+
+        return load_labelme(args.annotations, args.images, expected or args.classes)
     if args.annotations:
         return load_coco(args.annotations, args.images, expected or args.classes)
     classes = check_classes(args.classes, expected, f"--classes of {args.masks}")
