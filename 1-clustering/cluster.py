@@ -1,17 +1,25 @@
 """Stage 1: cluster specimen images: VGG16 features -> 3-D UMAP -> HDBSCAN, keep or retry.
 
 Asks min_cluster_size and cluster_selection_epsilon, prints the number of clusters, outliers and
-the average silhouette, draws the 3-D UMAP scatter and the silhouette plot (shown in a window when
-there is a display: close it to continue), then asks "keep (1) or retry (0)". A retry reuses the
-cached features and UMAP embedding. Writes cluster_<k>/ and outliers/ (stage 2's input),
-clusters.csv, umap_3d.png, silhouette.png and manifest.json.
+the average silhouette (in the 3-D UMAP space, which flatters, and in the feature space), draws
+the 3-D UMAP scatter and the silhouette plot (shown in a window when there is a display: close it
+to continue), then asks "keep (1) or retry (0)". A retry reuses the cached features and UMAP
+embedding. Writes cluster_<k>/ and outliers/ (stage 2's input), clusters.csv, umap_3d.png,
+silhouette.png and manifest.json.
+
+Without ImageNet weights there are two ways on: fetch them (python -m wingclr.weights fetch vgg16
+on a machine with internet, see weights/README.md), or skip this stage and sort the photos into
+one folder per group yourself: 2-create_dataset/create_dataset.py --input <folder of group folders>.
+Random features (--pretrained none) are refused unless --allow-random-features is given too.
 
 Examples:
     python 1-clustering/cluster.py                          # work/0-segmented/images -> work/1-clusters
     python 1-clustering/cluster.py --sweep                  # table of parameters -> clusters, silhouette
     python 1-clustering/cluster.py --min-cluster-size 20 --cluster-selection-epsilon 0.1 --yes
                                                             # batch / SLURM / CI: no questions
-    python 1-clustering/cluster.py --input my_photos --pretrained none --input-size 128   # no weights
+    python -m wingclr.weights fetch vgg16                   # the ImageNet weights (machine with internet)
+    python 1-clustering/cluster.py --input my_photos --pretrained none --allow-random-features
+                                                            # pipeline test only: random features
     printf '20\\n0.1\\n1\\n' | python 1-clustering/cluster.py --interactive   # answers from a pipe
 """
 
@@ -35,6 +43,9 @@ def get_args_parser():
                    help=f"ImageNet network whose features are clustered (vgg16: 4096-d fc7; "
                         f"{', '.join(sorted(BACKBONES))} or timm/<model>, e.g. timm/efficientnet_lite0)")
     cli.add_pretrained_args(f)
+    f.add_argument("--allow-random-features", action="store_true",
+                   help="accept --pretrained none: random features cluster by colour and pose, "
+                        "not pattern (for testing the pipeline; the output is marked)")
     f.add_argument("--input-size", type=int, default=224,
                    help="images are letterboxed to this side (px) before the network")
     f.add_argument("--batch-size", type=int, default=32, help="images per forward pass")

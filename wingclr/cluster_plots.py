@@ -91,13 +91,15 @@ def plot_silhouette(result: Clustering, path: Path, show: bool = False):
                          edgecolor=colour, alpha=0.7)
         ax.text(-0.05, y_lower + 0.5 * len(vals), str(k), ha="right", va="center", fontsize=8)
         y_lower += len(vals) + gap
+    in_features = ("" if result.feature_silhouette is None
+                   else f" (in feature space: {result.feature_silhouette:.3f})")
     ax.axvline(x=result.silhouette, color="red", linestyle="--",
-               label=f"average {result.silhouette:.3f}")
+               label=f"average {result.silhouette:.3f}{in_features}")
     ax.set_xlim(min(-0.1, float(np.nanmin(result.silhouette_values)) - 0.05), 1)
     ax.set_ylim(0, y_lower)
     ax.set_yticks([])
     ax.set(xlabel="silhouette coefficient values", ylabel="cluster label",
-           title=f"Silhouette plot of the {result.n_clusters} clusters "
+           title=f"Silhouette in the 3-D UMAP space of the {result.n_clusters} clusters "
                  f"({result.n_outliers} outliers left out)")
     ax.legend(loc="lower right", fontsize=8)
     save_figure(fig, path, close=not show)

@@ -9,6 +9,12 @@ Modes (see ``1-clustering/cluster.py --help``):
 * ``--sweep`` alone without a terminal: prints the parameter table and stops.
 
 Without a terminal and without parameters the stage stops with an error naming the flags.
+
+Random (untrained) features group images by colour and pose, not by pattern, yet UMAP still
+separates them into convincing clusters; ``--pretrained none`` is therefore refused unless
+``--allow-random-features`` is given too, and then every result is printed with a warning and the
+manifest records ``"random_features": true``. The silhouette is printed and recorded both in the
+3-D UMAP space and in the feature space.
 """
 
 from __future__ import annotations
@@ -23,21 +29,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cli import UserError, require_folder
+from .cli import UserError
+from .cluster_inputs import (check_random_features, guard_output, random_features_warning,
+                             resolve_input, stage_settings, with_weights_advice)
 from .cluster_plots import display_available, plot_silhouette, plot_umap_3d, show_figures
 from .clustering import Clustering, cluster, identical_rows, project_umap, sweep, sweep_grid
 from .imageio import list_files
 from .split import place_file
-from .stage import MANIFEST, atomic_path, check_finished, read_manifest, settings, write_csv, write_manifest, write_text
+from .stage import MANIFEST, atomic_path, write_csv, write_manifest, write_text
 
 DEFAULT_MIN_CLUSTER_SIZE, DEFAULT_EPSILON = 20, 0.0
 MIN_IMAGES = 5  # UMAP needs a few points to build a neighbour graph
 OUTLIERS = "outliers"
 UMAP_KEYS = ("n_neighbors", "min_dist", "seed", "metric", "pca_dims")
-RUN_ONLY = ("interactive", "sweep", "no_show", "batch_size", "device")  # do not change results
 BATCH_HINT = "--min-cluster-size N --cluster-selection-epsilon E --yes"
-
-
 def decide_mode(args, stdin_is_tty: bool) -> str:
     """``"interactive"``, ``"batch"`` or ``"sweep-only"``; fills in defaults for batch mode.
 
@@ -68,45 +73,6 @@ def stdin_isatty() -> bool:
         return bool(sys.stdin is not None and sys.stdin.isatty())
     except (AttributeError, OSError, ValueError):  # closed or replaced stdin
         return False
-
-
-def stage_settings(args) -> dict:
-    """The arguments that define the output (stored in manifest.json, compared on re-runs)."""
-    return {k: v for k, v in settings(args).items() if k not in RUN_ONLY}
-
-
-def guard_output(out: Path, args, mode: str) -> bool:
-    """True when the same finished clustering is already in ``out`` (skip).
-
-    Raises:
-        UserError: a finished clustering with other settings is there and no ``--overwrite``.
-    """
-    if mode == "batch":
-        return check_finished(out, stage_settings(args), args.overwrite, "clustering")
-    manifest = read_manifest(out)
-    if manifest is None or args.overwrite:
-        return False
-    old, new = manifest.get("args", {}), stage_settings(args)
-    feature_keys = [k for k in new if k not in ("min_cluster_size", "cluster_selection_epsilon",
-                                                "min_samples", "link")]
-    if mode == "sweep-only" and all(old.get(k) == new[k] for k in feature_keys):
-        return False  # a sweep only reads the finished output's caches
-    raise UserError(f"{out} already holds a finished clustering (manifest.json); pass --overwrite "
-                    "to cluster again, or choose another --output")
-
-
-def resolve_input(path: Path, out: Path) -> Path:
-    """The image folder; stage 0's output folder is accepted for its ``images/``."""
-    path = Path(path)
-    require_folder(path, "input folder", "run 0-segmentation/segment.py first or pass --input "
-                   "with your image folder")
-    if (path / "images").is_dir() and (path / "masks").is_dir():
-        path = path / "images"  # stage 0 root given: cluster its cut-out images, not the masks
-    inp, outp = path.resolve(), Path(out).resolve()
-    if outp == inp or inp in outp.parents or outp in inp.parents:
-        raise UserError(f"--output {out} and --input {path} overlap; choose an output folder "
-                        "outside the image folder")
-    return path
 
 
 def ask(prompt: str, default, parse, check=lambda v: True, expected: str = "a number"):
@@ -159,8 +125,12 @@ def umap_embedding(features: np.ndarray, args, out: Path) -> np.ndarray:
 
 
 def choose(embedding: np.ndarray, args, mode: str, out: Path, degenerate: bool,
-           show: bool) -> tuple[Clustering, list[dict]]:
+           show: bool, features: np.ndarray | None = None,
+           warning: str = "") -> tuple[Clustering, list[dict]]:
     """Cluster, report and plot until the user keeps a result (one pass in batch mode).
+
+    ``features`` (the rows of ``embedding``) add the feature-space silhouette; ``warning`` is
+    printed after every result (random features).
 
     Returns:
         The kept result and every tried result's summary (in order).
@@ -174,9 +144,12 @@ def choose(embedding: np.ndarray, args, mode: str, out: Path, degenerate: bool,
             mcs = ask("min_cluster_size", mcs, int, lambda v: 2 <= v <= n,
                       f"a whole number from 2 to {n} (the number of images)")
             eps = ask("cluster_selection_epsilon", eps, float, lambda v: v >= 0, "a number >= 0")
-        result = cluster(embedding, mcs, eps, args.min_samples, args.seed, degenerate)
+        result = cluster(embedding, mcs, eps, args.min_samples, args.seed, degenerate,
+                         features=features, metric=getattr(args, "metric", "euclidean"))
         tried.append(result.record())
         print(result.summary())
+        if warning:
+            print(warning)
         if result.silhouette is None:
             print(result.note)
         figures = [plot_umap_3d(embedding, result, out / "umap_3d.png", show),
@@ -233,6 +206,7 @@ def run_clustering(args, stdin_is_tty: bool | None = None, builder=None) -> dict
                              ("--batch-size", args.batch_size, 1), ("--pca-dims", args.pca_dims, 0)):
         if value is not None and value < low:
             raise UserError(f"{flag} must be at least {low}, got {value}")
+    random_features = check_random_features(args)
     mode = decide_mode(args, stdin_is_tty)
     out = Path(args.output)
     root = resolve_input(args.input, out)
@@ -252,7 +226,8 @@ def run_clustering(args, stdin_is_tty: bool | None = None, builder=None) -> dict
                            dataset_channels(root, images, None), tuple(args.background), args.seed)
     feats = compute_features(root, images, out, config, args.batch_size,
                              default_workers() if args.num_workers is None else args.num_workers,
-                             args.device, not args.quiet, builder=builder or build_backbone)
+                             args.device, not args.quiet,
+                             builder=with_weights_advice(builder or build_backbone))
     print(f"features: {n - feats.computed} from the cache, {feats.computed} computed "
           f"({args.backbone}, {'ImageNet' if config.pretrained else 'random'} weights) -> {out / 'features.npy'}")
     unreadable = [(images[i].as_posix(), feats.errors[i]) for i in np.flatnonzero(~feats.ok)]
@@ -280,22 +255,29 @@ def run_clustering(args, stdin_is_tty: bool | None = None, builder=None) -> dict
                                             len(values), args.cluster_selection_epsilon),
                       args.min_samples, args.seed, degenerate)
         print(table.to_string(index=False, na_rep="undefined"))
+        print("(silhouette: in the 3-D UMAP space, outliers left out)")
         write_csv(out / "sweep.csv", table)
         print(f"sweep table: {out / 'sweep.csv'}")
         if mode == "sweep-only":
             print(f"pick a row and run again with {BATCH_HINT}")
             return None
     show = not args.no_show and display_available()
-    result, tried = choose(embedding, args, mode, out, degenerate, show)
+    warning = random_features_warning(args.backbone) if random_features else ""
+    result, tried = choose(embedding, args, mode, out, degenerate, show,
+                           None if degenerate else values, warning)
     write_clusters(out, root, readable, result, embedding, args.link)
     print(f"wrote {result.n_clusters} cluster folders, {OUTLIERS}/ ({result.n_outliers} images) "
           f"and clusters.csv to {out}")
+    if warning:
+        print(warning)
     return write_manifest(
         out, "1-clustering", stage_settings(args), seed=args.seed,
         packages=("umap-learn", "hdbscan", "scikit-learn"),
         counts={"images": n, "clustered": len(readable), "clusters": result.n_clusters,
                 "outliers": result.n_outliers, "unreadable": len(unreadable),
                 "skipped": len(skipped), "features_computed": computed},
-        silhouette=result.silhouette, silhouette_note=result.note, cluster_sizes=result.sizes,
+        silhouette=result.silhouette, silhouette_note=result.note, silhouette_umap=result.silhouette,
+        silhouette_features=result.feature_silhouette, silhouette_metric=args.metric,
+        random_features=random_features, cluster_sizes=result.sizes,
         tried=tried, skipped_files=skipped, input=str(root.resolve()),
         features={**config.key(), "dim": int(values.shape[1])})

@@ -1,5 +1,9 @@
 """UMAP (3-D) + HDBSCAN clustering of image features, silhouette scores and parameter sweeps.
 
+The silhouette is reported twice: in the 3-D UMAP space HDBSCAN clustered (flattering: UMAP pulls
+neighbourhoods apart, so even random features score well there) and in the feature space itself
+(on a sample of :data:`FEATURE_SILHOUETTE_POINTS`, with the UMAP metric).
+
 ``umap`` and ``hdbscan`` are imported inside the functions: the first ``import umap`` in a fresh
 environment compiles numba code for ~25 s, and the first UMAP fit in a process ~14 s more.
 """
@@ -13,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 SILHOUETTE_MAX_POINTS = 10_000  # silhouette is O(N^2): larger sets use a random sample
+FEATURE_SILHOUETTE_POINTS = 2_000  # ... times the feature size (4096 for VGG16)
 SWEEP_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)
 SWEEP_EPSILONS = (0.0, 0.1, 0.25, 0.5, 1.0)
 
@@ -62,8 +67,9 @@ def run_hdbscan(embedding: np.ndarray, min_cluster_size: int, epsilon: float = 0
 
 
 def silhouette(embedding: np.ndarray, labels: np.ndarray, seed: int = 0,
-               max_points: int = SILHOUETTE_MAX_POINTS) -> tuple[float | None, np.ndarray, str]:
-    """Silhouette of the clustered points (outliers left out) in the embedding.
+               max_points: int = SILHOUETTE_MAX_POINTS,
+               metric: str = "euclidean") -> tuple[float | None, np.ndarray, str]:
+    """Silhouette of the clustered points (outliers left out) in the embedding (or features).
 
     Returns:
         ``(mean or None, per-point values (M,) for the points in ``mask``, note)``. The mean is None
@@ -91,7 +97,7 @@ def silhouette(embedding: np.ndarray, labels: np.ndarray, seed: int = 0,
     sub = clustered[pick]
     if len(np.unique(labels[sub])) < 2:
         return None, values, "silhouette undefined: the sample holds only one cluster"
-    values[pick] = silhouette_samples(embedding[sub], labels[sub])
+    values[pick] = silhouette_samples(embedding[sub], labels[sub], metric=metric)
     return float(np.nanmean(values)), values, note
 
 
@@ -102,9 +108,10 @@ class Clustering:
     Attributes:
         labels: ``(N,)`` cluster per image, -1 = outlier.
         probabilities: ``(N,)`` HDBSCAN membership strength.
-        silhouette: mean silhouette of clustered images, None when undefined.
+        silhouette: mean silhouette of clustered images in the UMAP space, None when undefined.
         silhouette_values: ``(M,)`` per clustered image (labels >= 0, in order), NaN if unsampled.
         note: why the silhouette is undefined, or how it was sampled.
+        feature_silhouette: the same in the feature space (None: undefined or not computed).
     """
 
     min_cluster_size: int
@@ -115,6 +122,7 @@ class Clustering:
     silhouette_values: np.ndarray
     note: str = ""
     sizes: dict = field(default_factory=dict)
+    feature_silhouette: float | None = None
 
     @property
     def n_clusters(self) -> int:
@@ -126,23 +134,28 @@ class Clustering:
 
     def summary(self) -> str:
         score = f"{self.silhouette:.3f}{self.note}" if self.silhouette is not None else "undefined"
+        feats = "" if self.feature_silhouette is None else f", {self.feature_silhouette:.3f} in feature space"
         return (f"min_cluster_size={self.min_cluster_size} cluster_selection_epsilon={self.epsilon:g}: "
                 f"{self.n_clusters} cluster{'s' * (self.n_clusters != 1)}, {self.n_outliers} outliers, "
-                f"average silhouette {score}")
+                f"average silhouette {score} in the 3-D UMAP space{feats}")
 
     def record(self) -> dict:
         return {"min_cluster_size": self.min_cluster_size, "cluster_selection_epsilon": self.epsilon,
                 "clusters": self.n_clusters, "outliers": self.n_outliers,
-                "silhouette": None if self.silhouette is None else round(self.silhouette, 4)}
+                "silhouette": None if self.silhouette is None else round(self.silhouette, 4),
+                "silhouette_features": (None if self.feature_silhouette is None
+                                        else round(self.feature_silhouette, 4))}
 
 
 def cluster(embedding: np.ndarray, min_cluster_size: int, epsilon: float = 0.0,
             min_samples: int | None = None, seed: int = 0, degenerate: bool = False,
-            max_points: int = SILHOUETTE_MAX_POINTS) -> Clustering:
+            max_points: int = SILHOUETTE_MAX_POINTS, features: np.ndarray | None = None,
+            metric: str = "euclidean") -> Clustering:
     """HDBSCAN plus silhouette on ``(N, 3)`` points.
 
     With ``degenerate`` (all images gave identical features) everything forms one cluster: there
-    is nothing to separate, and the silhouette is undefined.
+    is nothing to separate, and the silhouette is undefined. With ``features`` (``(N, D)``, the
+    rows of ``embedding``) the silhouette is also computed there, with ``metric``.
     """
     if degenerate:
         labels, probs = np.zeros(len(embedding), int), np.ones(len(embedding), np.float32)
@@ -152,9 +165,16 @@ def cluster(embedding: np.ndarray, min_cluster_size: int, epsilon: float = 0.0,
     if degenerate:
         note = ("silhouette undefined: all images give identical features (duplicate images?); "
                 "they form one cluster")
+    in_features = None
+    if features is not None and score is not None:
+        points = min(max_points, FEATURE_SILHOUETTE_POINTS)
+        try:
+            in_features = silhouette(features, labels, seed, points, metric)[0]
+        except ValueError:  # a UMAP metric scikit-learn does not know
+            in_features = silhouette(features, labels, seed, points)[0]
     ids, counts = np.unique(labels[labels >= 0], return_counts=True)
     return Clustering(int(min_cluster_size), float(epsilon), labels, probs, score, values, note,
-                      {int(i): int(c) for i, c in zip(ids, counts)})
+                      {int(i): int(c) for i, c in zip(ids, counts)}, in_features)
 
 
 def sweep_grid(min_cluster_size: int, n_images: int, epsilon: float | None = None) -> list[tuple[int, float]]:
