@@ -187,3 +187,14 @@ def test_batched_rotation_turns_views_counter_clockwise_like_pil():
     never = BatchAugment(AugmentConfig(input_size=16, min_scale=1.0, hf_prob=0, cj_prob=0, gray_prob=0,
                                        blur_prob=0, rr_prob=0.0, mean=(0, 0, 0), std=(1, 1, 1)), 3)
     np.testing.assert_allclose(never(torch.from_numpy(img))[0].numpy(), img[0] / 255, atol=1e-5)
+
+
+def test_weights_file_that_does_not_fit_the_timm_model_is_one_line(tmp_path, monkeypatch):
+    from wingclr.cli import UserError
+    from wingclr.models import build_backbone
+
+    (tmp_path / "timm").mkdir()
+    torch.save({"conv_stem.weight": torch.zeros(1)}, tmp_path / "timm" / "efficientnet_lite0.pth")
+    monkeypatch.setenv("WINGCLR_WEIGHTS_DIR", str(tmp_path))
+    with pytest.raises(UserError, match="efficientnet_lite0.pth: weights do not fit"):
+        build_backbone(LITE0, pretrained=True)

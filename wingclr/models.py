@@ -234,8 +234,13 @@ def timm_model(name: str, pretrained: bool, num_classes: int = 0, image_size: in
     overlay = {"file": str(path)} if path is not None else None  # None: timm downloads (online)
     try:
         return timm.create_model(timm_arch(name), pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-    except (RuntimeError, KeyError) as e:
+    except Exception as e:  # noqa: BLE001 - network and file errors come in many types
         from .cli import UserError
 
-        raise UserError(f"{path or name}: weights do not fit timm's {timm_arch(name)} "
-                        f"({str(e).splitlines()[0][:120]}); replace the file") from None
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+        if path is None:
+            raise UserError(f"could not download the weights of {name} ({why}); on a machine without "
+                            f"internet put {timm_arch(name).split('.')[0]}.safetensors into "
+                            "weights/timm/ (see weights/README.md) or pass --pretrained none") from None
+        raise UserError(f"{path}: weights do not fit timm's {timm_arch(name)} ({why}); "
+                        "replace the file") from None
