@@ -7,6 +7,8 @@ classification_report.txt, predictions.csv, confusion_matrix.png and umap.png. B
 same split: pixel PCA (raw pixels -> PCA fitted on train -> the same probe), the run's backbone with
 ImageNet weights (needs the file in weights/) and, on request, at random initialisation. Every run
 adds (or replaces) its row in evaluation.csv; grid_summary.png and summary.txt compare the grid.
+Pictures per run: neighbours.png, sheets/ (contact sheet per class), gradcam/ (--gradcam N) and
+stage 4's morphospace; report.html in the output folder shows everything on one page.
 Classes are the clusters, or your own labels with --labels (CSV with columns image,label).
 
 Examples:
@@ -14,6 +16,7 @@ Examples:
     python 5-evaluation/evaluate.py --runs work/3-training/*      # the grid; embeds where needed
     python 5-evaluation/evaluate.py --baselines pixel,imagenet,random --no-umap
     python 5-evaluation/evaluate.py --labels species.csv --output work/5-evaluation-species
+    python 5-evaluation/evaluate.py --gradcam 8 --neighbours 6      # then open report.html
 """
 
 import sys
@@ -22,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wingclr import cli  # noqa: E402
+from wingclr.visuals import count  # noqa: E402
 
 
 def get_args_parser():
@@ -58,6 +62,14 @@ def get_args_parser():
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (baselines, embedding)")
     p.add_argument("--num-workers", type=int, default=None,
                    help="DataLoader workers for baselines/embedding (default min(8, CPUs))")
+    p.add_argument("--neighbours", type=count, default=5,
+                   help="neighbours per query in each run's neighbours.png (0: none)")
+    p.add_argument("--query", nargs="*", default=[],
+                   help="images (paths as in embeddings.csv, or file names) shown with their "
+                        "neighbours instead of 2 seeded ones per class")
+    p.add_argument("--gradcam", type=count, default=0,
+                   help="Grad-CAM figures of this many specimens per run (needs the run's "
+                        "checkpoint; ~1 s each on a CPU)")
     p.add_argument("--overwrite", action="store_true", help="evaluate finished runs again")
     return p
 

@@ -275,10 +275,15 @@ def check_report(page: Path) -> Links:
     return parser
 
 
-def test_stage5_draws_pictures_and_a_report_page(dataset_dir, tmp_path, capsys):
-    emb = fake_trained_run(tmp_path / "4-embeddings", dataset_dir)
+@pytest.fixture(scope="module")
+def trained_run(dataset_dir, tmp_path_factory) -> Path:
+    return fake_trained_run(tmp_path_factory.mktemp("visuals") / "4-embeddings", dataset_dir)
+
+
+def test_stage5_draws_pictures_and_a_report_page(trained_run, dataset_dir, tmp_path, capsys):
+    emb = trained_run
     out = tmp_path / "5-evaluation"
-    common = ("--runs", emb, "--output", out, "--baselines", "pixel", "--no-umap", "--num-workers",
+    common = ("--runs", emb, "--output", out, "--baselines", "none", "--no-umap", "--num-workers",
               "0", "--neighbours", "3")
     args = (*common, "--gradcam", "2")
     run_stage(EVALUATE, *args)
@@ -290,7 +295,7 @@ def test_stage5_draws_pictures_and_a_report_page(dataset_dir, tmp_path, capsys):
     page = out / "report.html"
     parser = check_report(page)
     text = page.read_text(encoding="utf-8")
-    assert emb.name in text and "[baseline] pixel PCA" in text and "confusion_matrix.png" in text
+    assert emb.name in text and "confusion_matrix.png" in text and "<th>precision</th>" in text
     assert sum("gradcam/" in r for r in parser.refs) >= 2 and sum("sheets/" in r for r in parser.refs) >= 5
     assert "pictures in" in capsys.readouterr().out
     run_stage(EVALUATE, *args)  # same settings: pictures kept, page rewritten
@@ -304,22 +309,25 @@ def test_stage5_draws_pictures_and_a_report_page(dataset_dir, tmp_path, capsys):
     check_report(page)
 
 
-def test_neighbours_beside_frozen_imagenet_when_its_weights_are_there(dataset_dir, tmp_path, monkeypatch):
-    emb = fake_trained_run(tmp_path / "4-embeddings", dataset_dir)
+def test_neighbours_beside_frozen_imagenet_when_its_weights_are_there(trained_run, tmp_path,
+                                                                    monkeypatch):
+    from wingclr.thumbnails import Mosaic
+
     torch.manual_seed(123)
     state, _ = build_backbone("resnet18", False)
     state = state.state_dict()
     state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)
     (tmp_path / "weights").mkdir()
     torch.save(state, tmp_path / "weights" / "resnet18-f37072fd.pth")
-    common = ("--runs", emb, "--no-umap", "--num-workers", "0", "--neighbours", "2")
-    run_stage(EVALUATE, *common, "--output", tmp_path / "plain", "--baselines", "none")
     monkeypatch.setenv("WINGCLR_WEIGHTS_DIR", str(tmp_path / "weights"))
-    run_stage(EVALUATE, *common, "--output", tmp_path / "beside", "--baselines", "imagenet")
-    plain = Image.open(tmp_path / "plain" / emb.name / "neighbours.png").size
-    beside = Image.open(tmp_path / "beside" / emb.name / "neighbours.png").size
-    assert abs(beside[1] - plain[1]) <= 32 and beside[0] > 1.5 * plain[0]
-    check_report(tmp_path / "beside" / "report.html")
+    out = tmp_path / "5-evaluation"
+    run_stage(EVALUATE, "--runs", trained_run, "--no-umap", "--num-workers", "0", "--neighbours",
+              "2", "--output", out, "--baselines", "imagenet")
+    width = Image.open(out / trained_run.name / "neighbours.png").size[0]
+    assert width == Mosaic(1, 1 + 2 + 1 + 2, 96).canvas.shape[1]  # query, 2 + gap + 2 neighbours
+    page = out / "report.html"
+    check_report(page)
+    assert "[baseline] ImageNet resnet18" in page.read_text(encoding="utf-8")
 
 
 def test_visual_flags_refuse_negative_counts():

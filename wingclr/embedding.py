@@ -233,6 +233,11 @@ def embed_run(name: str, ckpt: Path, args) -> dict | None:
         "component": [f"PC{i + 1}" for i in range(len(ratio))], "explained_variance_ratio": ratio,
         "cumulative": np.cumsum(ratio), "kept": ratio > PCA_MIN_VARIANCE}))
     plot_pca(scores, table["cluster"], ratio, out / "pca.png", name)
+    try:  # thumbnails at their PC scores; a picture never fails the stage
+        from .morphospace import write_morphospace
+        write_morphospace(out, root, meta)
+    except Exception as e:  # noqa: BLE001
+        print(f"note: {name}: morphospace.png not drawn ({type(e).__name__}: {str(e)[:200]})")
     print(f"{name}: {len(table)} images x {feats.shape[1]} dims, {k} PCA axes > 0.5 % -> {out}")
     return write_manifest(
         out, "4-embed", run_args, packages=("scikit-learn",),

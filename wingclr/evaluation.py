@@ -22,6 +22,7 @@ from .eval_inputs import attach_labels, load_embeddings
 from .gridplot import summary_table, write_grid_summary
 from .probe import score_split
 from .stage import MANIFEST, check_finished, read_manifest, write_csv, write_manifest, write_text
+from .visuals import run_visuals, write_report_note
 
 EVAL_COLUMNS = ["run", "backbone", "batch_size", "epochs", "temperature", "n_train", "n_val",
                 "accuracy", "balanced_accuracy", "macro_f1", "knn_accuracy",
@@ -226,6 +227,7 @@ def evaluate_runs(args) -> pd.DataFrame:
         rows.append(row)
         print(f"{name}: linear accuracy {row['accuracy']:.3f}, kNN {row['knn_accuracy']:.3f}, "
               f"silhouette {row['silhouette']:.3f}{imagenet_beside(row)}")
+        run_visuals(name, emb_dir, out / name, split, model, row, args)  # notes, never fails
     for note in notes.values():
         print(note)
     table = upsert_rows(out / "evaluation.csv", rows)
@@ -241,4 +243,5 @@ def evaluate_runs(args) -> pd.DataFrame:
     write_text(out / "summary.txt", text + "\n")
     print(text)
     print(f"wrote {out / 'evaluation.csv'}")
+    write_report_note(out)
     return table

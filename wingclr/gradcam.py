@@ -69,7 +69,7 @@ class SimilarityTarget:
     """Grad-CAM target: cosine similarity of the model output to a reference embedding."""
 
     def __init__(self, reference: np.ndarray | torch.Tensor):
-        self.reference = torch.as_tensor(np.asarray(reference, np.float32))
+        self.reference = torch.tensor(np.array(reference, np.float32))  # a copy: inputs may be read-only
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
         ref = self.reference.to(output.device, output.dtype)
@@ -125,6 +125,12 @@ def target_layers(model: nn.Module) -> tuple[list[nn.Module], Callable | None]:
     if not convs:
         raise ValueError(f"no convolution in {type(model).__name__}: Grad-CAM has no layer to read")
     return [convs[-1]], None
+
+
+def layer_name(model: nn.Module, layer: nn.Module) -> str:
+    """Dotted name of ``layer`` inside ``model`` (e.g. ``layer4.1``), or its class name."""
+    return next((name for name, m in model.named_modules() if m is layer and name),
+                type(layer).__name__)
 
 
 def model_input(path: Path, meta: dict) -> tuple[torch.Tensor, np.ndarray]:
@@ -274,12 +280,14 @@ def write_gradcam(backbone: nn.Module, meta: dict, features: np.ndarray, labels:
         neighbour = read_rgba(images[nb], display_bands(meta), meta.get("scale16", "full"))
         name = Path(str(images[row])).stem
         path = Path(out_dir) / f"{k + 1:02d}_{name}.png"
+        flat = ("\nno heat drawn = a flat map (at this input size the layer has too few cells)"
+                if class_map.max() == 0 or sim_map.max() == 0 else "")
         plot_cams(rgba, [
             (f"{name}\nclass {labels[row] or '-'}", None, rgba),
             (f"probe predicts {head.classes[pred]} (p {p:.2f})\nwhat drives that class", class_map, rgba),
             (f"likeness to its nearest neighbour\n(cosine distance {d:.3f})", sim_map, rgba),
             (f"nearest neighbour: {Path(str(images[nb])).stem}\nclass {labels[nb] or '-'}", None,
-             neighbour)], path, f"Grad-CAM ({type(backbone).__name__}, layer "
-                                f"{type(layers[0][0]).__name__}): brighter = more influence")
+             neighbour)], path, f"Grad-CAM on {layer_name(backbone, layers[0][0])}: brighter = more "
+                                f"influence{flat}")
         written.append(path)
     return written

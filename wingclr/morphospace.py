@@ -112,8 +112,9 @@ def plot_morphospace(scores: np.ndarray, images: Sequence[Path], clusters: Seque
         ax.scatter(xy[m, 0], xy[m, 1], s=9, color=colour, label=f"{name} ({int(m.sum())})",
                    zorder=3, edgecolors="white", linewidths=0.3)
     ax.imshow(canvas, extent=extent, origin="upper", zorder=2, interpolation="antialiased")
-    ax.set_xlim(extent[0], extent[1])
-    ax.set_ylim(extent[2], extent[3])
+    pad = 0.25 * side  # dots on the edge stay whole
+    ax.set_xlim(extent[0] - pad, extent[1] + pad)
+    ax.set_ylim(extent[2] - pad, extent[3] + pad)
     ax.set_aspect("equal")
     ax.set_xlabel(f"PC{a + 1} ({ratio[a]:.1%} of the variance)")
     ax.set_ylabel(f"PC{b + 1} ({ratio[b]:.1%} of the variance)")

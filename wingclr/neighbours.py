@@ -106,7 +106,7 @@ def plot_neighbours(images: Sequence[Path], labels: Sequence[str], queries: Sequ
                   "distance and class (green: the query's class, red: another class)")
     for r, q in enumerate(queries):
         grid.put(r, 0, thumbnail(images[q], cell - 8, meta),
-                 f"query: {short_name(images[q], 14)}\n{clip(labels[q] or '-', 18)}",
+                 f"QUERY {clip(labels[q] or '-', 12)}\n{short_name(images[q], 16)}",
                  frame="black")
         col = 1
         for (_, idx, dist), width in zip(panels, widths):
