@@ -66,7 +66,7 @@ def run_stage1(specimens: Path, out: Path, pretrained: bool, args) -> dict | str
     argv = ["--input", specimens, "--output", out, "--input-size", args.input_size,
             "--min-cluster-size", args.min_cluster_size, "--cluster-selection-epsilon", args.epsilon,
             "--pretrained", "imagenet" if pretrained else "none", "--yes", "--no-show", "--quiet",
-            "--metric", args.metric, "--seed", args.seed]
+            "--metric", args.metric, "--seed", args.seed, *([] if pretrained else ["--allow-random-features"])]
     start = time.perf_counter()
     try:
         run_clustering(module.get_args_parser().parse_args([str(a) for a in argv]), stdin_is_tty=False)

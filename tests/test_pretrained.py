@@ -112,7 +112,8 @@ def test_timm_backbone_through_stages_3_4_5_with_its_embedding_size(dataset_dir,
 def test_stage1_timm_features_record_their_size(demo_set, tmp_path):
     out = tmp_path / "clusters"
     run_stage("1-clustering/cluster.py", "--input", demo_set / "clusters", "--output", out,
-              "--backbone", LITE0, "--pretrained", "none", "--input-size", "32", "--num-workers", "0",
+              "--backbone", LITE0, "--pretrained", "none", "--allow-random-features", "--input-size", "32",
+              "--num-workers", "0",
               "--min-cluster-size", "5", "--yes", "--no-show")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["args"]["backbone"] == LITE0 and manifest["features"]["dim"] == 1280
