@@ -5,6 +5,8 @@ butterfly pipeline's augmentations and optimiser (--recipe phenotype; --recipe s
 ImageNet recipe). --param-i 1..27 picks one point of batch {64,128,256} x epochs {50,100,300} x
 temperature {0.1,0.5,0.8} so the grid runs as a SLURM array (see grid.sbatch). Re-running the same command resumes from last.ckpt; a
 finished run is skipped. --batch-size is the global batch (split over GPUs with --devices).
+SIGTERM or SIGUSR1 saves last.ckpt after the current batch and stops (exit 128 + signal; SIGUSR1
+requeues a SLURM job). A second command for a run that is training is refused (<output>/.<run>.lock).
 
 Examples:
     python 3-training/train.py                                  # work/2-dataset -> work/3-training
@@ -82,7 +84,9 @@ def get_args_parser():
                    help="auto (bf16-mixed on GPU, 32-true on CPU), 32-true, 16-mixed, bf16-mixed")
     h.add_argument("--sync-batchnorm", action="store_true", help="SyncBatchNorm across GPUs")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--overwrite", action="store_true", help="train a finished run again from scratch")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train the run again from scratch in <output>/.<run>.new/; it replaces the "
+                        "finished run only when it finishes (re-run to resume it)")
     return p
 
 

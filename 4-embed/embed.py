@@ -39,8 +39,9 @@ def get_args_parser():
 
 
 def main(args):
-    from wingclr.embedding import embed_run, resolve_runs
+    from wingclr.embedding import check_embed_args, embed_run, resolve_runs
 
+    check_embed_args(args)
     for name, ckpt in resolve_runs(args.checkpoints, args.training_dir):
         embed_run(name, ckpt, args)
 

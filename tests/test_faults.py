@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -270,3 +271,296 @@ def test_case12_spreadsheet_saved_embeddings_csv(tmp_path, dataset_dir):
     _evaluate(emb, tmp_path / "5")
     csv.rename(columns={"cluster": "class"}).to_csv(emb / "embeddings.csv", index=False)
     _one_line_user_error(lambda: load_embeddings(emb), "embeddings.csv", "image, cluster, split")
+
+
+# ---- stage 3 and the flags of stages 2-5 (cases 7, 9, 10, 13/14, 15-20, 22) ----
+
+TRAIN = "3-training/train.py"
+
+
+def _train(dataset_dir, out, *extra):
+    """Stage 3 in-process on the tiny set (1 epoch unless ``extra`` says otherwise)."""
+    from conftest import TINY_TRAIN
+
+    return run_stage(TRAIN, "--data", dataset_dir, "--output", out, "--epochs", "1",
+                     *TINY_TRAIN, *extra)
+
+
+def _cli_in_process(capsys, relpath, *argv) -> tuple[int, str]:
+    """A stage through :func:`wingclr.cli.run` in this process: ``(exit status, stderr)``."""
+    from conftest import load_stage
+    from wingclr import cli
+
+    module = load_stage(relpath)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli.run(module.main, module.get_args_parser(), [str(a) for a in argv])
+    return e.value.code, capsys.readouterr().err
+
+
+def _one_error_line(err: str, *needles) -> str:
+    assert "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err[-3000:]
+    assert all(n in lines[0] for n in needles), lines[0]
+    return lines[0]
+
+
+def _stop_after_epoch(monkeypatch, epoch: int, error=RuntimeError("killed")):
+    """Make stage 3 die right after saving epoch ``epoch`` (a kill between epochs)."""
+    from wingclr.training import EpochCheckpoint
+
+    saved = EpochCheckpoint.on_train_epoch_end
+
+    def end(self, trainer, module):
+        saved(self, trainer, module)
+        if trainer.current_epoch + 1 >= epoch:
+            raise error
+
+    monkeypatch.setattr(EpochCheckpoint, "on_train_epoch_end", end)
+
+
+def test_case07_overwrite_keeps_finished_run_until_replacement_finishes(dataset_dir, tmp_path,
+                                                                         monkeypatch, capsys):
+    out = tmp_path / "runs"
+    _train(dataset_dir, out, "--run-name", "r")
+    run = out / "r"
+    finished = {name: (run / name).read_bytes() for name in ("r.ckpt", "manifest.json")}
+    _stop_after_epoch(monkeypatch, 1)
+    with pytest.raises(RuntimeError, match="killed"):  # --overwrite killed after one epoch
+        _train(dataset_dir, out, "--run-name", "r", "--overwrite", "--seed", "1", "--epochs", "2")
+    monkeypatch.undo()
+    assert {name: (run / name).read_bytes() for name in finished} == finished  # nothing lost
+    assert (out / ".r.new" / "last.ckpt").is_file()
+    capsys.readouterr()
+    _train(dataset_dir, out, "--run-name", "r")  # the finished run is still there, finished
+    printed = capsys.readouterr().out
+    assert "skip:" in printed and ".r.new" in printed, printed
+    # the same command again resumes the replacement, then swaps it in
+    capsys.readouterr()
+    _train(dataset_dir, out, "--run-name", "r", "--overwrite", "--seed", "1", "--epochs", "2")
+    printed = capsys.readouterr().out
+    assert "resuming r from" in printed and "replaced" in printed, printed
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["args"]["seed"] == 1 and manifest["counts"]["epochs"] == 2
+    assert (run / "r.ckpt").read_bytes() != finished["r.ckpt"]
+    assert pd.read_csv(run / "metrics.csv").epoch.tolist() == [1, 2]  # epoch 1 not trained twice
+    assert sorted(p.name for p in out.iterdir()) == ["r"]  # no replacement, old copy or lock left
+
+
+def test_case09_output_file_read_only_and_full_disk(dataset_dir, demo_set, tmp_path, monkeypatch,
+                                                    capsys):
+    import errno
+
+    import pytorch_lightning as pl
+
+    a_file = tmp_path / "taken.txt"
+    a_file.write_text("not a folder")
+    for call in (lambda: run_stage("2-create_dataset/create_dataset.py", "--input",
+                                   demo_set / "clusters", "--output", a_file),
+                 lambda: _train(dataset_dir, a_file),
+                 lambda: _train(dataset_dir, a_file / "runs")):
+        _one_line_user_error(call, str(a_file), "is a file")
+
+    # stage 2: a read-only output folder and a full disk; no half-copied image stays behind
+    for code, words in ((errno.EROFS, "read-only"), (errno.ENOSPC, "free disk space")):
+        def copy(src, dst, code=code):
+            Path(dst).write_bytes(b"half")
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(shutil, "copy2", copy)
+        out = tmp_path / f"2-dataset-{code}"
+        status, err = _cli_in_process(capsys, "2-create_dataset/create_dataset.py",
+                                      "--input", demo_set / "clusters", "--output", out)
+        assert status == 2
+        _one_error_line(err, "cannot write", str(out / "unlabeled"), words)
+        assert not [p for p in out.rglob("*") if p.is_file()]
+        monkeypatch.undo()
+
+    # stage 3: the disk fills while last.ckpt is written (Lightning writes no file name in the error)
+    def save(self, filepath, weights_only=False, storage_options=None):
+        Path(filepath).write_bytes(b"partial checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pl.Trainer, "save_checkpoint", save)
+    from conftest import TINY_TRAIN
+
+    runs = tmp_path / "runs"
+    status, err = _cli_in_process(capsys, TRAIN, "--data", dataset_dir, "--output", runs,
+                                  "--epochs", "1", "--run-name", "full", *TINY_TRAIN)
+    assert status == 2
+    _one_error_line(err, "cannot write", str(runs / "full" / "last.ckpt"), "free disk space")
+    assert not runs.exists()  # neither .tmp-last.ckpt nor an empty run folder is left
+
+
+def test_case10_bad_flags_are_refused_before_any_work(dataset_dir, tmp_path):
+    import torch
+
+    out = tmp_path / "out"
+    bad_training = [("--num-workers", "-1"), ("--lr", "-1"), ("--warmup-epochs", "-1"),
+                    ("--devices", "0"), ("--num-nodes", "0")]
+    if not torch.cuda.is_available():
+        bad_training.append(("--accelerator", "gpu"))
+    for flag, value in bad_training:
+        _one_line_user_error(lambda: _train(dataset_dir, out, flag, value), flag)
+    for flag, value in [("--batch-size", "0"), ("--batch-size", "-1"), ("--num-workers", "-1")] + (
+            [] if torch.cuda.is_available() else [("--device", "cuda")]):
+        _one_line_user_error(lambda: run_stage("4-embed/embed.py", "--checkpoints", tmp_path / "x.ckpt",
+                                               "--data", dataset_dir, "--output", out, flag, value), flag)
+    emb, _ = _fake_embeddings(tmp_path / "4" / "run", dataset_dir)
+    for extra in (("--knn-k", "0"), ("--knn-k", "-1"), ("--num-workers", "-1"),
+                  ("--labels", tmp_path / "missing.csv")):
+        _one_line_user_error(lambda: _evaluate(emb, out, *extra), extra[0])
+    assert not out.exists()  # refused before anything was written
+
+
+def test_case13_14_sigterm_saves_stops_workers_and_exits_143(dataset_dir, tmp_path):
+    """SIGTERM to the whole process group (workers included): save, no traceback, exit 143."""
+    import signal
+    import time
+
+    import torch
+
+    from conftest import TINY_TRAIN
+
+    out = tmp_path / "runs"
+    args = [sys.executable, str(REPO / TRAIN), "--data", str(dataset_dir), "--output", str(out),
+            "--epochs", "5", "--run-name", "term", *TINY_TRAIN, "--num-workers", "2"]
+    last = out / "term" / "last.ckpt"
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, output[-3000:]
+    assert "Traceback" not in output and "DataLoader worker" not in output, output[-3000:]
+    assert "SIGTERM: saved" in output and not (out / "term" / "manifest.json").exists()
+    steps = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    rerun = subprocess.run(args, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    final = torch.load(out / "term" / "term.ckpt", map_location="cpu", weights_only=False)
+    assert 0 < steps < final["global_step"] == 5 * (30 // 8)
+    assert pd.read_csv(out / "term" / "metrics.csv").epoch.tolist() == [1, 2, 3, 4, 5]
+
+
+def test_case15_a_run_folder_is_trained_by_one_command_at_a_time(dataset_dir, tmp_path, capsys):
+    import socket
+
+    out = tmp_path / "runs"
+    out.mkdir()
+    lock = out / ".r.lock"
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                "started": "2026-01-01T00:00:00"}))  # a live process trains r
+    _one_line_user_error(lambda: _train(dataset_dir, out, "--run-name", "r"),
+                         str(out / "r"), f"pid {os.getpid()}", str(lock))
+    assert not (out / "r").exists() and lock.exists()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid is free now: a crashed trainer's stale lock
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid}))
+    capsys.readouterr()
+    _train(dataset_dir, out, "--run-name", "r")
+    assert "taking over the lock" in capsys.readouterr().out
+    assert (out / "r" / "manifest.json").is_file() and not lock.exists()
+
+
+def test_case16_moved_folders_hold_the_same_run(dataset_dir, tmp_path, capsys):
+    out = tmp_path / "runs"
+    data = tmp_path / "data"
+    shutil.copytree(dataset_dir, data)
+    _train(data, out, "--run-name", "r")
+    moved_data, moved_out = tmp_path / "elsewhere" / "data", tmp_path / "elsewhere" / "runs"
+    moved_data.parent.mkdir()
+    shutil.move(data, moved_data)
+    shutil.move(out, moved_out)
+    capsys.readouterr()
+    _train(moved_data, moved_out, "--run-name", "r")
+    assert "skip:" in capsys.readouterr().out  # finished, not "other settings"
+    (moved_out / "r" / "manifest.json").unlink()  # interrupted: it resumes from last.ckpt
+    _train(moved_data, moved_out, "--run-name", "r")
+    assert "resuming r from" in capsys.readouterr().out
+    victim = next((moved_data / "unlabeled").rglob("*.png"))
+    victim.unlink()  # another image list is another run
+    _one_line_user_error(lambda: _train(moved_data, moved_out, "--run-name", "r"),
+                         "dataset_images", "--overwrite")
+
+
+def test_case17_truncated_checkpoint_has_a_way_back(dataset_dir, tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "runs"
+    _train(dataset_dir, out, "--run-name", "r")
+    ckpt = out / "r" / "r.ckpt"
+    steps = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[:len(data) // 2])
+    emb = tmp_path / "4"
+    text = _one_line_user_error(lambda: _embed(out / "r", dataset_dir, emb, capsys),
+                                str(ckpt), "3-training/train.py")
+    assert "delete it to start" not in text
+    capsys.readouterr()
+    _train(dataset_dir, out, "--run-name", "r")  # the same stage 3 command rebuilds it
+    assert "rebuilding" in capsys.readouterr().out
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == steps
+    _embed(out / "r", dataset_dir, emb, capsys)  # stage 4 works again
+    ckpt.unlink()  # the advice of old: delete it; stage 4 names the command, stage 3 rebuilds
+    _one_line_user_error(lambda: _embed(out / "r", dataset_dir, tmp_path / "4b", capsys),
+                         str(ckpt), "does not exist", "3-training/train.py")
+    _train(dataset_dir, out, "--run-name", "r")
+    _embed(out / "r", dataset_dir, tmp_path / "4b", capsys)
+    assert (tmp_path / "4b" / "r" / "manifest.json").is_file()
+
+
+def test_case18_nan_stop_is_worded_for_what_exists(dataset_dir, tmp_path, monkeypatch):
+    from wingclr.simclr import NonFiniteLossError, SimCLR
+
+    out = tmp_path / "runs"
+    text = _one_line_user_error(lambda: _train(dataset_dir, out, "--lr", "1e30", "--epochs", "3"),
+                                "loss became", "before any epoch was saved", "--lr (now 1e+30)")
+    assert "last.ckpt" not in text and not out.exists()
+    for flag in ("--lr", "--temperature"):
+        _one_line_user_error(lambda: _train(dataset_dir, out, flag, "nan"), flag)
+    step = SimCLR.training_step
+
+    def second_epoch_nan(self, batch, batch_idx):
+        if self.current_epoch >= 1:
+            raise NonFiniteLossError(f"loss became nan at epoch {self.current_epoch}, step {batch_idx}")
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(SimCLR, "training_step", second_epoch_nan)
+    _one_line_user_error(lambda: _train(dataset_dir, out, "--epochs", "3", "--run-name", "n"),
+                         str(out / "n" / "last.ckpt"), "keeps epoch 1", "--overwrite")
+
+
+def test_case19_input_size_has_one_rule(dataset_dir, tmp_path):
+    for flag in ("--input-size", "--cache-size"):
+        _one_line_user_error(lambda: _train(dataset_dir, tmp_path / "runs", flag, "16"),
+                             flag, "at least 32")
+    assert not (tmp_path / "runs").exists()
+    from wingclr import cli
+
+    assert cli.MIN_INPUT_SIZE == 32  # the rule stage 1 checks too
+
+
+def test_case20_more_cpu_processes_than_cores_are_refused(dataset_dir, tmp_path, monkeypatch):
+    import torch
+
+    from wingclr import training
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(training, "cpu_cores", lambda: 2)
+    _one_line_user_error(lambda: _train(dataset_dir, tmp_path / "runs", "--devices", "4"),
+                         "--devices 4", "4 CPU training processes", "2 CPU cores", "--devices 1")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_case22_failed_starts_leave_no_run_folder(dataset_dir, tmp_path):
+    out = tmp_path / "runs"
+    _one_line_user_error(lambda: _train(dataset_dir, out, "--batch-size", "64"), "--batch-size 64")
+    _one_line_user_error(lambda: _train(dataset_dir, out, "--pretrained", "imagenet"), "resnet18")
+    assert not out.exists()
+    out.mkdir()
+    _one_line_user_error(lambda: _train(dataset_dir, out, "--batch-size", "64"), "--batch-size 64")
+    assert list(out.iterdir()) == []  # an existing --output keeps no empty run folder or lock

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -133,8 +134,23 @@ def read_spec(meta: dict, size: int | None = None) -> ReadSpec:
                     background=tuple(meta["background"]), scale16=meta["scale16"])
 
 
-def build_training(args, trainer, pretrained: bool):
+def training_worker_init(worker_id: int | None = None) -> None:
+    """``worker_init_fn`` of training loaders: stop signals are left to the main process.
+
+    A SIGTERM or SIGUSR1 sent to the whole process group (``kill -TERM -<pgid>``, SLURM) would
+    otherwise kill the workers mid-batch and the main process would die on a DataLoader
+    traceback; instead it saves after the current batch and shuts them down.
+    """
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+    worker_init(worker_id)
+
+
+def build_training(args, trainer, pretrained: bool, images: ImageSet | None = None):
     """Model, DataLoader and metadata for a training run.
+
+    Args:
+        images: the training images when already scanned (default: scan ``args.data``).
 
     Returns:
         ``(module, loader, sampler, meta)``; the loader yields per-process batches of
@@ -144,7 +160,7 @@ def build_training(args, trainer, pretrained: bool):
 
     from .bands import plan_views
 
-    images = training_images(args.data)
+    images = images or training_images(args.data)
     channels = dataset_channels(images.root, images.images, args.bands)
     plan = plan_views(channels, args.rgb_bands, args.views, args.band_group)
     meta = model_meta(args, channels, plan)
@@ -184,7 +200,7 @@ def build_training(args, trainer, pretrained: bool):
     if on_device and args.num_workers is None:
         workers = cache_loader_workers(cuda)
     loader_kwargs = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=cuda,
-                         worker_init_fn=worker_init)
+                         worker_init_fn=training_worker_init)
     if on_device:  # the dataset reads whole batches: dataset[list of indices]
         loader = DataLoader(dataset, sampler=sampler, batch_size=None, **loader_kwargs)
     else:

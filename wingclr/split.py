@@ -7,6 +7,7 @@ one image stays in ``train/`` and is reported.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import zlib
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cli import UserError
+from .cli import UserError, check_minimum, require_output_folder, write_error
 from .data import dataset_channels, scan_clusters
 from .imageio import try_read
 from .stage import check_finished, write_csv, write_manifest
@@ -49,18 +50,28 @@ def assign_splits(clusters: list[str], val_fraction: float, seed: int,
 
 
 def place_file(src: Path, dst: Path, link: str) -> None:
-    """Copy ``src`` to ``dst`` (``link="copy"``) or link it (``"symlink"``, ``"hardlink"``)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if link == "symlink":
-        os.symlink(os.path.relpath(src.resolve(), dst.parent.resolve()), dst)
-    elif link == "hardlink":
-        try:
+    """Copy ``src`` to ``dst`` (``link="copy"``) or link it (``"symlink"``, ``"hardlink"``).
+
+    A full disk or read-only folder is a one-line :class:`UserError`; no half-copied file stays.
+    """
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if link == "symlink":
+            os.symlink(os.path.relpath(src.resolve(), dst.parent.resolve()), dst)
+        elif link == "hardlink":
             os.link(src, dst)
-        except OSError as e:
+        else:
+            shutil.copy2(src, dst)
+    except OSError as e:
+        if link == "copy" and dst.is_file():
+            dst.unlink()
+        if link == "hardlink" and e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
             raise UserError(f"cannot hard-link {src} into {dst.parent} ({e.strerror}); use "
                             "--link symlink or --link copy") from None
-    else:
-        shutil.copy2(src, dst)
+        error = write_error(dst, e)
+        if error is None:
+            raise
+        raise error from None
 
 
 def check_readable(root: Path, images: list[Path], workers: int = 4) -> list[str]:
@@ -78,6 +89,8 @@ def create_dataset(args) -> dict | None:
     out = Path(args.output)
     if not 0 <= args.val_fraction < 1:
         raise UserError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    check_minimum(("--num-workers", args.num_workers, 0))
+    require_output_folder(out)
     if check_finished(out, args, args.overwrite, "dataset"):
         print(f"skip: {out} already holds this dataset (manifest.json); pass --overwrite to redo it")
         return None

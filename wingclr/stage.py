@@ -11,15 +11,16 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
-from .cli import UserError
+from .cli import UserError, write_error
 
 MANIFEST = "manifest.json"
 # Arguments that change how a stage runs, not what it produces.
@@ -29,19 +30,28 @@ NON_SEMANTIC = {"overwrite", "num_workers", "yes", "progress", "quiet", "show", 
 
 @contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; results are shared on clusters
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
+
+    The temporary file is removed whatever happens; a full disk or read-only folder is a
+    one-line :class:`UserError` naming ``path``.
+    """
+    path, tmp = Path(path), None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent)
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; results are shared on clusters
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        error = write_error(path, e)
+        if error is None:
+            raise
+        raise error from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -120,13 +130,19 @@ def read_manifest(out_dir: Path | str) -> dict | None:
         raise UserError(f"{path} is not valid JSON ({e}); delete it to redo the stage") from None
 
 
+def command_line() -> str:
+    """This process's command as typed (``python 3-training/train.py ...``), quoted for a shell."""
+    argv = list(sys.argv)
+    return shlex.join(["python", *argv] if argv and argv[0].endswith(".py") else argv)
+
+
 def write_manifest(out_dir: Path | str, stage: str, args, counts: dict, seed: int | None = None,
                    packages: Iterable[str] = (), **extra) -> dict:
     """Write ``manifest.json`` (the stage's last file) and return its content."""
     manifest = {
         "stage": stage,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": command_line(),
         "args": settings(args),
         "counts": jsonable(counts),
         "seed": seed,
@@ -138,8 +154,17 @@ def write_manifest(out_dir: Path | str, stage: str, args, counts: dict, seed: in
     return manifest
 
 
-def check_finished(out_dir: Path | str, args, overwrite: bool, what: str) -> bool:
+def _changed(old: dict, new: dict) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def check_finished(out_dir: Path | str, args, overwrite: bool, what: str,
+                   compare: Callable[[dict, dict], list[str]] | None = None) -> bool:
     """Guard a stage's output folder.
+
+    Args:
+        compare: ``compare(recorded, wanted)`` -> names of the settings that differ (default:
+            every setting, compared as recorded).
 
     Returns:
         True when ``out_dir`` already holds this stage finished with the same settings (skip);
@@ -152,7 +177,7 @@ def check_finished(out_dir: Path | str, args, overwrite: bool, what: str) -> boo
     if manifest is None or overwrite:
         return False
     old, new = manifest.get("args", {}), settings(args)
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    changed = (compare or _changed)(old, new)
     if not changed:
         return True
     raise UserError(f"{out_dir} already holds a finished {what} made with other settings "

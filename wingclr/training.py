@@ -2,28 +2,37 @@
 
 A run lives in ``<output>/<run name>/``. ``last.ckpt`` is rewritten atomically after every
 epoch; re-running the same command resumes from it. When training ends, the weights go to
-``<run name>.ckpt`` and ``manifest.json`` is written last.
+``<run name>.ckpt`` and ``manifest.json`` is written last. SIGUSR1 and SIGTERM save after the
+current batch and stop (SIGUSR1 requeues a SLURM job; otherwise the exit status is 128 + signal).
+The lock, ``--overwrite`` beside the finished run and the settings comparison live in
+:mod:`wingclr.run_folder`.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import subprocess
+import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 
-from .cli import UserError
+from .cli import (Stopped, UserError, check_gpu_request, check_input_size, check_minimum,
+                  require_output_folder, write_error)
 from .grid import grid_point, run_name
-from .loaders import build_training
+from .loaders import build_training, training_images
 from .recipes import apply_recipe
-from .stage import MANIFEST, check_finished, settings, write_csv, write_manifest
+from .run_folder import (RunLock, changed_settings, checkpoint_damage, finish_replacement,
+                         is_rank_zero, rebuild_hint, run_settings, staging_dir)
+from .stage import MANIFEST, check_finished, read_manifest, write_csv, write_manifest
 
-RUN_FILES = ("last.ckpt", "metrics.csv", "loss.png", MANIFEST)
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 
 def resolve_grid_args(args) -> None:
@@ -41,38 +50,99 @@ def resolve_grid_args(args) -> None:
     if args.batch_size < 2 or args.epochs < 1 or not args.temperature > 0:
         raise UserError(f"--batch-size must be >= 2, --epochs >= 1 and --temperature > 0 (got "
                         f"{args.batch_size}, {args.epochs}, {args.temperature})")
+    check_input_size(args.input_size)
+    check_input_size(args.cache_size, "--cache-size")
+    check_minimum(("--num-workers", args.num_workers, 0), ("--num-nodes", args.num_nodes, 1))
     apply_recipe(args)
+    check_hardware(args)
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may use (a SLURM or taskset limit counts, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def device_count(devices) -> int | None:
+    """Processes per node that ``--devices`` asks for (None: ``auto`` / ``-1``, decided later)."""
+    text = str(devices).strip()
+    if text in ("auto", "-1"):
+        return None
+    if "," in text:
+        return len([d for d in text.split(",") if d.strip()])
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"--devices must be auto, a number or a GPU list like 0,1 (got "
+                        f"{devices})") from None
+
+
+def check_hardware(args) -> None:
+    """Refuse a GPU request without a GPU, more GPUs than there are, and more CPU training
+    processes than CPU cores (``--devices 4`` without a GPU would start 4 DDP processes)."""
+    check_gpu_request("--accelerator", args.accelerator)
+    n = device_count(args.devices)
+    if n is not None and n < 1:
+        raise UserError(f"--devices must be at least 1 (got {args.devices})")
+    if torch.cuda.is_available() and args.accelerator != "cpu":
+        gpus = torch.cuda.device_count()
+        if n is not None and "," not in str(args.devices) and n > gpus:
+            raise UserError(f"--devices {args.devices} but torch sees {gpus} GPU(s) on this node; "
+                            f"pass --devices {gpus} or fewer")
+    elif n is not None and n > 1:
+        cores = cpu_cores()
+        if n > cores:
+            raise UserError(f"--devices {args.devices} without a GPU would start {n} CPU training "
+                            f"processes on {cores} CPU cores; pass --devices 1 (one process "
+                            "already uses every core)")
+        print(f"note: no GPU: --devices {n} trains in {n} CPU processes (DDP over gloo)")
 
 
 def save_checkpoint(trainer: pl.Trainer, path: Path, weights_only: bool = False) -> None:
-    """``trainer.save_checkpoint`` to a temporary file, then rename: a kill never leaves half a file."""
+    """``trainer.save_checkpoint`` to a temporary file, then rename: a kill never leaves half a
+    file, and a failed write (disk full) is one line and leaves no temporary file behind."""
     tmp = path.with_name(f".tmp-{path.name}")
-    trainer.save_checkpoint(tmp, weights_only=weights_only)
-    if trainer.is_global_zero:
-        os.replace(tmp, path)
+    try:
+        trainer.save_checkpoint(tmp, weights_only=weights_only)
+        if trainer.is_global_zero:
+            os.replace(tmp, path)
+    except OSError as e:
+        error = write_error(path, e)
+        if error is None:
+            raise
+        raise error from None
+    finally:
+        if trainer.is_global_zero:
+            tmp.unlink(missing_ok=True)
 
 
 class EpochCheckpoint(pl.Callback):
-    """Saves ``last.ckpt`` and ``metrics.csv`` after each epoch, and mid-epoch on SIGUSR1.
+    """Saves ``last.ckpt`` and ``metrics.csv`` after each epoch, and mid-epoch on a stop signal.
 
-    SLURM sends SIGUSR1 shortly before a time limit or preemption (``--signal=SIGUSR1@120``):
-    the run saves ``last.ckpt`` after the current batch, stops, and (under SLURM) requeues itself.
-    The history, the batches already trained this epoch and the loops' state travel in the
-    checkpoint, so the re-run trains exactly the batches that were left.
+    SLURM sends SIGUSR1 shortly before a time limit or preemption (``--signal=SIGUSR1@120``);
+    ``kill``, ``scancel`` and shutdowns send SIGTERM. Either way the run saves ``last.ckpt`` after
+    the current batch and stops. The history, the batches already trained this epoch and the
+    loops' state travel in the checkpoint, so the re-run trains exactly the batches that were left.
     """
 
     def __init__(self, run_dir: Path):
         self.run_dir, self.history = run_dir, []
         self.sampler = None  # set by train(): the loader's EpochBatchSampler
         self.consumed = 0  # batches trained in the current epoch
-        self.stop_requested = False
+        self.stop_requested, self.stop_signal = False, None
         self._start, self._images = 0.0, 0
 
     def request_stop(self, signum=None, frame=None) -> None:
-        self.stop_requested = True
+        self.stop_requested, self.stop_signal = True, signum
 
     def on_train_start(self, trainer, pl_module):
         self._start = time.perf_counter()  # a run resumed mid-epoch gets no on_train_epoch_start
+        # Lightning's own SIGTERM handler (installed by fit) ends the loop at the next batch
+        # without saving; this one saves first, like SIGUSR1. Lightning restores ours after fit.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.request_stop)
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._start, self._images, self.consumed = time.perf_counter(), 0, 0
@@ -122,55 +192,107 @@ def slurm_plugins() -> list:
     return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
 
 
-def requeue(trainer: pl.Trainer, run_dir: Path) -> None:
-    """After SIGUSR1: requeue the SLURM job (rank 0) so it resumes from ``last.ckpt``."""
+def requeue(trainer: pl.Trainer) -> bool:
+    """Requeue this SLURM job (rank 0) so it resumes from ``last.ckpt``.
+
+    Returns:
+        True when the job is requeued (or, on other ranks, left to rank 0); False outside SLURM
+        or when ``scontrol`` fails.
+    """
     array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     job = f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID")
-    print(f"SIGUSR1: saved {run_dir / 'last.ckpt'} after {trainer.global_step} steps")
-    if job and trainer.is_global_zero:
-        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-        print(f"requeued SLURM job {job}" if result.returncode == 0 else
-              f"could not requeue job {job}: {result.stderr.strip()}; re-submit to resume")
-    elif not job:
-        print("re-run the same command to resume")
+    if not job or not trainer.is_global_zero:
+        return bool(job)
+    result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    print(f"requeued SLURM job {job}" if result.returncode == 0 else
+          f"could not requeue job {job}: {result.stderr.strip()}; re-submit it to resume")
+    return result.returncode == 0
+
+
+def stop_after_signal(trainer: pl.Trainer, work: Path, signum: int) -> None:
+    """After a stop signal saved ``last.ckpt``: requeue (SIGUSR1 under SLURM) or raise
+    :class:`Stopped` (exit 128 + signal), so ``train && embed`` never goes on with an unfinished run.
+
+    SIGTERM never requeues: ``scancel`` sends it, and a cancelled job must stay cancelled.
+    """
+    saved = f"{signal.Signals(signum).name}: saved {work / 'last.ckpt'} after {trainer.global_step} steps"
+    if signum == signal.SIGUSR1:
+        print(saved)
+        if requeue(trainer):
+            return
+    raise Stopped(f"{saved}; re-run the same command to resume", signum)
 
 
 def read_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except FileNotFoundError:
+        if (Path(path).parent / MANIFEST).is_file():  # a finished run lost its checkpoint
+            raise UserError(f"checkpoint {path} does not exist; {rebuild_hint(Path(path))}") from None
         raise UserError(f"checkpoint {path} does not exist; check the path (runs live in "
                         "work/3-training/<run>/)") from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
         raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:120]}); delete it to start that run again") from None
+                        f"{str(e).splitlines()[0][:120]}); {rebuild_hint(path)}") from None
 
 
-def prepare_run_dir(run_dir: Path, args) -> Path | None:
-    """Decide between skip / resume / fresh start for ``run_dir``.
+def prepare_run_dir(run_dir: Path, args, wanted: dict) -> tuple[Path, Path | None]:
+    """Decide where this command trains and whether it resumes (nothing is created here).
+
+    A finished run whose checkpoint is missing or damaged is rebuilt: from its ``last.ckpt``
+    when that is whole (no epoch is trained again), else from scratch.
+
+    Args:
+        wanted: this command's :func:`~wingclr.run_folder.run_settings`.
 
     Returns:
-        The checkpoint to resume from, or None for a fresh start.
+        ``(folder to train in, checkpoint to resume from or None)``; the folder is the run
+        folder, or with ``--overwrite`` the replacement's folder beside it.
 
     Raises:
         UserError: the folder holds a finished or started run with other settings.
         FileExistsError: the run is finished with the same settings (caller skips).
     """
-    if check_finished(run_dir, args, args.overwrite, "training run"):
-        raise FileExistsError(run_dir)
+    if is_rank_zero():
+        finish_replacement(run_dir)  # a kill in the middle of an earlier swap
+    rebuild = False
+    if check_finished(run_dir, wanted, args.overwrite, "training run", compare=changed_settings):
+        manifest = read_manifest(run_dir)
+        ckpt = run_dir / manifest.get("checkpoint", f"{run_dir.name}.ckpt")
+        damage = checkpoint_damage(ckpt, manifest.get("checkpoint_size"))
+        if not damage:
+            raise FileExistsError(run_dir)
+        print(f"note: {ckpt} {damage}; rebuilding it (from last.ckpt when that is whole)")
+        rebuild = True
+    work = staging_dir(run_dir) if args.overwrite else run_dir
+    last = work / "last.ckpt"
+    if not last.exists() or (rebuild and checkpoint_damage(last)):
+        return work, None
+    changed = changed_settings(read_checkpoint(last).get("wingclr", {}).get("settings", {}), wanted)
+    if not changed:
+        return work, last
     if args.overwrite:
-        for name in RUN_FILES + (f"{run_dir.name}.ckpt",):
-            (run_dir / name).unlink(missing_ok=True)
-    last = run_dir / "last.ckpt"
-    if not last.exists():
-        return None
-    stored = read_checkpoint(last).get("wingclr", {}).get("settings", {})
-    wanted = settings(args)
-    changed = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
-    if changed:
-        raise UserError(f"{last} belongs to a run with other settings ({', '.join(changed[:4])} "
-                        "differ); re-run with the same flags to resume, or pass --overwrite to start again")
-    return last
+        return work, None  # an earlier replacement with other settings: start it again
+    raise UserError(f"{last} belongs to a run with other settings ({', '.join(changed[:4])} "
+                    "differ); re-run with the same flags to resume, or pass --overwrite to start again")
+
+
+def start_work_dir(run_dir: Path, work: Path, resume: Path | None) -> None:
+    """Make the folder the run trains in, now that every check has passed."""
+    if work == run_dir:
+        (run_dir / MANIFEST).unlink(missing_ok=True)  # a finished run being rebuilt is unfinished
+    elif resume is None:
+        shutil.rmtree(work, ignore_errors=True)  # an earlier replacement with other settings
+    work.mkdir(parents=True, exist_ok=True)
+
+
+def nan_message(error: Exception, args, work: Path, epochs_saved: int) -> str:
+    """The stop message for a non-finite loss, worded for what is on disk."""
+    fix = f"lower --lr (now {args.lr:g}) or raise --temperature (now {args.temperature:g})"
+    if epochs_saved and (work / "last.ckpt").exists():
+        return (f"{error}: training stopped; {work / 'last.ckpt'} keeps epoch {epochs_saved}, the "
+                f"last with a finite loss. To train again, {fix} and pass --overwrite")
+    return f"{error}: training stopped before any epoch was saved; {fix} and re-run"
 
 
 def plot_loss(history: list[dict], path: Path, title: str) -> None:
@@ -191,58 +313,94 @@ def plot_loss(history: list[dict], path: Path, title: str) -> None:
 def train(args) -> dict | None:
     """Run stage 3 (see ``3-training/train.py`` for the arguments).
 
+    Every check (flags, hardware, output folder, dataset scan, lock, resume decision) comes before
+    the run folder is made, so a failed start leaves nothing behind.
+
     Returns:
         The manifest, or None when the run was already finished (skipped).
+
+    Raises:
+        Stopped: a stop signal saved ``last.ckpt`` and the run is not finished.
     """
     resolve_grid_args(args)
+    require_output_folder(args.output)
     name = args.run_name or run_name(args.batch_size, args.epochs, args.temperature)
     run_dir = Path(args.output) / name
-    try:
-        resume = prepare_run_dir(run_dir, args)
-    except FileExistsError:
-        print(f"skip: {run_dir} is finished (manifest.json); pass --overwrite to train it again")
-        return None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    pl.seed_everything(args.seed, workers=True, verbose=False)
+    images = training_images(args.data)
+    wanted = run_settings(args, images)
+    with RunLock(run_dir) if is_rank_zero() else nullcontext():
+        try:
+            work, resume = prepare_run_dir(run_dir, args, wanted)
+        except FileExistsError:
+            pending = " (an unfinished --overwrite is in {}; pass --overwrite to go on with it)".format(
+                staging_dir(run_dir)) if staging_dir(run_dir).exists() else ""
+            print(f"skip: {run_dir} is finished (manifest.json); pass --overwrite to train it "
+                  f"again{pending}")
+            return None
+        return fit_run(args, name, run_dir, work, resume, images, wanted)
 
+
+def fit_run(args, name: str, run_dir: Path, work: Path, resume: Path | None, images,
+            wanted: dict) -> dict | None:
+    """Train in ``work`` (the run folder or its replacement's), then finish the run."""
+    pl.seed_everything(args.seed, workers=True, verbose=False)
     cuda = torch.cuda.is_available() and args.accelerator in ("auto", "gpu", "cuda")
     precision = args.precision if args.precision != "auto" else ("bf16-mixed" if cuda else "32-true")
     distributed = args.num_nodes > 1 or (str(args.devices) not in ("1", "auto") and args.devices != 1)
-    checkpointing = EpochCheckpoint(run_dir)
+    checkpointing = EpochCheckpoint(work)
     trainer = pl.Trainer(
         max_epochs=args.epochs, accelerator=args.accelerator, devices=args.devices,
         num_nodes=args.num_nodes, strategy="ddp" if distributed else "auto",
         precision=precision, sync_batchnorm=args.sync_batchnorm and distributed, logger=False,
         enable_checkpointing=False, enable_model_summary=False, benchmark=cuda,
-        callbacks=[checkpointing], default_root_dir=run_dir, log_every_n_steps=10,
+        callbacks=[checkpointing], default_root_dir=work, log_every_n_steps=10,
         num_sanity_val_steps=0, use_distributed_sampler=False, plugins=slurm_plugins())
-    module, loader, checkpointing.sampler, meta = build_training(args, trainer, pretrained=resume is None)
-    meta = {**meta, "run_name": name, "settings": settings(args), "precision": precision}
+    module, loader, checkpointing.sampler, meta = build_training(
+        args, trainer, pretrained=resume is None, images=images)
+    meta = {**meta, "run_name": name, "settings": wanted, "precision": precision}
     module.wingclr_meta = meta
+    if is_rank_zero():
+        start_work_dir(run_dir, work, resume)
     if resume is not None:
         print(f"resuming {name} from {resume}")
+    if work != run_dir and is_rank_zero():
+        print(f"training the replacement of {run_dir} in {work}; the finished run stays until it is done")
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
     from .simclr import NonFiniteLossError
 
-    signal.signal(signal.SIGUSR1, checkpointing.request_stop)
+    handlers = {s: signal.signal(s, checkpointing.request_stop) for s in STOP_SIGNALS}
     try:
         trainer.fit(module, loader, ckpt_path=resume)
-    except NonFiniteLossError as e:
-        raise UserError(f"{e}: training stopped. Lower --lr (now {module.hparams.lr:.3g}) or raise "
-                        f"--temperature; {run_dir}/last.ckpt keeps the last good epoch") from None
-    if checkpointing.stop_requested:
-        requeue(trainer, run_dir)
+    except SIGTERMException:  # Lightning's handler saw a SIGTERM sent before on_train_start
+        checkpointing.stop_signal = checkpointing.stop_signal or signal.SIGTERM
+    except BaseException as e:
+        if is_rank_zero() and work.is_dir() and not any(work.iterdir()):
+            work.rmdir()  # nothing was saved: no empty run folder stays behind
+        if isinstance(e, NonFiniteLossError):
+            raise UserError(nan_message(e, args, work, len(checkpointing.history))) from None
+        raise
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    if checkpointing.stop_signal is not None:
+        stop_after_signal(trainer, work, checkpointing.stop_signal)
         return None
     if trainer.interrupted or trainer.current_epoch < args.epochs:
         print(f"stopped at epoch {trainer.current_epoch}; re-run the same command to resume")
         return None
-    save_checkpoint(trainer, run_dir / f"{name}.ckpt", weights_only=True)  # every rank: a barrier
+    ckpt = work / f"{name}.ckpt"
+    save_checkpoint(trainer, ckpt, weights_only=True)  # every rank: a barrier
     if not trainer.is_global_zero:
         return None
-    plot_loss(checkpointing.history, run_dir / "loss.png", name)
+    plot_loss(checkpointing.history, work / "loss.png", name)
     last = checkpointing.history[-1] if checkpointing.history else {}
-    return write_manifest(
-        run_dir, "3-training", args, seed=args.seed, packages=("pytorch-lightning", "lightly", "kornia"),
+    manifest = write_manifest(
+        work, "3-training", wanted, seed=args.seed, packages=("pytorch-lightning", "lightly", "kornia"),
         counts={"images": len(loader.dataset), "epochs": args.epochs,
                 "final_loss": last.get("train_loss")},
-        run_name=name, checkpoint=f"{name}.ckpt", model=meta)
-
+        run_name=name, checkpoint=ckpt.name, checkpoint_size=ckpt.stat().st_size, model=meta)
+    if work != run_dir:
+        finish_replacement(run_dir)
+        print(f"replaced {run_dir} with the newly trained run")
+    return manifest
