@@ -203,6 +203,26 @@ def test_gradcam_map_has_the_image_size_and_is_zero_off_the_specimen(tmp_path):
     assert out.shape == (dim,)
 
 
+def test_gradcam_fast_backward_equals_the_full_one_and_survives_inplace_layers(tmp_path):
+    from wingclr.gradcam import SimilarityTarget, _grad_cam, cam_map, model_input
+
+    rgba_specimen(tmp_path / "s.png", 40, 50)
+    torch.manual_seed(0)
+    backbone, dim = build_backbone("resnet18", False)
+    x, _ = model_input(tmp_path / "s.png", {**META, "input_size": 96})
+    target = SimilarityTarget(np.random.default_rng(0).normal(size=dim))
+    fast, out_fast = _grad_cam(backbone, [backbone.layer4[-1]], None, x, target, fast=True)
+    full, out_full = _grad_cam(backbone, [backbone.layer4[-1]], None, x, target, fast=False)
+    np.testing.assert_allclose(fast, full, atol=1e-5)
+    assert torch.allclose(out_fast, out_full) and fast.max() > 0
+    conv = torch.nn.Conv2d(3, 4, 3)
+    tiny = torch.nn.Sequential(conv, torch.nn.ReLU(inplace=True), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten())
+    heat, _, _ = cam_map(tiny, tmp_path / "s.png", META, SimilarityTarget(np.ones(4)),
+                         layers=([conv], None))
+    assert heat.shape == (40, 50)
+
+
 def test_target_layers_of_timm_and_torchvision_networks(tmp_path):
     from wingclr.gradcam import SimilarityTarget, cam_map, target_layers
 

@@ -187,17 +187,39 @@ def cam_map(model: nn.Module, path: Path, meta: dict, target, device: str = "cpu
     Returns:
         ``(map (H, W) float32 in [0, 1], rgba (H, W, 4) uint8, output (D | K,))``.
     """
-    from pytorch_grad_cam import GradCAM
-
     backbone = model[0] if isinstance(model, nn.Sequential) else model
     layers, reshape = layers or target_layers(backbone)
-    model = model.to(device).eval().requires_grad_(True)
     x, rgba = model_input(path, meta)
-    with GradCAM(model=model, target_layers=layers, reshape_transform=reshape) as cam:
-        maps = cam(input_tensor=x.to(device), targets=[target])
-        output = cam.outputs[0].detach().cpu()
+    try:
+        maps, output = _grad_cam(model.to(device), layers, reshape, x.to(device), target, fast=True)
+    except RuntimeError:  # an in-place operation right after the layer: weights' gradients too
+        maps, output = _grad_cam(model, layers, reshape, x.to(device), target, fast=False)
     alpha = rgba[..., 3] if (rgba[..., 3] < 255).any() else None
     return to_image(maps[0], rgba.shape[:2], alpha), rgba, output
+
+
+def _grad_cam(model: nn.Module, layers: list[nn.Module], reshape: Callable | None, x: torch.Tensor,
+              target, fast: bool) -> tuple[np.ndarray, torch.Tensor]:
+    """``pytorch_grad_cam.GradCAM`` on ``x`` ``(1, C, S, S)``: ``(maps (1, S, S), output)``.
+
+    ``fast``: the graph starts at the target layer (frozen weights, its output made to require
+    gradients), so the backward pass stops there: ~3x faster on a CPU than a full backward.
+    """
+    from pytorch_grad_cam import GradCAM
+
+    model = model.eval().requires_grad_(not fast)
+
+    def track(module, inputs, output):
+        return output.detach().requires_grad_(True)
+
+    hooks = [layer.register_forward_hook(track, prepend=True) for layer in layers] if fast else []
+    try:
+        with GradCAM(model=model, target_layers=layers, reshape_transform=reshape) as cam:
+            maps = cam(input_tensor=x, targets=[target])
+            return maps, cam.outputs[0].detach().cpu()
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def pick_specimens(labels: Sequence[str], n: int, seed: int = 0,
@@ -225,17 +247,19 @@ def plot_cams(rgba: np.ndarray, panels: Sequence[tuple[str, np.ndarray | None, n
     from .stage import save_figure
 
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.1 * len(panels), 3.6))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.1 * len(panels), 3.4), layout="constrained")
     for ax, (caption, heat, image) in zip(np.atleast_1d(axes), panels):
         a = image[..., 3:].astype(np.float32) / 255
         shown = image[..., :3] * a + 255 * (1 - a)  # specimen on white
         ax.imshow(shown.astype(np.uint8))
-        if heat is not None:
-            ax.imshow(heat, cmap="inferno", vmin=0, vmax=1, alpha=0.6 * a[..., 0] * (heat > 0.02),
+        if heat is not None:  # colour where the map is high; low influence leaves the image as is
+            ax.imshow(heat, cmap="jet", vmin=0, vmax=1, alpha=np.clip(heat, 0, 0.7) * a[..., 0],
                       interpolation="bilinear")
         ax.set_title(caption, fontsize=8)
         ax.set_axis_off()
     fig.suptitle(title, fontsize=9)
+    fig.colorbar(plt.cm.ScalarMappable(cmap="jet"), ax=list(np.atleast_1d(axes)), shrink=0.6,
+                 label="influence (0-1)", pad=0.01)
     save_figure(fig, path)
     return Path(path)
 
@@ -280,14 +304,16 @@ def write_gradcam(backbone: nn.Module, meta: dict, features: np.ndarray, labels:
         neighbour = read_rgba(images[nb], display_bands(meta), meta.get("scale16", "full"))
         name = Path(str(images[row])).stem
         path = Path(out_dir) / f"{k + 1:02d}_{name}.png"
-        flat = ("\nno heat drawn = a flat map (at this input size the layer has too few cells)"
+        flat = ("\nno colour = a flat map (at this input size the layer has too few cells)"
                 if class_map.max() == 0 or sim_map.max() == 0 else "")
+        if (rgba[..., 3] == 255).all():
+            flat += "\n(no transparency in this image: the background is not masked out)"
         plot_cams(rgba, [
             (f"{name}\nclass {labels[row] or '-'}", None, rgba),
             (f"probe predicts {head.classes[pred]} (p {p:.2f})\nwhat drives that class", class_map, rgba),
             (f"likeness to its nearest neighbour\n(cosine distance {d:.3f})", sim_map, rgba),
             (f"nearest neighbour: {Path(str(images[nb])).stem}\nclass {labels[nb] or '-'}", None,
-             neighbour)], path, f"Grad-CAM on {layer_name(backbone, layers[0][0])}: brighter = more "
+             neighbour)], path, f"Grad-CAM on {layer_name(backbone, layers[0][0])}: red = most "
                                 f"influence{flat}")
         written.append(path)
     return written

@@ -122,14 +122,20 @@ def class_table(report_csv: Path) -> str:
     cols = [c for c in ("class", "precision", "recall", "f1-score", "support") if c in table.columns]
     head = "".join(f"<th>{_e(c)}</th>" for c in cols)
     rows = []
+    total = table.loc[table["class"] == "macro avg", "support"] if "support" in cols else []
     for row in table.to_dict("records"):
         summary = row.get("class") in ("accuracy", "macro avg", "weighted avg")
-        cells = "".join(f"<td>{_e(_fmt(row[c], c))}</td>" for c in cols)
+        if row.get("class") == "accuracy":  # scikit-learn repeats the accuracy in every column
+            row = {"class": "accuracy (all classes)", "precision": None, "recall": None,
+                   "f1-score": row.get("f1-score"), "support": total.iloc[0] if len(total) else None}
+        cells = "".join(f"<td>{_e(_fmt(row[c], c)) if row[c] is not None else ''}</td>"
+                        for c in cols)
         rows.append(f'<tr{" class=baseline" if summary else ""}>{cells}</tr>')
     return (f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
             '<p class="muted">precision: of the images the probe put in a class, the share that '
             "belong there; recall: of a class's images, the share found; support: validation "
-            "images of the class. 'accuracy' row: overall share correct.</p>")
+            "images of the class; the accuracy row (in the F1 column) is the share of all validation "
+            "images classified correctly.</p>")
 
 
 def run_section(run: str, folder: Path, root: Path, row: dict, open_: bool) -> str:
@@ -185,8 +191,9 @@ def write_report(out: Path) -> Path:
             "The pictures are the files next to this page: keep the folder together.</p>",
             f"<nav><b>Runs:</b> {nav}</nav>" if nav else "",
             "<h2>Runs, best first</h2>", verdict, run_table(evaluation, baselines)]
-    if (out / "grid_summary.png").exists():
-        body.append(f"<h3>Grid summary</h3>{_img(out / 'grid_summary.png', out, 'grid summary')}")
+    if (out / "grid_summary.png").exists() and len(evaluation) > 1:
+        body.append("<h3>Grid summary: accuracy against temperature, one line per batch size</h3>"
+                    f"{_img(out / 'grid_summary.png', out, 'grid summary')}")
     for i, row in enumerate(present):
         body.append(run_section(str(row["run"]), out / str(row["run"]), out, row, open_=i == 0))
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
