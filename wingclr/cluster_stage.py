@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cli import UserError
+from .cli import UserError, check_input_size, check_minimum
 from .cluster_inputs import (check_random_features, guard_output, random_features_warning,
                              resolve_input, stage_settings, with_weights_advice)
 from .cluster_plots import display_available, plot_silhouette, plot_umap_3d, show_figures
@@ -198,14 +198,12 @@ def run_clustering(args, stdin_is_tty: bool | None = None, builder=None) -> dict
 
     if stdin_is_tty is None:
         stdin_is_tty = stdin_isatty()
-    if args.min_cluster_size is not None and args.min_cluster_size < 2:
-        raise UserError(f"--min-cluster-size must be at least 2, got {args.min_cluster_size}")
-    for flag, value, low in (("--cluster-selection-epsilon", args.cluster_selection_epsilon, 0),
-                             ("--min-samples", args.min_samples, 1), ("--n-neighbors", args.n_neighbors, 2),
-                             ("--min-dist", args.min_dist, 0), ("--input-size", args.input_size, 32),
-                             ("--batch-size", args.batch_size, 1), ("--pca-dims", args.pca_dims, 0)):
-        if value is not None and value < low:
-            raise UserError(f"{flag} must be at least {low}, got {value}")
+    check_minimum(("--min-cluster-size", args.min_cluster_size, 2),
+                  ("--cluster-selection-epsilon", args.cluster_selection_epsilon, 0),
+                  ("--min-samples", args.min_samples, 1), ("--n-neighbors", args.n_neighbors, 2),
+                  ("--min-dist", args.min_dist, 0), ("--batch-size", args.batch_size, 1),
+                  ("--pca-dims", args.pca_dims, 0))
+    check_input_size(args.input_size)
     random_features = check_random_features(args)
     mode = decide_mode(args, stdin_is_tty)
     out = Path(args.output)
