@@ -201,6 +201,10 @@ def test_gradcam_map_has_the_image_size_and_is_zero_off_the_specimen(tmp_path):
         assert heat.shape == (40, 50) == rgba.shape[:2] and heat.dtype == np.float32
         assert heat.min() >= 0 and heat.max() <= 1 and (heat[alpha == 0] == 0).all()
     assert out.shape == (dim,)
+    classifier = torch.nn.Sequential(backbone, head)
+    by_default, _, logits = cam_map(classifier, tmp_path / "s.png", META, None)  # predicted class
+    chosen, _, _ = cam_map(classifier, tmp_path / "s.png", META, ClassTarget(int(logits.argmax())))
+    np.testing.assert_allclose(by_default, chosen, atol=1e-6)
 
 
 def test_gradcam_fast_backward_equals_the_full_one_and_survives_inplace_layers(tmp_path):

@@ -181,7 +181,8 @@ def cam_map(model: nn.Module, path: Path, meta: dict, target, device: str = "cpu
     Args:
         model: ``(1, C, S, S) -> (1, D | K)``; its backbone must be reachable for the target
             layer (``model[0]`` of a ``Sequential``, or the model itself).
-        target: a callable on the model's output (:class:`ClassTarget`, :class:`SimilarityTarget`).
+        target: a callable on the model's output (:class:`ClassTarget`, :class:`SimilarityTarget`);
+            None: the highest output (the predicted class).
         layers: :func:`target_layers` result (default: chosen from the backbone).
 
     Returns:
@@ -215,7 +216,7 @@ def _grad_cam(model: nn.Module, layers: list[nn.Module], reshape: Callable | Non
     hooks = [layer.register_forward_hook(track, prepend=True) for layer in layers] if fast else []
     try:
         with GradCAM(model=model, target_layers=layers, reshape_transform=reshape) as cam:
-            maps = cam(input_tensor=x, targets=[target])
+            maps = cam(input_tensor=x, targets=None if target is None else [target])
             return maps, cam.outputs[0].detach().cpu()
     finally:
         for hook in hooks:
@@ -293,12 +294,10 @@ def write_gradcam(backbone: nn.Module, meta: dict, features: np.ndarray, labels:
     nearest, dist = cosine_neighbours(features, rows, 1)
     written = []
     for k, (row, nb, d) in enumerate(zip(rows, nearest[:, 0], dist[:, 0])):
-        x, _ = model_input(images[row], meta)
-        with torch.no_grad():
-            logits = classifier.to(device).eval()(x.to(device))[0].float().cpu()
+        # target None: grad-cam explains the highest logit, i.e. the predicted class
+        class_map, rgba, logits = cam_map(classifier, images[row], meta, None, device, layers)
         pred = int(logits.argmax())
-        p = float(torch.softmax(logits, 0)[pred])
-        class_map, rgba, _ = cam_map(classifier, images[row], meta, ClassTarget(pred), device, layers)
+        p = float(torch.softmax(logits.float(), 0)[pred])
         sim_map, _, _ = cam_map(backbone, images[row], meta, SimilarityTarget(features[nb]), device,
                                 layers)
         neighbour = read_rgba(images[nb], display_bands(meta), meta.get("scale16", "full"))
