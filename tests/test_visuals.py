@@ -104,6 +104,15 @@ def test_morphospace_pc1_pc2_and_pc3_pc4_from_stage4_files(specimens, tmp_path):
     assert all(Image.open(p).size[0] > 500 for p in written)
     fake_stage4(tmp_path / "two", root, rels, classes, 2)
     assert [p.name for p in write_morphospace(tmp_path / "two", root, META)] == ["morphospace.png"]
+    # on its own, a run folder finds its images through manifest.json (stage 2's unlabeled/)
+    from wingclr.stage import write_manifest
+
+    data = tmp_path / "2-dataset"
+    data.mkdir()
+    (data / "split.csv").write_text("image,cluster,split\n")
+    (data / "unlabeled").symlink_to(root, target_is_directory=True)
+    write_manifest(tmp_path / "two", "4-embed", {"data": str(data)}, counts={}, model=META)
+    assert write_morphospace(tmp_path / "two") == [tmp_path / "two" / "morphospace.png"]
 
 
 # contact sheets

@@ -143,15 +143,16 @@ def read_scores(run_dir: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
 
 
 def run_image_root(manifest: dict | None) -> Path | None:
-    """The folder a stage 4 run's image paths are relative to (from its manifest)."""
-    from .cli import UserError
-    from .embedding import image_table
+    """The folder a stage 4 run's image paths are relative to (from its manifest).
 
+    As :func:`wingclr.embedding.image_table`: ``<data>/unlabeled`` for stage 2 output (it has a
+    split.csv), else ``<data>`` itself.
+    """
     data = ((manifest or {}).get("args") or {}).get("data")
-    try:
-        return image_table(Path(data))[0] if data else None
-    except UserError:
+    if not data:
         return None
+    data = Path(data)
+    return data / "unlabeled" if (data / "split.csv").exists() else data
 
 
 def write_morphospace(run_dir: Path, root: Path | None = None, meta: dict | None = None,
