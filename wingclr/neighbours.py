@@ -156,12 +156,3 @@ def write_neighbours(features: np.ndarray, labels: Sequence[str], images: Sequen
         return None
     return plot_neighbours(images, labels, q, panels, path, title, meta)
 
-
-def neighbour_agreement(features: np.ndarray, labels: Sequence[str], k: int = 5) -> float:
-    """Share of every labelled row's ``k`` nearest rows that have its class (a one-number summary)."""
-    labels = np.asarray(list(map(str, labels)))
-    rows = np.flatnonzero(labels != "")
-    if len(rows) < 2:
-        return float("nan")
-    idx, _ = cosine_neighbours(features[rows], np.arange(len(rows)), k)
-    return float((labels[rows][idx] == labels[rows][:, None]).mean())
