@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import REPO, assert_one_line_error, run_cli, run_stage
+from conftest import REPO, TINY_TRAIN, assert_one_line_error, run_cli, run_stage
 from wingclr.imageio import ImageReadError, image_channels, list_files, read_image, try_read
 
 
@@ -564,3 +564,10 @@ def test_case22_failed_starts_leave_no_run_folder(dataset_dir, tmp_path):
     out.mkdir()
     _one_line_user_error(lambda: _train(dataset_dir, out, "--batch-size", "64"), "--batch-size 64")
     assert list(out.iterdir()) == []  # an existing --output keeps no empty run folder or lock
+
+
+@pytest.mark.parametrize("flag", ["--epochs", "--batch-size"])
+def test_case03_zero_epochs_or_batch_is_refused_not_replaced_by_the_default(flag, dataset_dir, tmp_path):
+    proc = run_cli("3-training/train.py", "--data", dataset_dir, "--output", tmp_path, *TINY_TRAIN, flag, "0")
+    assert_one_line_error(proc, "--batch-size must be >= 2, --epochs >= 1")
+    assert not any(tmp_path.iterdir())  # nothing trained, no run folder
