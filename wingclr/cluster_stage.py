@@ -266,6 +266,13 @@ def run_clustering(args, stdin_is_tty: bool | None = None, builder=None) -> dict
     write_clusters(out, root, readable, result, embedding, args.link)
     print(f"wrote {result.n_clusters} cluster folders, {OUTLIERS}/ ({result.n_outliers} images) "
           f"and clusters.csv to {out}")
+    try:  # pictures never fail the stage
+        from .contact_sheets import write_stage1_sheets
+
+        sheets = write_stage1_sheets(out, image_root=root)
+        print(f"contact sheets (nearest the cluster centre first): {out / 'sheets'}/ ({len(sheets)} files)")
+    except Exception as e:  # noqa: BLE001
+        print(f"note: contact sheets not drawn ({type(e).__name__}: {e})")
     if warning:
         print(warning)
     return write_manifest(
