@@ -126,11 +126,12 @@ def umap_embedding(features: np.ndarray, args, out: Path) -> np.ndarray:
 
 def choose(embedding: np.ndarray, args, mode: str, out: Path, degenerate: bool,
            show: bool, features: np.ndarray | None = None,
-           warning: str = "") -> tuple[Clustering, list[dict]]:
+           warning: str = "", images: list[Path] | None = None) -> tuple[Clustering, list[dict]]:
     """Cluster, report and plot until the user keeps a result (one pass in batch mode).
 
     ``features`` (the rows of ``embedding``) add the feature-space silhouette; ``warning`` is
-    printed after every result (random features).
+    printed after every result (random features); with ``images`` (the files of the rows), every
+    try also draws a contact sheet per cluster in ``out/sheets/``.
 
     Returns:
         The kept result and every tried result's summary (in order).
@@ -155,6 +156,8 @@ def choose(embedding: np.ndarray, args, mode: str, out: Path, degenerate: bool,
         figures = [plot_umap_3d(embedding, result, out / "umap_3d.png", show),
                    plot_silhouette(result, out / "silhouette.png", show)]
         print(f"plots: {out / 'umap_3d.png'}, {out / 'silhouette.png'}")
+        if images is not None:
+            draw_sheets(embedding if features is None else features, result.labels, images, out / "sheets")
         if show:
             show_figures(figures)
         if mode != "interactive":
@@ -162,6 +165,21 @@ def choose(embedding: np.ndarray, args, mode: str, out: Path, degenerate: bool,
         if ask("keep (1) or retry (0)", None, int, lambda v: v in (0, 1), "1 to keep or 0 to retry"):
             args.min_cluster_size, args.cluster_selection_epsilon = mcs, eps
             return result, tried
+
+
+def draw_sheets(features: np.ndarray, labels: np.ndarray, images: list[Path], folder: Path) -> None:
+    """One contact sheet per cluster (nearest its centre first) and one of the outliers, replacing
+    the previous try's; pictures never fail the stage."""
+    try:
+        from .contact_sheets import write_contact_sheets
+
+        for old in folder.glob("sheet_*.png"):
+            old.unlink()
+        files = write_contact_sheets(features, [str(k) for k in labels], images, folder)
+        print(f"contact sheets (nearest the cluster centre first, outliers apart): {folder}/ "
+              f"({len(files)} files)")
+    except Exception as e:  # noqa: BLE001
+        print(f"note: contact sheets not drawn ({type(e).__name__}: {e})")
 
 
 def write_clusters(out: Path, root: Path, images: list[str], result: Clustering,
@@ -262,17 +280,10 @@ def run_clustering(args, stdin_is_tty: bool | None = None, builder=None) -> dict
     show = not args.no_show and display_available()
     warning = random_features_warning(args.backbone) if random_features else ""
     result, tried = choose(embedding, args, mode, out, degenerate, show,
-                           None if degenerate else values, warning)
+                           None if degenerate else values, warning, [root / r for r in readable])
     write_clusters(out, root, readable, result, embedding, args.link)
     print(f"wrote {result.n_clusters} cluster folders, {OUTLIERS}/ ({result.n_outliers} images) "
           f"and clusters.csv to {out}")
-    try:  # pictures never fail the stage
-        from .contact_sheets import write_stage1_sheets
-
-        sheets = write_stage1_sheets(out, image_root=root)
-        print(f"contact sheets (nearest the cluster centre first): {out / 'sheets'}/ ({len(sheets)} files)")
-    except Exception as e:  # noqa: BLE001
-        print(f"note: contact sheets not drawn ({type(e).__name__}: {e})")
     if warning:
         print(warning)
     return write_manifest(
