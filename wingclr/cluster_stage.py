@@ -131,7 +131,8 @@ def choose(embedding: np.ndarray, args, mode: str, out: Path, degenerate: bool,
 
     ``features`` (the rows of ``embedding``) add the feature-space silhouette; ``warning`` is
     printed after every result (random features); with ``images`` (the files of the rows), every
-    try also draws a contact sheet per cluster in ``out/sheets/``.
+    try also draws a contact sheet per cluster, ``out/sheet_<k>.png`` (beside the plots, not in a
+    folder: stage 2 reads every folder of ``out`` as a cluster).
 
     Returns:
         The kept result and every tried result's summary (in order).
@@ -157,7 +158,7 @@ def choose(embedding: np.ndarray, args, mode: str, out: Path, degenerate: bool,
                    plot_silhouette(result, out / "silhouette.png", show)]
         print(f"plots: {out / 'umap_3d.png'}, {out / 'silhouette.png'}")
         if images is not None:
-            draw_sheets(embedding if features is None else features, result.labels, images, out / "sheets")
+            draw_sheets(embedding if features is None else features, result.labels, images, out)
         if show:
             show_figures(figures)
         if mode != "interactive":
