@@ -75,3 +75,20 @@ def dataset_dir(demo_set, tmp_path_factory) -> Path:
 
 TINY_TRAIN = ("--backbone", "resnet18", "--pretrained", "none", "--input-size", "32",
               "--batch-size", "8", "--num-workers", "0", "--warmup-epochs", "0")
+
+
+@pytest.fixture
+def rembg_home(tmp_path, monkeypatch):
+    """weights/ holding ``u2net.onnx``: a tiny model whose foreground is whatever is dark."""
+    import torch
+
+    class Darkness(torch.nn.Module):
+        def forward(self, x):  # (N, 3, 320, 320) normalised RGB -> (N, 1, 320, 320)
+            return -x.sum(1, keepdim=True)
+
+    home = tmp_path / "weights"
+    home.mkdir()
+    torch.onnx.export(Darkness(), torch.zeros(1, 3, 320, 320), str(home / "u2net.onnx"),
+                      dynamo=False, input_names=["input"], output_names=["mask"])
+    monkeypatch.setenv("WINGCLR_WEIGHTS_DIR", str(home))
+    return home

@@ -136,22 +136,6 @@ def test_fetch_offline_fails_fast_and_errors_name_the_fetch_command(tmp_path, mo
 
 # --- B-E. stage 0 without a wing model ---------------------------------------------------------
 
-@pytest.fixture
-def rembg_home(tmp_path, monkeypatch):
-    """weights/ holding ``u2net.onnx``: a tiny model whose foreground is whatever is dark."""
-
-    class Darkness(torch.nn.Module):
-        def forward(self, x):
-            return -x.sum(1, keepdim=True)
-
-    home = tmp_path / "weights"
-    home.mkdir()
-    torch.onnx.export(Darkness(), torch.zeros(1, 3, 320, 320), str(home / "u2net.onnx"),
-                      dynamo=False, input_names=["input"], output_names=["mask"])
-    monkeypatch.setenv("WINGCLR_WEIGHTS_DIR", str(home))
-    return home
-
-
 def _photo(path, radius):
     img = np.full((150, 200, 3), 240, np.uint8)
     cv2.ellipse(img, (100, 75), (radius, radius * 3 // 5), 0, 0, 360, (30, 40, 50), -1)

@@ -40,22 +40,6 @@ def tiny_model(demo_set, tmp_path_factory):
     return ckpt, work
 
 
-@pytest.fixture
-def rembg_home(tmp_path, monkeypatch):
-    """weights/ holding ``u2net.onnx``: a tiny model whose foreground is whatever is dark."""
-
-    class Darkness(torch.nn.Module):
-        def forward(self, x):  # (N, 3, 320, 320) normalised RGB -> (N, 1, 320, 320)
-            return -x.sum(1, keepdim=True)
-
-    home = tmp_path / "weights"
-    home.mkdir()
-    torch.onnx.export(Darkness(), torch.zeros(1, 3, 320, 320), str(home / "u2net.onnx"),
-                      dynamo=False, input_names=["input"], output_names=["mask"])
-    monkeypatch.setenv("WINGCLR_WEIGHTS_DIR", str(home))
-    return home
-
-
 def test_training_saves_best_checkpoint_with_classes_and_metrics(tiny_model):
     ckpt_path, work = tiny_model
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 WORK = Path("work")
 STAGE_DIRS = {
@@ -146,6 +147,19 @@ def write_error(path: Path | str, e: OSError, writing: bool = True) -> UserError
     what = f"cannot write {path}" if writing else str(path)
     return UserError(f"{what} ({e.strerror}); {hint}, then re-run the same command (finished "
                      "outputs are kept)")
+
+
+@contextmanager
+def write_errors(path: Path | str) -> Iterator[None]:
+    """Inside the block, a disk-full / read-only / permission ``OSError`` becomes the one-line
+    :func:`write_error` naming ``path``; other errors pass unchanged."""
+    try:
+        yield
+    except OSError as e:
+        error = write_error(path, e)
+        if error is None:
+            raise
+        raise error from None
 
 
 def run(main: Callable[[argparse.Namespace], object], p: argparse.ArgumentParser,

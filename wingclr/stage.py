@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .cli import UserError, write_error
+from .cli import UserError, write_errors
 
 MANIFEST = "manifest.json"
 # Arguments that change how a stage runs, not what it produces.
@@ -37,19 +37,15 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     """
     path, tmp = Path(path), None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent)
-        os.close(fd)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; results are shared on clusters
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        error = write_error(path, e)
-        if error is None:
-            raise
-        raise error from None
+        with write_errors(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent)
+            os.close(fd)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; results are shared on clusters
+            yield Path(tmp)
+            os.replace(tmp, path)
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)

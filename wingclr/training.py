@@ -24,7 +24,7 @@ import pytorch_lightning as pl
 import torch
 
 from .cli import (Stopped, UserError, check_gpu_request, check_input_size, check_minimum,
-                  require_output_folder, write_error)
+                  require_output_folder, write_errors)
 from .grid import grid_point, run_name
 from .loaders import build_training, training_images
 from .recipes import apply_recipe
@@ -105,14 +105,10 @@ def save_checkpoint(trainer: pl.Trainer, path: Path, weights_only: bool = False)
     file, and a failed write (disk full) is one line and leaves no temporary file behind."""
     tmp = path.with_name(f".tmp-{path.name}")
     try:
-        trainer.save_checkpoint(tmp, weights_only=weights_only)
-        if trainer.is_global_zero:
-            os.replace(tmp, path)
-    except OSError as e:
-        error = write_error(path, e)
-        if error is None:
-            raise
-        raise error from None
+        with write_errors(path):
+            trainer.save_checkpoint(tmp, weights_only=weights_only)
+            if trainer.is_global_zero:
+                os.replace(tmp, path)
     finally:
         if trainer.is_global_zero:
             tmp.unlink(missing_ok=True)
