@@ -19,7 +19,7 @@ from .eval_inputs import file_digest
 from .features import iter_features
 from .loaders import default_workers, read_spec
 from .models import build_backbone
-from .stage import MANIFEST, atomic_path, check_finished, read_manifest, save_figure, write_csv, write_manifest
+from .stage import MANIFEST, atomic_path, check_finished, read_manifest, write_csv, write_manifest
 from .training import read_checkpoint
 
 PCA_MIN_VARIANCE = 0.005  # keep principal axes that explain more than 0.5 % of the variance
@@ -182,26 +182,6 @@ def write_matrix_csv(path: Path, ids: pd.DataFrame, values: np.ndarray, columns:
             f.write(",".join([*ids.columns, *columns]) + "\n")
 
 
-def plot_pca(scores: np.ndarray, clusters: pd.Series, ratio: np.ndarray, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 5))
-    y = scores[:, 1] if scores.shape[1] > 1 else np.zeros(len(scores))
-    names = sorted(clusters.unique())
-    cmap = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
-    for i, name in enumerate(names):
-        m = (clusters == name).to_numpy()
-        ax.scatter(scores[m, 0], y[m], s=10, alpha=0.8, color=cmap(i % cmap.N), label=name)
-    if len(names) <= 20:
-        ax.legend(fontsize=7, markerscale=1.5, loc="best")
-    ax.set(xlabel=f"PC1 ({ratio[0]:.1%})", ylabel=f"PC2 ({ratio[1]:.1%})" if len(ratio) > 1 else "",
-           title=title)
-    save_figure(fig, path)
-
-
 def embed_run(name: str, ckpt: Path, args) -> dict | None:
     """Embed ``args.data`` with one checkpoint into ``args.output/<name>/``."""
     out = Path(args.output) / name
@@ -232,6 +212,8 @@ def embed_run(name: str, ckpt: Path, args) -> dict | None:
     write_csv(out / "pca_variance.csv", pd.DataFrame({
         "component": [f"PC{i + 1}" for i in range(len(ratio))], "explained_variance_ratio": ratio,
         "cumulative": np.cumsum(ratio), "kept": ratio > PCA_MIN_VARIANCE}))
+    from .evalplots import plot_pca
+
     plot_pca(scores, table["cluster"], ratio, out / "pca.png", name)
     try:  # thumbnails at their PC scores; a picture never fails the stage
         from .morphospace import write_morphospace
