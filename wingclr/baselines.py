@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .cli import UserError
-from .probe import C_GRID, score_split
+from .probe import C_GRID, CLEAR_MARGIN, score_split
 from .stage import write_text
 
 BASELINES = {"pixel": "pixel_pca", "imagenet": "imagenet", "random": "random_init"}
@@ -68,8 +68,9 @@ def baseline_settings(method: str, meta: dict, split_key: str, pixel_size: int, 
                       k: int) -> dict:
     """Everything that determines a baseline's numbers (its cache key)."""
     reading = {f: meta.get(f) for f in ("in_chans", "bands", "background", "scale16")}
+    # collapse_margin: caches from before probe-collapse detection lack probe_collapsed
     s = {"method": method, "dataset": split_key, "seed": seed, "knn_k": k,
-         "c_grid": [float(c) for c in C_GRID], **reading}
+         "c_grid": [float(c) for c in C_GRID], "collapse_margin": CLEAR_MARGIN, **reading}
     if method == "pixel":
         return {**s, "input_size": pixel_size, "max_components": 100}
     return {**s, "backbone": meta["backbone"], "input_size": meta["input_size"],

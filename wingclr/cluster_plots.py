@@ -41,8 +41,10 @@ def pyplot(show: bool):
 
 
 def cluster_colours(plt, n: int) -> list:
-    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20" if n <= 20 else "nipy_spectral")
-    return [cmap(i % cmap.N) if n <= 20 else cmap(i / max(1, n - 1)) for i in range(n)]
+    """``n`` cluster colours: the palette of every categorical plot (:func:`wingclr.evalplots.class_colours`)."""
+    from .evalplots import class_colours
+
+    return class_colours(n)
 
 
 def plot_umap_3d(embedding: np.ndarray, result: Clustering, path: Path, show: bool = False):

@@ -20,14 +20,16 @@ from .baselines import BASELINES, SplitData, parse_baselines, run_baseline
 from .cli import STAGE_DIRS, UserError, check_gpu_request, check_minimum, require_output_folder
 from .eval_inputs import attach_labels, load_embeddings
 from .gridplot import summary_table, write_grid_summary
-from .probe import score_split
+from .probe import collapse_note, is_collapsed, score_split
 from .stage import MANIFEST, check_finished, read_manifest, write_csv, write_manifest, write_text
 from .visuals import run_visuals, write_report_note
 
 EVAL_COLUMNS = ["run", "backbone", "batch_size", "epochs", "temperature", "n_train", "n_val",
                 "accuracy", "balanced_accuracy", "macro_f1", "knn_accuracy",
                 *[f"{b}_{m}" for b in BASELINES.values() for m in ("accuracy", "knn_accuracy")],
-                "silhouette", "davies_bouldin", "probe_C", "probe_cv_accuracy", "dataset"]
+                "silhouette", "davies_bouldin", "probe_C", "probe_cv_accuracy", "dataset",
+                "probe_collapsed", "probe_collapsed_to",
+                *[f"{b}_probe_collapsed" for b in BASELINES.values()]]
 MODEL_KEYS = ("backbone", "in_chans", "input_size", "mean", "std")  # what a baseline needs
 
 
@@ -62,8 +64,6 @@ def load_split(ids: pd.DataFrame, labels_csv: Path | None, root: Path | None,
 def write_reports(out_dir: Path, name: str, split: SplitData, probe, knn: np.ndarray) -> None:
     from sklearn.metrics import classification_report
 
-    from .evalplots import plot_confusion
-
     yv, pred = split.y[split.val], probe.predictions
     labels = sorted(set(split.y[split.train | split.val]))
     report = classification_report(yv, pred, labels=labels, output_dict=True, zero_division=0)
@@ -72,7 +72,22 @@ def write_reports(out_dir: Path, name: str, split: SplitData, probe, knn: np.nda
                classification_report(yv, pred, labels=labels, zero_division=0))
     write_csv(out_dir / "predictions.csv", pd.DataFrame({
         "image": split.images[split.val], "label": yv, "linear": pred, "knn": knn}))
-    plot_confusion(yv, pred, labels, out_dir / "confusion_matrix.png", name)
+
+
+def labels_from(args) -> str:
+    """Where the classes come from, for figure titles: ``clusters`` or the --labels file name."""
+    return Path(args.labels).name if args.labels else "clusters"
+
+
+def umap_colouring(ids: pd.DataFrame, split: SplitData, args) -> tuple[np.ndarray, str, str]:
+    """What the stage 5 UMAP is coloured by: ``(group per row, grey group, legend title)``.
+
+    With ``--labels`` the user's labels (images without one grey), otherwise the clusters
+    (stage 2's outliers folder grey).
+    """
+    if args.labels:
+        return np.where(split.y == "", "no label", split.y), "no label", f"label ({labels_from(args)})"
+    return ids["cluster"].to_numpy(str), args.outliers_folder, "cluster"
 
 
 def evaluate_embeddings(name: str, emb_dir: Path, out_dir: Path, args) -> tuple[dict, SplitData, dict]:
@@ -81,7 +96,7 @@ def evaluate_embeddings(name: str, emb_dir: Path, out_dir: Path, args) -> tuple[
     Returns:
         ``(evaluation.csv row without baselines, the split, the run's model metadata)``.
     """
-    from .evalplots import plot_umap
+    from .evalplots import plot_confusion, plot_umap
 
     manifest = read_manifest(emb_dir) or {}
     ids, feats = load_embeddings(emb_dir, manifest)
@@ -101,9 +116,14 @@ def evaluate_embeddings(name: str, emb_dir: Path, out_dir: Path, args) -> tuple[
         out_dir.mkdir(parents=True, exist_ok=True)
         metrics, probe, knn = score_split(feats, split.y, split.train, split.val, args.seed, args.knn_k)
         write_reports(out_dir, name, split, probe, knn)
+        labels = sorted(set(split.y[split.train | split.val]))
+        plot_confusion(split.y[split.val], probe.predictions, labels, out_dir / "confusion_matrix.png",
+                       name, labels_from(args))
         row = {"run": name, **run_info(manifest), **metrics, "dataset": split.key()}
+        (out_dir / "umap.png").unlink(missing_ok=True)  # drawn for other settings (e.g. labels)
     if args.umap and not (out_dir / "umap.png").exists():
-        plot_umap(feats, ids["cluster"], args.outliers_folder, out_dir / "umap.png", name, args.seed)
+        groups, grey, legend = umap_colouring(ids, split, args)
+        plot_umap(feats, groups, grey, out_dir / "umap.png", name, args.seed, legend)
     if read_manifest(out_dir) is None:
         write_manifest(out_dir, "5-evaluation", settings, seed=args.seed, packages=("scikit-learn",),
                        counts={"train": row["n_train"], "validation": row["n_val"]}, row=row)
@@ -122,6 +142,7 @@ def baseline_columns(split: SplitData, model: dict, args, cache_dir: Path, notes
     for method in parse_baselines(args.baselines):
         prefix = BASELINES[method]
         cols[f"{prefix}_accuracy"] = cols[f"{prefix}_knn_accuracy"] = float("nan")
+        cols[f"{prefix}_probe_collapsed"] = float("nan")
         missing = [k for k in MODEL_KEYS if k not in model]
         try:
             if missing:
@@ -134,6 +155,7 @@ def baseline_columns(split: SplitData, model: dict, args, cache_dir: Path, notes
         results[(res["label"], res["settings"]["dataset"])] = res
         cols[f"{prefix}_accuracy"] = res["metrics"]["accuracy"]
         cols[f"{prefix}_knn_accuracy"] = res["metrics"]["knn_accuracy"]
+        cols[f"{prefix}_probe_collapsed"] = is_collapsed(res["metrics"].get("probe_collapsed"))
     return cols
 
 
@@ -141,12 +163,27 @@ def imagenet_beside(row: dict) -> str:
     """``"; frozen ImageNet: linear 0.710 (SimCLR -0.020), kNN 0.650"`` or "" without that baseline.
 
     SimCLR fine-tuning can make ImageNet features worse; the user sees it on every run's line.
+    When either linear probe collapsed (:func:`wingclr.probe.probe_collapse`) no difference is
+    given: the line says which one collapsed.
     """
     base = row.get("imagenet_accuracy", float("nan"))
     if base != base:  # NaN: not computed
         return ""
-    return (f"; frozen ImageNet: linear {base:.3f} (SimCLR {row['accuracy'] - base:+.3f}), "
-            f"kNN {row['imagenet_knn_accuracy']:.3f}")
+    if is_collapsed(row.get("imagenet_probe_collapsed")):
+        gap = "its linear probe collapsed"
+    elif is_collapsed(row.get("probe_collapsed")):
+        gap = "no difference: the run's linear probe collapsed"
+    else:
+        gap = f"SimCLR {row['accuracy'] - base:+.3f}"
+    return f"; frozen ImageNet: linear {base:.3f} ({gap}), kNN {row['imagenet_knn_accuracy']:.3f}"
+
+
+def run_line(row: dict) -> str:
+    """The line printed per evaluated run."""
+    note = collapse_note(row)
+    return (f"{row['run']}: linear accuracy {row['accuracy']:.3f}"
+            + (f" ({note})" if note else f", kNN {row['knn_accuracy']:.3f}")
+            + f", silhouette {row['silhouette']:.3f}{imagenet_beside(row)}")
 
 
 def upsert_rows(path: Path, rows: list[dict], keys: tuple[str, ...] = ("run",),
@@ -225,8 +262,7 @@ def evaluate_runs(args) -> pd.DataFrame:
         row, split, model = evaluate_embeddings(name, emb_dir, out / name, args)
         row.update(baseline_columns(split, model, args, out / "baselines", notes, results))
         rows.append(row)
-        print(f"{name}: linear accuracy {row['accuracy']:.3f}, kNN {row['knn_accuracy']:.3f}, "
-              f"silhouette {row['silhouette']:.3f}{imagenet_beside(row)}")
+        print(run_line(row))
         run_visuals(name, emb_dir, out / name, split, model, row, args)  # notes, never fails
     for note in notes.values():
         print(note)

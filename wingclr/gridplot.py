@@ -2,8 +2,10 @@
 
 The figure has one panel per epoch count, temperature on x, linear-probe accuracy on y and one
 line per batch size (per backbone too when several are present); the baselines are horizontal
-lines in every panel, so "does any run beat them" reads off at a glance. Any subset of the 27 grid
-runs works; runs without grid values are listed in the table but not drawn.
+lines in every panel, so "does any run beat them" reads off at a glance. Each baseline has its own
+line style, colour and width (the widest drawn underneath) and a label with its level at the right
+edge; labels of baselines at (nearly) equal levels are stacked, not drawn over each other. Any
+subset of the 27 grid runs works; runs without grid values are listed in the table but not drawn.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .probe import collapse_note, is_collapsed
 from .stage import save_figure
 
 GRID_KEYS = ["batch_size", "epochs", "temperature"]
 BASELINE_LINES = {"pixel_pca": ("pixel PCA", "--"), "imagenet": ("ImageNet", ":"),
                   "random_init": ("random init", "-.")}
+BASELINE_STYLE = {"pixel_pca": ("0.15", 1.2), "imagenet": ("tab:brown", 2.6),
+                  "random_init": ("tab:purple", 1.8)}  # colour, width: each shows under the others
+LABEL_GAP = 0.055  # least vertical distance between two baseline labels (accuracy units)
 TABLE_COLUMNS = {"run": "run", "batch_size": "batch", "epochs": "epochs", "temperature": "temp",
                  "accuracy": "linear", "balanced_accuracy": "balanced", "knn_accuracy": "kNN",
                  "silhouette": "silhouette", "davies_bouldin": "DB"}
@@ -41,6 +47,26 @@ def baseline_levels(table: pd.DataFrame) -> dict[str, float]:
         if col in table.columns and pd.to_numeric(table[col], errors="coerce").notna().any():
             levels[prefix] = float(pd.to_numeric(table[col], errors="coerce").mean())
     return levels
+
+
+def label_heights(levels: dict[str, float], gap: float = LABEL_GAP) -> dict[str, float]:
+    """Heights of the baselines' labels: at their levels, pushed up to be ``gap`` apart."""
+    heights, last = {}, -np.inf
+    for name, level in sorted(levels.items(), key=lambda kv: (kv[1], kv[0])):
+        last = heights[name] = max(level, last + gap)
+    return heights
+
+
+def draw_baselines(ax, levels: dict[str, float]) -> None:
+    """Horizontal line per baseline (own style) and its name and level at the right edge."""
+    heights = label_heights(levels)
+    for prefix, level in sorted(levels.items(), key=lambda kv: -BASELINE_STYLE[kv[0]][1]):
+        name, style = BASELINE_LINES[prefix]
+        colour, width = BASELINE_STYLE[prefix]
+        ax.axhline(level, color=colour, ls=style, lw=width, label=f"{name} baseline")
+        ax.text(0.99, heights[prefix] + 0.008, f"{name} {level:.3f}", color=colour, fontsize=7,
+                ha="right", va="bottom", transform=ax.get_yaxis_transform(),
+                bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7})
 
 
 def grid_figure(table: pd.DataFrame):
@@ -67,9 +93,7 @@ def grid_figure(table: pd.DataFrame):
             if len(points):
                 label = f"batch {key[-1]:g}" + (f" {key[0]}" if several else "")
                 ax.plot(points.index, points.values, marker="o", color=colours(i % 10), label=label)
-        for prefix, level in baseline_levels(table).items():
-            name, style = BASELINE_LINES[prefix]
-            ax.axhline(level, color="0.35", ls=style, lw=1.2, label=f"{name} baseline")
+        draw_baselines(ax, baseline_levels(table))
         ax.set(title=f"{e:g} epochs", xlabel="temperature", ylim=(0, 1.02),
                xticks=sorted(grid["temperature"].unique()))
         ax.grid(alpha=0.3)
@@ -110,11 +134,26 @@ def summary_table(table: pd.DataFrame, baselines: list[dict] = ()) -> str:
     text = shown.apply(lambda col: col.map(lambda v: _fmt(v, "g" if col.name in ("batch", "epochs", "temp")
                                                          else ".3f"))).to_string(index=False)
     if len(runs) and baselines:
-        best = runs.iloc[0]
-        top = max(baselines, key=lambda b: b["metrics"]["accuracy"])
-        gap = best["accuracy"] - top["metrics"]["accuracy"]
-        verdict = "beats" if gap > 0 else "does not beat"
-        text += (f"\nbest run {best['run']} (linear {best['accuracy']:.3f}) {verdict} the best "
-                 f"baseline, {top['label']} ({top['metrics']['accuracy']:.3f}): {gap:+.3f} "
-                 f"on {_fmt(best.get('n_val'))} validation images")
+        text += "\n" + verdict(runs.iloc[0].to_dict(), baselines)
     return text
+
+
+def verdict(best: dict, baselines: list[dict]) -> str:
+    """Does the best run beat the best baseline? No difference when either linear probe collapsed.
+
+    Args:
+        best: the best run's evaluation.csv row; baselines: as in :func:`summary_table`.
+    """
+    top = max(baselines, key=lambda b: b["metrics"]["accuracy"])
+    head = (f"best run {best['run']} (linear {best['accuracy']:.3f}) vs the best baseline, "
+            f"{top['label']} ({top['metrics']['accuracy']:.3f})")
+    where = f" on {_fmt(best.get('n_val'))} validation images"
+    collapsed = [(who, collapse_note(m)) for who, m in (("baseline", top["metrics"]), ("run", best))
+                 if is_collapsed(m.get("probe_collapsed"))]
+    if collapsed:
+        return head + ": no difference given, " + "; ".join(
+            f"the {who}'s {note}" for who, note in collapsed) + where
+    gap = best["accuracy"] - top["metrics"]["accuracy"]
+    word = "beats" if gap > 0 else "does not beat"
+    return (f"best run {best['run']} (linear {best['accuracy']:.3f}) {word} the best baseline, "
+            f"{top['label']} ({top['metrics']['accuracy']:.3f}): {gap:+.3f}{where}")

@@ -50,20 +50,11 @@ def grid_pick(xy: np.ndarray, cells: int = GRID_CELLS
 
 
 def cluster_colours(clusters: Sequence[str]) -> dict[str, tuple]:
-    """A colour per cluster name; outliers (``-1``, ``outliers``) gray."""
-    from .evalplots import pyplot
+    """A colour per cluster name (:func:`wingclr.evalplots.group_colours`); outliers opaque gray."""
+    from .evalplots import GREY_NAMES, group_colours
 
-    plt = pyplot()
-    names = sorted(set(map(str, clusters)))
-    cmap = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
-    colours, i = {}, 0
-    for name in names:
-        if name in ("-1", "outliers"):
-            colours[name] = (0.55, 0.55, 0.55, 1.0)
-        else:
-            colours[name] = cmap(i % cmap.N)
-            i += 1
-    return colours
+    return {name: (0.55, 0.55, 0.55, 1.0) if name in GREY_NAMES else colour
+            for name, colour in group_colours(clusters).items()}
 
 
 def plot_morphospace(scores: np.ndarray, images: Sequence[Path], clusters: Sequence[str],

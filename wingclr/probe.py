@@ -7,6 +7,11 @@ accuracy; ties go to the lower mean fold log-loss, then to the stronger regulari
 validation split is used once, to score the refitted probe, so it never influences ``C``.
 
 kNN (InstDisc / DINO protocol): cosine similarity, ``k`` neighbours, votes weighted ``exp(s / T)``.
+
+A probe whose chosen ``C`` regularises everything away answers one class for every image; its
+accuracy is then the class share, not a measure of the features. :func:`probe_collapse` flags it
+(when kNN on the same features clearly does better) so it is reported as collapsed, never as a
+level to beat.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import numpy as np
 C_GRID = np.logspace(-5, 3, 17)  # 1e-5 .. 1e3, half-decade steps
 MAX_FOLDS = 5
 MAX_ITER = 1000
+CLEAR_MARGIN = 0.1  # kNN balanced accuracy this much above a collapsed probe's: "clearly better"
 
 
 @dataclass
@@ -171,6 +177,54 @@ def cluster_quality(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(silhouette_score(z, y, metric="cosine")), float(davies_bouldin_score(z, y))
 
 
+def probe_collapse(y_val: np.ndarray, pred: np.ndarray, knn: np.ndarray,
+                   margin: float = CLEAR_MARGIN) -> str | None:
+    """Did the linear probe collapse? The class it collapsed to, or None.
+
+    Collapsed: at least two classes among the validation images, the probe predicts one class
+    for all of them or scores chance balanced accuracy, and kNN's balanced accuracy is more than
+    ``margin`` higher.
+
+    Args:
+        y_val, pred, knn: ``(M,)`` true labels, probe predictions, kNN predictions.
+
+    Returns:
+        The single class predicted (``""`` when at chance with several), or None when not collapsed.
+    """
+    from sklearn.metrics import balanced_accuracy_score
+
+    n_classes = len(np.unique(y_val))
+    if n_classes < 2:
+        return None
+    with _quiet():
+        linear = balanced_accuracy_score(y_val, pred)
+        near = balanced_accuracy_score(y_val, knn)
+    single = len(np.unique(pred)) == 1
+    if not (single or linear <= 1 / n_classes + 1e-9) or near <= linear + margin:
+        return None
+    return str(pred[0]) if single else ""
+
+
+def collapse_note(metrics: dict) -> str:
+    """``"linear probe collapsed to the majority class (a); kNN 0.875"``, "" when not collapsed.
+
+    Args:
+        metrics: :func:`score_split` metrics (an evaluation.csv row or a baseline's metrics).
+    """
+    if not is_collapsed(metrics.get("probe_collapsed")):
+        return ""
+    to = metrics.get("probe_collapsed_to")
+    to = "" if to is None or to != to else str(to)  # NaN from a CSV
+    what = (f"the majority class ({to})" if to else
+            f"chance (balanced accuracy {metrics['balanced_accuracy']:.3f})")
+    return f"linear probe collapsed to {what}; kNN {metrics['knn_accuracy']:.3f}"
+
+
+def is_collapsed(value) -> bool:
+    """True for a ``probe_collapsed`` value that says so (bool or CSV text); False when unknown."""
+    return value is True or (isinstance(value, (str, np.bool_)) and str(value).lower() == "true")
+
+
 def score_split(x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray, seed: int = 0,
                 k: int = 20) -> tuple[dict, ProbeResult, np.ndarray]:
     """Linear probe, kNN and cluster quality of features ``x`` on one train/validation split.
@@ -181,7 +235,8 @@ def score_split(x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray
     Returns:
         ``(metrics, probe result, (M,) kNN predictions)``; metrics holds n_train, n_val,
         accuracy, balanced_accuracy, macro_f1 (linear probe), knn_accuracy, silhouette,
-        davies_bouldin (train + validation images), probe_C and probe_cv_accuracy.
+        davies_bouldin (train + validation images), probe_C, probe_cv_accuracy, probe_collapsed
+        (bool, :func:`probe_collapse`) and probe_collapsed_to (its class, "" otherwise).
     """
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
@@ -201,4 +256,6 @@ def score_split(x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray
         "knn_accuracy": float(accuracy_score(yv, knn)),
         "silhouette": silhouette, "davies_bouldin": davies_bouldin,
         "probe_C": probe.C, "probe_cv_accuracy": probe.cv_accuracy}
+    collapsed = probe_collapse(yv, pred, knn)
+    metrics.update(probe_collapsed=collapsed is not None, probe_collapsed_to=collapsed or "")
     return metrics, probe, knn
