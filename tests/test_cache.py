@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +104,62 @@ def test_worker_init_returns_freed_large_buffers_to_the_os():
     left = {mode: int(subprocess.run([sys.executable, "-c", code, mode], cwd=REPO, capture_output=True,
                                      text=True, check=True).stdout) for mode in ("plain", "init")}
     assert left["init"] <= 2 < left["plain"], left  # MB; plain glibc keeps one cube on its heap
+
+
+def lock_of(images, tmp_path, text):
+    root, rels = images
+    spec = ReadSpec(size=16)
+    key, _ = cache_mod.cache_key(root, rels, spec)
+    folder = tmp_path / "c" / f"16px-{key}"
+    folder.mkdir(parents=True)
+    (folder / "building.lock").write_text(text)
+    return folder / "building.lock", spec
+
+
+def test_unrefreshed_lock_from_another_host_is_removed_at_once(images, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cache_mod, "LOCK_TIMEOUT_S", 5)  # without the heartbeat rule: an error, not hours
+    lock, spec = lock_of(images, tmp_path, "node-killed-elsewhere 4242\n")
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    ds = ensure_cache(tmp_path / "c", images[0], images[1], spec, progress=False)
+    assert len(ds) == 5 and not lock.exists()
+    notes = [line for line in capsys.readouterr().err.splitlines() if "stale lock" in line]
+    assert len(notes) == 1 and "not refreshed for 60 min" in notes[0]
+
+
+def test_lock_whose_heartbeat_stops_is_removed_even_with_a_skewed_clock(images, tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_mod, "LOCK_TIMEOUT_S", 30)
+    monkeypatch.setattr(cache_mod, "STALE_S", 0.5)
+    lock, spec = lock_of(images, tmp_path, "other-node 4242\n")
+    future = time.time() + 3600  # that host's clock is ahead: the mtime age alone says "fresh"
+    os.utime(lock, (future, future))
+    ds = ensure_cache(tmp_path / "c", images[0], images[1], spec, progress=False)
+    assert len(ds) == 5 and not lock.exists()
+
+
+def test_fresh_lock_of_another_host_is_waited_for(images, tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_mod, "LOCK_TIMEOUT_S", 1.5)
+    lock, spec = lock_of(images, tmp_path, "other-node 4242\n")
+    with pytest.raises(cache_mod.UserError, match="has been held"):
+        ensure_cache(tmp_path / "c", images[0], images[1], spec, progress=False)
+    assert lock.exists()
+
+
+def test_builder_refreshes_its_lock_while_building(images, tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_mod, "HEARTBEAT_S", 0.01)
+    refreshed, real = [], cache_mod._build
+
+    def slow_build(folder, *a, **k):
+        lock = folder / "building.lock"
+        os.utime(lock, (0, 0))
+        for _ in range(3000):  # up to ~30 s; returns as soon as the heartbeat touched the lock
+            if lock.stat().st_mtime > 0:
+                break
+            time.sleep(0.01)
+        refreshed.append(lock.stat().st_mtime > 0)
+        return real(folder, *a, **k)
+
+    monkeypatch.setattr(cache_mod, "_build", slow_build)
+    root, rels = images
+    ensure_cache(tmp_path / "c", root, rels, ReadSpec(size=16), progress=False)
+    assert refreshed == [True]

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -30,6 +31,8 @@ from .data import FolderDataset, ReadSpec, worker_init
 from .stage import write_text
 
 LOCK_TIMEOUT_S = 6 * 3600
+HEARTBEAT_S = 30  # the builder touches its lock this often
+STALE_S = 300  # a lock not touched for this long is left by a killed job, on any host
 
 
 def cache_key(root: Path, images: Sequence[Path], spec: ReadSpec) -> tuple[str, list]:
@@ -128,7 +131,9 @@ def ensure_cache(cache_root: Path, root: Path, images: Sequence[Path], spec: Rea
     """Open the cache for these images and settings, building it first if needed.
 
     Several processes (DDP ranks, grid jobs) may call this at once: one builds under a lock file,
-    the others wait for ``index.json``. A lock left by a killed process on this machine is removed.
+    the others wait for ``index.json``. The builder touches the lock every ``HEARTBEAT_S``; a lock
+    of a dead process on this machine, or one not touched for ``STALE_S`` (a job killed on any
+    host of a shared file system), is removed with a one-line note.
 
     Returns:
         The cache, or None when it does not exist and ``build`` is False.
@@ -149,24 +154,68 @@ def ensure_cache(cache_root: Path, root: Path, images: Sequence[Path], spec: Rea
         try:
             os.write(fd, f"{os.uname().nodename} {os.getpid()}\n".encode())
             os.close(fd)
-            _build(folder, Path(root), [Path(p) for p in images], spec, entries, workers, progress)
+            with _heartbeat(lock):
+                _build(folder, Path(root), [Path(p) for p in images], spec, entries, workers, progress)
         finally:
             lock.unlink(missing_ok=True)
     return CacheDataset(folder)
 
 
+class _heartbeat:
+    """Context manager: a daemon thread touches ``lock`` every ``HEARTBEAT_S`` while the body runs."""
+
+    def __init__(self, lock: Path):
+        self.lock, self.done = lock, threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True, name="cache-lock-heartbeat")
+
+    def _beat(self) -> None:
+        while not self.done.wait(HEARTBEAT_S):
+            try:
+                os.utime(self.lock)
+            except OSError:
+                pass  # removed by a waiter that judged it stale: the build goes on regardless
+
+    def __enter__(self):
+        self.thread.start()
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+
+
+_seen: dict = {}  # lock path -> (mtime, monotonic time it was first seen with that mtime)
+
+
 def _wait_or_break(lock: Path, start: float) -> None:
-    """Wait while another live process builds the cache; remove the lock of a dead one."""
+    """Wait while another live process builds the cache; remove the lock of a dead one.
+
+    A lock is stale when its process is gone (same host), or when its mtime is more than
+    ``STALE_S`` old, or has not changed for ``STALE_S`` of this process's waiting (the builder's
+    heartbeat stopped; this also covers clocks that differ between hosts).
+    """
+    try:
+        mtime = lock.stat().st_mtime
+    except FileNotFoundError:
+        return  # just removed: the builder finished or failed
+    first = _seen.setdefault(lock, (mtime, time.monotonic()))
+    if first[0] != mtime:
+        first = _seen[lock] = (mtime, time.monotonic())
+    silent = max(time.time() - mtime, time.monotonic() - first[1])
+    reason = f"not refreshed for {silent / 60:.0f} min" if silent > STALE_S else None
     try:
         host, pid = lock.read_text().split()
-        if host == os.uname().nodename:
+        if host == os.uname().nodename and reason is None:
             os.kill(int(pid), 0)
     except ProcessLookupError:
-        print(f"removing stale lock {lock} (its process is gone)", file=sys.stderr)
-        lock.unlink(missing_ok=True)
-        return
+        reason = "its process is gone"
     except (ValueError, OSError):
         pass  # lock being written, or another user's process
+    if reason:
+        print(f"removing stale lock {lock} ({reason}; the job that built the cache was killed)",
+              file=sys.stderr)
+        lock.unlink(missing_ok=True)
+        _seen.pop(lock, None)
+        return
     if time.monotonic() - start > LOCK_TIMEOUT_S:
         raise UserError(f"{lock} has been held for {LOCK_TIMEOUT_S // 3600} h; if no job is building "
                         "the cache, delete the lock file and re-run")
