@@ -27,6 +27,7 @@ and rejected/masks/, not to images/ (stage 1's input). Re-running the same comma
 photos without wings are listed, never written as empty PNGs.
 """
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -73,8 +74,9 @@ def get_args_parser():
     p.add_argument("--num-workers", type=int, default=2, help="threads that read photos ahead")
     p.add_argument("--flush-every", type=int, default=25,
                    help="rewrite segmentation.csv after this many photos (resume granularity)")
-    p.add_argument("--no-progress", "--quiet", dest="progress", action="store_false",
-                   help="no progress bar")
+    cli.add_quiet_arg(p, dest="progress")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help=argparse.SUPPRESS)  # the old name of --quiet
     p.add_argument("--overwrite", action="store_true", help="replace a finished output folder")
     return p
 

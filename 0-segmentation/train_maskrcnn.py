@@ -61,12 +61,12 @@ def get_args_parser():
                    help="continue from a checkpoint of this script (its classes must match)")
     p.add_argument("--trainable-backbone-layers", type=int, default=3,
                    help="ResNet stages trained (0-5); the others stay frozen")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=20, help="passes over the training photos")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no limit)")
-    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=2, help="photos per training step")
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (cosine decay)")
     p.add_argument("--warmup-steps", type=int, default=200, help="linear warm-up steps")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
     p.add_argument("--min-size", type=int, default=640, help="shorter side the model resizes to")
     p.add_argument("--max-size", type=int, default=1024, help="longer side limit of that resize")
     p.add_argument("--rois-per-image", type=int, default=128,
@@ -78,9 +78,10 @@ def get_args_parser():
     p.add_argument("--max-side", type=int, default=2048, help="photos are read downscaled to this side")
     p.add_argument("--val-fraction", type=float, default=0.2, help="photos held out for validation")
     p.add_argument("--score-threshold", type=float, default=0.5, help="detection score used in validation")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (split, flips, initialisation)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--num-workers", type=int, default=2, help="data loading processes")
+    cli.add_quiet_arg(p, help="no line per epoch (the start line and the result stay)")
     p.add_argument("--overwrite", action="store_true",
                    help="start again, replacing --output and the work folder's run")
     return p

@@ -31,6 +31,7 @@ def get_args_parser():
     p.add_argument("--outliers-folder", default="outliers",
                    help="subfolder whose images go to unlabeled/ only")
     p.add_argument("--num-workers", type=int, default=4, help="threads that check the images")
+    cli.add_quiet_arg(p, help="no progress while copying / linking (the summary table stays)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished output folder")
     return p
 

@@ -84,6 +84,7 @@ def get_args_parser():
                    help="auto (bf16-mixed on GPU, 32-true on CPU), 32-true, 16-mixed, bf16-mixed")
     h.add_argument("--sync-batchnorm", action="store_true", help="SyncBatchNorm across GPUs")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    cli.add_quiet_arg(p, help="no progress bar and no line per epoch")
     p.add_argument("--overwrite", action="store_true",
                    help="train the run again from scratch in <output>/.<run>.new/; it replaces the "
                         "finished run only when it finishes (re-run to resume it)")

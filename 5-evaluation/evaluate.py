@@ -70,6 +70,7 @@ def get_args_parser():
     p.add_argument("--gradcam", type=count, default=0,
                    help="Grad-CAM figures of this many specimens per run (needs the run's "
                         "checkpoint; ~1 s each on a CPU)")
+    cli.add_quiet_arg(p, help="no progress bar while embedding runs that have no embeddings yet")
     p.add_argument("--overwrite", action="store_true", help="evaluate finished runs again")
     return p
 

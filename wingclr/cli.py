@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
+import re
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 WORK = Path("work")
 STAGE_DIRS = {
@@ -78,8 +81,23 @@ def require_output_folder(path: Path, flag: str = "--output") -> None:
             return
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults and keeps the docstring's copy-paste commands as written."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the docstring's copy-paste commands as written and shows each option's default once.
+
+    ``(default: X)`` is added to an option's help unless the help already says what its default
+    is (it mentions "default"), the default is None (decided at run time: the help says how),
+    suppressed or empty, or the option is an on/off switch (``store_true`` and the like).
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (action.nargs == 0 or default is None or default is argparse.SUPPRESS
+                or isinstance(default, bool) or default in ("", [], ())
+                or re.search(r"\bdefault", text, re.IGNORECASE)):
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
 
 
 def require_folder(path: Path, what: str, fix: str) -> None:
@@ -113,6 +131,62 @@ def add_pretrained_args(p: argparse.ArgumentParser, default: str = "imagenet") -
 def add_background_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--background", type=parse_rgb, default=(255, 255, 255),
                    help="R,G,B colour that transparent pixels (RGBA) are composited on")
+
+
+def add_quiet_arg(p: argparse.ArgumentParser, help: str = "no progress bar",
+                  dest: str = "quiet") -> None:
+    """``--quiet``, the one name every stage uses for less output.
+
+    ``dest="progress"`` stores False instead of True (for code that reads ``args.progress``).
+    """
+    p.add_argument("--quiet", dest=dest, action="store_false" if dest == "progress" else "store_true",
+                   help=help)
+
+
+# Third-party packages whose deprecation notices are for their own developers, not for users.
+NOISY_PACKAGES = ("torch", "torchvision", "timm", "pytorch_lightning", "lightning_fabric",
+                  "lightning", "lightning_utilities", "lightly", "kornia", "umap", "pynndescent",
+                  "numba", "sklearn", "hdbscan", "rembg", "pymatting", "onnxruntime", "huggingface_hub")
+# Loggers that print banners and adverts at INFO ("GPU available: ...", "💡 Tip: ... litlogger").
+NOISY_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
+                 "lightning_fabric.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+
+
+def quiet_libraries() -> None:
+    """Silence third-party noise: deprecation warnings raised inside :data:`NOISY_PACKAGES` and the
+    INFO banners / adverts of :data:`NOISY_LOGGERS`. Warnings of wingclr itself, and anything a
+    library raises above deprecation level, still show. ``python -W ...`` or ``PYTHONWARNINGS``
+    turns the filters off (the user asked for warnings explicitly)."""
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if sys.warnoptions:
+        return
+    for name in NOISY_PACKAGES:
+        for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+            warnings.filterwarnings("ignore", category=category, module=rf"{name}(\.|$)")
+
+
+T = TypeVar("T")
+
+
+def progress(items: Iterable[T], total: int, what: str, quiet: bool = False, unit: str = "",
+             lines: int = 4) -> Iterator[T]:
+    """Yield ``items``, showing how far along: a tqdm bar on a terminal, else ``lines`` summary
+    lines (``what: 15/30 unit``) for log files; nothing with ``quiet``."""
+    if quiet:
+        yield from items
+        return
+    if sys.stdout.isatty():
+        from tqdm import tqdm
+
+        yield from tqdm(items, total=total, desc=what, unit=f" {unit}" if unit else "it",
+                        file=sys.stdout)
+        return
+    marks = {max(1, round(total * (i + 1) / lines)) for i in range(lines)}
+    for done, item in enumerate(items, 1):
+        yield item
+        if done in marks:
+            print(f"{what}: {done}/{total}{' ' + unit if unit else ''}", flush=True)
 
 
 def parse_rgb(text: str | Sequence[int]) -> tuple[int, int, int]:
@@ -164,12 +238,13 @@ def write_errors(path: Path | str) -> Iterator[None]:
 
 def run(main: Callable[[argparse.Namespace], object], p: argparse.ArgumentParser,
         argv: Sequence[str] | None = None) -> None:
-    """Parse ``argv`` and call ``main``.
+    """Parse ``argv``, silence third-party noise (:func:`quiet_libraries`) and call ``main``.
 
     :class:`UserError` and file-system failures (:data:`WRITE_ERRORS`) print one ``error:`` line
     and exit 2; :class:`Stopped` exits ``128 + signal``; Ctrl-C exits 130.
     """
     args = p.parse_args(argv)
+    quiet_libraries()
     try:
         main(args)
     except UserError as e:

@@ -272,17 +272,24 @@ def generate(output: Path | str, n: int = 240, size: int = 128, seed: int = 0,
     return table
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output", type=Path, default=Path("work/demo"))
+def get_args_parser() -> argparse.ArgumentParser:
+    from .cli import HelpFormatter
+
+    p = argparse.ArgumentParser(prog="python -m wingclr.demo", description=__doc__,
+                                formatter_class=HelpFormatter)
+    p.add_argument("--output", type=Path, default=Path("work/demo"), help="output folder")
     p.add_argument("--n", type=int, default=240, help="number of specimens")
     p.add_argument("--size", type=int, default=128, help="image side (px)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same specimens)")
     p.add_argument("--clutter", type=float, default=0.5, help="probability of a pin and a paper label")
     p.add_argument("--bands", type=int, default=3,
                    help="bands of the cluster-folder images: 3 = PNG photos, e.g. 7 = 16-bit TIFF "
                         "stacks, e.g. 408 = float .npy hyperspectral cubes")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> None:
+    a = get_args_parser().parse_args(argv)
     generate(a.output, a.n, a.size, a.seed, clutter=a.clutter, n_bands=a.bands)
     print(f"wrote {a.n} specimens to {a.output} (specimens/, masks/, clusters/, labels.csv)")
 

@@ -67,7 +67,11 @@ def write_reports(out_dir: Path, name: str, split: SplitData, probe, knn: np.nda
     yv, pred = split.y[split.val], probe.predictions
     labels = sorted(set(split.y[split.train | split.val]))
     report = classification_report(yv, pred, labels=labels, output_dict=True, zero_division=0)
-    write_csv(out_dir / "report.csv", pd.DataFrame(report).T.rename_axis("class").reset_index())
+    table = pd.DataFrame(report).T
+    if "accuracy" in table.index:  # sklearn's dict repeats the accuracy in every column
+        table.loc["accuracy", ["precision", "recall"]] = np.nan  # as in its text report:
+        table.loc["accuracy", "support"] = len(yv)  # accuracy under f1-score, all images counted
+    write_csv(out_dir / "report.csv", table.rename_axis("class").reset_index())
     write_text(out_dir / "classification_report.txt",
                classification_report(yv, pred, labels=labels, zero_division=0))
     write_csv(out_dir / "predictions.csv", pd.DataFrame({
@@ -246,7 +250,7 @@ def evaluate_runs(args) -> pd.DataFrame:
         (name, ckpt), = resolve_runs([path], Path(path).parent)
         embed_run(name, ckpt, Namespace(
             data=args.data or STAGE_DIRS["dataset"], output=args.embeddings, batch_size=64,
-            num_workers=args.num_workers, device=args.device, quiet=True, overwrite=False))
+            num_workers=args.num_workers, device=args.device, quiet=args.quiet, overwrite=False))
         return Path(args.embeddings) / name
 
     parse_baselines(args.baselines)  # bad names and flags fail before any work

@@ -176,8 +176,9 @@ def train_maskrcnn(args) -> dict | None:
                             trained_on=str(Path(args.annotations or args.masks)))
         _save_last(work, model, optimizer, scheduler, state, args)
         val = f", val mIoU {row['val_mean_iou']:.3f}" if "val_mean_iou" in row else ""
-        print(f"epoch {epoch}/{args.epochs}: loss {row['loss']:.3f}{val}"
-              + (f" -> saved {output}" if saved else ""))
+        if not args.quiet:
+            print(f"epoch {epoch}/{args.epochs}: loss {row['loss']:.3f}{val}"
+                  + (f" -> saved {output}" if saved else ""))
     return write_manifest(
         work, "0-train-maskrcnn", args, seed=args.seed,
         counts={"train": len(train_items), "validation": len(val_items), "skipped": len(skipped),

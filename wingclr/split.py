@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cli import UserError, check_minimum, require_output_folder, write_error
+from .cli import UserError, check_minimum, progress, require_output_folder, write_error
 from .data import dataset_channels, scan_clusters
 from .imageio import try_read
 from .stage import check_finished, write_csv, write_manifest
@@ -113,7 +113,8 @@ def create_dataset(args) -> dict | None:
     (out / "manifest.json").unlink(missing_ok=True)  # from here on the output is unfinished
     for subset in SUBSETS:  # our own folders only; unfinished or --overwrite
         shutil.rmtree(out / subset, ignore_errors=True)
-    for rel, split in zip(images, splits):
+    for rel, split in progress(zip(images, splits), len(images), args.link, args.quiet,
+                               unit="images"):
         src = found.root / rel
         place_file(src, out / "unlabeled" / rel, args.link)
         if split in ("train", "validation"):

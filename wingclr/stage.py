@@ -56,10 +56,31 @@ def write_text(path: Path | str, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def format_float(x: float) -> str:
+    """A CSV cell for a float: 7 significant digits (float32 precision, ``%.7g``); values from
+    10^7 up keep every digit (counts, byte sizes and time stamps are never rounded)."""
+    return f"{x:.7g}" if abs(x) < 1e7 else repr(float(x))
+
+
+def integers_as_integers(df):
+    """``df`` with float columns whose values are all whole numbers (blanks allowed) as integers,
+    so a count is written ``3``, not ``3.0``."""
+    import numpy as np
+
+    df = df.copy()
+    for name in df.columns[[dtype.kind == "f" for dtype in df.dtypes]]:
+        values = df[name].to_numpy(float)
+        known = values[~np.isnan(values)]
+        if len(known) and np.all(np.abs(known) < 2 ** 53) and np.all(known == np.round(known)):
+            df[name] = df[name].astype("Int64")
+    return df
+
+
 def write_csv(path: Path | str, df) -> None:
-    """Write a pandas DataFrame as UTF-8 CSV without the index, atomically."""
+    """Write a pandas DataFrame as UTF-8 CSV without the index, atomically: whole-number columns as
+    integers, other floats by :func:`format_float`, blanks for missing values."""
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, encoding="utf-8")
+        integers_as_integers(df).to_csv(tmp, index=False, encoding="utf-8", float_format=format_float)
 
 
 def save_figure(fig, path: Path | str, dpi: int = 120, close: bool = True) -> None:

@@ -350,7 +350,8 @@ def fit_run(args, name: str, run_dir: Path, work: Path, resume: Path | None, ima
         precision=precision, sync_batchnorm=args.sync_batchnorm and distributed, logger=False,
         enable_checkpointing=False, enable_model_summary=False, benchmark=cuda,
         callbacks=[checkpointing], default_root_dir=work, log_every_n_steps=10,
-        num_sanity_val_steps=0, use_distributed_sampler=False, plugins=slurm_plugins())
+        num_sanity_val_steps=0, use_distributed_sampler=False, plugins=slurm_plugins(),
+        enable_progress_bar=not args.quiet)
     module, loader, checkpointing.sampler, meta = build_training(
         args, trainer, pretrained=resume is None, images=images)
     meta = {**meta, "run_name": name, "settings": wanted, "precision": precision}
