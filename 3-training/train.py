@@ -3,8 +3,11 @@
 Defaults: ResNet-50 from ImageNet weights, batch 256, 300 epochs, temperature 0.5, the original
 butterfly pipeline's augmentations and optimiser (--recipe phenotype; --recipe simclr for lightly's
 ImageNet recipe). --param-i 1..27 picks one point of batch {64,128,256} x epochs {50,100,300} x
-temperature {0.1,0.5,0.8} so the grid runs as a SLURM array (see grid.sbatch). Re-running the same command resumes from last.ckpt; a
-finished run is skipped. --batch-size is the global batch (split over GPUs with --devices).
+temperature {0.1,0.5,0.8} so the grid runs as a SLURM array (see grid.sbatch); --grid grid.csv or
+--batch-sizes/--epoch-list/--temperatures give your own grid, and --batch-size/--epochs/--temperature
+fix one axis of it. A grid point whose batch exceeds the training images is clamped to the largest
+power of two they hold (or skipped when another point trains that). Re-running the same command
+resumes from last.ckpt; a finished run is skipped. --batch-size is the global batch (split over GPUs with --devices).
 SIGTERM or SIGUSR1 saves last.ckpt after the current batch and stops (exit 128 + signal; SIGUSR1
 requeues a SLURM job). A second command for a run that is training is refused (<output>/.<run>.lock).
 
@@ -12,6 +15,8 @@ Examples:
     python 3-training/train.py                                  # work/2-dataset -> work/3-training
     python 3-training/train.py --param-i 14                     # one grid point
     python 3-training/train.py --list-grid                      # the 27 grid points
+    python 3-training/train.py --list-grid --batch-sizes 32,64 --temperatures 0.1,0.5  # 2 x 3 x 2
+    python 3-training/train.py --grid grid.csv --param-i 3      # row 3 of your grid
     python 3-training/train.py --backbone timm/efficientnet_lite0 --input-size 128  # any timm model
     python 3-training/train.py --backbone resnet18 --pretrained none --input-size 96 \\
         --batch-size 64 --epochs 20                             # laptop CPU, no weights needed
@@ -24,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wingclr import cli  # noqa: E402
 from wingclr.bands import parse_bands  # noqa: E402
-from wingclr.grid import grid_table  # noqa: E402
+from wingclr.grid import build_grid, grid_table, value_list  # noqa: E402
 from wingclr.models import BACKBONES, check_backbone  # noqa: E402
 from wingclr.recipes import add_recipe_args  # noqa: E402
 
@@ -38,9 +43,20 @@ def get_args_parser():
     p.add_argument("--run-name", default=None,
                    help="run folder name (default simclr_bs_<b>_nepochs_<e>_temp_<t>)")
     g = p.add_argument_group("grid")
-    g.add_argument("--param-i", type=int, default=None, help="grid point 1..27 (see --list-grid)")
-    g.add_argument("--list-grid", action="store_true", help="print the 27 grid points and exit")
-    g.add_argument("--batch-size", type=int, default=None, help="global batch size (default 256)")
+    g.add_argument("--param-i", type=int, default=None, help="grid point 1..N (see --list-grid)")
+    g.add_argument("--list-grid", action="store_true",
+                   help="print the grid in use (numbered) and the --array to submit, and exit")
+    g.add_argument("--grid", type=Path, default=None,
+                   help="CSV, one row per grid point; columns batch_size, epochs, temperature "
+                        "(any subset: the others come from the flags below or their defaults)")
+    g.add_argument("--batch-sizes", type=value_list(int), default=None,
+                   help="grid batch sizes, e.g. 32,64 (default 64,128,256)")
+    g.add_argument("--epoch-list", type=value_list(int), default=None,
+                   help="grid epochs, e.g. 50,100 (default 50,100,300)")
+    g.add_argument("--temperatures", type=value_list(float), default=None,
+                   help="grid temperatures, e.g. 0.1,0.5 (default 0.1,0.5,0.8)")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="global batch size (default 256); with --param-i it fixes that axis")
     g.add_argument("--epochs", type=int, default=None, help="epochs (default 300)")
     g.add_argument("--temperature", type=float, default=None, help="NT-Xent temperature (default 0.5)")
     m = p.add_argument_group("model")
@@ -93,7 +109,7 @@ def get_args_parser():
 
 def main(args):
     if args.list_grid:
-        print(grid_table())
+        print(grid_table(build_grid(args)))
         return
     from wingclr.training import train
 

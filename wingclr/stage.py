@@ -25,7 +25,8 @@ from .cli import UserError, write_errors
 MANIFEST = "manifest.json"
 # Arguments that change how a stage runs, not what it produces.
 NON_SEMANTIC = {"overwrite", "num_workers", "yes", "progress", "quiet", "show", "devices",
-                "accelerator", "num_nodes", "device", "cache_dir", "compile"}
+                "accelerator", "num_nodes", "device", "cache_dir", "compile",
+                "grid", "batch_sizes", "epoch_list", "temperatures"}  # stage 3: where a grid was listed
 
 
 @contextmanager

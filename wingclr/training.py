@@ -25,7 +25,7 @@ import torch
 
 from .cli import (Stopped, UserError, check_gpu_request, check_input_size, check_minimum,
                   require_output_folder, write_errors)
-from .grid import grid_point, run_name
+from .grid import GRID_FLAGS, build_grid, fit_point_to_data, grid_point, run_name
 from .loaders import build_training, training_images
 from .recipes import apply_recipe
 from .run_folder import (RunLock, changed_settings, checkpoint_damage, finish_replacement,
@@ -35,15 +35,24 @@ from .stage import MANIFEST, check_finished, read_manifest, write_csv, write_man
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 
-def resolve_grid_args(args) -> None:
+def resolve_grid_args(args) -> list | None:
     """Fill ``batch_size``, ``epochs``, ``temperature`` from ``--param-i`` or the defaults and the
-    recipe's flags from ``--recipe``; check the numeric flags before anything is read or created."""
-    explicit = [f for f in ("batch_size", "epochs", "temperature") if getattr(args, f) is not None]
+    recipe's flags from ``--recipe``; check the numeric flags before anything is read or created.
+
+    Returns:
+        The grid (:func:`~wingclr.grid.build_grid`) when ``--param-i`` chose the batch size, which
+        may then be clamped to the data (:func:`~wingclr.grid.fit_point_to_data`); else None.
+    """
+    listed = [f for f in GRID_FLAGS if getattr(args, f, None)]
+    grid = None
     if args.param_i is not None:
-        if explicit:
-            raise UserError(f"--param-i sets batch size, epochs and temperature; drop "
-                            f"--{explicit[0].replace('_', '-')} or --param-i")
-        args.batch_size, args.epochs, args.temperature = grid_point(args.param_i)
+        fixed_batch = args.batch_size is not None
+        grid = build_grid(args)
+        args.batch_size, args.epochs, args.temperature = grid_point(args.param_i, grid)
+        grid = None if fixed_batch else grid
+    elif listed:
+        raise UserError(f"--{listed[0].replace('_', '-')} lists a grid: pick one point with "
+                        "--param-i i (see --list-grid)")
     args.batch_size = 256 if args.batch_size is None else args.batch_size
     args.epochs = 300 if args.epochs is None else args.epochs
     args.temperature = 0.5 if args.temperature is None else args.temperature
@@ -55,6 +64,7 @@ def resolve_grid_args(args) -> None:
     check_minimum(("--num-workers", args.num_workers, 0), ("--num-nodes", args.num_nodes, 1))
     apply_recipe(args)
     check_hardware(args)
+    return grid
 
 
 def cpu_cores() -> int:
@@ -318,11 +328,13 @@ def train(args) -> dict | None:
     Raises:
         Stopped: a stop signal saved ``last.ckpt`` and the run is not finished.
     """
-    resolve_grid_args(args)
+    grid = resolve_grid_args(args)
     require_output_folder(args.output)
+    images = training_images(args.data)
+    if grid is not None and not fit_point_to_data(args, grid, len(images), images.root):
+        return None  # another grid point trains the clamped batch size
     name = args.run_name or run_name(args.batch_size, args.epochs, args.temperature)
     run_dir = Path(args.output) / name
-    images = training_images(args.data)
     wanted = run_settings(args, images)
     with RunLock(run_dir) if is_rank_zero() else nullcontext():
         try:
