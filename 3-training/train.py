@@ -104,6 +104,9 @@ def get_args_parser():
     p.add_argument("--overwrite", action="store_true",
                    help="train the run again from scratch in <output>/.<run>.new/; it replaces the "
                         "finished run only when it finishes (re-run to resume it)")
+    p.add_argument("--keep-last", action="store_true",
+                   help="keep last.ckpt (the full training state, larger than the weights) beside the final "
+                        "checkpoint; it lets a damaged final checkpoint be rebuilt without training")
     return p
 
 

@@ -25,6 +25,7 @@ from .cli import UserError
 from .stage import MANIFEST, read_manifest, settings
 
 PATH_KEYS = ("data", "output")
+KEEP_KEYS = ("keep_last",)  # what happens to files after the run, not what the run is
 DATASET_KEY = "dataset_images"
 
 
@@ -50,7 +51,7 @@ def changed_settings(stored: dict, wanted: dict) -> list[str]:
     When both record the image list, folder paths are not compared (a moved folder is the same
     run). Records from before the image-list digest are compared with the paths.
     """
-    keys = set(stored) | set(wanted)
+    keys = (set(stored) | set(wanted)) - set(KEEP_KEYS)
     if DATASET_KEY in stored and DATASET_KEY in wanted:
         keys -= set(PATH_KEYS)
     else:
@@ -84,8 +85,11 @@ def rebuild_hint(ckpt: Path) -> str:
         command = f"python 3-training/{command}"
     if not any(word.endswith("train.py") for word in command.split()[:2]):
         command = f"python 3-training/train.py with the flags recorded in {ckpt.parent / MANIFEST}"
+    if checkpoint_damage(ckpt.parent / "last.ckpt"):  # removed when the run finished
+        return (f"train the run again: re-run the stage 3 command that trained it with --overwrite "
+                f"({command}, plus --overwrite)")
     return (f"re-run the stage 3 command that trained it ({command}): it notices a missing or "
-            "damaged checkpoint and rebuilds it from last.ckpt, or trains the run again")
+            "damaged checkpoint and rebuilds it from last.ckpt")
 
 
 def finish_replacement(run_dir: Path) -> None:

@@ -2,7 +2,8 @@
 
 A run lives in ``<output>/<run name>/``. ``last.ckpt`` is rewritten atomically after every
 epoch; re-running the same command resumes from it. When training ends, the weights go to
-``<run name>.ckpt`` and ``manifest.json`` is written last. SIGUSR1 and SIGTERM save after the
+``<run name>.ckpt``, ``manifest.json`` is written, and ``last.ckpt`` is deleted (``--keep-last``
+keeps it). SIGUSR1 and SIGTERM save after the
 current batch and stop (SIGUSR1 requeues a SLURM job; otherwise the exit status is 128 + signal).
 The lock, ``--overwrite`` beside the finished run and the settings comparison live in
 :mod:`wingclr.run_folder`.
@@ -10,27 +11,25 @@ The lock, ``--overwrite`` beside the finished run and the settings comparison li
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import signal
 import subprocess
-import threading
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 
+from .checkpointing import EpochCheckpoint, plot_loss, save_checkpoint, stdout_is_terminal
 from .cli import (Stopped, UserError, check_gpu_request, check_input_size, check_minimum,
-                  require_output_folder, write_errors)
+                  require_output_folder)
 from .grid import GRID_FLAGS, build_grid, fit_point_to_data, grid_point, run_name
 from .loaders import build_training, training_images
 from .recipes import apply_recipe
 from .run_folder import (RunLock, changed_settings, checkpoint_damage, finish_replacement,
                          is_rank_zero, rebuild_hint, run_settings, staging_dir)
-from .stage import MANIFEST, check_finished, read_manifest, write_csv, write_manifest
+from .stage import MANIFEST, check_finished, read_manifest, write_manifest
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
@@ -110,87 +109,6 @@ def check_hardware(args) -> None:
         print(f"note: no GPU: --devices {n} trains in {n} CPU processes (DDP over gloo)")
 
 
-def save_checkpoint(trainer: pl.Trainer, path: Path, weights_only: bool = False) -> None:
-    """``trainer.save_checkpoint`` to a temporary file, then rename: a kill never leaves half a
-    file, and a failed write (disk full) is one line and leaves no temporary file behind."""
-    tmp = path.with_name(f".tmp-{path.name}")
-    try:
-        with write_errors(path):
-            trainer.save_checkpoint(tmp, weights_only=weights_only)
-            if trainer.is_global_zero:
-                os.replace(tmp, path)
-    finally:
-        if trainer.is_global_zero:
-            tmp.unlink(missing_ok=True)
-
-
-class EpochCheckpoint(pl.Callback):
-    """Saves ``last.ckpt`` and ``metrics.csv`` after each epoch, and mid-epoch on a stop signal.
-
-    SLURM sends SIGUSR1 shortly before a time limit or preemption (``--signal=SIGUSR1@120``);
-    ``kill``, ``scancel`` and shutdowns send SIGTERM. Either way the run saves ``last.ckpt`` after
-    the current batch and stops. The history, the batches already trained this epoch and the
-    loops' state travel in the checkpoint, so the re-run trains exactly the batches that were left.
-    """
-
-    def __init__(self, run_dir: Path):
-        self.run_dir, self.history = run_dir, []
-        self.sampler = None  # set by train(): the loader's EpochBatchSampler
-        self.consumed = 0  # batches trained in the current epoch
-        self.stop_requested, self.stop_signal = False, None
-        self._start, self._images = 0.0, 0
-
-    def request_stop(self, signum=None, frame=None) -> None:
-        self.stop_requested, self.stop_signal = True, signum
-
-    def on_train_start(self, trainer, pl_module):
-        self._start = time.perf_counter()  # a run resumed mid-epoch gets no on_train_epoch_start
-        # Lightning's own SIGTERM handler (installed by fit) ends the loop at the next batch
-        # without saving; this one saves first, like SIGUSR1. Lightning restores ours after fit.
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self.request_stop)
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self._start, self._images, self.consumed = time.perf_counter(), 0, 0
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self._images += len(batch[1]) * trainer.world_size
-        self.consumed += 1
-        if trainer.world_size > 1:  # every rank must stop after the same batch
-            self.stop_requested = trainer.strategy.reduce_boolean_decision(self.stop_requested, all=False)
-        if self.stop_requested and not trainer.should_stop:
-            save_checkpoint(trainer, self.run_dir / "last.ckpt")
-            trainer.should_stop = True
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if self.stop_requested and trainer.should_stop:
-            return  # saved mid-epoch already; the epoch is not complete
-        seconds = time.perf_counter() - self._start
-        loss = trainer.callback_metrics.get("train_loss")
-        self.history.append({
-            "epoch": trainer.current_epoch + 1,
-            "train_loss": float(loss) if loss is not None else math.nan,
-            "lr": trainer.optimizers[0].param_groups[0]["lr"],
-            "images_per_s": self._images / max(seconds, 1e-9),
-            "seconds": seconds,
-        })
-        self.consumed = 0
-        save_checkpoint(trainer, self.run_dir / "last.ckpt")
-        if trainer.is_global_zero:
-            import pandas as pd
-
-            write_csv(self.run_dir / "metrics.csv", pd.DataFrame(self.history))
-
-    def state_dict(self):
-        return {"history": self.history, "consumed": self.consumed}
-
-    def load_state_dict(self, state_dict):
-        self.history = list(state_dict["history"])
-        self.consumed = state_dict.get("consumed", 0)
-        if self.sampler is not None:
-            self.sampler.skip = self.consumed
-
-
 def slurm_plugins() -> list:
     """Under SLURM, Lightning's own SIGUSR1 requeue is switched off: :class:`EpochCheckpoint` does it."""
     from lightning_fabric.plugins.environments import SLURMEnvironment
@@ -245,8 +163,8 @@ def read_checkpoint(path: Path) -> dict:
 def prepare_run_dir(run_dir: Path, args, wanted: dict) -> tuple[Path, Path | None]:
     """Decide where this command trains and whether it resumes (nothing is created here).
 
-    A finished run whose checkpoint is missing or damaged is rebuilt: from its ``last.ckpt``
-    when that is whole (no epoch is trained again), else from scratch.
+    A finished run whose checkpoint is missing or damaged is rebuilt from its ``last.ckpt`` (kept
+    by ``--keep-last``; no epoch is trained again); without a whole one, ``--overwrite`` is asked for.
 
     Args:
         wanted: this command's :func:`~wingclr.run_folder.run_settings`.
@@ -261,18 +179,19 @@ def prepare_run_dir(run_dir: Path, args, wanted: dict) -> tuple[Path, Path | Non
     """
     if is_rank_zero():
         finish_replacement(run_dir)  # a kill in the middle of an earlier swap
-    rebuild = False
     if check_finished(run_dir, wanted, args.overwrite, "training run", compare=changed_settings):
         manifest = read_manifest(run_dir)
         ckpt = run_dir / manifest.get("checkpoint", f"{run_dir.name}.ckpt")
         damage = checkpoint_damage(ckpt, manifest.get("checkpoint_size"))
         if not damage:
             raise FileExistsError(run_dir)
-        print(f"note: {ckpt} {damage}; rebuilding it (from last.ckpt when that is whole)")
-        rebuild = True
+        if checkpoint_damage(run_dir / "last.ckpt"):
+            raise UserError(f"{ckpt} {damage} and the run kept no whole last.ckpt to rebuild it "
+                            "from; re-run this command with --overwrite to train it again")
+        print(f"note: {ckpt} {damage}; rebuilding it from last.ckpt")
     work = staging_dir(run_dir) if args.overwrite else run_dir
     last = work / "last.ckpt"
-    if not last.exists() or (rebuild and checkpoint_damage(last)):
+    if not last.exists():
         return work, None
     changed = changed_settings(read_checkpoint(last).get("wingclr", {}).get("settings", {}), wanted)
     if not changed:
@@ -299,21 +218,6 @@ def nan_message(error: Exception, args, work: Path, epochs_saved: int) -> str:
         return (f"{error}: training stopped; {work / 'last.ckpt'} keeps epoch {epochs_saved}, the "
                 f"last with a finite loss. To train again, {fix} and pass --overwrite")
     return f"{error}: training stopped before any epoch was saved; {fix} and re-run"
-
-
-def plot_loss(history: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .stage import save_figure
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([h["epoch"] for h in history], [h["train_loss"] for h in history], marker=".")
-    ax.set(xlabel="epoch", ylabel="NT-Xent loss", title=title)
-    ax.grid(alpha=0.3)
-    save_figure(fig, path)
 
 
 def train(args) -> dict | None:
@@ -355,7 +259,8 @@ def fit_run(args, name: str, run_dir: Path, work: Path, resume: Path | None, ima
     cuda = torch.cuda.is_available() and args.accelerator in ("auto", "gpu", "cuda")
     precision = args.precision if args.precision != "auto" else ("bf16-mixed" if cuda else "32-true")
     distributed = args.num_nodes > 1 or (str(args.devices) not in ("1", "auto") and args.devices != 1)
-    checkpointing = EpochCheckpoint(work)
+    terminal = stdout_is_terminal()  # else one line per epoch instead of a progress bar
+    checkpointing = EpochCheckpoint(work, args.epochs, log_epochs=not terminal and not args.quiet)
     trainer = pl.Trainer(
         max_epochs=args.epochs, accelerator=args.accelerator, devices=args.devices,
         num_nodes=args.num_nodes, strategy="ddp" if distributed else "auto",
@@ -363,7 +268,7 @@ def fit_run(args, name: str, run_dir: Path, work: Path, resume: Path | None, ima
         enable_checkpointing=False, enable_model_summary=False, benchmark=cuda,
         callbacks=[checkpointing], default_root_dir=work, log_every_n_steps=10,
         num_sanity_val_steps=0, use_distributed_sampler=False, plugins=slurm_plugins(),
-        enable_progress_bar=not args.quiet)
+        enable_progress_bar=terminal and not args.quiet)
     module, loader, checkpointing.sampler, meta = build_training(
         args, trainer, pretrained=resume is None, images=images)
     meta = {**meta, "run_name": name, "settings": wanted, "precision": precision}
@@ -392,7 +297,7 @@ def fit_run(args, name: str, run_dir: Path, work: Path, resume: Path | None, ima
     finally:
         for s, handler in handlers.items():
             signal.signal(s, handler)
-    if checkpointing.stop_signal is not None:
+    if checkpointing.stop_signal is not None and trainer.current_epoch < args.epochs:
         stop_after_signal(trainer, work, checkpointing.stop_signal)
         return None
     if trainer.interrupted or trainer.current_epoch < args.epochs:
@@ -409,7 +314,10 @@ def fit_run(args, name: str, run_dir: Path, work: Path, resume: Path | None, ima
         counts={"images": len(loader.dataset), "epochs": args.epochs,
                 "final_loss": last.get("train_loss")},
         run_name=name, checkpoint=ckpt.name, checkpoint_size=ckpt.stat().st_size, model=meta)
+    if not args.keep_last:  # the finished run needs only its weights (--keep-last keeps it)
+        (work / "last.ckpt").unlink(missing_ok=True)
     if work != run_dir:
         finish_replacement(run_dir)
         print(f"replaced {run_dir} with the newly trained run")
+    print(f"checkpoint: {run_dir / ckpt.name}")
     return manifest
