@@ -470,7 +470,7 @@ def test_case16_moved_folders_hold_the_same_run(dataset_dir, tmp_path, capsys):
     out = tmp_path / "runs"
     data = tmp_path / "data"
     shutil.copytree(dataset_dir, data)
-    _train(data, out, "--run-name", "r")
+    _train(data, out, "--run-name", "r", "--keep-last")  # kept: it resumes from it below
     moved_data, moved_out = tmp_path / "elsewhere" / "data", tmp_path / "elsewhere" / "runs"
     moved_data.parent.mkdir()
     shutil.move(data, moved_data)
@@ -491,7 +491,7 @@ def test_case17_truncated_checkpoint_has_a_way_back(dataset_dir, tmp_path, capsy
     import torch
 
     out = tmp_path / "runs"
-    _train(dataset_dir, out, "--run-name", "r")
+    _train(dataset_dir, out, "--run-name", "r", "--keep-last")
     ckpt = out / "r" / "r.ckpt"
     steps = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
     data = ckpt.read_bytes()
@@ -501,16 +501,25 @@ def test_case17_truncated_checkpoint_has_a_way_back(dataset_dir, tmp_path, capsy
                                 str(ckpt), "3-training/train.py")
     assert "delete it to start" not in text
     capsys.readouterr()
-    _train(dataset_dir, out, "--run-name", "r")  # the same stage 3 command rebuilds it
+    _train(dataset_dir, out, "--run-name", "r", "--keep-last")  # the same command rebuilds it
     assert "rebuilding" in capsys.readouterr().out
     assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == steps
     _embed(out / "r", dataset_dir, emb, capsys)  # stage 4 works again
     ckpt.unlink()  # the advice of old: delete it; stage 4 names the command, stage 3 rebuilds
     _one_line_user_error(lambda: _embed(out / "r", dataset_dir, tmp_path / "4b", capsys),
                          str(ckpt), "does not exist", "3-training/train.py")
-    _train(dataset_dir, out, "--run-name", "r")
+    _train(dataset_dir, out, "--run-name", "r", "--keep-last")
     _embed(out / "r", dataset_dir, tmp_path / "4b", capsys)
     assert (tmp_path / "4b" / "r" / "manifest.json").is_file()
+    # without --keep-last nothing is left to rebuild from: one line asks for --overwrite
+    (out / "r" / "last.ckpt").unlink()
+    ckpt.write_bytes(data[:len(data) // 2])
+    _one_line_user_error(lambda: _embed(out / "r", dataset_dir, tmp_path / "4c", capsys),
+                         str(ckpt), "--overwrite")
+    _one_line_user_error(lambda: _train(dataset_dir, out, "--run-name", "r"),
+                         str(ckpt), "no whole last.ckpt", "--overwrite")
+    _train(dataset_dir, out, "--run-name", "r", "--overwrite")
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == steps
 
 
 def test_case18_nan_stop_is_worded_for_what_exists(dataset_dir, tmp_path, monkeypatch):

@@ -68,16 +68,16 @@ def test_training_writes_run_and_skips_when_finished(dataset_dir, tmp_path):
     run_stage(SCRIPT, "--data", dataset_dir, "--output", out, "--epochs", "2", *TINY_TRAIN)
     run = out / "simclr_bs_8_nepochs_2_temp_0.5"
     names = {p.name for p in run.iterdir()}
-    assert {"simclr_bs_8_nepochs_2_temp_0.5.ckpt", "last.ckpt", "metrics.csv", "loss.png",
-            "manifest.json"} <= names
+    assert {"simclr_bs_8_nepochs_2_temp_0.5.ckpt", "metrics.csv", "loss.png", "manifest.json"} <= names
+    assert "last.ckpt" not in names  # only with --keep-last
     metrics = pd.read_csv(run / "metrics.csv")
     assert metrics.epoch.tolist() == [1, 2] and metrics.train_loss.notna().all()
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["model"]["backbone"] == "resnet18" and manifest["counts"]["images"] == 30
-    stamp = (run / "last.ckpt").stat().st_mtime_ns
+    stamp = (run / "simclr_bs_8_nepochs_2_temp_0.5.ckpt").stat().st_mtime_ns
     proc = run_cli(SCRIPT, "--data", dataset_dir, "--output", out, "--epochs", "2", *TINY_TRAIN)
     assert proc.returncode == 0 and "skip:" in proc.stdout
-    assert (run / "last.ckpt").stat().st_mtime_ns == stamp
+    assert (run / "simclr_bs_8_nepochs_2_temp_0.5.ckpt").stat().st_mtime_ns == stamp
 
 
 def test_balanced_sampling_draws_clusters_equally():
