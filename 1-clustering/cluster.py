@@ -80,7 +80,10 @@ def get_args_parser():
     r.add_argument("--link", choices=["copy", "symlink", "hardlink"], default="copy",
                    help="copy images into the cluster folders or link them (saves disk)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
-    r.add_argument("--overwrite", action="store_true", help="replace a finished output folder")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace a finished output folder, e.g. after photos were added, removed "
+                        "or changed (cached features of unchanged images are reused; there is no "
+                        "--update: every image is clustered again)")
     return p
 
 

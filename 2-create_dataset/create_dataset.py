@@ -33,6 +33,10 @@ def get_args_parser():
     p.add_argument("--num-workers", type=int, default=4, help="threads that check the images")
     cli.add_quiet_arg(p, help="no progress while copying / linking (the summary table stays)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished output folder")
+    p.add_argument("--update", action="store_true",
+                   help="after images were added, removed or changed in --input: keep every "
+                        "image's split, place the new images (drawn per cluster), drop removed "
+                        "ones and copy changed ones again")
     return p
 
 

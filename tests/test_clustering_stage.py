@@ -71,7 +71,8 @@ def clustered(specimens, tmp_path_factory):
 def test_batch_run_writes_folders_csv_plots_and_manifest(clustered, specimens):
     out, manifest, counter = clustered
     table = pd.read_csv(out / "clusters.csv", dtype={"image": str})
-    assert list(table.columns) == ["image", "cluster", "probability", "umap_1", "umap_2", "umap_3"]
+    assert list(table.columns) == ["image", "cluster", "probability", "umap_1", "umap_2", "umap_3",
+                                   "specimen", "source_image"]
     readable = sorted(p.relative_to(specimens).as_posix() for p in specimens.rglob("specimen_*.png"))
     assert sorted(table.image) == readable and len(readable) == 31
     for image, k in zip(table.image, table.cluster):  # each image in exactly its cluster's folder

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from .cli import UserError, require_folder
+from .identity import input_changes
 from .stage import check_finished, read_manifest, settings
 
 RUN_ONLY = ("interactive", "sweep", "no_show", "batch_size", "device",  # do not change results
@@ -76,6 +79,28 @@ def guard_output(out: Path, args, mode: str) -> bool:
         return False  # a sweep only reads the finished output's caches
     raise UserError(f"{out} already holds a finished clustering (manifest.json); pass --overwrite "
                     "to cluster again, or choose another --output")
+
+
+def input_changed_error(out: Path, stamps: pd.DataFrame) -> UserError | None:
+    """The refusal to skip a finished clustering whose input images changed since (None: same).
+
+    Compared with the ``inputs.csv`` the clustering recorded; an output finished before that
+    file existed is compared by the images its ``clusters.csv`` and manifest list.
+    """
+    listed, kept = [], []
+    if not (Path(out) / "inputs.csv").is_file():
+        try:
+            kept = pd.read_csv(Path(out) / "clusters.csv", dtype=str, keep_default_na=False,
+                               usecols=["image"])["image"].tolist()
+        except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+            kept = []
+        listed = [str(p) for p, *_ in (read_manifest(out) or {}).get("skipped_files", [])]
+    changes = input_changes(out, stamps, listed, kept)
+    if not changes:
+        return None
+    return UserError(f"{out}: input changed since this clustering ({changes}; {changes.examples()}); "
+                     "re-run with --overwrite to redo it (features of unchanged images come from "
+                     "the cache; stage 1 has no --update: the clusters are drawn again for all)")
 
 
 def resolve_input(path: Path, out: Path) -> Path:

@@ -30,10 +30,12 @@ import numpy as np
 import pandas as pd
 
 from .cli import UserError, check_input_size, check_minimum
-from .cluster_inputs import (check_random_features, guard_output, random_features_warning,
-                             resolve_input, stage_settings, with_weights_advice)
+from .cluster_inputs import (check_random_features, guard_output, input_changed_error,
+                             random_features_warning, resolve_input, stage_settings,
+                             with_weights_advice)
 from .cluster_plots import display_available, plot_silhouette, plot_umap_3d, show_figures
 from .clustering import Clustering, cluster, identical_rows, project_umap, sweep, sweep_grid
+from .identity import COLUMNS, identify, segmentation_identity, stamp_files, write_inputs
 from .imageio import list_files
 from .split import place_file
 from .stage import MANIFEST, atomic_path, write_csv, write_manifest, write_text
@@ -184,8 +186,12 @@ def draw_sheets(features: np.ndarray, labels: np.ndarray, images: list[Path], fo
 
 
 def write_clusters(out: Path, root: Path, images: list[str], result: Clustering,
-                   embedding: np.ndarray, link: str) -> pd.DataFrame:
-    """``cluster_<k>/<rel>``, ``outliers/<rel>`` and ``clusters.csv``; returns the table."""
+                   embedding: np.ndarray, link: str, identity: pd.DataFrame | None = None) -> pd.DataFrame:
+    """``cluster_<k>/<rel>``, ``outliers/<rel>`` and ``clusters.csv``; returns the table.
+
+    ``identity``: ``specimen`` and ``source_image`` per image (:mod:`wingclr.identity`), the last
+    columns of ``clusters.csv`` (default: from the paths).
+    """
     for old in [*out.glob("cluster_*"), out / OUTLIERS]:  # our own folders of an unfinished run
         if old.is_dir():
             shutil.rmtree(old)
@@ -196,6 +202,9 @@ def write_clusters(out: Path, root: Path, images: list[str], result: Clustering,
                           "probability": np.round(result.probabilities, 4)})
     for i in range(3):
         table[f"umap_{i + 1}"] = np.round(embedding[:, i], 5)
+    ids = identify(images, None) if identity is None else identity
+    for column in COLUMNS:
+        table[column] = ids[column].to_numpy()
     write_csv(out / "clusters.csv", table)
     return table
 
@@ -227,10 +236,15 @@ def run_clustering(args, stdin_is_tty: bool | None = None, builder=None) -> dict
     mode = decide_mode(args, stdin_is_tty)
     out = Path(args.output)
     root = resolve_input(args.input, out)
-    if guard_output(out, args, mode):
+    finished = guard_output(out, args, mode)
+    images, skipped = list_files(root)
+    stamps = stamp_files(root, images)  # recorded at the end: what this clustering is made of
+    if finished:
+        error = input_changed_error(out, stamps)
+        if error:
+            raise error
         print(f"skip: {out} already holds this clustering (manifest.json); pass --overwrite to redo it")
         return None
-    images, skipped = list_files(root)
     n = len(images)
     if n < max(MIN_IMAGES, args.min_cluster_size or 0):
         need = (f"fewer than --min-cluster-size {args.min_cluster_size}; pass a smaller "
@@ -282,11 +296,14 @@ def run_clustering(args, stdin_is_tty: bool | None = None, builder=None) -> dict
     warning = random_features_warning(args.backbone) if random_features else ""
     result, tried = choose(embedding, args, mode, out, degenerate, show,
                            None if degenerate else values, warning, [root / r for r in readable])
-    write_clusters(out, root, readable, result, embedding, args.link)
+    known = segmentation_identity(root)
+    identity = identify(readable, known, source="stage 0's segmentation.csv" if known else "")
+    write_clusters(out, root, readable, result, embedding, args.link, identity)
     print(f"wrote {result.n_clusters} cluster folders, {OUTLIERS}/ ({result.n_outliers} images) "
           f"and clusters.csv to {out}")
     if warning:
         print(warning)
+    write_inputs(out, stamps)
     return write_manifest(
         out, "1-clustering", stage_settings(args), seed=args.seed,
         packages=("umap-learn", "hdbscan", "scikit-learn"),

@@ -17,6 +17,8 @@ from .cli import UserError, check_gpu_request, check_minimum, require_output_fol
 from .data import FolderDataset, scan_clusters
 from .eval_inputs import file_digest
 from .features import iter_features
+from .identity import COLUMNS as IDENTITY
+from .identity import below_cluster, clusters_identity, identify, read_identity
 from .loaders import default_workers, read_spec
 from .models import build_backbone
 from .stage import MANIFEST, atomic_path, check_finished, read_manifest, write_csv, write_manifest
@@ -108,16 +110,30 @@ def embedded_other_weights(out: Path, ckpt: Path) -> bool:
     return old != checkpoint_stamp(ckpt)
 
 
+def embedded_other_split(out: Path, data: Path) -> bool:
+    """True when ``data``'s split.csv differs from the one ``out``'s finished embeddings were made
+    from (stage 2 re-run with --update or --overwrite); False when either was not recorded."""
+    old = (read_manifest(out) or {}).get("split_csv")
+    split_csv = Path(data) / "split.csv"
+    return bool(old) and split_csv.is_file() and old != file_digest(split_csv)
+
+
 def image_table(data: Path) -> tuple[Path, pd.DataFrame]:
-    """Image root and ``(image, cluster, split)`` rows: stage 2's split.csv or a folder scan."""
+    """Image root and ``(image, cluster, split, specimen, source_image)`` rows: stage 2's split.csv
+    or a folder scan (identities from stage 1's clusters.csv there, else from the paths)."""
     data = Path(data)
     split_csv = data / "split.csv"
     if split_csv.exists():
         table = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
-        return data / "unlabeled", table[["image", "cluster", "split"]]
+        table = table[["image", "cluster", "split"]].reset_index(drop=True)
+        ids = identify(table["image"].tolist(), read_identity(split_csv))
+        return data / "unlabeled", pd.concat([table, ids], axis=1)
     found = scan_clusters(data, what="image")
-    return data, pd.DataFrame({"image": [p.as_posix() for p in found.images],
-                               "cluster": found.clusters, "split": ""})
+    images = [p.as_posix() for p in found.images]
+    known = clusters_identity(data)
+    ids = identify(images, known, key=below_cluster, source="clusters.csv" if known else "")
+    return data, pd.concat([pd.DataFrame({"image": images, "cluster": found.clusters, "split": ""}),
+                            ids], axis=1)
 
 
 def embed_images(backbone: torch.nn.Module, meta: dict, root: Path, images: list[str],
@@ -171,15 +187,18 @@ def pca_projection(features: np.ndarray, min_variance: float = PCA_MIN_VARIANCE)
 
 
 def write_matrix_csv(path: Path, ids: pd.DataFrame, values: np.ndarray, columns: list[str],
-                     chunk: int = 2000) -> None:
-    """Write ``ids`` columns then ``values`` (float, 6 significant digits) in chunks, atomically."""
+                     chunk: int = 2000, tail: pd.DataFrame | None = None) -> None:
+    """Write ``ids`` columns, ``values`` (float, 6 significant digits), then ``tail`` columns
+    (same rows as ``ids``), in chunks, atomically."""
+    tail = pd.DataFrame(index=ids.index) if tail is None else tail
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         for start in range(0, len(ids), chunk):
             part = ids.iloc[start:start + chunk].reset_index(drop=True)
-            part = pd.concat([part, pd.DataFrame(values[start:start + chunk], columns=columns)], axis=1)
+            part = pd.concat([part, pd.DataFrame(values[start:start + chunk], columns=columns),
+                              tail.iloc[start:start + chunk].reset_index(drop=True)], axis=1)
             part.to_csv(f, index=False, header=start == 0, float_format="%.6g")
         if len(ids) == 0:
-            f.write(",".join([*ids.columns, *columns]) + "\n")
+            f.write(",".join([*ids.columns, *columns, *tail.columns]) + "\n")
 
 
 def embed_run(name: str, ckpt: Path, args) -> dict | None:
@@ -188,12 +207,18 @@ def embed_run(name: str, ckpt: Path, args) -> dict | None:
     # what defines the output: the weights and the images (not batch size, device, ...)
     run_args = {"checkpoint": str(Path(ckpt).resolve()), "data": str(Path(args.data).resolve())}
     if check_finished(out, run_args, args.overwrite, "embedding"):
-        if not embedded_other_weights(out, ckpt):
+        if embedded_other_weights(out, ckpt):
+            print(f"note: {ckpt} changed since {out} was embedded (re-trained); embedding it again")
+        elif embedded_other_split(out, args.data):
+            print(f"note: {Path(args.data) / 'split.csv'} changed since {out} was embedded (stage 2 "
+                  "--update or --overwrite); embedding it again")
+        else:
             print(f"skip: {out} is finished (manifest.json); pass --overwrite to embed again")
             return None
-        print(f"note: {ckpt} changed since {out} was embedded (re-trained); embedding it again")
     # stamped before reading, so a checkpoint replaced meanwhile is embedded again next time
     stamp = checkpoint_stamp(ckpt) if Path(ckpt).is_file() else None
+    split_csv = Path(args.data) / "split.csv"
+    split_stamp = file_digest(split_csv) if split_csv.is_file() else None
     backbone, meta = load_backbone(ckpt)
     root, table = image_table(args.data)
     feats, ok = embed_images(backbone, meta, root, table["image"].tolist(), args.batch_size,
@@ -206,9 +231,13 @@ def embed_run(name: str, ckpt: Path, args) -> dict | None:
     (out / MANIFEST).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "embeddings.npy", feats)  # fast reload for stage 5; the CSV is for people
-    write_matrix_csv(out / "embeddings.csv", table, feats, [f"emb_{i}" for i in range(feats.shape[1])])
+    # image, cluster, split first (as before the identity columns), specimen, source_image last
+    first, last = table[["image", "cluster", "split"]], table[IDENTITY]
+    write_matrix_csv(out / "embeddings.csv", first, feats,
+                     [f"emb_{i}" for i in range(feats.shape[1])], tail=last)
     scores, ratio, k = pca_projection(feats)
-    write_matrix_csv(out / "embeddings_pca.csv", table, scores, [f"PC{i + 1}" for i in range(k)])
+    write_matrix_csv(out / "embeddings_pca.csv", first, scores, [f"PC{i + 1}" for i in range(k)],
+                     tail=last)
     write_csv(out / "pca_variance.csv", pd.DataFrame({
         "component": [f"PC{i + 1}" for i in range(len(ratio))], "explained_variance_ratio": ratio,
         "cumulative": np.cumsum(ratio), "kept": ratio > PCA_MIN_VARIANCE}))
@@ -226,4 +255,4 @@ def embed_run(name: str, ckpt: Path, args) -> dict | None:
         counts={"images": len(table), "dims": int(feats.shape[1]), "pca_axes": k,
                 "unreadable": len(failed)},
         unreadable=failed, model=meta, run_name=name, cli_args=vars(args), checkpoint_file=stamp,
-        embeddings_csv=file_digest(out / "embeddings.csv"))
+        embeddings_csv=file_digest(out / "embeddings.csv"), split_csv=split_stamp)

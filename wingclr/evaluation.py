@@ -18,7 +18,7 @@ import pandas as pd
 
 from .baselines import BASELINES, SplitData, parse_baselines, run_baseline
 from .cli import STAGE_DIRS, UserError, check_gpu_request, check_minimum, require_output_folder
-from .eval_inputs import attach_labels, load_embeddings
+from .eval_inputs import attach_labels, check_data, identity_columns, load_embeddings
 from .gridplot import summary_table, write_grid_summary
 from .probe import collapse_note, is_collapsed, score_split
 from .stage import MANIFEST, check_finished, read_manifest, write_csv, write_manifest, write_text
@@ -61,7 +61,8 @@ def load_split(ids: pd.DataFrame, labels_csv: Path | None, root: Path | None,
                      ((ids["split"] == "validation").to_numpy() & labelled))
 
 
-def write_reports(out_dir: Path, name: str, split: SplitData, probe, knn: np.ndarray) -> None:
+def write_reports(out_dir: Path, name: str, split: SplitData, probe, knn: np.ndarray,
+                  ids: pd.DataFrame | None = None) -> None:
     from sklearn.metrics import classification_report
 
     yv, pred = split.y[split.val], probe.predictions
@@ -75,7 +76,8 @@ def write_reports(out_dir: Path, name: str, split: SplitData, probe, knn: np.nda
     write_text(out_dir / "classification_report.txt",
                classification_report(yv, pred, labels=labels, zero_division=0))
     write_csv(out_dir / "predictions.csv", pd.DataFrame({
-        "image": split.images[split.val], "label": yv, "linear": pred, "knn": knn}))
+        "image": split.images[split.val], "label": yv, "linear": pred, "knn": knn,
+        **identity_columns(ids, split.val)}))
 
 
 def labels_from(args) -> str:
@@ -104,7 +106,8 @@ def evaluate_embeddings(name: str, emb_dir: Path, out_dir: Path, args) -> tuple[
 
     manifest = read_manifest(emb_dir) or {}
     ids, feats = load_embeddings(emb_dir, manifest)
-    split = load_split(ids, args.labels, image_root(manifest, args.data),
+    split = load_split(ids, args.labels, check_data(ids, emb_dir, manifest, args.data,
+                                                   image_root(manifest, args.data)),
                        getattr(args, "allow_partial_labels", False))
     if split.train.sum() < 2 or split.val.sum() < 1 or len(set(split.y[split.train])) < 2:
         raise UserError(f"{emb_dir}: need >= 2 classes in train and >= 1 validation image "
@@ -119,7 +122,7 @@ def evaluate_embeddings(name: str, emb_dir: Path, out_dir: Path, args) -> tuple[
         (out_dir / MANIFEST).unlink(missing_ok=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         metrics, probe, knn = score_split(feats, split.y, split.train, split.val, args.seed, args.knn_k)
-        write_reports(out_dir, name, split, probe, knn)
+        write_reports(out_dir, name, split, probe, knn, ids)
         labels = sorted(set(split.y[split.train | split.val]))
         plot_confusion(split.y[split.val], probe.predictions, labels, out_dir / "confusion_matrix.png",
                        name, labels_from(args))

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from .cli import UserError, require_folder
+from .identity import SOURCE, SPECIMEN, posix, without_extension
 from .imageio import ImageReadError, list_files, match_channels, read_image, write_png
 from .segmentation_masks import cutout, downscale, to_full_resolution, write_label_png
 from .segmentation_methods import Segmenter, choose_method
@@ -157,6 +158,17 @@ def _row(rel: Path, name: str, classes, status: str, reason: str = "", shape=Non
         row[f"{c}_area"] = int(areas[k])
         score = (scores or {}).get(k)
         row[f"{c}_score"] = "" if score is None else round(score, 4)
+    return with_identity(row, name)
+
+
+def with_identity(row: dict, name: str) -> dict:
+    """``row`` with ``specimen`` and ``source_image`` (last; a row of an older table gets them).
+
+    ``specimen`` is the output name without ``.png``: the photo's path without its extension, or
+    with it where two photos collide (``x.jpg``, ``x.tif``), so it is unique.
+    """
+    row[SPECIMEN] = row.get(SPECIMEN) or without_extension(name)
+    row[SOURCE] = row.get(SOURCE) or posix(row["image"])
     return row
 
 
@@ -234,7 +246,7 @@ def segment(args) -> dict:
         print(f"removed {len(removed)} outputs whose photo is no longer in {inp} (from images/, "
               f"masks/ and {TABLE}): {', '.join(removed[:3])}{' ...' if len(removed) > 3 else ''}")
     previous = _previous_rows(out)
-    rows = {rel: previous[rel.as_posix()] for rel in images
+    rows = {rel: with_identity(previous[rel.as_posix()], names[rel]) for rel in images
             if _finished(out, previous.get(rel.as_posix()))}
     todo = [rel for rel in images if rel not in rows]
     print(f"{len(images)} images in {inp}: {len(rows)} already done, {len(todo)} to segment "

@@ -3,6 +3,11 @@
 The split is drawn per cluster with a generator seeded by ``(seed, cluster name)``, so adding or
 removing a cluster never reshuffles the others. Outliers go to ``unlabeled/`` only; a cluster with
 one image stays in ``train/`` and is reported.
+
+A finished dataset records its input images (``inputs.csv``). A re-run whose input images changed
+(new, removed, or changed size or modification time) refuses to skip; ``--update`` then keeps every
+image's split, drops removed images, copies changed ones again and draws splits for the new ones
+only (:func:`update_splits`), while ``--overwrite`` draws the whole split again.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ import pandas as pd
 
 from .cli import UserError, check_minimum, progress, require_output_folder, write_error
 from .data import dataset_channels, scan_clusters
+from .identity import (COLUMNS, INPUTS, Changes, below_cluster, clusters_identity, identify,
+                       input_changes, stamp_files, write_inputs)
 from .imageio import try_read
-from .stage import check_finished, write_csv, write_manifest
+from .stage import check_finished, read_manifest, settings, write_csv, write_manifest
 
 SUBSETS = ("unlabeled", "train", "validation")
 
@@ -49,13 +56,53 @@ def assign_splits(clusters: list[str], val_fraction: float, seed: int,
     return splits
 
 
+def update_splits(images: list[str], clusters: list[str], old: dict[str, str], val_fraction: float,
+                  seed: int, outliers: str = "outliers") -> list[str]:
+    """Split labels after images were added to a finished split: every image of ``old`` keeps its.
+
+    A cluster none of whose images is in ``old`` is split as :func:`assign_splits` splits it (the
+    same images go to validation as in a fresh run). In the others the new images are drawn
+    (seeded by ``seed``, the cluster and how many images it kept) so that the cluster's validation
+    share comes as close to ``val_fraction`` as it can without moving a kept image.
+
+    Args:
+        images: image paths (``<cluster>/...``); ``old`` maps such paths to their split.
+    """
+    splits = [old.get(image, "") for image in images]
+    by_cluster: dict[str, list[int]] = {}
+    for i, c in enumerate(clusters):
+        by_cluster.setdefault(c, []).append(i)
+    for name, idx in by_cluster.items():
+        new = [i for i in idx if not splits[i]]
+        kept = [i for i in idx if splits[i]]
+        if not new:
+            continue
+        if name == outliers or not kept:
+            for i, split in zip(idx, assign_splits([name] * len(idx), val_fraction, seed, outliers)):
+                splits[i] = split
+            continue
+        n = len(idx)
+        target = min(max(round(n * val_fraction), 1), n - 1) if n >= 2 and val_fraction > 0 else 0
+        have = sum(splits[i] == "validation" for i in kept)
+        spare = 0 if any(splits[i] == "train" for i in kept) else 1  # train keeps >= 1 image
+        need = max(0, min(target - have, len(new) - spare))
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode()), len(kept)])
+        chosen = set(rng.permutation(new)[:need].tolist())
+        for i in new:
+            splits[i] = "validation" if i in chosen else "train"
+    return splits
+
+
 def place_file(src: Path, dst: Path, link: str) -> None:
-    """Copy ``src`` to ``dst`` (``link="copy"``) or link it (``"symlink"``, ``"hardlink"``).
+    """Copy ``src`` to ``dst`` (``link="copy"``) or link it (``"symlink"``, ``"hardlink"``),
+    replacing a file already at ``dst``.
 
     A full disk or read-only folder is a one-line :class:`UserError`; no half-copied file stays.
     """
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.is_symlink() or dst.exists():
+            dst.unlink()
         if link == "symlink":
             os.symlink(os.path.relpath(src.resolve(), dst.parent.resolve()), dst)
         elif link == "hardlink":
@@ -80,25 +127,76 @@ def check_readable(root: Path, images: list[Path], workers: int = 4) -> list[str
         return list(pool.map(lambda rel: try_read(root / rel)[1], images))
 
 
+def dataset_settings(args) -> dict:
+    """The arguments that define the output (``--update`` says how to run, not what)."""
+    return {k: v for k, v in settings(args).items() if k != "update"}
+
+
+def dataset_changes(out: Path, stamps: pd.DataFrame) -> Changes:
+    """How the input images differ from those of the dataset in ``out`` (:mod:`wingclr.identity`).
+
+    A dataset finished before ``inputs.csv`` existed is compared by the images its split.csv and
+    manifest list.
+    """
+    listed, kept = [], []
+    if not (out / INPUTS).is_file():
+        old = read_split_table(out)
+        kept = [] if old is None else old["image"].tolist()
+        listed = [str(p) for p, *_ in (read_manifest(out) or {}).get("skipped_files", [])]
+    return input_changes(out, stamps, listed, kept)
+
+
+def read_split_table(out: Path) -> pd.DataFrame | None:
+    """``out``'s split.csv (image, cluster, split, ...), or None when missing or unreadable."""
+    try:
+        table = pd.read_csv(out / "split.csv", dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
+    return table if {"image", "cluster", "split"} <= set(table.columns) else None
+
+
 def create_dataset(args) -> dict | None:
     """Run stage 2 (see ``2-create_dataset/create_dataset.py`` for the arguments).
 
     Returns:
-        The manifest, or None when the output was already finished with the same settings.
+        The manifest, or None when the output was already finished with the same settings and
+        input images.
+
+    Raises:
+        UserError: the finished output was made from other input images and neither
+            ``--update`` nor ``--overwrite`` is given (nothing is touched).
     """
     out = Path(args.output)
+    update = getattr(args, "update", False)
     if not 0 <= args.val_fraction < 1:
         raise UserError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     check_minimum(("--num-workers", args.num_workers, 0))
     require_output_folder(out)
-    if check_finished(out, args, args.overwrite, "dataset"):
-        print(f"skip: {out} already holds this dataset (manifest.json); pass --overwrite to redo it")
-        return None
+    if update and args.overwrite:
+        raise UserError("--update and --overwrite exclude each other: --update keeps every "
+                        "image's split and adds the new images, --overwrite draws the whole split "
+                        "again; pass one of them")
+    finished = check_finished(out, dataset_settings(args), args.overwrite, "dataset")
     inp = Path(args.input).resolve()
     if out.resolve() == inp or inp in out.resolve().parents:
         raise UserError(f"--output {out} lies inside --input {args.input}; choose an output "
                         "folder outside the cluster folders")
     found = scan_clusters(args.input)
+    stamps = stamp_files(found.root, found.images)  # recorded at the end: what the dataset is made of
+    changes = dataset_changes(out, stamps) if finished or update else None
+    if finished and not changes:
+        print(f"skip: {out} already holds this dataset (manifest.json); pass --overwrite to redo it")
+        return None
+    if finished and changes and not update:
+        raise UserError(f"{out}: input changed since this dataset ({changes}; "
+                        f"{changes.examples()}); re-run with --update to add the new images "
+                        "(every other image keeps its split) or with --overwrite to draw the "
+                        "whole split again")
+    old = read_split_table(out) if update and not args.overwrite else None
+    if old is not None:
+        return _update(args, out, found, stamps, old, changes)
+    if update:
+        print(f"note: --update: {out} holds no split.csv yet; making the dataset")
     reasons = check_readable(found.root, found.images, args.num_workers)
     skipped = [(str(p), r) for p, r in found.skipped]
     skipped += [(str(p), r) for p, r in zip(found.images, reasons) if r]
@@ -119,11 +217,21 @@ def create_dataset(args) -> dict | None:
         place_file(src, out / "unlabeled" / rel, args.link)
         if split in ("train", "validation"):
             place_file(src, out / split / rel, args.link)
+    return _finish(args, out, found, stamps, images, clusters, splits, skipped, channels)
 
+
+def _finish(args, out: Path, found, stamps: pd.DataFrame, images: list[Path], clusters: list[str],
+            splits: list[str], skipped: list, channels: int, **extra) -> dict:
+    """split.csv, the summary, ``inputs.csv`` and the manifest (last) of a placed dataset."""
+    names = [p.as_posix() for p in images]
     table = pd.DataFrame({
-        "image": [p.as_posix() for p in images], "cluster": clusters, "split": splits,
-        "unlabeled_path": [f"unlabeled/{p.as_posix()}" for p in images],
+        "image": names, "cluster": clusters, "split": splits,
+        "unlabeled_path": [f"unlabeled/{name}" for name in names],
     })
+    known = clusters_identity(found.root)
+    ids = identify(names, known, key=below_cluster, source="clusters.csv" if known else "")
+    for column in COLUMNS:
+        table[column] = ids[column].to_numpy()
     write_csv(out / "split.csv", table)
     counts = table.groupby("cluster")["split"].value_counts().unstack(fill_value=0)
     singletons = [c for c in counts.index if c != args.outliers_folder and
@@ -131,14 +239,83 @@ def create_dataset(args) -> dict | None:
     summary = {c: {s: int(counts.loc[c].get(s, 0)) for s in ("train", "validation", "unlabeled")}
                for c in counts.index}
     _report(summary, singletons, skipped, out)
+    write_inputs(out, stamps)
     return write_manifest(
-        out, "2-create_dataset", args, seed=args.seed,
+        out, "2-create_dataset", dataset_settings(args), seed=args.seed,
         counts={"images": len(images), "clusters": len(summary), "skipped": len(skipped),
                 "channels": channels,
                 "train": int((table.split == "train").sum()),
                 "validation": int((table.split == "validation").sum()),
                 "per_cluster": summary},
-        singleton_clusters=singletons, skipped_files=skipped, input=str(Path(args.input).resolve()))
+        singleton_clusters=singletons, skipped_files=skipped, input=str(Path(args.input).resolve()),
+        **extra)
+
+
+def _update(args, out: Path, found, stamps: pd.DataFrame, old: pd.DataFrame,
+            changes: Changes | None) -> dict:
+    """``--update``: keep every image of ``old`` (split.csv) that is still there in its split.
+
+    Images not in ``old`` (new, or unreadable before) and changed ones are decoded; removed ones
+    leave unlabeled/ and their split folder; new ones get a split (:func:`update_splits`); changed
+    ones are copied (linked) again. Re-running after an interruption finishes the same update.
+    """
+    previous = dict(zip(old["image"], old["split"]))
+    changed = set(changes.changed) if changes else set()
+    names = [p.as_posix() for p in found.images]
+    check = [i for i, name in enumerate(names) if name not in previous or name in changed]
+    reasons = [""] * len(names)
+    for i, reason in zip(check, check_readable(found.root, [found.images[i] for i in check],
+                                               args.num_workers)):
+        reasons[i] = reason
+    skipped = [(str(p), r) for p, r in found.skipped]
+    skipped += [(str(found.images[i]), r) for i, r in enumerate(reasons) if r]
+    keep = [i for i, r in enumerate(reasons) if not r]
+    if not keep:
+        raise UserError(f"none of the {len(found.images)} images under {found.root} can be read")
+    images = [found.images[i] for i in keep]
+    clusters = [found.clusters[i] for i in keep]
+    kept_names = [names[i] for i in keep]
+    channels = dataset_channels(found.root, images)
+    splits = update_splits(kept_names, clusters, previous, args.val_fraction, args.seed,
+                           args.outliers_folder)
+    present = set(kept_names)
+    removed = [name for name in previous if name not in present]
+    new = [i for i, name in enumerate(kept_names) if name not in previous]
+    is_new = set(new)
+    redo = [i for i, name in enumerate(kept_names)
+            if name not in previous or name in changed or not (out / "unlabeled" / name).exists()]
+
+    (out / "manifest.json").unlink(missing_ok=True)  # from here on the output is unfinished
+    for name in removed:
+        for subset in ("unlabeled", previous[name]):
+            _remove(out / subset, name)
+    for i in progress(redo, len(redo), args.link, getattr(args, "quiet", False), unit="images"):
+        src, rel = found.root / images[i], images[i]
+        place_file(src, out / "unlabeled" / rel, args.link)
+        if splits[i] in ("train", "validation"):
+            place_file(src, out / splits[i] / rel, args.link)
+    added = pd.Series([splits[i] for i in new], dtype=str).value_counts().to_dict()
+    print(f"update: {len(new)} new images placed ({added.get('train', 0)} train, "
+          f"{added.get('validation', 0)} validation, {added.get('unlabeled', 0)} unlabeled only), "
+          f"{len(removed)} removed, {len(redo) - len(new)} copied again; every other image "
+          "keeps its split")
+    return _finish(args, out, found, stamps, images, clusters, splits, skipped, channels,
+                   updated={"new": [kept_names[i] for i in new], "removed": removed,
+                            "copied_again": [kept_names[i] for i in redo if i not in is_new]})
+
+
+def _remove(subset: Path, name: str) -> None:
+    """Delete ``subset/name`` and the folders it leaves empty (up to ``subset``)."""
+    path = subset / name
+    if path.is_symlink() or path.exists():
+        path.unlink()
+    for folder in path.parents:
+        if folder == subset or subset not in folder.parents:
+            break
+        try:
+            folder.rmdir()
+        except OSError:
+            break  # not empty
 
 
 def _report(summary: dict, singletons: list[str], skipped: list, out: Path) -> None:

@@ -1,0 +1,234 @@
+"""Which image is which across the stages: the ``specimen`` / ``source_image`` columns, and the
+record of a stage's input files.
+
+**Identity.** Every stage renames the image (``drawer1/x.jpg`` becomes stage 0's
+``images/drawer1/x.png``, stage 1's ``cluster_2/drawer1/x.png``), so every CSV also carries
+
+* ``source_image``: the original photo's path below stage 0's ``--input`` (``drawer1/x.jpg``);
+* ``specimen``: that path without its extension (``drawer1/x``), the same in every CSV. Two photos
+  that differ only in their extension keep it (``x.jpg``, ``x.tif``), as stage 0's names do.
+
+Each stage copies both from the previous stage's CSV (``segmentation.csv`` -> ``clusters.csv`` ->
+``split.csv`` -> ``embeddings.csv`` -> ``predictions.csv``). Where there is none (folders made by
+hand, or a CSV written before these columns existed), ``source_image`` is the image's path below
+that stage's input folder and ``specimen`` that path without its extension.
+
+**Input record.** Stages 1 and 2 write ``inputs.csv`` (``image, size, mtime_ns`` of every input
+image, stamped when the run started) just before their manifest, so a re-run can tell new, removed
+and changed images from what the finished output was made of.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable, Sequence
+
+import pandas as pd
+
+SPECIMEN, SOURCE = "specimen", "source_image"
+COLUMNS = [SPECIMEN, SOURCE]
+INPUTS = "inputs.csv"
+
+Identity = dict  # lookup key -> (specimen, source_image)
+
+
+def posix(path) -> str:
+    """A relative path as the CSVs write it (``/`` separators, no leading ``./``)."""
+    text = str(path).strip().replace("\\", "/")
+    while text.startswith("./"):
+        text = text[2:]
+    return text
+
+
+def without_extension(path: str) -> str:
+    """``drawer1/x.jpg`` -> ``drawer1/x`` (only the file's last extension goes)."""
+    p = PurePosixPath(posix(path))
+    return p.with_suffix("").as_posix() if p.suffix else p.as_posix()
+
+
+def from_path(rel) -> tuple[str, str]:
+    """``(specimen, source_image)`` of an image known only by its path below an input folder."""
+    source = posix(PurePosixPath(Path(rel).as_posix()))
+    return without_extension(source), source
+
+
+def below_cluster(rel) -> str:
+    """``cluster_2/drawer1/x.png`` -> ``drawer1/x.png`` (the path below its cluster folder)."""
+    parts = PurePosixPath(posix(rel)).parts
+    return PurePosixPath(*parts[1:]).as_posix() if len(parts) > 1 else posix(rel)
+
+
+def _read_csv(path: Path, columns: Iterable[str]) -> pd.DataFrame | None:
+    wanted = set(columns)
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig",
+                           usecols=lambda c: c in wanted)
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError,
+            pd.errors.EmptyDataError):
+        return None  # a damaged table only costs the identity: paths stand in
+
+
+def read_identity(csv: Path | str, key: str = "image") -> Identity | None:
+    """``key`` value -> ``(specimen, source_image)`` from a stage CSV that has both columns.
+
+    Returns:
+        None when the file is missing, unreadable or lacks a column (written by an older
+        version); rows with a blank identity are left out.
+    """
+    path = Path(csv)
+    if not path.is_file():
+        return None
+    table = _read_csv(path, [key, *COLUMNS])
+    if table is None or not {key, *COLUMNS} <= set(table.columns):
+        return None
+    return {k: (s, src) for k, s, src in zip(table[key], table[SPECIMEN], table[SOURCE])
+            if k and s and src}
+
+
+def segmentation_identity(images_dir: Path | str) -> Identity | None:
+    """Identity per image of stage 0's ``images/`` (or ``rejected/images/``), keyed by the path
+    below that folder; from the stage 0 folder's ``segmentation.csv``.
+
+    A ``segmentation.csv`` written before the identity columns still names each photo
+    (``image``) beside its cut-out (``output``), so its identities are recovered exactly.
+
+    Returns:
+        None when ``images_dir`` is not inside a stage 0 output.
+    """
+    folder = Path(images_dir)
+    if folder.name != "images":
+        return None
+    top = folder.parent.parent if folder.parent.name == "rejected" else folder.parent
+    table = _read_csv(top / "segmentation.csv", ["image", "output", *COLUMNS]) \
+        if (top / "segmentation.csv").is_file() else None
+    if table is None or not {"image", "output"} <= set(table.columns):
+        return None
+    spec = table[SPECIMEN] if SPECIMEN in table else pd.Series("", index=table.index)
+    src = table[SOURCE] if SOURCE in table else pd.Series("", index=table.index)
+    return {out: ((s, so) if s and so else (without_extension(out), posix(image)))
+            for image, out, s, so in zip(table["image"], table["output"], spec, src) if out}
+
+
+def clusters_identity(root: Path | str) -> Identity | None:
+    """Identity per image of stage 1's output, keyed by the path below the cluster folder.
+
+    From ``clusters.csv``; one written before the identity columns is completed through stage 1's
+    input (named in its manifest) when that was stage 0's ``images/``.
+
+    Returns:
+        None when ``root`` holds no ``clusters.csv`` (cluster folders made by hand).
+    """
+    root = Path(root)
+    known = read_identity(root / "clusters.csv")
+    if known is not None or not (root / "clusters.csv").is_file():
+        return known
+    try:
+        source = json.loads((root / "manifest.json").read_text(encoding="utf-8")).get("input")
+    except (OSError, ValueError, AttributeError):
+        source = None
+    found = segmentation_identity(source) if source else None
+    return found or None
+
+
+def identify(images: Sequence[str], known: Identity | None, key: Callable[[str], str] | None = None,
+             source: str = "") -> pd.DataFrame:
+    """``specimen`` and ``source_image`` per image, in order.
+
+    Args:
+        images: the images' paths below this stage's input folder.
+        known: the previous stage's identities (None: there is no previous CSV).
+        key: image path -> lookup key in ``known`` (default: the path itself).
+        source: the previous CSV's name; images it does not list are named in one printed note.
+
+    Images ``known`` does not hold are identified by their path (:func:`from_path`).
+    """
+    rows, missing = [], []
+    for image in images:
+        hit = known.get(key(image) if key else posix(image)) if known else None
+        if hit is None:
+            if known:
+                missing.append(posix(image))
+            hit = from_path(image)
+        rows.append(hit)
+    if missing and source:
+        print(f"note: {len(missing)} image{'s' * (len(missing) != 1)} not listed in {source} "
+              f"(added by hand?) are identified by their path here: {shorten(missing)}")
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def shorten(items: Sequence[str], k: int = 3) -> str:
+    """``a, b, c ... (5)``: the first ``k`` items and how many there are."""
+    items = list(items)
+    return ", ".join(items[:k]) + (f" ... ({len(items)})" if len(items) > k else "")
+
+
+# --- input record ----------------------------------------------------------------------------------
+
+def stamp_files(root: Path | str, images: Sequence) -> pd.DataFrame:
+    """``image`` (posix path below ``root``), ``size`` and ``mtime_ns`` per image (-1: not found)."""
+    rows = []
+    for rel in images:
+        try:
+            st = (Path(root) / rel).stat()
+            rows.append((posix(Path(rel).as_posix()), st.st_size, st.st_mtime_ns))
+        except OSError:
+            rows.append((posix(Path(rel).as_posix()), -1, -1))
+    return pd.DataFrame(rows, columns=["image", "size", "mtime_ns"])
+
+
+def write_inputs(out: Path | str, stamps: pd.DataFrame) -> None:
+    """Record the input images a finished output was made of (``inputs.csv``)."""
+    from .stage import write_csv
+
+    write_csv(Path(out) / INPUTS, stamps)
+
+
+@dataclass
+class Changes:
+    """Input images that differ from a finished output's record."""
+
+    new: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)  # same path, other size or modification time
+
+    def __bool__(self) -> bool:
+        return bool(self.new or self.removed or self.changed)
+
+    def __str__(self) -> str:
+        return f"{len(self.new)} new, {len(self.removed)} removed, {len(self.changed)} changed images"
+
+    def examples(self) -> str:
+        """``new: a, b; removed: c`` (a few of each)."""
+        return "; ".join(f"{what}: {shorten(items, 2)}" for what, items in
+                         (("new", self.new), ("removed", self.removed), ("changed", self.changed))
+                         if items)
+
+
+def input_changes(out: Path | str, stamps: pd.DataFrame, listed: Iterable[str] = (),
+                  kept: Iterable[str] = ()) -> Changes:
+    """How the input images (``stamps`` of :func:`stamp_files`) differ from ``out``'s record.
+
+    Args:
+        listed, kept: for an output finished before ``inputs.csv`` existed: every image it knew
+            of (clustered or skipped), and those it holds (a missing one counts as removed).
+            Changed images cannot be told from its files; only new and removed ones are counted.
+    """
+    now = dict(zip(stamps["image"], zip(stamps["size"], stamps["mtime_ns"])))
+    record = _read_csv(Path(out) / INPUTS, ["image", "size", "mtime_ns"]) \
+        if (Path(out) / INPUTS).is_file() else None
+    if record is not None and {"image", "size", "mtime_ns"} <= set(record.columns):
+        before = {i: (_int(s), _int(m)) for i, s, m in
+                  zip(record["image"], record["size"], record["mtime_ns"])}
+        return Changes(new=sorted(set(now) - set(before)), removed=sorted(set(before) - set(now)),
+                       changed=sorted(i for i in set(now) & set(before) if now[i] != before[i]))
+    listed, kept = {posix(p) for p in listed} | {posix(p) for p in kept}, {posix(p) for p in kept}
+    return Changes(new=sorted(set(now) - listed), removed=sorted(kept - set(now)))
+
+
+def _int(text) -> int:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return -2  # unreadable record: the image counts as changed
