@@ -29,14 +29,14 @@ weights-isnet: weights/isnet-general-use.onnx
 weights/isnet-general-use.onnx: install
 	$(PY) -m wingclr.isnet --output $@
 
-# Stage 3 in the demo is a CPU-sized run (~5.5 min on 2 cores) with the short-run recipe of
-# benchmarks/probe_common.py (CPU_RECIPE): Adam, T=0.2, crops >= 30 %, no blur.
+# Stage 3 in the demo is a CPU-sized run (~5.5 min on 2 cores) with the short-run recipe
+# (--recipe cpu, wingclr/recipes.py; benchmarks/probe_common.py uses the same): Adam, crops >= 30 %, no blur.
 demo: install
 	$(PY) -m wingclr.demo --output $(DEMO)/specimens-set --n 600 --size 96
 	$(PY) 2-create_dataset/create_dataset.py --input $(DEMO)/specimens-set/clusters --output $(DEMO)/2-dataset
 	$(PY) 3-training/train.py --data $(DEMO)/2-dataset --output $(DEMO)/3-training \
-		--backbone resnet18 --pretrained none --input-size 64 --batch-size 64 --epochs 45 --recipe simclr \
-		--temperature 0.2 --optimizer adam --lr 2e-3 --min-scale 0.3 --blur-prob 0
+		--backbone resnet18 --pretrained none --input-size 64 --batch-size 64 --epochs 45 --recipe cpu \
+		--temperature 0.2
 	$(PY) 4-embed/embed.py --training-dir $(DEMO)/3-training --data $(DEMO)/2-dataset --output $(DEMO)/4-embeddings
 	$(PY) 5-evaluation/evaluate.py --embeddings $(DEMO)/4-embeddings --output $(DEMO)/5-evaluation \
 		--baselines pixel,random

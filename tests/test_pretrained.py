@@ -145,6 +145,22 @@ def test_phenotype_recipe_is_the_original_pipeline_and_flags_override_it():
     assert (args.cj_prob, args.balance, args.min_scale, args.blur_prob, args.lr) == (0.3, "clusters", 0.08, 0.5, 0.06)
 
 
+def test_cpu_recipe_is_the_demo_and_benchmark_recipe_defined_once():
+    import re
+
+    from conftest import REPO
+    from wingclr.training import resolve_grid_args
+
+    args = train_args("--recipe", "cpu", "--batch-size", "64")
+    resolve_grid_args(args)
+    assert (args.optimizer, args.lr, args.lr_scaling, args.min_scale, args.blur_prob, args.cj_prob) == \
+        ("adam", 2e-3, "sqrt", 0.3, 0.0, 0.8)
+    demo = re.search(r"^demo:.*?(?=^\S)", (REPO / "Makefile").read_text(), re.S | re.M).group(0)
+    assert "--recipe cpu" in demo and "--optimizer" not in demo and "--min-scale" not in demo
+    bench = (REPO / "benchmarks" / "probe_common.py").read_text()
+    assert '"train": "--recipe cpu"' in bench and "--min-scale" not in bench
+
+
 @pytest.mark.parametrize("flag,value", [("--rr-prob", "1.5"), ("--cj-prob", "-0.1"), ("--lr", "nan"),
                                         ("--warmup-epochs", "-1")])
 def test_recipe_flags_out_of_range_are_refused_before_any_work(flag, value, dataset_dir, tmp_path):

@@ -9,6 +9,10 @@
   (``WeightedRandomSampler`` over the cluster folders).
 * ``simclr``: lightly's ImageNet recipe (SimCLR paper): colour jitter 0.8, grayscale 0.2, blur
   0.5, crops down to 8 %, horizontal flips only; SGD 0.06 x sqrt(batch / 256) after a warm-up.
+* ``cpu``: ``simclr`` for a few hundred steps from random initialisation on a laptop (``make demo``,
+  ``benchmarks/probe_common.py``): Adam 2e-3 x sqrt(batch / 256), crops >= 30 %, no blur. With
+  SGD, crops down to 8 % of a 64 px image and blur, such short runs learn little (measured in
+  ``benchmarks/demo_probe.py``); pair it with ``--temperature 0.2``.
 
 Why ``phenotype`` is the default: README "Real specimens" (benchmarks/real_specimens.py).
 """
@@ -27,6 +31,7 @@ RECIPES = {
                "lr_scaling": "sqrt", "weight_decay": None, "warmup_epochs": 10,
                "balance": "none"},
 }
+RECIPES["cpu"] = {**RECIPES["simclr"], "min_scale": 0.3, "blur_prob": 0.0, "optimizer": "adam", "lr": 2e-3}
 DEFAULT_RECIPE = "phenotype"
 PROBABILITIES = ("cj_prob", "gray_prob", "blur_prob", "vf_prob", "rr_prob")
 
@@ -39,7 +44,8 @@ def add_recipe_args(p) -> None:
     g.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE,
                    help="phenotype: the original butterfly pipeline (no colour jitter or blur, "
                         "crops >= 50 %%, flips and 90-degree turns, SGD 0.01, balanced clusters); "
-                        "simclr: lightly's ImageNet recipe")
+                        "simclr: lightly's ImageNet recipe; cpu: simclr with Adam 2e-3, crops >= 30 %%, no "
+                        "blur, for short CPU runs (make demo)")
     r = {k: f"phenotype {RECIPES['phenotype'][k]}, simclr {RECIPES['simclr'][k]}" for k in RECIPES["simclr"]}
     g.add_argument("--min-scale", type=float, default=None,
                    help=f"smallest random-resized-crop area, fraction of the image ({r['min_scale']})")
