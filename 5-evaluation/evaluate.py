@@ -9,7 +9,8 @@ ImageNet weights (needs the file in weights/) and, on request, at random initial
 adds (or replaces) its row in evaluation.csv; grid_summary.png and summary.txt compare the grid.
 Pictures per run: neighbours.png, sheets/ (contact sheet per class), gradcam/ (--gradcam N) and
 stage 4's morphospace; report.html in the output folder shows everything on one page.
-Classes are the clusters, or your own labels with --labels (CSV with columns image,label).
+Classes are the clusters, or your own labels with --labels (CSV: a label column and an image,
+specimen or source_image column).
 
 Examples:
     python 5-evaluation/evaluate.py                               # every run in work/4-embeddings
@@ -41,7 +42,8 @@ def get_args_parser():
                         f"{cli.STAGE_DIRS['dataset']})")
     p.add_argument("--output", type=Path, default=cli.STAGE_DIRS["evaluation"], help="output folder")
     p.add_argument("--labels", type=Path, default=None,
-                   help="CSV with columns image,label to use instead of the clusters")
+                   help="CSV with a label column and an image, specimen or source_image column, used "
+                        "instead of the clusters")
     p.add_argument("--allow-partial-labels", action="store_true",
                    help="evaluate even when fewer than half the embedded images have a label in "
                         "--labels (only the labelled ones are used)")

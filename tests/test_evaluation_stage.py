@@ -197,3 +197,20 @@ def test_training_runs_without_embeddings_are_embedded_first(dataset_dir, tmp_pa
                       "--no-baselines", "--num-workers", "0")
     assert (tmp_path / "4-embeddings" / run.name / "embeddings.csv").exists()
     assert table.run.tolist() == [run.name] and table.n_val.iloc[0] == 5
+
+
+def test_images_gone_since_stage4_leave_the_baseline_empty_not_the_stage_unfinished(dataset_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "2-dataset"
+    shutil.copytree(dataset_dir, data, symlinks=True)
+    run = fake_run(tmp_path / "4-embeddings", data, 64, 50, 0.5, noise=0.05)
+    shutil.rmtree(data / "unlabeled")
+    (data / "unlabeled").mkdir()
+    proc = run_cli(EVALUATE, "--runs", run, "--output", tmp_path / "5", "--baselines", "pixel",
+                   "--no-umap", "--num-workers", "0")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    notes = [line for line in proc.stdout.splitlines() if line.startswith("note: pixel")]
+    assert len(notes) == 1 and "can be read now" in notes[0] and "--data" in notes[0]
+    table = pd.read_csv(tmp_path / "5" / "evaluation.csv")
+    assert table.pixel_pca_accuracy.isna().all() and table.accuracy.notna().all()

@@ -129,6 +129,11 @@ def baseline_features(method: str, meta: dict, split: SplitData, pixel_size: int
     feats, ok = embed_images(model, meta, split.root,
                              list(split.images), num_workers=num_workers, device=device,
                              progress=progress)
+    usable = split.train & ok
+    if usable.sum() < 2 or not (split.val & ok).any():
+        raise UserError(f"{int(ok.sum())} of {len(ok)} images in {split.root} can be read now "
+                        "(moved or deleted since stage 4?); pass --data <the stage 2 folder they "
+                        "were embedded from>")
     if method == "pixel":
         from sklearn.decomposition import PCA
 

@@ -111,7 +111,7 @@ def evaluate_embeddings(name: str, emb_dir: Path, out_dir: Path, args) -> tuple[
                        getattr(args, "allow_partial_labels", False))
     if split.train.sum() < 2 or split.val.sum() < 1 or len(set(split.y[split.train])) < 2:
         raise UserError(f"{emb_dir}: need >= 2 classes in train and >= 1 validation image "
-                        "(split.csv from stage 2 gives them; user labels need an image,label CSV)")
+                        "(split.csv from stage 2 gives them; user labels need a label column beside image, specimen or source_image)")
     settings = {"embeddings": str(Path(emb_dir).resolve()), "embedded": manifest.get("finished"),
                 "labels": str(args.labels) if args.labels else None, "knn_k": args.knn_k,
                 "seed": args.seed}
@@ -262,7 +262,7 @@ def evaluate_runs(args) -> pd.DataFrame:
     check_gpu_request("--device", args.device)
     require_output_folder(args.output)
     if args.labels is not None and not Path(args.labels).is_file():
-        raise UserError(f"--labels {args.labels} does not exist; pass a CSV with columns image,label")
+        raise UserError(f"--labels {args.labels} does not exist; pass a CSV with a label column and an image, specimen or source_image column")
     out = Path(args.output)
     rows, notes, results = [], {}, {}
     for name, emb_dir in find_embedding_dirs(args.runs, args.embeddings, embed):
