@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wingclr import cli  # noqa: E402
-from wingclr.segmentation_metrics import evaluate_folder  # noqa: E402
+from wingclr.segment.metrics import evaluate_folder  # noqa: E402
 
 
 def get_args_parser():

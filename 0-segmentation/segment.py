@@ -34,9 +34,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wingclr import cli  # noqa: E402
-from wingclr.segmentation import segment  # noqa: E402
-from wingclr.segmentation_methods import METHODS  # noqa: E402
-from wingclr.segmentation_rembg import REMBG_MODELS  # noqa: E402
+from wingclr.segment.stage import segment  # noqa: E402
+from wingclr.segment.methods import METHODS  # noqa: E402
+from wingclr.segment.rembg import REMBG_MODELS  # noqa: E402
 
 
 def get_args_parser():

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wingclr import cli  # noqa: E402
 from wingclr.demo import WING_CLASSES  # noqa: E402
-from wingclr.segmentation_maskrcnn import ARCHS  # noqa: E402
-from wingclr.segmentation_train import train_maskrcnn  # noqa: E402
+from wingclr.segment.maskrcnn import ARCHS  # noqa: E402
+from wingclr.segment.train import train_maskrcnn  # noqa: E402
 
 
 def _names(text: str) -> list[str]:

@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wingclr import cli  # noqa: E402
-from wingclr.cluster_stage import run_clustering  # noqa: E402
+from wingclr.cluster.stage import run_clustering  # noqa: E402
 from wingclr.models import BACKBONES, check_backbone  # noqa: E402
 
 

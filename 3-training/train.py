@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wingclr import cli  # noqa: E402
 from wingclr.bands import parse_bands  # noqa: E402
-from wingclr.grid import build_grid, grid_table, value_list  # noqa: E402
+from wingclr.ssl.grid import build_grid, grid_table, value_list  # noqa: E402
 from wingclr.models import BACKBONES, check_backbone  # noqa: E402
-from wingclr.recipes import add_recipe_args  # noqa: E402
+from wingclr.ssl.recipes import add_recipe_args  # noqa: E402
 
 
 def get_args_parser():
@@ -114,7 +114,7 @@ def main(args):
     if args.list_grid:
         print(grid_table(build_grid(args)))
         return
-    from wingclr.training import train
+    from wingclr.ssl.training import train
 
     train(args)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wingclr import cli  # noqa: E402
-from wingclr.visuals import count  # noqa: E402
+from wingclr.evaluate.visuals import count  # noqa: E402
 
 
 def get_args_parser():
@@ -78,7 +78,7 @@ def get_args_parser():
 
 
 def main(args):
-    from wingclr.evaluation import evaluate_runs
+    from wingclr.evaluate.stage import evaluate_runs
 
     return evaluate_runs(args)
 

@@ -44,7 +44,7 @@ def sweep_ari(out_dir: Path, labels_csv: Path, min_cluster_size: int, seed: int)
     """ARI and silhouette for each sweep grid point on the run's cached UMAP embedding."""
     from sklearn.metrics import adjusted_rand_score
 
-    from wingclr.clustering import cluster, sweep_grid
+    from wingclr.cluster.clustering import cluster, sweep_grid
 
     clusters = pd.read_csv(Path(out_dir) / "clusters.csv", dtype={"image": str})
     truth = clusters.merge(pd.read_csv(labels_csv, dtype={"image": str}), on="image", how="left").phenotype
@@ -61,7 +61,7 @@ def run_stage1(specimens: Path, out: Path, pretrained: bool, args) -> dict | str
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     from wingclr.cli import UserError
-    from wingclr.cluster_stage import run_clustering
+    from wingclr.cluster.stage import run_clustering
 
     argv = ["--input", specimens, "--output", out, "--input-size", args.input_size,
             "--min-cluster-size", args.min_cluster_size, "--cluster-selection-epsilon", args.epsilon,

@@ -58,7 +58,7 @@ def main() -> None:
     args = p.parse_args()
     from sklearn.metrics import adjusted_rand_score
 
-    from wingclr.clustering import cluster, project_umap
+    from wingclr.cluster.clustering import cluster, project_umap
 
     t = time.perf_counter()
     x, truth = synthetic_features(args.n, args.dim, args.clusters, args.seed)

@@ -128,7 +128,7 @@ C_GRID = np.logspace(-4, 1, 6)  # stage 5's probe on a coarser grid: strong C ne
 def fold_scores(x, y, tr, va, seed: int, pixel: bool) -> tuple[float, float]:
     from sklearn.decomposition import PCA
 
-    from wingclr.probe import knn_predict, linear_probe
+    from wingclr.evaluate.probe import knn_predict, linear_probe
 
     xt, xv = x[tr], x[va]
     if pixel:  # PCA fitted on the training fold only
@@ -156,7 +156,7 @@ def cluster_ari(x: np.ndarray, truth: np.ndarray, seed: int) -> tuple[float, int
     """ARI of stage 1's clustering (PCA 50 -> 3-D UMAP -> HDBSCAN, min size 10) against ``truth``."""
     from sklearn.metrics import adjusted_rand_score
 
-    from wingclr.clustering import cluster, project_umap
+    from wingclr.cluster.clustering import cluster, project_umap
 
     emb = project_umap(x, seed=seed, pca_dims=50)
     result = cluster(emb, min_cluster_size=10, seed=seed)

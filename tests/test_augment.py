@@ -9,7 +9,7 @@ import torchvision.transforms as T
 from PIL import Image
 from scipy.stats import ks_2samp
 
-from wingclr.augment import AugmentConfig, BatchAugment, adjust_hue, lightly_transform, sample_crops
+from wingclr.ssl.augment import AugmentConfig, BatchAugment, adjust_hue, lightly_transform, sample_crops
 
 N = 4000
 
@@ -107,7 +107,7 @@ def test_multiband_colour_ops_touch_rgb_bands_only():
 def test_gaussian_blur_equals_torchvision_per_image_sigma():
     from torchvision.transforms.functional import gaussian_blur as tv_blur
 
-    from wingclr.augment import gaussian_blur
+    from wingclr.ssl.augment import gaussian_blur
 
     x = torch.rand(3, 4, 20, 17, generator=torch.Generator().manual_seed(0))
     sigma = torch.tensor([0.3, 1.0, 2.0])
@@ -117,7 +117,7 @@ def test_gaussian_blur_equals_torchvision_per_image_sigma():
 
 
 def test_flips_in_the_sampling_grid_equal_flipping_the_resized_crop():
-    from wingclr.augment import crop_resize
+    from wingclr.ssl.augment import crop_resize
 
     g = torch.Generator().manual_seed(1)
     x = torch.rand(6, 2, 30, 40, generator=g)
@@ -144,7 +144,7 @@ def test_band_jitter_scales_only_the_selected_bands():
 
 
 def test_large_images_are_augmented_in_slices_with_the_same_result(monkeypatch):
-    import wingclr.augment as A
+    import wingclr.ssl.augment as A
 
     aug = BatchAugment(AugmentConfig(input_size=12, rgb_bands=[0, 1, 2], mean=[0] * 5, std=[1] * 5), 5)
     x = torch.randint(0, 255, (7, 5, 16, 16), dtype=torch.uint8)

@@ -27,7 +27,8 @@ def _parser(name: str) -> argparse.ArgumentParser:
     """The parser of a stage script, a wingclr command-line module or one of its sub-commands."""
     if name.endswith(".py"):
         return load_stage(name).get_args_parser()
-    from wingclr import demo, weights_cli
+    from wingclr import demo
+    from wingclr import weights_cli
 
     module, *sub = name.split()
     p = {"wingclr.demo": demo, "wingclr.weights": weights_cli}[module].get_args_parser()
@@ -127,7 +128,7 @@ def test_stage3_quiet_turns_off_the_progress_bar(dataset_dir, tmp_path, monkeypa
         raise Stop
 
     monkeypatch.setattr(pl, "Trainer", trainer)
-    monkeypatch.setattr("wingclr.training.stdout_is_terminal", lambda: True, raising=False)
+    monkeypatch.setattr("wingclr.ssl.training.stdout_is_terminal", lambda: True, raising=False)
     for flags, bar in (((), True), (("--quiet",), False)):
         with pytest.raises(Stop):
             run_stage("3-training/train.py", "--data", dataset_dir, "--output", tmp_path,
@@ -170,7 +171,7 @@ def test_quiet_libraries_filters_named_packages_only(recwarn):
 # ---- CSV numbers ----
 
 def test_write_csv_integers_as_integers_and_floats_to_seven_digits(tmp_path):
-    from wingclr.stage import write_csv
+    from wingclr.outputs import write_csv
 
     table = pd.DataFrame({"epoch": [1.0, 2.0, np.nan], "loss": [2.4601234567, 1 / 3, 0.5],
                           "seconds": [12.3456789, 1e-7 / 3, 0.0], "stamp": [1.7e12 + 0.25, 2.0, 3.0],
@@ -187,7 +188,7 @@ def test_write_csv_integers_as_integers_and_floats_to_seven_digits(tmp_path):
 def test_report_accuracy_row_has_the_validation_count_as_support(tmp_path):
     from types import SimpleNamespace
 
-    from wingclr.evaluation import write_reports
+    from wingclr.evaluate.stage import write_reports
 
     y = np.array(["a"] * 10 + ["b"] * 10 + ["c"] * 6)
     val = np.zeros(len(y), bool)

@@ -152,7 +152,7 @@ def test_rerun_uses_feature_cache_and_recomputes_only_changed_images(clustered, 
     counter = ForwardCounter()
     monkeypatch.setattr("wingclr.models.build_backbone", counter)
     fits = []
-    import wingclr.cluster_stage as stage
+    import wingclr.cluster.stage as stage
 
     monkeypatch.setattr(stage, "project_umap", lambda *a, **k: fits.append(1) or np.zeros((0, 3)))
     before = np.load(out / "features.npy")
@@ -179,7 +179,7 @@ def test_rerun_uses_feature_cache_and_recomputes_only_changed_images(clustered, 
 
 
 def test_interactive_loop_through_stdin_retry_then_keep(clustered, specimens, tmp_path):
-    from wingclr.clustering import run_hdbscan
+    from wingclr.cluster.clustering import run_hdbscan
 
     inp, out = _copy_run(clustered, specimens, tmp_path)
     emb = np.load(out / "umap_3d.npy")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from wingclr.cli import UserError
-from wingclr.clustering import cluster, silhouette, sweep, sweep_grid
+from wingclr.cluster.clustering import cluster, silhouette, sweep, sweep_grid
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def _args(**kw):
 
 
 def test_run_modes():
-    from wingclr.cluster_stage import decide_mode
+    from wingclr.cluster.stage import decide_mode
 
     assert decide_mode(_args(), stdin_is_tty=True) == "interactive"
     assert decide_mode(_args(interactive=True), stdin_is_tty=False) == "interactive"
@@ -80,8 +80,8 @@ def test_run_modes():
 
 
 def test_plots_are_shown_only_with_a_display(blobs, tmp_path, monkeypatch):
-    import wingclr.cluster_plots as plots
-    import wingclr.cluster_stage as stage
+    import wingclr.cluster.plots as plots
+    import wingclr.cluster.stage as stage
 
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)

@@ -7,7 +7,7 @@ import torch
 
 from conftest import assert_one_line_error, run_cli, run_stage
 from wingclr.models import build_backbone, channel_stats
-from wingclr.stage import write_manifest
+from wingclr.outputs import write_manifest
 
 EVALUATE = "5-evaluation/evaluate.py"
 MEAN, STD = channel_stats(3, [0, 1, 2])
@@ -75,7 +75,7 @@ def test_grid_table_is_sorted_best_first_with_baselines_below(grid_eval, three_r
 
 
 def test_grid_summary_png_has_a_panel_per_epoch_count_and_a_line_per_batch(grid_eval):
-    from wingclr.gridplot import grid_figure
+    from wingclr.evaluate.gridplot import grid_figure
 
     out, table, _ = grid_eval
     assert (out / "grid_summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -132,7 +132,7 @@ def test_finished_runs_are_skipped_and_other_settings_refused(grid_eval, three_r
 
 
 def test_imagenet_baseline_uses_the_weights_file_or_is_left_empty(three_runs, tmp_path, monkeypatch):
-    from wingclr.baselines import baseline_model
+    from wingclr.evaluate.baselines import baseline_model
 
     monkeypatch.setenv("WINGCLR_WEIGHTS_DIR", str(tmp_path / "weights"))
     out = tmp_path / "5-evaluation"
@@ -163,8 +163,8 @@ def test_missing_weights_note_names_the_file(three_runs, tmp_path):
 
 
 def test_pixel_pca_is_fitted_on_training_images_only(dataset_dir):
-    from wingclr.baselines import baseline_features
-    from wingclr.evaluation import load_split
+    from wingclr.evaluate.baselines import baseline_features
+    from wingclr.evaluate.stage import load_split
 
     ids = pd.read_csv(dataset_dir / "split.csv", dtype=str)
     split = load_split(ids, None, dataset_dir / "unlabeled")

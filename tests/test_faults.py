@@ -184,8 +184,8 @@ def test_case05_outputs_of_removed_photos_are_removed(tmp_path, demo_set, capsys
 
 def _fake_embeddings(out, dataset_dir, seed=0):
     """A stage 4 folder (CSV, .npy, manifest with the CSV's digest): separable class centres."""
-    from wingclr.eval_inputs import file_digest
-    from wingclr.stage import write_manifest
+    from wingclr.evaluate.inputs import file_digest
+    from wingclr.outputs import write_manifest
 
     split = pd.read_csv(dataset_dir / "split.csv", dtype=str)[["image", "cluster", "split"]]
     rng = np.random.default_rng(seed)
@@ -209,8 +209,8 @@ def _evaluate(emb_dir, out, *extra):
 
 
 def test_case01_sorted_embeddings_csv(tmp_path, dataset_dir):
-    from wingclr.eval_inputs import load_embeddings
-    from wingclr.stage import read_manifest
+    from wingclr.evaluate.inputs import load_embeddings
+    from wingclr.outputs import read_manifest
 
     emb, vectors = _fake_embeddings(tmp_path / "4" / "run", dataset_dir)
     before = _evaluate(emb, tmp_path / "5a")
@@ -237,7 +237,7 @@ def test_case01_sorted_embeddings_csv(tmp_path, dataset_dir):
 
 
 def test_case06_partial_labels_are_counted_and_refused(tmp_path, dataset_dir, capsys):
-    from wingclr.eval_inputs import attach_labels
+    from wingclr.evaluate.inputs import attach_labels
 
     emb, _ = _fake_embeddings(tmp_path / "4" / "run", dataset_dir)
     ids = pd.read_csv(emb / "embeddings.csv", dtype=str)[["image", "cluster", "split"]]
@@ -256,7 +256,7 @@ def test_case06_partial_labels_are_counted_and_refused(tmp_path, dataset_dir, ca
 
 
 def test_case12_spreadsheet_saved_embeddings_csv(tmp_path, dataset_dir):
-    from wingclr.eval_inputs import load_embeddings
+    from wingclr.evaluate.inputs import load_embeddings
 
     emb, vectors = _fake_embeddings(tmp_path / "4" / "run", dataset_dir)
     csv = pd.read_csv(emb / "embeddings.csv")
@@ -308,7 +308,7 @@ def _one_error_line(err: str, *needles) -> str:
 
 def _stop_after_epoch(monkeypatch, epoch: int, error=RuntimeError("killed")):
     """Make stage 3 die right after saving epoch ``epoch`` (a kill between epochs)."""
-    from wingclr.training import EpochCheckpoint
+    from wingclr.ssl.training import EpochCheckpoint
 
     saved = EpochCheckpoint.on_train_epoch_end
 
@@ -523,7 +523,7 @@ def test_case17_truncated_checkpoint_has_a_way_back(dataset_dir, tmp_path, capsy
 
 
 def test_case18_nan_stop_is_worded_for_what_exists(dataset_dir, tmp_path, monkeypatch):
-    from wingclr.simclr import NonFiniteLossError, SimCLR
+    from wingclr.ssl.simclr import NonFiniteLossError, SimCLR
 
     out = tmp_path / "runs"
     text = _one_line_user_error(lambda: _train(dataset_dir, out, "--lr", "1e30", "--epochs", "3"),
@@ -556,7 +556,7 @@ def test_case19_input_size_has_one_rule(dataset_dir, tmp_path):
 def test_case20_more_cpu_processes_than_cores_are_refused(dataset_dir, tmp_path, monkeypatch):
     import torch
 
-    from wingclr import training
+    from wingclr.ssl import training
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(training, "cpu_cores", lambda: 2)

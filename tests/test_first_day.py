@@ -110,7 +110,7 @@ def test_fetch_downloads_verifies_checksums_and_check_lists_the_rest(online, mon
 
 def test_fetch_offline_fails_fast_and_errors_name_the_fetch_command(tmp_path, monkeypatch, capsys):
     from wingclr import weights_cli as w
-    from wingclr.segmentation_rembg import model_path
+    from wingclr.segment.rembg import model_path
     from wingclr.weights import resolve
 
     monkeypatch.setattr(w, "download_url", lambda *a: pytest.fail("downloaded while offline"))
@@ -186,8 +186,8 @@ def test_default_method_without_any_model_names_both_files_and_the_way_out(demo_
 
 
 def test_coverage_limits_and_contact_sheet_cap(tmp_path, monkeypatch):
-    from wingclr import segmentation_sheet as sheets
-    from wingclr.segmentation import coverage_status
+    from wingclr.segment import sheet as sheets
+    from wingclr.segment.stage import coverage_status
 
     assert coverage_status(0.001, (0.02, 0.95))[0] == "low_coverage"
     assert coverage_status(0.5, (0.02, 0.95)) == ("ok", "")
@@ -207,8 +207,8 @@ def test_coverage_limits_and_contact_sheet_cap(tmp_path, monkeypatch):
 
 
 def test_palette_masks_read_back_as_labels(tmp_path):
-    from wingclr.segmentation_annotations import read_label_mask
-    from wingclr.segmentation_masks import write_label_png
+    from wingclr.segment.annotations import read_label_mask
+    from wingclr.segment.masks import write_label_png
 
     labels = np.zeros((20, 30), np.uint8)
     labels[2:8, 2:8], labels[10:18, 5:25], labels[0, 29] = 1, 3, 4
@@ -223,8 +223,8 @@ def test_palette_masks_read_back_as_labels(tmp_path):
 # --- F. labelme annotations ------------------------------------------------------------------
 
 def test_labelme_polygons_train_like_coco(tmp_path):
-    from wingclr.segmentation_annotations import decode_segmentation, instances
-    from wingclr.segmentation_train import load_annotations
+    from wingclr.segment.annotations import decode_segmentation, instances
+    from wingclr.segment.train import load_annotations
 
     photos, ann = tmp_path / "photos", tmp_path / "labelme"
     (photos / "a").mkdir(parents=True)
@@ -262,7 +262,7 @@ def test_labelme_polygons_train_like_coco(tmp_path):
 def test_feature_space_silhouette_beside_the_umap_one():
     from sklearn.metrics import silhouette_score
 
-    from wingclr.clustering import cluster
+    from wingclr.cluster.clustering import cluster
 
     rng = np.random.default_rng(0)
     emb = np.concatenate([c + rng.normal(0, 0.3, (15, 3)) for c in ((0, 0, 0), (9, 0, 0), (0, 9, 0))])
@@ -285,7 +285,7 @@ def test_random_features_are_refused_unless_allowed_then_marked(demo_set, tmp_pa
     proc = run_cli(CLUSTER, *common, "--output", tmp_path / "b")  # ImageNet weights missing
     assert_one_line_error(proc, "vgg16-397923af.pth", f"{FETCH} vgg16-397923af.pth", "2-create_dataset")
 
-    import wingclr.cluster_stage as stage
+    import wingclr.cluster.stage as stage
 
     def three_blobs(features, **kwargs):  # stands in for UMAP (no numba compile in this test)
         rng = np.random.default_rng(0)

@@ -6,9 +6,9 @@ import pytest
 
 from conftest import TINY_TRAIN, load_stage, run_stage
 from wingclr.cli import UserError
-from wingclr.grid import GRID, clamp_to_data, largest_batch
-from wingclr.stage import settings
-from wingclr.training import resolve_grid_args
+from wingclr.ssl.grid import GRID, clamp_to_data, largest_batch
+from wingclr.outputs import settings
+from wingclr.ssl.training import resolve_grid_args
 
 SCRIPT = "3-training/train.py"
 _B = TINY_TRAIN.index("--batch-size")

@@ -32,7 +32,7 @@ def fast_umap(monkeypatch):
         x = features - features.mean(0)
         return (np.linalg.svd(x, full_matrices=False)[0][:, :3] * 10).astype(np.float32)
 
-    monkeypatch.setattr("wingclr.cluster_stage.project_umap", project)
+    monkeypatch.setattr("wingclr.cluster.stage.project_umap", project)
 
 
 def _photos(demo_set, folder):
@@ -171,7 +171,7 @@ def test_hand_made_folders_and_older_csvs_get_identities_from_paths(tmp_path):
 
 
 def test_labels_match_on_any_key_and_report_what_did_not(tmp_path, capsys):
-    from wingclr.eval_inputs import attach_labels
+    from wingclr.evaluate.inputs import attach_labels
 
     ids = pd.DataFrame({
         "image": ["c0/d1/a.png", "c0/d1/b.png", "c1/d1/c.png", "c1/d2/c.png", "c1/d2/e.png"],
@@ -213,8 +213,8 @@ def test_labels_match_on_any_key_and_report_what_did_not(tmp_path, capsys):
 def _old_embeddings(out, dataset_dir):
     """A stage 4 folder as stage 4 wrote it before the identity columns (image, cluster, split,
     emb_*), with separable class centres."""
-    from wingclr.eval_inputs import file_digest
-    from wingclr.stage import write_manifest
+    from wingclr.evaluate.inputs import file_digest
+    from wingclr.outputs import write_manifest
 
     split = pd.read_csv(dataset_dir / "split.csv", dtype=str)[["image", "cluster", "split"]]
     rng = np.random.default_rng(0)
@@ -232,8 +232,8 @@ def _old_embeddings(out, dataset_dir):
 
 
 def test_old_embeddings_csv_without_identity_is_still_evaluated(dataset_dir, tmp_path):
-    from wingclr.eval_inputs import load_embeddings
-    from wingclr.stage import read_manifest
+    from wingclr.evaluate.inputs import load_embeddings
+    from wingclr.outputs import read_manifest
 
     emb = _old_embeddings(tmp_path / "4" / "run", dataset_dir)
     ids, _ = load_embeddings(emb, read_manifest(emb))  # the .npy path (CSV as written)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import run_stage
-from wingclr.evalplots import OUTLIER_COLOUR, class_colours
+from wingclr.evaluate.plots import OUTLIER_COLOUR, class_colours
 
 EVALUATE = "5-evaluation/evaluate.py"
 
@@ -43,7 +43,7 @@ def test_palette_beyond_twenty_stays_distinct():
 
 
 def test_every_categorical_plot_uses_the_shared_palette():
-    from wingclr.cluster_plots import cluster_colours as stage1_colours
+    from wingclr.cluster.plots import cluster_colours as stage1_colours
     from wingclr.morphospace import cluster_colours as morpho_colours
 
     assert stage1_colours(None, 12) == class_colours(12)
@@ -54,7 +54,7 @@ def test_every_categorical_plot_uses_the_shared_palette():
 
 
 def test_pca_plot_legend_lies_outside_the_axes_and_uses_the_palette():
-    from wingclr.evalplots import pca_figure
+    from wingclr.evaluate.plots import pca_figure
 
     rng = np.random.default_rng(0)
     groups = np.repeat([f"cluster_{i}" for i in range(12)], 5)
@@ -66,7 +66,7 @@ def test_pca_plot_legend_lies_outside_the_axes_and_uses_the_palette():
 
 
 def test_confusion_matrix_title_says_probe_run_images_labels_and_balanced_accuracy():
-    from wingclr.evalplots import confusion_figure
+    from wingclr.evaluate.plots import confusion_figure
 
     y_true = np.array(["a", "a", "b", "b"])
     y_pred = np.array(["a", "a", "b", "a"])  # recall a 1.0, b 0.5: balanced 0.750
@@ -78,9 +78,9 @@ def test_confusion_matrix_title_says_probe_run_images_labels_and_balanced_accura
 
 
 def test_stage5_umap_is_coloured_by_the_user_labels_when_given():
-    from wingclr.baselines import SplitData
-    from wingclr.evalplots import group_colours, umap_figure
-    from wingclr.evaluation import umap_colouring
+    from wingclr.evaluate.baselines import SplitData
+    from wingclr.evaluate.plots import group_colours, umap_figure
+    from wingclr.evaluate.stage import umap_colouring
 
     ids = pd.DataFrame({"image": [f"i{k}.png" for k in range(6)],
                         "cluster": ["c0", "c0", "c0", "c1", "c1", "outliers"]})
@@ -107,7 +107,7 @@ def test_stage5_umap_is_coloured_by_the_user_labels_when_given():
 
 
 def test_grid_summary_baselines_at_equal_levels_stay_distinguishable():
-    from wingclr.gridplot import BASELINE_LINES, LABEL_GAP, grid_figure
+    from wingclr.evaluate.gridplot import BASELINE_LINES, LABEL_GAP, grid_figure
 
     table = pd.DataFrame({"run": ["r1", "r2"], "batch_size": [64, 128], "epochs": [50, 50],
                           "temperature": [0.1, 0.5], "accuracy": [0.7, 0.6],
@@ -134,7 +134,7 @@ def xor_features(n_a, n_b, rng):
 
 
 def test_collapsed_probe_is_flagged_by_score_split():
-    from wingclr.probe import collapse_note, score_split
+    from wingclr.evaluate.probe import collapse_note, score_split
 
     rng = np.random.default_rng(0)
     (xt, yt), (xv, yv) = xor_features(24, 16, rng), xor_features(4, 4, rng)
@@ -150,7 +150,7 @@ def test_collapsed_probe_is_flagged_by_score_split():
 
 
 def test_probe_collapse_needs_one_class_or_chance_and_a_clearly_better_knn():
-    from wingclr.probe import probe_collapse
+    from wingclr.evaluate.probe import probe_collapse
 
     y = np.array(["a", "a", "b", "b"])
     assert probe_collapse(y, np.array(["a"] * 4), y) == "a"
@@ -161,7 +161,7 @@ def test_probe_collapse_needs_one_class_or_chance_and_a_clearly_better_knn():
 
 
 def test_summary_says_a_collapsed_baseline_probe_collapsed_instead_of_a_margin():
-    from wingclr.gridplot import summary_table
+    from wingclr.evaluate.gridplot import summary_table
 
     table = pd.DataFrame([{"run": "r1", "accuracy": 0.875, "knn_accuracy": 0.875, "n_val": 16}])
     base = {"label": "pixel PCA (32 px)", "metrics": {
@@ -176,7 +176,7 @@ def test_summary_says_a_collapsed_baseline_probe_collapsed_instead_of_a_margin()
 
 
 def test_run_and_imagenet_lines_name_a_collapsed_probe():
-    from wingclr.evaluation import imagenet_beside, run_line
+    from wingclr.evaluate.stage import imagenet_beside, run_line
 
     row = {"run": "r1", "accuracy": 0.5, "balanced_accuracy": 0.5, "knn_accuracy": 0.875,
            "silhouette": 0.1, "probe_collapsed": True, "probe_collapsed_to": "x",
@@ -192,7 +192,7 @@ def test_run_and_imagenet_lines_name_a_collapsed_probe():
 
 def test_stage5_records_probe_collapsed_as_a_last_column(tmp_path):
     """evaluate.py on XOR embeddings: evaluation.csv says so, the printed line too."""
-    from wingclr.stage import write_manifest
+    from wingclr.outputs import write_manifest
 
     rng = np.random.default_rng(0)
     (xt, yt), (xv, yv) = xor_features(24, 16, rng), xor_features(4, 4, rng)

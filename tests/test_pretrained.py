@@ -132,7 +132,7 @@ def train_args(*argv):
 
 
 def test_phenotype_recipe_is_the_original_pipeline_and_flags_override_it():
-    from wingclr.training import resolve_grid_args
+    from wingclr.ssl.training import resolve_grid_args
 
     args = train_args("--batch-size", "64")
     resolve_grid_args(args)
@@ -149,7 +149,7 @@ def test_cpu_recipe_is_the_demo_and_benchmark_recipe_defined_once():
     import re
 
     from conftest import REPO
-    from wingclr.training import resolve_grid_args
+    from wingclr.ssl.training import resolve_grid_args
 
     args = train_args("--recipe", "cpu", "--batch-size", "64")
     resolve_grid_args(args)
@@ -170,7 +170,7 @@ def test_recipe_flags_out_of_range_are_refused_before_any_work(flag, value, data
 
 
 def test_recipe_reaches_augmentation_sampler_and_learning_rate(dataset_dir, tmp_path):
-    from wingclr.loaders import TwoViews
+    from wingclr.ssl.loaders import TwoViews
 
     common = ("--data", dataset_dir, "--output", tmp_path, "--epochs", "1", "--augment-on", "device",
               "--cache-dir", tmp_path / "cache", *TINY_TRAIN)
@@ -185,7 +185,7 @@ def test_recipe_reaches_augmentation_sampler_and_learning_rate(dataset_dir, tmp_
     ckpt = torch.load(tmp_path / "ssl" / "ssl.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["hyper_parameters"]["lr"] == pytest.approx(0.06 * (8 / 256) ** 0.5)
     assert ckpt["hyper_parameters"]["augment"][0]["cj_prob"] == 0.8
-    from wingclr.augment import AugmentConfig
+    from wingclr.ssl.augment import AugmentConfig
 
     lightly_steps = TwoViews([AugmentConfig(input_size=32, rr_prob=0.5)] * 2, [[0, 1, 2]] * 2, 3)
     steps = lightly_steps._make(lightly_steps.cfgs[0])[0].transform.transforms
@@ -196,7 +196,7 @@ def test_recipe_reaches_augmentation_sampler_and_learning_rate(dataset_dir, tmp_
 def test_batched_rotation_turns_views_counter_clockwise_like_pil():
     from PIL import Image
 
-    from wingclr.augment import AugmentConfig, BatchAugment
+    from wingclr.ssl.augment import AugmentConfig, BatchAugment
 
     img = np.random.default_rng(0).integers(0, 256, (1, 3, 16, 16), dtype=np.uint8)
     cfg = AugmentConfig(input_size=16, min_scale=1.0, hf_prob=0, cj_prob=0, gray_prob=0, blur_prob=0,

@@ -11,11 +11,11 @@ from PIL import Image
 from conftest import assert_one_line_error, run_cli, run_stage
 from wingclr.cli import UserError
 from wingclr.demo import WING_CLASSES, make_specimen
-from wingclr.segmentation_annotations import (decode_rle, decode_segmentation, instances, load_coco,
+from wingclr.segment.annotations import (decode_rle, decode_segmentation, instances, load_coco,
                                               load_mask_folder)
-from wingclr.segmentation_dataset import WingDataset, flip_permutation
-from wingclr.segmentation_masks import Instance, instances_to_owner, to_full_resolution
-from wingclr.segmentation_threshold import threshold_foreground
+from wingclr.segment.dataset import WingDataset, flip_permutation
+from wingclr.segment.masks import Instance, instances_to_owner, to_full_resolution
+from wingclr.segment.threshold import threshold_foreground
 
 SEGMENT = "0-segmentation/segment.py"
 EVALUATE = "0-segmentation/evaluate_segmentation.py"
@@ -114,7 +114,7 @@ def test_stage_resumes_after_interruption_and_guards_settings(tmp_path, demo_set
     out = tmp_path / "seg"
     args = ["--input", demo_set / "specimens", "--output", out, "--method", "threshold",
             "--no-progress", "--flush-every", "1"]
-    from wingclr import segmentation_methods
+    from wingclr.segment import methods as segmentation_methods
 
     calls, original = [], segmentation_methods.Segmenter.__call__
 
@@ -145,7 +145,7 @@ def test_stage_resumes_after_interruption_and_guards_settings(tmp_path, demo_set
 
 def test_unfinished_output_with_other_settings_is_refused(tmp_path, demo_set, monkeypatch):
     out = tmp_path / "seg"
-    from wingclr import segmentation_methods
+    from wingclr.segment import methods as segmentation_methods
 
     def stop(self, images):
         raise KeyboardInterrupt

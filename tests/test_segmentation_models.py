@@ -106,7 +106,7 @@ def test_training_resumes_after_interruption(demo_set, tmp_path, monkeypatch):
     images, masks = _subset(demo_set, tmp_path / "data", 3)  # 2 train (1 step/epoch), 1 validation
     args = ("--images", images, "--masks", masks, "--output", tmp_path / "m.pth", "--work-dir",
             tmp_path / "work", "--epochs", "2", "--val-fraction", "0.34", *TINY)
-    from wingclr import segmentation_train
+    from wingclr.segment import train as segmentation_train
 
     original = segmentation_train._train_epoch
 
@@ -133,7 +133,7 @@ def test_coco_weights_are_loaded_from_weights_folder(tmp_path, monkeypatch):
     from torchvision.models.detection import maskrcnn_resnet50_fpn
     from torchvision.ops import FrozenBatchNorm2d
 
-    from wingclr.segmentation_maskrcnn import ModelSpec, build_model
+    from wingclr.segment.maskrcnn import ModelSpec, build_model
 
     monkeypatch.setenv("WINGCLR_WEIGHTS_DIR", str(tmp_path))
     spec = ModelSpec(tuple(WING_CLASSES), min_size=96, max_size=96, frozen_bn=True)

@@ -105,7 +105,7 @@ def test_morphospace_pc1_pc2_and_pc3_pc4_from_stage4_files(specimens, tmp_path):
     fake_stage4(tmp_path / "two", root, rels, classes, 2)
     assert [p.name for p in write_morphospace(tmp_path / "two", root, META)] == ["morphospace.png"]
     # on its own, a run folder finds its images through manifest.json (stage 2's unlabeled/)
-    from wingclr.stage import write_manifest
+    from wingclr.outputs import write_manifest
 
     data = tmp_path / "2-dataset"
     data.mkdir()
@@ -147,7 +147,7 @@ def test_contact_sheets_put_the_centre_first_and_outliers_apart(specimens, tmp_p
 # nearest neighbours
 
 def test_neighbours_are_cosine_nearest_without_the_query(specimens, tmp_path):
-    from wingclr.neighbours import cosine_neighbours, match_queries, pick_queries, write_neighbours
+    from wingclr.evaluate.neighbours import cosine_neighbours, match_queries, pick_queries, write_neighbours
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(12, 5))
@@ -179,8 +179,8 @@ def test_neighbours_are_cosine_nearest_without_the_query(specimens, tmp_path):
 
 @pytest.mark.parametrize("n_classes", [2, 3])
 def test_probe_head_reproduces_the_sklearn_probe(n_classes):
-    from wingclr.gradcam import ProbeHead
-    from wingclr.probe import fit_probe
+    from wingclr.evaluate.gradcam import ProbeHead
+    from wingclr.evaluate.probe import fit_probe
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 6)) * [1, 5, 0.1, 2, 1, 1] + 3
@@ -195,8 +195,8 @@ def test_probe_head_reproduces_the_sklearn_probe(n_classes):
 
 
 def test_gradcam_map_has_the_image_size_and_is_zero_off_the_specimen(tmp_path):
-    from wingclr.gradcam import ClassTarget, ProbeHead, SimilarityTarget, cam_map, target_layers
-    from wingclr.probe import fit_probe
+    from wingclr.evaluate.gradcam import ClassTarget, ProbeHead, SimilarityTarget, cam_map, target_layers
+    from wingclr.evaluate.probe import fit_probe
 
     alpha = rgba_specimen(tmp_path / "s.png", 40, 50)
     torch.manual_seed(0)
@@ -217,7 +217,7 @@ def test_gradcam_map_has_the_image_size_and_is_zero_off_the_specimen(tmp_path):
 
 
 def test_gradcam_fast_backward_equals_the_full_one_and_survives_inplace_layers(tmp_path):
-    from wingclr.gradcam import SimilarityTarget, _grad_cam, cam_map, model_input
+    from wingclr.evaluate.gradcam import SimilarityTarget, _grad_cam, cam_map, model_input
 
     rgba_specimen(tmp_path / "s.png", 40, 50)
     torch.manual_seed(0)
@@ -237,7 +237,7 @@ def test_gradcam_fast_backward_equals_the_full_one_and_survives_inplace_layers(t
 
 
 def test_target_layers_of_timm_and_torchvision_networks(tmp_path):
-    from wingclr.gradcam import SimilarityTarget, cam_map, target_layers
+    from wingclr.evaluate.gradcam import SimilarityTarget, cam_map, target_layers
 
     lite, _ = build_backbone("timm/efficientnet_lite0", False)
     assert target_layers(lite)[0][0] is lite.conv_head
@@ -257,7 +257,7 @@ def test_target_layers_of_timm_and_torchvision_networks(tmp_path):
 def fake_trained_run(emb_root: Path, dataset_dir: Path) -> Path:
     """A stage 4 folder whose checkpoint exists (random-init resnet18 at 32 px, really embedded)."""
     from wingclr.embedding import embed_images, write_matrix_csv
-    from wingclr.stage import write_manifest
+    from wingclr.outputs import write_manifest
 
     meta = {**META, "input_size": 32, "settings": {"batch_size": 8, "epochs": 1, "temperature": 0.5}}
     torch.manual_seed(0)

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .cli import UserError
 from .data import FolderDataset, ReadSpec, worker_init
-from .stage import write_text
+from .outputs import write_text
 
 LOCK_TIMEOUT_S = 6 * 3600
 HEARTBEAT_S = 30  # the builder touches its lock this often

@@ -144,7 +144,7 @@ def write_stage1_sheets(stage1_dir: Path, image_root: Path | None = None,
     Returns:
         The files written.
     """
-    from .stage import read_manifest
+    from .outputs import read_manifest
 
     stage1_dir = Path(stage1_dir)
     clusters = pd.read_csv(stage1_dir / "clusters.csv", dtype={"image": str, "cluster": str},

@@ -220,7 +220,7 @@ def spectral_cube(spec: Specimen, n_bands: int, rng: np.random.Generator) -> np.
 def write_specimen(path: Path, spec: Specimen, n_bands: int, rng: np.random.Generator) -> str:
     """Write the photo (3 bands: PNG), a 16-bit TIFF stack (< 32 bands) or a float .npy cube."""
     from .imageio import write_png
-    from .stage import atomic_path
+    from .outputs import atomic_path
 
     if n_bands == 3:
         write_png(path.with_suffix(".png"), spec.image)
@@ -249,7 +249,7 @@ def generate(output: Path | str, n: int = 240, size: int = 128, seed: int = 0,
     import pandas as pd
 
     from .imageio import write_png
-    from .stage import write_csv, write_manifest
+    from .outputs import write_csv, write_manifest
 
     out = Path(output)
     rng = np.random.default_rng(seed)

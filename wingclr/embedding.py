@@ -15,14 +15,14 @@ import torch
 from .cache import CachedImages, ensure_cache
 from .cli import UserError, check_gpu_request, check_minimum, require_output_folder
 from .data import FolderDataset, scan_clusters
-from .eval_inputs import file_digest
+from .evaluate.inputs import file_digest
 from .features import iter_features
 from .identity import COLUMNS as IDENTITY
 from .identity import below_cluster, clusters_identity, identify, read_identity
-from .loaders import default_workers, read_spec
 from .models import build_backbone
-from .stage import MANIFEST, atomic_path, check_finished, read_manifest, write_csv, write_manifest
-from .training import read_checkpoint
+from .outputs import MANIFEST, atomic_path, check_finished, read_manifest, write_csv, write_manifest
+from .ssl.loaders import default_workers, read_spec
+from .ssl.training import read_checkpoint
 
 PCA_MIN_VARIANCE = 0.005  # keep principal axes that explain more than 0.5 % of the variance
 
@@ -241,7 +241,7 @@ def embed_run(name: str, ckpt: Path, args) -> dict | None:
     write_csv(out / "pca_variance.csv", pd.DataFrame({
         "component": [f"PC{i + 1}" for i in range(len(ratio))], "explained_variance_ratio": ratio,
         "cumulative": np.cumsum(ratio), "kept": ratio > PCA_MIN_VARIANCE}))
-    from .evalplots import plot_pca
+    from .evaluate.plots import plot_pca
 
     plot_pca(scores, table["cluster"], ratio, out / "pca.png", name)
     try:  # thumbnails at their PC scores; a picture never fails the stage

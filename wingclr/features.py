@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from .data import FolderDataset, ReadSpec, worker_init
 from .imageio import ImageReadError
 from .models import build_backbone, channel_stats
-from .stage import atomic_path, write_csv, write_text
+from .outputs import atomic_path, write_csv, write_text
 
 FEATURES, INDEX, SETTINGS = "features.npy", "features_index.csv", "features.json"
 

@@ -180,7 +180,7 @@ def stamp_files(root: Path | str, images: Sequence) -> pd.DataFrame:
 
 def write_inputs(out: Path | str, stamps: pd.DataFrame) -> None:
     """Record the input images a finished output was made of (``inputs.csv``)."""
-    from .stage import write_csv
+    from .outputs import write_csv
 
     write_csv(Path(out) / INPUTS, stamps)
 

@@ -318,7 +318,7 @@ def write_png(path: Path | str, arr: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    from .stage import atomic_path
+    from .outputs import atomic_path
 
     with atomic_path(path) as tmp:
         Image.fromarray(arr).save(tmp, format="PNG")

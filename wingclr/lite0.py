@@ -67,7 +67,7 @@ def convert(output_dir: Path | None = None, source: Path | None = None) -> Path:
     """
     import torch
 
-    from .stage import atomic_path
+    from .outputs import atomic_path
     from .weights import weights_dir
 
     target = Path(output_dir or weights_dir()) / TARGET

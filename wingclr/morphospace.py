@@ -50,8 +50,8 @@ def grid_pick(xy: np.ndarray, cells: int = GRID_CELLS
 
 
 def cluster_colours(clusters: Sequence[str]) -> dict[str, tuple]:
-    """A colour per cluster name (:func:`wingclr.evalplots.group_colours`); outliers opaque gray."""
-    from .evalplots import GREY_NAMES, group_colours
+    """A colour per cluster name (:func:`wingclr.evaluate.plots.group_colours`); outliers opaque gray."""
+    from .evaluate.plots import GREY_NAMES, group_colours
 
     return {name: (0.55, 0.55, 0.55, 1.0) if name in GREY_NAMES else colour
             for name, colour in group_colours(clusters).items()}
@@ -77,8 +77,8 @@ def plot_morphospace(scores: np.ndarray, images: Sequence[Path], clusters: Seque
     Returns:
         The number of thumbnails drawn.
     """
-    from .evalplots import pyplot
-    from .stage import save_figure
+    from .evaluate.plots import pyplot
+    from .outputs import save_figure
 
     plt = pyplot()
     a, b = axes
@@ -158,7 +158,7 @@ def write_morphospace(run_dir: Path, root: Path | None = None, meta: dict | None
     Returns:
         The files written ([] when there are fewer than 2 PCA axes or no images).
     """
-    from .stage import read_manifest
+    from .outputs import read_manifest
 
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir) if root is None or meta is None else None

@@ -27,7 +27,7 @@ from .data import dataset_channels, scan_clusters
 from .identity import (COLUMNS, INPUTS, Changes, below_cluster, clusters_identity, identify,
                        input_changes, stamp_files, write_inputs)
 from .imageio import try_read
-from .stage import check_finished, read_manifest, settings, write_csv, write_manifest
+from .outputs import check_finished, read_manifest, settings, write_csv, write_manifest
 
 SUBSETS = ("unlabeled", "train", "validation")
 

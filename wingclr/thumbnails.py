@@ -202,8 +202,8 @@ class Mosaic:
 
     def save(self, path: Path) -> Path:
         """Write the mosaic as PNG at :data:`DPI` (one canvas pixel = one image pixel)."""
-        from .evalplots import pyplot
-        from .stage import atomic_path
+        from .evaluate.plots import pyplot
+        from .outputs import atomic_path
 
         plt = pyplot()
         h, w = self.canvas.shape[:2]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cli import UserError
-from .segmentation_rembg import RELEASES as REMBG_RELEASES
+from .segment.rembg import RELEASES as REMBG_RELEASES
 from .weights import hub_checkpoint_dir, timm_local, weights_dir
 
 # published checksums of rembg's release files (from rembg's own session classes)
@@ -63,7 +63,7 @@ class Entry:
 
             return timm_local(self.key, timm_cfg(self.key))
         if self.key in REMBG_CHECKSUMS:
-            from .segmentation_rembg import model_path
+            from .segment.rembg import model_path
 
             try:
                 return model_path(self.key)
@@ -86,7 +86,7 @@ def torchvision_entry(name: str) -> Entry:
 
 
 def maskrcnn_entry(arch: str) -> Entry:
-    from .segmentation_maskrcnn import coco_weights
+    from .segment.maskrcnn import coco_weights
 
     return url_entry(arch, coco_weights(arch).url, f"train_maskrcnn.py --arch {arch} --pretrained coco")
 
@@ -98,7 +98,7 @@ def url_entry(key: str, url: str, used_by: str) -> Entry:
 
 
 def rembg_entry(name: str) -> Entry:
-    from .segmentation_rembg import REMBG_MODELS
+    from .segment.rembg import REMBG_MODELS
 
     return Entry(name, f"{name}.onnx", f"segment.py --rembg-model {name}",
                  REMBG_RELEASES + REMBG_MODELS[name], REMBG_CHECKSUMS.get(name))
@@ -124,8 +124,8 @@ def entry(name: str) -> Entry:
         UserError: nothing of that name is known.
     """
     from .models import BACKBONES
-    from .segmentation_maskrcnn import ARCHS
-    from .segmentation_rembg import REMBG_MODELS
+    from .segment.maskrcnn import ARCHS
+    from .segment.rembg import REMBG_MODELS
 
     if name.startswith("timm/"):
         return timm_entry(name)
@@ -149,8 +149,8 @@ def entry(name: str) -> Entry:
 def known_names() -> list[str]:
     """Every file this project knows by name (check lists them)."""
     from .models import BACKBONES
-    from .segmentation_maskrcnn import ARCHS
-    from .segmentation_rembg import REMBG_MODELS
+    from .segment.maskrcnn import ARCHS
+    from .segment.rembg import REMBG_MODELS
 
     return [*BACKBONES, *ARCHS, *REMBG_MODELS, "timm/efficientnet_lite0", WING_CHECKPOINT]
 

@@ -115,7 +115,7 @@ def _lite0_from_package() -> bool:
 
 
 def _copy(source: Path, target: Path) -> None:
-    from .stage import atomic_path
+    from .outputs import atomic_path
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:

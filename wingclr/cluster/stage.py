@@ -1,0 +1,317 @@
+"""Stage 1: image folder -> VGG16 features -> 3-D UMAP -> HDBSCAN, with the keep-or-retry loop.
+
+Modes (see ``1-clustering/cluster.py --help``):
+
+* interactive (stdin is a terminal, or ``--interactive``): asks min_cluster_size and
+  cluster_selection_epsilon, shows the result, then "keep (1) or retry (0)"; a retry reuses the
+  features and the UMAP embedding, so only HDBSCAN runs again;
+* batch (``--yes``, or both parameters given without a terminal): one pass, no questions;
+* ``--sweep`` alone without a terminal: prints the parameter table and stops.
+
+Without a terminal and without parameters the stage stops with an error naming the flags.
+
+Random (untrained) features group images by colour and pose, not by pattern, yet UMAP still
+separates them into convincing clusters; ``--pretrained none`` is therefore refused unless
+``--allow-random-features`` is given too, and then every result is printed with a warning and the
+manifest records ``"random_features": true``. The silhouette is printed and recorded both in the
+3-D UMAP space and in the feature space.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..cli import UserError, check_input_size, check_minimum
+from ..identity import COLUMNS, identify, segmentation_identity, stamp_files, write_inputs
+from ..imageio import list_files
+from ..outputs import MANIFEST, atomic_path, write_csv, write_manifest, write_text
+from ..split import place_file
+from .clustering import Clustering, cluster, identical_rows, project_umap, sweep, sweep_grid
+from .inputs import (check_random_features, guard_output, input_changed_error,
+                     random_features_warning, resolve_input, stage_settings,
+                     with_weights_advice)
+from .plots import display_available, plot_silhouette, plot_umap_3d, show_figures
+
+DEFAULT_MIN_CLUSTER_SIZE, DEFAULT_EPSILON = 20, 0.0
+MIN_IMAGES = 5  # UMAP needs a few points to build a neighbour graph
+OUTLIERS = "outliers"
+UMAP_KEYS = ("n_neighbors", "min_dist", "seed", "metric", "pca_dims")
+BATCH_HINT = "--min-cluster-size N --cluster-selection-epsilon E --yes"
+def decide_mode(args, stdin_is_tty: bool) -> str:
+    """``"interactive"``, ``"batch"`` or ``"sweep-only"``; fills in defaults for batch mode.
+
+    Raises:
+        UserError: no terminal to ask on and the parameters are not given.
+    """
+    if args.yes and args.interactive:
+        raise UserError("--yes and --interactive exclude each other; pass one of them")
+    given = args.min_cluster_size is not None and args.cluster_selection_epsilon is not None
+    if args.interactive or (stdin_is_tty and not args.yes):
+        return "interactive"
+    if args.yes or given:
+        if args.min_cluster_size is None:
+            args.min_cluster_size = DEFAULT_MIN_CLUSTER_SIZE
+        if args.cluster_selection_epsilon is None:
+            args.cluster_selection_epsilon = DEFAULT_EPSILON
+        return "batch"
+    if args.sweep:
+        return "sweep-only"
+    raise UserError("stdin is not a terminal, so min_cluster_size and cluster_selection_epsilon "
+                    f"cannot be asked: pass {BATCH_HINT} (e.g. --min-cluster-size 20 "
+                    "--cluster-selection-epsilon 0.1 --yes), or --sweep to print a table to choose "
+                    "from, or --interactive to answer on piped stdin")
+
+
+def stdin_isatty() -> bool:
+    try:
+        return bool(sys.stdin is not None and sys.stdin.isatty())
+    except (AttributeError, OSError, ValueError):  # closed or replaced stdin
+        return False
+
+
+def ask(prompt: str, default, parse, check=lambda v: True, expected: str = "a number"):
+    """Ask on stdin until the answer parses and passes ``check``; Enter takes ``default``."""
+    while True:
+        suffix = f" [{default}]" if default is not None else ""
+        try:
+            text = input(f"{prompt}{suffix}: ").strip()
+        except EOFError:
+            print()
+            raise UserError(f"stdin ended before '{prompt}' was answered; to run without questions "
+                            f"pass {BATCH_HINT}") from None
+        if not text and default is not None:
+            return default
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is not None and check(value):
+            return value
+        print(f"please enter {expected}")
+
+
+def umap_embedding(features: np.ndarray, args, out: Path) -> np.ndarray:
+    """The ``(N, 3)`` UMAP embedding, reused from ``umap_3d.npy`` when features and parameters match.
+
+    Computed once per run: a retry only re-runs HDBSCAN; a re-run (e.g. with ``--overwrite`` and
+    other HDBSCAN parameters) reads it back.
+    """
+    params = {k: getattr(args, k) for k in UMAP_KEYS}
+    digest = hashlib.blake2b(np.ascontiguousarray(features).data, digest_size=16).hexdigest()
+    key = json.dumps({**params, "features": digest}, sort_keys=True)
+    try:
+        if (out / "umap_3d.json").read_text(encoding="utf-8") == key:
+            emb = np.load(out / "umap_3d.npy")
+            if emb.shape == (len(features), 3):
+                print("UMAP: reusing umap_3d.npy (same features and parameters)")
+                return emb
+    except (OSError, ValueError):
+        pass
+    print(f"UMAP: {features.shape[0]} x {features.shape[1]} -> 3-D ({', '.join(f'{k}={v}' for k, v in params.items())})",
+          flush=True)
+    start = time.perf_counter()
+    emb = project_umap(features, **params)
+    print(f"UMAP: {time.perf_counter() - start:.1f} s")
+    with atomic_path(out / "umap_3d.npy") as tmp:
+        np.save(tmp, emb)
+    write_text(out / "umap_3d.json", key)
+    return emb
+
+
+def choose(embedding: np.ndarray, args, mode: str, out: Path, degenerate: bool,
+           show: bool, features: np.ndarray | None = None,
+           warning: str = "", images: list[Path] | None = None) -> tuple[Clustering, list[dict]]:
+    """Cluster, report and plot until the user keeps a result (one pass in batch mode).
+
+    ``features`` (the rows of ``embedding``) add the feature-space silhouette; ``warning`` is
+    printed after every result (random features); with ``images`` (the files of the rows), every
+    try also draws a contact sheet per cluster, ``out/sheet_<k>.png`` (beside the plots, not in a
+    folder: stage 2 reads every folder of ``out`` as a cluster).
+
+    Returns:
+        The kept result and every tried result's summary (in order).
+    """
+    n = len(embedding)
+    mcs = args.min_cluster_size if args.min_cluster_size is not None else min(DEFAULT_MIN_CLUSTER_SIZE, n)
+    eps = args.cluster_selection_epsilon if args.cluster_selection_epsilon is not None else DEFAULT_EPSILON
+    tried = []
+    while True:
+        if mode == "interactive":
+            mcs = ask("min_cluster_size", mcs, int, lambda v: 2 <= v <= n,
+                      f"a whole number from 2 to {n} (the number of images)")
+            eps = ask("cluster_selection_epsilon", eps, float, lambda v: v >= 0, "a number >= 0")
+        result = cluster(embedding, mcs, eps, args.min_samples, args.seed, degenerate,
+                         features=features, metric=getattr(args, "metric", "euclidean"))
+        tried.append(result.record())
+        print(result.summary())
+        if warning:
+            print(warning)
+        if result.silhouette is None:
+            print(result.note)
+        figures = [plot_umap_3d(embedding, result, out / "umap_3d.png", show),
+                   plot_silhouette(result, out / "silhouette.png", show)]
+        print(f"plots: {out / 'umap_3d.png'}, {out / 'silhouette.png'}")
+        if images is not None:
+            draw_sheets(embedding if features is None else features, result.labels, images, out)
+        if show:
+            show_figures(figures)
+        if mode != "interactive":
+            return result, tried
+        if ask("keep (1) or retry (0)", None, int, lambda v: v in (0, 1), "1 to keep or 0 to retry"):
+            args.min_cluster_size, args.cluster_selection_epsilon = mcs, eps
+            return result, tried
+
+
+def draw_sheets(features: np.ndarray, labels: np.ndarray, images: list[Path], folder: Path) -> None:
+    """One contact sheet per cluster (nearest its centre first) and one of the outliers, replacing
+    the previous try's; pictures never fail the stage."""
+    try:
+        from ..contact_sheets import write_contact_sheets
+
+        for old in folder.glob("sheet_*.png"):
+            old.unlink()
+        files = write_contact_sheets(features, [str(k) for k in labels], images, folder)
+        print(f"contact sheets (nearest the cluster centre first, outliers apart): {folder}/ "
+              f"({len(files)} files)")
+    except Exception as e:  # noqa: BLE001
+        print(f"note: contact sheets not drawn ({type(e).__name__}: {e})")
+
+
+def write_clusters(out: Path, root: Path, images: list[str], result: Clustering,
+                   embedding: np.ndarray, link: str, identity: pd.DataFrame | None = None) -> pd.DataFrame:
+    """``cluster_<k>/<rel>``, ``outliers/<rel>`` and ``clusters.csv``; returns the table.
+
+    ``identity``: ``specimen`` and ``source_image`` per image (:mod:`wingclr.identity`), the last
+    columns of ``clusters.csv`` (default: from the paths).
+    """
+    for old in [*out.glob("cluster_*"), out / OUTLIERS]:  # our own folders of an unfinished run
+        if old.is_dir():
+            shutil.rmtree(old)
+    folders = [f"cluster_{k}" if k >= 0 else OUTLIERS for k in result.labels]
+    for rel, folder in zip(images, folders):
+        place_file(root / rel, out / folder / rel, link)
+    table = pd.DataFrame({"image": images, "cluster": result.labels,
+                          "probability": np.round(result.probabilities, 4)})
+    for i in range(3):
+        table[f"umap_{i + 1}"] = np.round(embedding[:, i], 5)
+    ids = identify(images, None) if identity is None else identity
+    for column in COLUMNS:
+        table[column] = ids[column].to_numpy()
+    write_csv(out / "clusters.csv", table)
+    return table
+
+
+def run_clustering(args, stdin_is_tty: bool | None = None, builder=None) -> dict | None:
+    """Run stage 1 (arguments: see ``1-clustering/cluster.py``).
+
+    Args:
+        stdin_is_tty: whether questions can be asked (default: ``sys.stdin.isatty()``).
+        builder: backbone factory override (tests count forward passes with it).
+
+    Returns:
+        The manifest, or None when skipped (same finished output) or after a sweep-only run.
+    """
+    from ..data import dataset_channels
+    from ..features import FeatureConfig, compute_features
+    from ..ssl.loaders import default_workers
+    from ..models import build_backbone
+
+    if stdin_is_tty is None:
+        stdin_is_tty = stdin_isatty()
+    check_minimum(("--min-cluster-size", args.min_cluster_size, 2),
+                  ("--cluster-selection-epsilon", args.cluster_selection_epsilon, 0),
+                  ("--min-samples", args.min_samples, 1), ("--n-neighbors", args.n_neighbors, 2),
+                  ("--min-dist", args.min_dist, 0), ("--batch-size", args.batch_size, 1),
+                  ("--pca-dims", args.pca_dims, 0))
+    check_input_size(args.input_size)
+    random_features = check_random_features(args)
+    mode = decide_mode(args, stdin_is_tty)
+    out = Path(args.output)
+    root = resolve_input(args.input, out)
+    finished = guard_output(out, args, mode)
+    images, skipped = list_files(root)
+    stamps = stamp_files(root, images)  # recorded at the end: what this clustering is made of
+    if finished:
+        error = input_changed_error(out, stamps)
+        if error:
+            raise error
+        print(f"skip: {out} already holds this clustering (manifest.json); pass --overwrite to redo it")
+        return None
+    n = len(images)
+    if n < max(MIN_IMAGES, args.min_cluster_size or 0):
+        need = (f"fewer than --min-cluster-size {args.min_cluster_size}; pass a smaller "
+                f"--min-cluster-size (at most {n})") if n >= MIN_IMAGES else (
+                f"clustering needs at least {MIN_IMAGES}; add images or point --input elsewhere")
+        raise UserError(f"{root} holds {n} image{'s' * (n != 1)}, {need}")
+    if mode != "sweep-only":
+        (out / MANIFEST).unlink(missing_ok=True)  # from here on the output is unfinished
+    config = FeatureConfig(args.backbone, args.pretrained == "imagenet", args.input_size,
+                           dataset_channels(root, images, None), tuple(args.background), args.seed)
+    feats = compute_features(root, images, out, config, args.batch_size,
+                             default_workers() if args.num_workers is None else args.num_workers,
+                             args.device, not args.quiet,
+                             builder=with_weights_advice(builder or build_backbone))
+    print(f"features: {n - feats.computed} from the cache, {feats.computed} computed "
+          f"({args.backbone}, {'ImageNet' if config.pretrained else 'random'} weights) -> {out / 'features.npy'}")
+    unreadable = [(images[i].as_posix(), feats.errors[i]) for i in np.flatnonzero(~feats.ok)]
+    skipped = [(p.as_posix(), r) for p, r in skipped] + unreadable
+    for path, reason in skipped:
+        print(f"skipped: {path}: {reason}")
+    ok = feats.ok
+    readable = [images[i].as_posix() for i in np.flatnonzero(ok)]
+    if len(readable) < max(MIN_IMAGES, args.min_cluster_size or 0):
+        raise UserError(f"only {len(readable)} of the {n} images in {root} are readable; fix or "
+                        "remove the files listed above, or pass a smaller --min-cluster-size")
+    if args.min_samples is not None and args.min_samples > len(readable):
+        raise UserError(f"--min-samples {args.min_samples} is more than the {len(readable)} readable "
+                        f"images in {root}; pass a smaller --min-samples")
+    values, computed = (feats.values if ok.all() else feats.values[ok]), feats.computed
+    del feats  # the readable rows are all that is kept
+    degenerate = identical_rows(values)
+    embedding = (np.zeros((len(values), 3), np.float32) if degenerate
+                 else umap_embedding(values, args, out))
+    if degenerate:
+        print(f"all {len(values)} images give identical features (duplicate images?): nothing to "
+              "project or separate; they form one cluster and the silhouette is undefined")
+    if args.sweep:
+        table = sweep(embedding, sweep_grid(args.min_cluster_size or min(DEFAULT_MIN_CLUSTER_SIZE, len(values)),
+                                            len(values), args.cluster_selection_epsilon),
+                      args.min_samples, args.seed, degenerate)
+        print(table.to_string(index=False, na_rep="undefined"))
+        print("(silhouette: in the 3-D UMAP space, outliers left out)")
+        write_csv(out / "sweep.csv", table)
+        print(f"sweep table: {out / 'sweep.csv'}")
+        if mode == "sweep-only":
+            print(f"pick a row and run again with {BATCH_HINT}")
+            return None
+    show = not args.no_show and display_available()
+    warning = random_features_warning(args.backbone) if random_features else ""
+    result, tried = choose(embedding, args, mode, out, degenerate, show,
+                           None if degenerate else values, warning, [root / r for r in readable])
+    known = segmentation_identity(root)
+    identity = identify(readable, known, source="stage 0's segmentation.csv" if known else "")
+    write_clusters(out, root, readable, result, embedding, args.link, identity)
+    print(f"wrote {result.n_clusters} cluster folders, {OUTLIERS}/ ({result.n_outliers} images) "
+          f"and clusters.csv to {out}")
+    if warning:
+        print(warning)
+    write_inputs(out, stamps)
+    return write_manifest(
+        out, "1-clustering", stage_settings(args), seed=args.seed,
+        packages=("umap-learn", "hdbscan", "scikit-learn"),
+        counts={"images": n, "clustered": len(readable), "clusters": result.n_clusters,
+                "outliers": result.n_outliers, "unreadable": len(unreadable),
+                "skipped": len(skipped), "features_computed": computed},
+        silhouette=result.silhouette, silhouette_note=result.note, silhouette_umap=result.silhouette,
+        silhouette_features=result.feature_silhouette, silhouette_metric=args.metric,
+        random_features=random_features, cluster_sizes=result.sizes,
+        tried=tried, skipped_files=skipped, input=str(root.resolve()),
+        features={**config.key(), "dim": int(values.shape[1])})

@@ -1,0 +1,290 @@
+"""Stage 5: evaluate frozen embeddings on stage 2's train/validation split, one folder per run.
+
+Per run (``<output>/<run>/``): linear probe and weighted kNN (:mod:`wingclr.evaluate.probe`), silhouette and
+Davies-Bouldin of the classes in embedding space, report.csv, classification_report.txt,
+predictions.csv, confusion_matrix.png, umap.png and manifest.json (written last; it also keeps the
+run's evaluation.csv row, so a finished run is skipped when evaluated again with the same settings).
+Baselines (:mod:`wingclr.evaluate.baselines`) are scored once per dataset on the same split. The output root
+gets evaluation.csv (one row per run, upserted), baselines.csv, grid_summary.png and summary.txt.
+"""
+
+from __future__ import annotations
+
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..cli import STAGE_DIRS, UserError, check_gpu_request, check_minimum, require_output_folder
+from ..outputs import MANIFEST, check_finished, read_manifest, write_csv, write_manifest, write_text
+from .baselines import BASELINES, SplitData, parse_baselines, run_baseline
+from .gridplot import summary_table, write_grid_summary
+from .inputs import attach_labels, check_data, identity_columns, load_embeddings
+from .probe import collapse_note, is_collapsed, score_split
+from .visuals import run_visuals, write_report_note
+
+EVAL_COLUMNS = ["run", "backbone", "batch_size", "epochs", "temperature", "n_train", "n_val",
+                "accuracy", "balanced_accuracy", "macro_f1", "knn_accuracy",
+                *[f"{b}_{m}" for b in BASELINES.values() for m in ("accuracy", "knn_accuracy")],
+                "silhouette", "davies_bouldin", "probe_C", "probe_cv_accuracy", "dataset",
+                "probe_collapsed", "probe_collapsed_to",
+                *[f"{b}_probe_collapsed" for b in BASELINES.values()]]
+MODEL_KEYS = ("backbone", "in_chans", "input_size", "mean", "std")  # what a baseline needs
+
+
+def run_info(manifest: dict) -> dict:
+    """Backbone and grid values of the training run behind an embedding folder's manifest."""
+    model = manifest.get("model", {})
+    train_args = model.get("settings", {})
+    return {"backbone": model.get("backbone"), "batch_size": train_args.get("batch_size"),
+            "epochs": train_args.get("epochs"), "temperature": train_args.get("temperature")}
+
+
+def image_root(manifest: dict, data: Path | None) -> Path | None:
+    """Folder the embedded image paths are relative to: ``--data`` or the one stage 4 used."""
+    from ..embedding import image_table
+
+    data = data or manifest.get("args", {}).get("data")
+    try:
+        return image_table(Path(data))[0] if data else None
+    except UserError:
+        return None
+
+
+def load_split(ids: pd.DataFrame, labels_csv: Path | None, root: Path | None,
+               allow_partial: bool = False) -> SplitData:
+    y = attach_labels(ids, labels_csv, allow_partial).to_numpy(str)
+    labelled = y != ""
+    return SplitData(root, ids["image"].to_numpy(str), y,
+                     ((ids["split"] == "train").to_numpy() & labelled),
+                     ((ids["split"] == "validation").to_numpy() & labelled))
+
+
+def write_reports(out_dir: Path, name: str, split: SplitData, probe, knn: np.ndarray,
+                  ids: pd.DataFrame | None = None) -> None:
+    from sklearn.metrics import classification_report
+
+    yv, pred = split.y[split.val], probe.predictions
+    labels = sorted(set(split.y[split.train | split.val]))
+    report = classification_report(yv, pred, labels=labels, output_dict=True, zero_division=0)
+    table = pd.DataFrame(report).T
+    if "accuracy" in table.index:  # sklearn's dict repeats the accuracy in every column
+        table.loc["accuracy", ["precision", "recall"]] = np.nan  # as in its text report:
+        table.loc["accuracy", "support"] = len(yv)  # accuracy under f1-score, all images counted
+    write_csv(out_dir / "report.csv", table.rename_axis("class").reset_index())
+    write_text(out_dir / "classification_report.txt",
+               classification_report(yv, pred, labels=labels, zero_division=0))
+    write_csv(out_dir / "predictions.csv", pd.DataFrame({
+        "image": split.images[split.val], "label": yv, "linear": pred, "knn": knn,
+        **identity_columns(ids, split.val)}))
+
+
+def labels_from(args) -> str:
+    """Where the classes come from, for figure titles: ``clusters`` or the --labels file name."""
+    return Path(args.labels).name if args.labels else "clusters"
+
+
+def umap_colouring(ids: pd.DataFrame, split: SplitData, args) -> tuple[np.ndarray, str, str]:
+    """What the stage 5 UMAP is coloured by: ``(group per row, grey group, legend title)``.
+
+    With ``--labels`` the user's labels (images without one grey), otherwise the clusters
+    (stage 2's outliers folder grey).
+    """
+    if args.labels:
+        return np.where(split.y == "", "no label", split.y), "no label", f"label ({labels_from(args)})"
+    return ids["cluster"].to_numpy(str), args.outliers_folder, "cluster"
+
+
+def evaluate_embeddings(name: str, emb_dir: Path, out_dir: Path, args) -> tuple[dict, SplitData, dict]:
+    """Evaluate one run's embeddings into ``out_dir`` (skipped when finished with these settings).
+
+    Returns:
+        ``(evaluation.csv row without baselines, the split, the run's model metadata)``.
+    """
+    from .plots import plot_confusion, plot_umap
+
+    manifest = read_manifest(emb_dir) or {}
+    ids, feats = load_embeddings(emb_dir, manifest)
+    split = load_split(ids, args.labels, check_data(ids, emb_dir, manifest, args.data,
+                                                   image_root(manifest, args.data)),
+                       getattr(args, "allow_partial_labels", False))
+    if split.train.sum() < 2 or split.val.sum() < 1 or len(set(split.y[split.train])) < 2:
+        raise UserError(f"{emb_dir}: need >= 2 classes in train and >= 1 validation image "
+                        "(split.csv from stage 2 gives them; user labels need a label column beside image, specimen or source_image)")
+    settings = {"embeddings": str(Path(emb_dir).resolve()), "embedded": manifest.get("finished"),
+                "labels": str(args.labels) if args.labels else None, "knn_k": args.knn_k,
+                "seed": args.seed}
+    if check_finished(out_dir, settings, args.overwrite, "evaluation"):
+        print(f"skip: {out_dir} is finished (manifest.json); pass --overwrite to evaluate again")
+        row = read_manifest(out_dir)["row"]
+    else:
+        (out_dir / MANIFEST).unlink(missing_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        metrics, probe, knn = score_split(feats, split.y, split.train, split.val, args.seed, args.knn_k)
+        write_reports(out_dir, name, split, probe, knn, ids)
+        labels = sorted(set(split.y[split.train | split.val]))
+        plot_confusion(split.y[split.val], probe.predictions, labels, out_dir / "confusion_matrix.png",
+                       name, labels_from(args))
+        row = {"run": name, **run_info(manifest), **metrics, "dataset": split.key()}
+        (out_dir / "umap.png").unlink(missing_ok=True)  # drawn for other settings (e.g. labels)
+    if args.umap and not (out_dir / "umap.png").exists():
+        groups, grey, legend = umap_colouring(ids, split, args)
+        plot_umap(feats, groups, grey, out_dir / "umap.png", name, args.seed, legend)
+    if read_manifest(out_dir) is None:
+        write_manifest(out_dir, "5-evaluation", settings, seed=args.seed, packages=("scikit-learn",),
+                       counts={"train": row["n_train"], "validation": row["n_val"]}, row=row)
+    return row, split, manifest.get("model", {})
+
+
+def baseline_columns(split: SplitData, model: dict, args, cache_dir: Path, notes: dict,
+                     results: dict) -> dict:
+    """evaluation.csv baseline columns for one run; NaN (and a note) when one is unavailable.
+
+    Args:
+        notes: one-line notes, collected so each is printed once.
+        results: filled with every baseline result, keyed by its label and dataset.
+    """
+    cols = {}
+    for method in parse_baselines(args.baselines):
+        prefix = BASELINES[method]
+        cols[f"{prefix}_accuracy"] = cols[f"{prefix}_knn_accuracy"] = float("nan")
+        cols[f"{prefix}_probe_collapsed"] = float("nan")
+        missing = [k for k in MODEL_KEYS if k not in model]
+        try:
+            if missing:
+                raise UserError(f"the embeddings' manifest.json lacks model.{missing[0]}")
+            res = run_baseline(method, model, split, cache_dir, args.pixel_size, args.seed,
+                               args.knn_k, args.device, args.num_workers)
+        except UserError as e:
+            notes.setdefault(str(e), f"note: {prefix} baseline left empty: {e}")
+            continue
+        results[(res["label"], res["settings"]["dataset"])] = res
+        cols[f"{prefix}_accuracy"] = res["metrics"]["accuracy"]
+        cols[f"{prefix}_knn_accuracy"] = res["metrics"]["knn_accuracy"]
+        cols[f"{prefix}_probe_collapsed"] = is_collapsed(res["metrics"].get("probe_collapsed"))
+    return cols
+
+
+def imagenet_beside(row: dict) -> str:
+    """``"; frozen ImageNet: linear 0.710 (SimCLR -0.020), kNN 0.650"`` or "" without that baseline.
+
+    SimCLR fine-tuning can make ImageNet features worse; the user sees it on every run's line.
+    When either linear probe collapsed (:func:`wingclr.evaluate.probe.probe_collapse`) no difference is
+    given: the line says which one collapsed.
+    """
+    base = row.get("imagenet_accuracy", float("nan"))
+    if base != base:  # NaN: not computed
+        return ""
+    if is_collapsed(row.get("imagenet_probe_collapsed")):
+        gap = "its linear probe collapsed"
+    elif is_collapsed(row.get("probe_collapsed")):
+        gap = "no difference: the run's linear probe collapsed"
+    else:
+        gap = f"SimCLR {row['accuracy'] - base:+.3f}"
+    return f"; frozen ImageNet: linear {base:.3f} ({gap}), kNN {row['imagenet_knn_accuracy']:.3f}"
+
+
+def run_line(row: dict) -> str:
+    """The line printed per evaluated run."""
+    note = collapse_note(row)
+    return (f"{row['run']}: linear accuracy {row['accuracy']:.3f}"
+            + (f" ({note})" if note else f", kNN {row['knn_accuracy']:.3f}")
+            + f", silhouette {row['silhouette']:.3f}{imagenet_beside(row)}")
+
+
+def upsert_rows(path: Path, rows: list[dict], keys: tuple[str, ...] = ("run",),
+                order: list[str] = EVAL_COLUMNS) -> pd.DataFrame:
+    """Add rows to a CSV, replacing earlier rows with the same ``keys``."""
+    new = pd.DataFrame(rows)
+    if path.exists() and len(new):
+        old = pd.read_csv(path, dtype={k: str for k in (*keys, "dataset")})
+        if set(keys) <= set(old.columns):
+            same = old.set_index(list(keys)).index.isin(new.set_index(list(keys)).index)
+            new = pd.concat([old[~same], new], ignore_index=True)
+    elif path.exists():
+        new = pd.read_csv(path)
+    new = new[[c for c in order if c in new.columns] + [c for c in new.columns if c not in order]]
+    write_csv(path, new)
+    return new
+
+
+def find_embedding_dirs(paths: list[Path], emb_root: Path, embed=None) -> list[tuple[str, Path]]:
+    """Embedding folders for stage 4 folders, stage 3 run folders or checkpoints (default: all).
+
+    Unfinished training-run folders (no manifest.json) are skipped with a message, so
+    ``--runs work/3-training/*`` evaluates whatever has finished.
+
+    Args:
+        embed: called as ``embed(path)`` for a checkpoint or training run that has no embeddings
+            yet; returns its embedding folder. Without it such paths are an error.
+    """
+    if not paths:
+        dirs = sorted(p.parent for p in Path(emb_root).glob(f"*/{MANIFEST}"))
+        if not dirs:
+            raise UserError(f"no finished embeddings in {emb_root}; run 4-embed/embed.py first")
+        return [(d.name, d) for d in dirs]
+    found = []
+    for p in map(Path, paths):
+        name = p.parent.name if p.name == "last.ckpt" else (p.stem if p.suffix == ".ckpt" else p.name)
+        done = [c for c in (p, Path(emb_root) / name)
+                if (c / MANIFEST).exists() and (c / "embeddings.csv").exists()]
+        if done:
+            found.append((name, done[0]))
+        elif p.is_dir() and not (p / MANIFEST).exists():
+            print(f"skip: {p} is not finished (no manifest.json); pass {p / 'last.ckpt'} to "
+                  "evaluate its last epoch")
+        elif embed is None:
+            raise UserError(f"no embeddings for {p} (looked in {Path(emb_root) / name}); run "
+                            f"4-embed/embed.py --checkpoints {p} first")
+        else:
+            found.append((name, embed(p)))
+    if not found:
+        raise UserError(f"none of the {len(paths)} --runs is finished; wait for training or "
+                        "pass checkpoints (last.ckpt) explicitly")
+    return found
+
+
+def evaluate_runs(args) -> pd.DataFrame:
+    """Run stage 5 (see ``5-evaluation/evaluate.py`` for the arguments)."""
+    from ..embedding import embed_run, resolve_runs
+
+    def embed(path: Path) -> Path:
+        (name, ckpt), = resolve_runs([path], Path(path).parent)
+        embed_run(name, ckpt, Namespace(
+            data=args.data or STAGE_DIRS["dataset"], output=args.embeddings, batch_size=64,
+            num_workers=args.num_workers, device=args.device, quiet=args.quiet, overwrite=False))
+        return Path(args.embeddings) / name
+
+    parse_baselines(args.baselines)  # bad names and flags fail before any work
+    check_minimum(("--knn-k", args.knn_k, 1), ("--num-workers", args.num_workers, 0),
+                  ("--pixel-size", args.pixel_size, 1))
+    check_gpu_request("--device", args.device)
+    require_output_folder(args.output)
+    if args.labels is not None and not Path(args.labels).is_file():
+        raise UserError(f"--labels {args.labels} does not exist; pass a CSV with a label column and an image, specimen or source_image column")
+    out = Path(args.output)
+    rows, notes, results = [], {}, {}
+    for name, emb_dir in find_embedding_dirs(args.runs, args.embeddings, embed):
+        row, split, model = evaluate_embeddings(name, emb_dir, out / name, args)
+        row.update(baseline_columns(split, model, args, out / "baselines", notes, results))
+        rows.append(row)
+        print(run_line(row))
+        run_visuals(name, emb_dir, out / name, split, model, row, args)  # notes, never fails
+    for note in notes.values():
+        print(note)
+    table = upsert_rows(out / "evaluation.csv", rows)
+    baselines = list(results.values())
+    if baselines:
+        upsert_rows(out / "baselines.csv", [{"baseline": b["label"], "name": b["name"],
+                                             "dataset": b["settings"]["dataset"], **b["metrics"]}
+                                            for b in baselines], keys=("baseline", "dataset"),
+                    order=["baseline", "name", "dataset"])
+    if write_grid_summary(table, out / "grid_summary.png"):
+        print(f"wrote {out / 'grid_summary.png'}")
+    text = summary_table(table, baselines)
+    write_text(out / "summary.txt", text + "\n")
+    print(text)
+    print(f"wrote {out / 'evaluation.csv'}")
+    write_report_note(out)
+    return table

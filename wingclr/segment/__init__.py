@@ -1,0 +1,1 @@
+"""Stage 0: wing masks (Mask R-CNN, rembg, threshold), annotations and Mask R-CNN training."""

@@ -1,0 +1,114 @@
+"""rembg background removal with model files from ``weights/`` only (never a download).
+
+rembg looks for ``<home>/models/<name>/<name>.onnx`` then ``<home>/<name>.onnx`` with
+``<home> = $U2NET_HOME``; we point ``U2NET_HOME`` at the weights folder while the session is
+created, after checking that the file is there (otherwise rembg would try to download it).
+``--rembg-model`` may also be a path to an ``.onnx`` file with U^2-Net's interface (loaded through
+rembg's ``u2net_custom`` session), e.g. a U^2-Net fine-tuned on your specimens.
+
+``import rembg`` is slow the first time in a fresh environment (~70 s, numba compiles), so it is
+imported only when a session is created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..cli import UserError
+from ..weights import fetch_advice, weights_dir
+
+RELEASES = "https://github.com/danielgatis/rembg/releases/download/v0.0.0/"
+# rembg model name -> published file (saved by `rembg d <name>` as <name>.onnx)
+REMBG_MODELS = {
+    "u2net": "u2net.onnx",
+    "u2netp": "u2netp.onnx",
+    "silueta": "silueta.onnx",
+    "isnet-general-use": "isnet-general-use.onnx",
+    "birefnet-general": "BiRefNet-general-epoch_244.onnx",
+    "birefnet-general-lite": "BiRefNet-general-bb_swin_v1_tiny-epoch_232.onnx",
+    "birefnet-dis": "BiRefNet-DIS-epoch_590.onnx",
+    "bria-rmbg": "bria-rmbg-2.0.onnx",
+}
+
+
+@contextlib.contextmanager
+def _env(**values: str) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def model_path(name: str, home: Path | None = None) -> Path:
+    """Where the rembg model ``name`` (or an ``.onnx`` path) lies.
+
+    Raises:
+        UserError: the file is missing; the message names it and how to get it.
+    """
+    if name.endswith(".onnx"):
+        path = Path(name)
+        for candidate in (path, (home or weights_dir()) / path):
+            if candidate.is_file():
+                return candidate.resolve()
+        raise UserError(f"rembg model file {name} not found (nor in {home or weights_dir()}/); "
+                        "give the path of an existing U^2-Net-style .onnx file")
+    if name not in REMBG_MODELS:
+        raise UserError(f"unknown --rembg-model {name}; choose one of {', '.join(REMBG_MODELS)} "
+                        "or give the path of an .onnx file")
+    home = Path(home or weights_dir())
+    for candidate in (home / "models" / name / f"{name}.onnx", home / f"{name}.onnx"):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"rembg model file {name}.onnx not found in {home}/; {fetch_advice(name)} "
+                    f"(or download {RELEASES}{REMBG_MODELS[name]}; `rembg d {name}` needs "
+                    f"pip install \"rembg[cli]\") and copy the file into {home}/ as {name}.onnx, "
+                    "or use --method threshold|maskrcnn which need no rembg model")
+
+
+def load_session(name: str, home: Path | None = None):
+    """A rembg session for model ``name`` whose file is taken from ``home`` (default weights/).
+
+    Returns:
+        rembg ``BaseSession``; pass it to :func:`foreground`.
+    """
+    path = model_path(name, home)
+    import rembg
+
+    if name.endswith(".onnx"):
+        with _env(U2NET_HOME=str(path.parent)):
+            return rembg.new_session("u2net_custom", model_path=str(path))
+    with _env(U2NET_HOME=str(path.parent if path.parent.name != name else path.parents[2])):
+        return rembg.new_session(name)
+
+
+def foreground(session, rgb: np.ndarray) -> np.ndarray:
+    """rembg's foreground (alpha) for a photo.
+
+    Args:
+        session: from :func:`load_session`.
+        rgb: ``(H, W, 3)`` uint8.
+
+    Returns:
+        ``(H, W)`` uint8 soft mask, 255 = foreground.
+    """
+    from PIL import Image
+    from rembg import remove
+
+    mask = remove(Image.fromarray(rgb), session=session, only_mask=True)
+    out = np.asarray(mask.convert("L"), np.uint8)
+    if out.shape != rgb.shape[:2]:  # sessions resize back to the input size; be safe anyway
+        import cv2
+
+        out = cv2.resize(out, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return out

@@ -1,0 +1,324 @@
+"""Stage 0: photos -> wings alone (``images/<rel>.png`` RGBA) and label masks (``masks/<rel>.png``).
+
+Resumable: every image's PNGs are written atomically and ``segmentation.csv`` is flushed every
+``--flush-every`` images (and on interruption); a re-run skips images already listed as ``ok``
+(with their PNGs present) or ``no_wings``, and processes new or failed ones. ``manifest.json`` is
+written last. An output made with other settings is refused unless ``--overwrite``.
+
+Huge photos are segmented downscaled to ``--max-side`` and the masks upscaled back (the soft
+foreground linearly, the wing labels by nearest neighbour), so no full-resolution float copy is
+ever made.
+
+``coverage`` (foreground fraction of the photo) is reported per image. Cut-outs below
+``--min-coverage`` (a fragment: the segmentation missed the specimen) or above ``--max-coverage``
+(the background was not removed) get ``status`` ``low_coverage`` / ``high_coverage`` and are
+written to ``rejected/images/`` and ``rejected/masks/`` instead of ``images/`` and ``masks/``, so
+stage 1 (which reads ``images/``) never sees them; a person looks at them there and in the contact
+sheet, then moves the good ones to ``images/``/``masks/`` or re-runs with other limits. Masks are
+palette PNGs: the pixel values are the labels, the palette makes them visible in a viewer.
+``contact_sheet.png`` shows every photo's cut-out (flagged and failed photos first, framed red;
+see :mod:`wingclr.segment.sheet`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from ..cli import UserError, require_folder
+from ..identity import SOURCE, SPECIMEN, posix, without_extension
+from ..imageio import ImageReadError, list_files, match_channels, read_image, write_png
+from ..outputs import MANIFEST, check_finished, jsonable, settings, write_csv, write_manifest, write_text
+from .masks import cutout, downscale, to_full_resolution, write_label_png
+from .methods import Segmenter, choose_method
+from .sheet import SHEET_GLOB, write_contact_sheets
+
+TABLE = "segmentation.csv"
+PARTIAL = ".settings.json"  # settings of an unfinished run, so a resume cannot mix settings
+SPEED_ONLY = {"batch_size", "flush_every"}
+FLAGGED = ("low_coverage", "high_coverage")
+REJECTED = "rejected"  # flagged cut-outs: rejected/images/, rejected/masks/
+STATUSES = ("ok", *FLAGGED, "no_wings", "unreadable", "error")
+
+
+def output_names(images: list[Path]) -> dict[Path, str]:
+    """``<rel>`` with the extension replaced by ``.png``; ``<rel>.png`` where two inputs collide."""
+    plain = {rel: rel.with_suffix(".png").as_posix() for rel in images}
+    counts = pd.Series(list(plain.values())).value_counts()
+    return {rel: (name if counts[name] == 1 else f"{rel.as_posix()}.png")
+            for rel, name in plain.items()}
+
+
+def run_settings(args) -> dict:
+    """Arguments that decide the output; those a method does not use are blanked."""
+    s = {k: v for k, v in settings(args).items() if k not in SPEED_ONLY}
+    if not args.method.startswith("maskrcnn"):
+        s["checkpoint"] = s["score_threshold"] = None
+    if "rembg" not in args.method:
+        s["rembg_model"] = None
+    if args.method != "maskrcnn+rembg":
+        s["dilate"] = None
+    return s
+
+
+def _guard(out: Path, semantic: dict, overwrite: bool) -> None:
+    if overwrite:
+        for name in ("images", "masks", REJECTED):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in (TABLE, MANIFEST, PARTIAL, "evaluation.csv"):
+            (out / name).unlink(missing_ok=True)
+        for sheet in out.glob(SHEET_GLOB):
+            sheet.unlink()
+        return
+    check_finished(out, semantic, False, "segmentation")
+    partial = out / PARTIAL
+    if partial.is_file() and not (out / MANIFEST).is_file():
+        old = json.loads(partial.read_text(encoding="utf-8"))
+        changed = sorted(k for k in set(old) | set(semantic) if old.get(k) != semantic.get(k))
+        if changed:
+            raise UserError(f"{out} holds an unfinished segmentation made with other settings "
+                            f"({', '.join(changed[:4])} differ); re-run it with the same settings "
+                            "to resume, or pass --overwrite to start again")
+
+
+def _previous_rows(out: Path) -> dict[str, dict]:
+    path = out / TABLE
+    if not path.is_file():
+        return {}
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return {}  # a damaged table only costs recomputation
+    return {row["image"]: row for row in table.to_dict("records") if "image" in row}
+
+
+def _finished(out: Path, row: dict | None) -> bool:
+    if row is None:
+        return False
+    if row.get("status") == "no_wings":
+        return True
+    name, status = row.get("output", ""), row.get("status")
+    root = out if status == "ok" else out / REJECTED
+    return (status in ("ok", *FLAGGED) and bool(name) and (root / "images" / name).is_file()
+            and (root / "masks" / name).is_file())
+
+
+def load_rgb(path: Path, max_side: int, background) -> tuple[np.ndarray, np.ndarray]:
+    """Read a photo as RGB ``(H, W, 3)`` uint8 plus its inference copy (longer side <= max_side).
+
+    Raises:
+        ImageReadError: unreadable, or neither gray nor RGB (e.g. a multispectral stack).
+    """
+    arr = read_image(path, background=background)
+    if arr.shape[-1] not in (1, 3):
+        raise ImageReadError(path, f"has {arr.shape[-1]} bands; segmentation needs RGB or gray "
+                                   "photos (export an RGB view of the stack)")
+    arr = match_channels(arr, 3, path)
+    return arr, downscale(arr, max_side)
+
+
+def _prefetch(root: Path, todo: list[Path], args) -> Iterator[list[tuple[Path, object]]]:
+    """Batches of ``(rel, (rgb, small) | ImageReadError)``, read ahead in threads."""
+    def load(rel: Path):
+        try:
+            return load_rgb(root / rel, args.max_side, args.background)
+        except ImageReadError as e:
+            return e
+
+    size = max(1, args.batch_size)
+    with ThreadPoolExecutor(max(1, args.num_workers)) as pool:
+        futures = [pool.submit(load, rel) for rel in todo[:2 * size]]
+        for start in range(0, len(todo), size):
+            batch = todo[start:start + size]
+            done = [(rel, futures[start + i].result()) for i, rel in enumerate(batch)]
+            futures += [pool.submit(load, rel) for rel in todo[len(futures):start + 3 * size]]
+            for i in range(start, start + len(batch)):
+                futures[i] = None  # let finished images be freed
+            yield done
+
+
+def _row(rel: Path, name: str, classes, status: str, reason: str = "", shape=None,
+         labels: np.ndarray | None = None, scores: dict | None = None, method: str = "") -> dict:
+    areas = (np.bincount(labels.ravel(), minlength=len(classes) + 1) if labels is not None
+             else np.zeros(len(classes) + 1, int))
+    coverage = round(float(areas[1:].sum()) / (shape[0] * shape[1]), 4) if shape else ""
+    row = {"image": rel.as_posix(), "output": name if status in ("ok", *FLAGGED) else "",
+           "status": status, "reason": reason, "method": method, "coverage": coverage,
+           "height": shape[0] if shape else "", "width": shape[1] if shape else ""}
+    found = [c for k, c in enumerate(classes, 1) if areas[k] > 0]
+    row.update(wings_found=len(found), wings=";".join(found), mask_area=int(areas[1:].sum()))
+    for k, c in enumerate(classes, 1):
+        row[f"{c}_area"] = int(areas[k])
+        score = (scores or {}).get(k)
+        row[f"{c}_score"] = "" if score is None else round(score, 4)
+    return with_identity(row, name)
+
+
+def with_identity(row: dict, name: str) -> dict:
+    """``row`` with ``specimen`` and ``source_image`` (last; a row of an older table gets them).
+
+    ``specimen`` is the output name without ``.png``: the photo's path without its extension, or
+    with it where two photos collide (``x.jpg``, ``x.tif``), so it is unique.
+    """
+    row[SPECIMEN] = row.get(SPECIMEN) or without_extension(name)
+    row[SOURCE] = row.get(SOURCE) or posix(row["image"])
+    return row
+
+
+def coverage_status(coverage: float, limits: tuple[float, float]) -> tuple[str, str]:
+    """``(status, reason)`` of a cut-out covering ``coverage`` of its photo."""
+    low, high = limits
+    if coverage < low:
+        return "low_coverage", (f"foreground is {coverage:.2%} of the photo, below --min-coverage "
+                                f"{low:g}: a fragment rather than the specimen")
+    if coverage > high:
+        return "high_coverage", (f"foreground is {coverage:.2%} of the photo, above --max-coverage "
+                                 f"{high:g}: the background was not removed")
+    return "ok", ""
+
+
+def _segment_batch(segmenter: Segmenter, batch, names, out: Path,
+                   limits: tuple[float, float] = (0.0, 1.0)) -> list[dict]:
+    classes, method = segmenter.classes, segmenter.method
+    rows, ready = [], [(rel, data) for rel, data in batch if not isinstance(data, Exception)]
+    for rel, data in batch:
+        if isinstance(data, Exception):
+            rows.append(_row(rel, names[rel], classes, "unreadable", data.reason, method=method))
+    try:
+        results = segmenter([small for _, (_, small) in ready]) if ready else []
+    except Exception as e:  # noqa: BLE001 - e.g. out of GPU memory: retry one image at a time
+        if len(ready) == 1:
+            return rows + [_row(ready[0][0], names[ready[0][0]], classes, "error",
+                                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                                method=method)]
+        return rows + [r for item in ready
+                       for r in _segment_batch(segmenter, [item], names, out, limits)]
+    for (rel, (rgb, _)), res in zip(ready, results):
+        labels = to_full_resolution(res.owner, res.fg, rgb.shape[:2])
+        if not labels.any():
+            rows.append(_row(rel, names[rel], classes, "no_wings",
+                             "no wing found" + (" above --score-threshold"
+                                                if segmenter.model is not None else ""),
+                             rgb.shape[:2], method=method))
+            continue
+        status, reason = coverage_status(np.count_nonzero(labels) / labels.size, limits)
+        root = out if status == "ok" else out / REJECTED
+        # mask first: an image implies its mask
+        write_label_png(root / "masks" / names[rel], labels, len(classes))
+        write_png(root / "images" / names[rel], cutout(rgb, labels))
+        rows.append(_row(rel, names[rel], classes, status, reason, rgb.shape[:2], labels,
+                         res.scores, method))
+    return rows
+
+
+def segment(args) -> dict:
+    """Run stage 0 (arguments: see ``0-segmentation/segment.py``). Returns the manifest."""
+    inp, out = Path(args.input), Path(args.output)
+    require_folder(inp, "input folder", "pass your photos folder with --input")
+    if out.resolve() == inp.resolve() or inp.resolve() in out.resolve().parents:
+        raise UserError(f"--output {out} lies inside --input {inp}; choose an output folder "
+                        "outside the photos folder")
+    if not 0 <= args.score_threshold <= 1 or args.max_side < 32 or args.dilate < 0:
+        raise UserError("--score-threshold must be in [0, 1], --max-side >= 32 and --dilate >= 0")
+    if not 0 <= args.min_coverage < args.max_coverage <= 1:
+        raise UserError("--min-coverage and --max-coverage must satisfy 0 <= min < max <= 1 "
+                        f"(got {args.min_coverage:g} and {args.max_coverage:g})")
+    args.method, checkpoint, note = choose_method(args.method, args.checkpoint, args.rembg_model)
+    if note:
+        print(note)
+    semantic = run_settings(args)
+    _guard(out, semantic, args.overwrite)
+    images, not_images = list_files(inp)
+    if not images:
+        raise UserError(f"no images found in {inp} (looked for JPEG, PNG, TIFF, BMP, WebP, .npy)")
+    segmenter = Segmenter(args.method, checkpoint, args.rembg_model, args.score_threshold,
+                          args.dilate, args.device)
+    names = output_names(images)
+    removed = remove_orphans(out, set(names.values()))
+    if removed:
+        print(f"removed {len(removed)} outputs whose photo is no longer in {inp} (from images/, "
+              f"masks/ and {TABLE}): {', '.join(removed[:3])}{' ...' if len(removed) > 3 else ''}")
+    previous = _previous_rows(out)
+    rows = {rel: with_identity(previous[rel.as_posix()], names[rel]) for rel in images
+            if _finished(out, previous.get(rel.as_posix()))}
+    todo = [rel for rel in images if rel not in rows]
+    print(f"{len(images)} images in {inp}: {len(rows)} already done, {len(todo)} to segment "
+          f"({args.method})")
+    write_text(out / PARTIAL, json.dumps(jsonable(semantic), indent=2) + "\n")
+    (out / MANIFEST).unlink(missing_ok=True)  # from here on the output is unfinished
+    _run(segmenter, inp, todo, names, rows, images, out, args)
+
+    table = pd.DataFrame([rows[rel] for rel in images])
+    by = table["status"].value_counts().to_dict()
+    listed = {s: [(r["image"], r["reason"]) for r in rows.values() if r["status"] == s]
+              for s in STATUSES[1:]}
+    for status, items in listed.items():
+        for image, reason in items:
+            print(f"{status}: {image}: {reason}")
+    flagged = sum(by.get(s, 0) for s in FLAGGED)
+    print(f"wrote {by.get('ok', 0)} segmented images to {out}/images and masks/ "
+          f"({flagged} with implausible coverage in {out / REJECTED}/, {by.get('no_wings', 0)} "
+          f"without wings, {by.get('unreadable', 0)} unreadable, {by.get('error', 0)} failed; "
+          f"see {TABLE})")
+    sheets = write_contact_sheets(out, [rows[rel] for rel in images], inp, REJECTED)
+    if sheets:
+        print(f"contact sheet: {', '.join(str(p) for p in sheets)} (flagged photos first, framed red)")
+    return write_manifest(
+        out, "0-segmentation", semantic,
+        counts={"images": len(images), **{s: int(by.get(s, 0)) for s in STATUSES},
+                "not_images": len(not_images)},
+        packages=("opencv-python-headless", "rembg", "onnxruntime"),
+        classes=list(segmenter.classes), model=segmenter.info, input=str(inp.resolve()),
+        **{f"{s}_files": v for s, v in listed.items()}, removed_outputs=removed,
+        contact_sheets=[p.name for p in sheets],
+        not_image_files=[(str(p), r) for p, r in not_images])
+
+
+def remove_orphans(out: Path, expected: set[str]) -> list[str]:
+    """Delete ``images/`` and ``masks/`` PNGs of photos no longer in the input; returns their names.
+
+    Without this a re-run after a photo was removed keeps its cut-out, and stage 1 clusters it.
+    Rows of such photos leave ``segmentation.csv`` by themselves: it lists the current photos only.
+    """
+    removed: set[str] = set()
+    if not any((out / name).is_file() for name in (TABLE, PARTIAL, MANIFEST)):
+        return []  # not a stage 0 output: its files are not ours to delete
+    for sub in ("images", "masks", f"{REJECTED}/images", f"{REJECTED}/masks"):
+        if (out / sub).is_dir():
+            for rel in list_files(out / sub)[0]:
+                if rel.as_posix() not in expected:
+                    (out / sub / rel).unlink()
+                    removed.add(rel.as_posix())
+    return sorted(removed)
+
+
+def _run(segmenter, inp, todo, names, rows, images, out, args) -> None:
+    from tqdm import tqdm
+
+    def flush():
+        write_csv(out / TABLE, pd.DataFrame([rows[rel] for rel in images if rel in rows]))
+
+    start, since_flush = time.perf_counter(), 0
+    bar = tqdm(total=len(todo), unit="img", disable=None if args.progress else True)
+    try:
+        for batch in _prefetch(inp, todo, args):
+            for row in _segment_batch(segmenter, batch, names, out,
+                                      (args.min_coverage, args.max_coverage)):
+                rows[Path(row["image"])] = row
+            bar.update(len(batch))
+            since_flush += len(batch)
+            if since_flush >= args.flush_every:
+                flush()
+                since_flush = 0
+    finally:
+        bar.close()
+        flush()
+    if todo:
+        print(f"segmented {len(todo)} images in {time.perf_counter() - start:.1f} s")

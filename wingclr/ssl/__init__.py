@@ -1,0 +1,1 @@
+"""Stage 3: SimCLR training (module, augmentations, loaders, the grid, recipes, run folders)."""

@@ -1,0 +1,195 @@
+"""Stage 3's per-epoch bookkeeping: ``last.ckpt``, ``metrics.csv``, the epoch lines and ``loss.png``.
+
+A run stopped by a signal and re-run gives the history an uninterrupted run gives: the same
+epochs, each with the mean loss of all its batches (the batches trained before the stop count
+too), the same number of optimiser steps, and, on a single process, the same random numbers
+from where it stopped (so the device-augmentation path reproduces the uninterrupted losses).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from ..cli import write_errors
+from ..outputs import write_csv
+
+
+def save_checkpoint(trainer: pl.Trainer, path: Path, weights_only: bool = False) -> None:
+    """``trainer.save_checkpoint`` to a temporary file, then rename: a kill never leaves half a
+    file, and a failed write (disk full) is one line and leaves no temporary file behind."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    try:
+        with write_errors(path):
+            trainer.save_checkpoint(tmp, weights_only=weights_only)
+            if trainer.is_global_zero:
+                os.replace(tmp, path)
+    finally:
+        if trainer.is_global_zero:
+            tmp.unlink(missing_ok=True)
+
+
+def rng_states() -> dict:
+    """This process's random number generator states (torch, CUDA, numpy, python)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # plain types: weights_only loads
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
+              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class EpochCheckpoint(pl.Callback):
+    """Saves ``last.ckpt`` and ``metrics.csv`` after each epoch, and mid-epoch on a stop signal.
+
+    SLURM sends SIGUSR1 shortly before a time limit or preemption (``--signal=SIGUSR1@120``);
+    ``kill``, ``scancel`` and shutdowns send SIGTERM. Either way the run saves ``last.ckpt`` after
+    the current batch and stops. The history, the batches already trained this epoch (with their
+    summed loss, images and seconds), the random number states and the loops' state travel in the
+    checkpoint, so the re-run trains exactly the batches that were left and ends the epoch with
+    the row an uninterrupted run writes. A signal during an epoch's last batch ends that epoch
+    normally (row and checkpoint) before stopping: Lightning would skip the end of an epoch
+    resumed after its last batch.
+
+    Args:
+        run_dir: where ``last.ckpt`` and ``metrics.csv`` go.
+        epochs: the run's epochs (for the epoch lines).
+        log_epochs: print one line per finished epoch (when stdout is not a terminal and the
+            progress bar is off).
+    """
+
+    def __init__(self, run_dir: Path, epochs: int = 0, log_epochs: bool = False):
+        self.run_dir, self.history, self.epochs, self.log_epochs = run_dir, [], epochs, log_epochs
+        self.sampler = None  # set by train(): the loader's EpochBatchSampler
+        self.stop_requested, self.stop_signal = False, None
+        self._reset_epoch()
+        self._start = 0.0
+        self._pending_rng = None  # restored before the first batch of a run resumed mid-epoch
+
+    def _reset_epoch(self) -> None:
+        self.consumed = 0  # batches trained in the current epoch
+        self._loss_sum, self._images, self._seconds = 0.0, 0, 0.0  # _seconds: before the last stop
+
+    def request_stop(self, signum=None, frame=None) -> None:
+        self.stop_requested, self.stop_signal = True, signum
+
+    def on_train_start(self, trainer, pl_module):
+        self._start = time.perf_counter()  # a run resumed mid-epoch gets no on_train_epoch_start
+        # Lightning's own SIGTERM handler (installed by fit) ends the loop at the next batch
+        # without saving; this one saves first, like SIGUSR1. Lightning restores ours after fit.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.request_stop)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
+        self._reset_epoch()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._pending_rng is not None:
+            if trainer.world_size == 1:  # ranks must keep their own streams; rank 0's is saved
+                set_rng_states(self._pending_rng)
+            self._pending_rng = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._images += len(batch[1]) * trainer.world_size
+        self.consumed += 1
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self._loss_sum = self._loss_sum + loss.detach().float()  # a tensor: no GPU sync per step
+        if trainer.world_size > 1:  # every rank must stop after the same batch
+            self.stop_requested = trainer.strategy.reduce_boolean_decision(self.stop_requested, all=False)
+        last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if self.stop_requested and not trainer.should_stop and not last_batch:
+            self._seconds += time.perf_counter() - self._start
+            self._start = time.perf_counter()
+            save_checkpoint(trainer, self.run_dir / "last.ckpt")
+            trainer.should_stop = True
+
+    def epoch_loss(self, trainer) -> float:
+        """Mean loss of the epoch's batches (over every process)."""
+        if not self.consumed:
+            return math.nan
+        mean = torch.as_tensor(self._loss_sum / self.consumed, device=trainer.strategy.root_device)
+        return float(trainer.strategy.reduce(mean, reduce_op="mean"))
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.stop_requested and trainer.should_stop:
+            return  # saved mid-epoch already; the epoch is not complete
+        seconds = self._seconds + time.perf_counter() - self._start
+        row = {"epoch": trainer.current_epoch + 1, "train_loss": self.epoch_loss(trainer),
+               "lr": trainer.optimizers[0].param_groups[0]["lr"],
+               "images_per_s": self._images / max(seconds, 1e-9), "seconds": seconds}
+        self.history.append(row)
+        self._reset_epoch()
+        save_checkpoint(trainer, self.run_dir / "last.ckpt")
+        if trainer.is_global_zero:
+            import pandas as pd
+
+            write_csv(self.run_dir / "metrics.csv", pd.DataFrame(self.history))
+            if self.log_epochs:
+                print(f"epoch {row['epoch']}/{self.epochs}  loss {row['train_loss']:.4f}  lr "
+                      f"{row['lr']:.3g}  {row['images_per_s']:.1f} img/s  {seconds:.1f} s", flush=True)
+        if self.stop_requested:  # the signal came during the epoch's last batch
+            trainer.should_stop = True
+
+    def state_dict(self):
+        return {"history": self.history, "consumed": self.consumed, "loss_sum": float(self._loss_sum),
+                "images": self._images, "seconds": self._seconds, "rng": rng_states()}
+
+    def load_state_dict(self, state_dict):
+        self.history = list(state_dict["history"])
+        self.consumed = state_dict.get("consumed", 0)
+        self._loss_sum = state_dict.get("loss_sum", 0.0)
+        self._images, self._seconds = state_dict.get("images", 0), state_dict.get("seconds", 0.0)
+        if self.sampler is not None:
+            self.sampler.skip = self.consumed
+        rng = state_dict.get("rng")
+        if rng is not None and self.consumed:
+            self._pending_rng = rng  # mid-epoch: the loader is made before the first batch
+        elif rng is not None:
+            set_rng_states(rng)  # epoch end: the next epoch's loader draws its seed from here
+
+
+def stdout_is_terminal() -> bool:
+    isatty = getattr(sys.stdout, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def loss_figure(history: list[dict], title: str):
+    """The loss curve, one tick per whole epoch (never 1.5)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([h["epoch"] for h in history], [h["train_loss"] for h in history], marker=".")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="epoch", ylabel="NT-Xent loss", title=title)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_loss(history: list[dict], path: Path, title: str) -> None:
+    from ..outputs import save_figure
+
+    save_figure(loss_figure(history, title), path)

@@ -1,0 +1,192 @@
+"""Stage 3's run folder: who trains it, where a replacement trains, and whether it is finished.
+
+* Lock: ``<output>/.<run>.lock`` names the host and pid (and SLURM job) training the run; a second
+  command for the same run is refused. A lock whose process is gone (same host, or the same SLURM
+  job requeued) is taken over with a note.
+* ``--overwrite`` trains in ``<output>/.<run>.new/`` and swaps it in only when it has finished, so
+  a kill never loses the finished run; re-running the same command resumes the replacement.
+* Settings are compared by what defines the run: the folder paths (``--data``, ``--output``) are
+  left out and the dataset is compared by its image list (``dataset_images``), so a moved work or
+  data folder still holds the same run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+import zipfile
+from pathlib import Path
+
+from ..cli import UserError
+from ..outputs import MANIFEST, read_manifest, settings
+
+PATH_KEYS = ("data", "output")
+KEEP_KEYS = ("keep_last",)  # what happens to files after the run, not what the run is
+DATASET_KEY = "dataset_images"
+
+
+def staging_dir(run_dir: Path) -> Path:
+    """Where ``--overwrite`` trains the replacement of ``run_dir``."""
+    return run_dir.with_name(f".{run_dir.name}.new")
+
+
+def is_rank_zero() -> bool:
+    """False in the extra processes of a multi-GPU run (they never lock or move folders)."""
+    return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def run_settings(args, images) -> dict:
+    """The settings recorded with a run: its flags plus the digest of the image list it trains on."""
+    listing = "\n".join(p.as_posix() for p in images.images).encode()
+    return {**settings(args), DATASET_KEY: hashlib.sha256(listing).hexdigest()}
+
+
+def changed_settings(stored: dict, wanted: dict) -> list[str]:
+    """Names of the settings that differ between a run's record and this command.
+
+    When both record the image list, folder paths are not compared (a moved folder is the same
+    run). Records from before the image-list digest are compared with the paths.
+    """
+    keys = (set(stored) | set(wanted)) - set(KEEP_KEYS)
+    if DATASET_KEY in stored and DATASET_KEY in wanted:
+        keys -= set(PATH_KEYS)
+    else:
+        keys.discard(DATASET_KEY)
+    return sorted(k for k in keys if stored.get(k) != wanted.get(k))
+
+
+def checkpoint_damage(path: Path, size: int | None = None) -> str:
+    """What is wrong with a finished run's checkpoint ('' when it looks whole).
+
+    Cheap: the file must exist, have the size the manifest recorded and end in a complete zip
+    directory (torch checkpoints are zip files; a truncated one lacks it).
+    """
+    if not path.is_file():
+        return "is missing"
+    if size is not None and path.stat().st_size != size:
+        return f"has {path.stat().st_size} bytes where {size} were written (truncated or replaced)"
+    if not zipfile.is_zipfile(path):
+        return "is damaged (not a complete torch checkpoint)"
+    return ""
+
+
+def rebuild_hint(ckpt: Path) -> str:
+    """How to get a damaged or missing checkpoint of a stage 3 run back."""
+    manifest = read_manifest(ckpt.parent) if (ckpt.parent / MANIFEST).is_file() else None
+    if not manifest or manifest.get("stage") != "3-training":
+        return ("delete it and re-run the stage 3 command that trained it (a run resumes from "
+                "last.ckpt or starts again)")
+    command = manifest.get("command", "")
+    if command.startswith("train.py"):  # manifests written before the full command was kept
+        command = f"python 3-training/{command}"
+    if not any(word.endswith("train.py") for word in command.split()[:2]):
+        command = f"python 3-training/train.py with the flags recorded in {ckpt.parent / MANIFEST}"
+    if checkpoint_damage(ckpt.parent / "last.ckpt"):  # removed when the run finished
+        return (f"train the run again: re-run the stage 3 command that trained it with --overwrite "
+                f"({command}, plus --overwrite)")
+    return (f"re-run the stage 3 command that trained it ({command}): it notices a missing or "
+            "damaged checkpoint and rebuilds it from last.ckpt")
+
+
+def finish_replacement(run_dir: Path) -> None:
+    """Swap a finished ``--overwrite`` replacement into place (also after a kill mid-swap)."""
+    new, old = staging_dir(run_dir), run_dir.with_name(f".{run_dir.name}.old")
+    if (new / MANIFEST).is_file():
+        if run_dir.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(run_dir, old)
+        os.replace(new, run_dir)
+    if old.exists():
+        if run_dir.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, run_dir)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+class RunLock:
+    """``<output>/.<run>.lock`` while this process trains the run (a context manager).
+
+    The lock file lives beside the run folder, so the run folder itself is only made when
+    training really starts, and a replacement can be swapped in while the lock is held.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self.path = run_dir, run_dir.with_name(f".{run_dir.name}.lock")
+        self.held = False
+        self._made_parent = False
+
+    def _owner(self) -> dict:
+        job = os.environ.get("SLURM_JOB_ID")
+        return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": job,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+    def _stale(self, holder: dict | None) -> str:
+        """Why the lock's holder is gone ('' when it may still be training)."""
+        me = self._owner()
+        if holder is None:  # empty or garbled: a writer that died at once, or one writing now
+            return "unreadable lock" if time.time() - self.path.stat().st_mtime > 60 else ""
+        if holder.get("slurm_job") and holder["slurm_job"] == me["slurm_job"]:
+            return f"SLURM job {me['slurm_job']} was requeued"
+        if holder.get("host") == me["host"] and not _alive(int(holder.get("pid", 0))):
+            return f"pid {holder.get('pid')} on {me['host']} has ended"
+        return ""
+
+    def _read(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def acquire(self) -> None:
+        self._made_parent = not self.path.parent.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            except FileExistsError:
+                holder = self._read()
+                why = self._stale(holder) if attempt == 0 else ""
+                if not why:
+                    who = (f"pid {holder.get('pid')} on {holder.get('host')} since "
+                           f"{holder.get('started')}") if holder else "another process"
+                    raise UserError(f"{self.run_dir} is being trained by {who} (lock "
+                                    f"{self.path}); wait for it to finish, or delete the lock "
+                                    "file if that process is gone") from None
+                print(f"note: taking over the lock {self.path} ({why})")
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self._owner(), f)
+            self.held = True
+            return
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+        if self._made_parent:  # a start that failed leaves no empty --output behind
+            try:
+                self.path.parent.rmdir()
+            except OSError:
+                pass
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

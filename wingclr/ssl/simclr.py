@@ -1,0 +1,113 @@
+"""SimCLR as a Lightning module: backbone + lightly projection head + NT-Xent loss.
+
+Learning rate rule of ``--recipe simclr`` (README "Training"): ``lr = base_lr * sqrt(global_batch /
+256)``, the square-root scaling the SimCLR paper recommends for large-batch SGD/LARS (its
+0.075 * sqrt(B) for LARS is base_lr 1.2 here). Base rates: sgd 0.06, lars 1.2, adam 1e-3. Cosine
+decay after a linear warm-up. ``--recipe phenotype`` uses lr 0.01 unscaled and no warm-up
+(:mod:`wingclr.ssl.recipes`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from lightly.loss import NTXentLoss
+from lightly.models.modules import SimCLRProjectionHead
+
+from ..models import build_backbone
+from .augment import AugmentConfig, BatchAugment
+
+BASE_LR = {"sgd": 0.06, "lars": 1.2, "adam": 1e-3}
+WEIGHT_DECAY = {"sgd": 5e-4, "lars": 1e-6, "adam": 1e-6}
+
+
+def scaled_lr(optimizer: str, global_batch: int, base_lr: float | None = None) -> float:
+    """Square-root learning-rate scaling: ``base_lr * sqrt(global_batch / 256)``."""
+    return (BASE_LR[optimizer] if base_lr is None else base_lr) * math.sqrt(global_batch / 256)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class SimCLR(pl.LightningModule):
+    """SimCLR training module.
+
+    Batches are ``([view0, view1], index)`` with views ``(B, K, S, S)`` float (augmented in
+    DataLoader workers), or ``(images, index)`` with ``(B, C, S, S)`` uint8 images that are
+    augmented here, on the device, when ``augment`` (one config per view) is given; view ``v``
+    then takes the bands ``view_bands[v]`` (cross-modal views) or all of them.
+    """
+
+    def __init__(self, backbone: str = "resnet50", in_chans: int = 3, rgb_bands=(0, 1, 2),
+                 input_size: int = 224, temperature: float = 0.5, optimizer: str = "sgd",
+                 lr: float = 0.06, weight_decay: float = 5e-4, warmup_epochs: int = 10,
+                 gather_distributed: bool = False, augment: list[dict] | None = None,
+                 view_bands: list[list[int]] | None = None,
+                 channels_last: bool = False, compile: bool = False, pretrained: bool = False):
+        super().__init__()
+        self.save_hyperparameters(ignore=["pretrained"])
+        self.backbone, dim = build_backbone(backbone, pretrained, in_chans, rgb_bands, input_size)
+        self.embedding_dim = dim
+        self.projection_head = SimCLRProjectionHead(dim, dim, 128)
+        self.criterion = NTXentLoss(temperature=temperature, gather_distributed=gather_distributed)
+        self.augment = nn.ModuleList(BatchAugment(AugmentConfig(**cfg), in_chans)
+                                     for cfg in augment) if augment else None
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        # kept out of the module registry, so checkpoints hold the plain (uncompiled) weights
+        self.__dict__["_encoder"] = torch.compile(self.encoder) if compile else self.encoder
+
+    def encoder(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, S, S)`` -> projections ``(B, 128)``."""
+        return self.projection_head(self.backbone(x))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["wingclr"] = getattr(self, "wingclr_meta", {})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, S, S)`` -> projections ``(B, 128)``."""
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self._encoder(x)
+
+    def views(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two augmented views ``(B, C, S, S)`` float of a batch."""
+        images, _ = batch
+        if self.augment is None:
+            return images[0], images[1]
+        bands = self.hparams.view_bands or [None, None]
+        with torch.autocast(images.device.type, enabled=False):  # augment in float32
+            return tuple(aug(images if b is None else images[:, b]) for aug, b in zip(self.augment, bands))
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x0, x1 = self.views(batch)
+        loss = self.criterion(self(x0), self(x1))
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"loss became {loss.item()} at epoch {self.current_epoch}, "
+                                     f"step {batch_idx}")
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=x0.shape[0], sync_dist=True)
+        return loss
+
+    def configure_optimizers(self):
+        from lightly.utils.scheduler import CosineWarmupScheduler
+
+        hp = self.hparams
+        params = list(self.parameters())
+        if hp.optimizer == "adam":
+            opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        elif hp.optimizer == "lars":
+            from lightly.utils.lars import LARS
+
+            opt = LARS(params, lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
+        else:
+            opt = torch.optim.SGD(params, lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = max(1, self.trainer.max_epochs)
+        warmup = int(steps * min(hp.warmup_epochs, epochs // 10) / epochs)  # <= 10 % of the run
+        sched = CosineWarmupScheduler(opt, warmup_epochs=warmup, max_epochs=steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
