@@ -143,7 +143,8 @@ def test_resume_after_kill_continues_from_last_checkpoint(dataset_dir, tmp_path)
 
 def test_changed_settings_do_not_resume_a_foreign_checkpoint(dataset_dir, tmp_path):
     out = tmp_path / "runs"
-    run_stage(SCRIPT, "--data", dataset_dir, "--output", out, "--epochs", "1", "--run-name", "r", *TINY_TRAIN)
+    run_stage(SCRIPT, "--data", dataset_dir, "--output", out, "--epochs", "1", "--run-name", "r", "--keep-last",
+              *TINY_TRAIN)
     (out / "r" / "manifest.json").unlink()  # pretend it was interrupted
     proc = run_cli(SCRIPT, "--data", dataset_dir, "--output", out, "--epochs", "1", "--run-name", "r",
                    "--seed", "5", *TINY_TRAIN)
