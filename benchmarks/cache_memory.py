@@ -89,7 +89,7 @@ def images100k(args) -> None:
 
 
 def hyperspectral(args) -> None:
-    from wingclr.ssl.augment import AugmentConfig, BatchAugment
+    from wingclr.ssl.augment import AugmentConfig
     from wingclr.ssl.simclr import SimCLR
 
     n, size, bands, bs = args.cubes, 224, 408, 8

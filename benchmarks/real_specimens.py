@@ -95,7 +95,8 @@ def features(method: str, root: Path, images: list[str], args, run: Path | None 
     """``(N, D)`` frozen features of ``root/<images>`` for one method (cached in ``root/..``)."""
     import torch
 
-    from wingclr.embedding import embed_images, load_backbone
+    from wingclr.checkpoints import load_backbone
+    from wingclr.embedding import embed_images
     from wingclr.models import build_backbone, channel_stats
 
     cache = root.parent / "features" / f"{method}.npy"

@@ -6,7 +6,6 @@ import argparse
 
 import numpy as np
 import pytest
-import torch
 from torch import nn
 
 from wingclr.cli import UserError

@@ -55,7 +55,7 @@ def test_gathered_ntxent_equals_single_process_loss_on_concatenated_batch():
 
 @pytest.mark.parametrize("augment_on", ["device"])
 def test_two_process_ddp_training_on_cpu(dataset_dir, tmp_path, augment_on):
-    from wingclr.embedding import load_backbone
+    from wingclr.checkpoints import load_backbone
 
     proc = run_cli("3-training/train.py", "--data", dataset_dir, "--output", tmp_path / "runs",
                    "--epochs", "1", "--run-name", "ddp", "--accelerator", "cpu", "--devices", "2",

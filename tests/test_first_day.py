@@ -14,7 +14,6 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from conftest import REPO, assert_one_line_error, load_stage, run_cli, run_stage

@@ -184,3 +184,9 @@ class FolderDataset(Dataset):
             except ImageReadError as e:
                 print(f"warning: skipping {e}", file=sys.stderr)
         raise UserError(f"no readable image in {self.root}")
+
+
+def read_spec(meta: dict, size: int | None = None) -> ReadSpec:
+    """How stage 3 read a run's images (from its checkpoint metadata), at ``size`` or its input size."""
+    return ReadSpec(size=size or meta["input_size"], channels=meta["in_chans"], bands=meta["bands"],
+                    background=tuple(meta["background"]), scale16=meta["scale16"])

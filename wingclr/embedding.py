@@ -13,16 +13,14 @@ import pandas as pd
 import torch
 
 from .cache import CachedImages, ensure_cache
+from .checkpoints import load_backbone
 from .cli import UserError, check_gpu_request, check_minimum, require_output_folder
-from .data import FolderDataset, scan_clusters
+from .data import FolderDataset, read_spec, scan_clusters
 from .evaluate.inputs import file_digest
-from .features import iter_features
+from .features import default_workers, iter_features
 from .identity import COLUMNS as IDENTITY
 from .identity import below_cluster, clusters_identity, identify, read_identity
-from .models import build_backbone
 from .outputs import MANIFEST, atomic_path, check_finished, read_manifest, write_csv, write_manifest
-from .ssl.loaders import default_workers, read_spec
-from .ssl.training import read_checkpoint
 
 PCA_MIN_VARIANCE = 0.005  # keep principal axes that explain more than 0.5 % of the variance
 
@@ -58,39 +56,6 @@ def resolve_runs(paths: list[Path], training_dir: Path) -> list[tuple[str, Path]
             raise UserError(f"checkpoint {path} does not exist; pass a .ckpt file or a run folder "
                             f"under {training_dir}")
     return runs
-
-
-def load_backbone(ckpt_path: Path) -> tuple[torch.nn.Module, dict]:
-    """Backbone (projection head dropped) and its ``wingclr`` metadata from a stage 3 checkpoint."""
-    ckpt = read_checkpoint(ckpt_path)
-    meta = ckpt.get("wingclr")
-    if not meta or "state_dict" not in ckpt:
-        raise UserError(f"{ckpt_path} is not a wingclr SimCLR checkpoint (no model metadata)")
-    backbone, _ = build_backbone(meta["backbone"], False, meta["in_chans"], meta["rgb_bands"],
-                                 meta["input_size"])
-    state = {k[len("backbone."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
-    misfit = weights_misfit(backbone.state_dict(), state)
-    if misfit:
-        raise UserError(f"{ckpt_path}: its metadata says backbone {meta['backbone']} with "
-                        f"{meta['in_chans']} channels, but its weights {misfit}; the metadata or "
-                        "the weights were changed, so re-train the run or use the original file")
-    backbone.load_state_dict(state)
-    return backbone.eval(), meta
-
-
-def weights_misfit(expected: dict, state: dict) -> str:
-    """How checkpoint weights ``state`` differ from a model's ``expected`` ones ('' when they fit)."""
-    first = next((k for k, v in state.items() if v.ndim == 4), None)  # the first convolution
-    seen = f" (their first layer {first} takes {state[first].shape[1]} channels)" if first else ""
-    for key, want in expected.items():
-        if key in state and state[key].shape != want.shape:
-            return (f"have {key} of shape {list(state[key].shape)} where that model has "
-                    f"{list(want.shape)}{seen}")
-    missing, extra = set(expected) - set(state), set(state) - set(expected)
-    if missing or extra:
-        return (f"lack {len(missing)} and add {len(extra)} of that model's tensors (e.g. "
-                f"{sorted(missing or extra)[0]}){seen}")
-    return ""
 
 
 def checkpoint_stamp(ckpt: Path) -> dict:

@@ -15,6 +15,7 @@ extraction the cache is saved every ``save_every`` seconds, so an interrupted ru
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -32,6 +33,12 @@ from .models import build_backbone, channel_stats
 from .outputs import atomic_path, write_csv, write_text
 
 FEATURES, INDEX, SETTINGS = "features.npy", "features_index.csv", "features.json"
+
+
+def default_workers() -> int:
+    """DataLoader workers when --num-workers is not given: one per CPU core, at most 8."""
+    return min(8, os.cpu_count() or 1)
+
 
 
 def pick_device(device: str = "auto") -> torch.device:

@@ -221,7 +221,7 @@ def run_clustering(args, stdin_is_tty: bool | None = None, builder=None) -> dict
     """
     from ..data import dataset_channels
     from ..features import FeatureConfig, compute_features
-    from ..ssl.loaders import default_workers
+    from ..features import default_workers
     from ..models import build_backbone
 
     if stdin_is_tty is None:

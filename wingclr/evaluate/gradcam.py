@@ -139,7 +139,7 @@ def model_input(path: Path, meta: dict) -> tuple[torch.Tensor, np.ndarray]:
     Returns:
         ``(x (1, C, S, S) normalised float32, rgba (H, W, 4) uint8)``.
     """
-    from ..ssl.loaders import read_spec
+    from ..data import read_spec
 
     arr = read_spec(meta).load(Path(path))  # (S, S, C), letterboxed like stage 4
     x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float()[None] / 255

@@ -162,7 +162,7 @@ def _neighbours(name, feats, split, images, model, row, args, out_dir, k) -> lis
 
 
 def _gradcam(name, feats, split, images, model, row, args, out_dir, n, manifest) -> list[Path]:
-    from ..embedding import load_backbone
+    from ..checkpoints import load_backbone
     from ..features import pick_device
     from .gradcam import write_gradcam
 

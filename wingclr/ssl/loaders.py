@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 from collections import Counter
 from pathlib import Path
@@ -16,11 +15,8 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..cli import UserError
 from ..data import FolderDataset, ImageSet, ReadSpec, dataset_channels, scan_clusters, worker_init
+from ..features import default_workers
 from .augment import AugmentConfig, BatchAugment, lightly_transform
-
-
-def default_workers() -> int:
-    return min(8, os.cpu_count() or 1)
 
 
 def cache_loader_workers(cuda: bool) -> int:
@@ -127,11 +123,6 @@ def model_meta(args, channels: int, plan) -> dict:
             "input_size": args.input_size, "cache_size": args.cache_size or args.input_size,
             "mean": mean, "std": std, "background": list(args.background), "scale16": args.scale16,
             "recipe": args.recipe}
-
-
-def read_spec(meta: dict, size: int | None = None) -> ReadSpec:
-    return ReadSpec(size=size or meta["input_size"], channels=meta["in_chans"], bands=meta["bands"],
-                    background=tuple(meta["background"]), scale16=meta["scale16"])
 
 
 def training_worker_init(worker_id: int | None = None) -> None:

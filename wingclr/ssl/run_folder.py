@@ -18,11 +18,10 @@ import os
 import shutil
 import socket
 import time
-import zipfile
 from pathlib import Path
 
 from ..cli import UserError
-from ..outputs import MANIFEST, read_manifest, settings
+from ..outputs import MANIFEST, settings
 
 PATH_KEYS = ("data", "output")
 KEEP_KEYS = ("keep_last",)  # what happens to files after the run, not what the run is
@@ -57,39 +56,6 @@ def changed_settings(stored: dict, wanted: dict) -> list[str]:
     else:
         keys.discard(DATASET_KEY)
     return sorted(k for k in keys if stored.get(k) != wanted.get(k))
-
-
-def checkpoint_damage(path: Path, size: int | None = None) -> str:
-    """What is wrong with a finished run's checkpoint ('' when it looks whole).
-
-    Cheap: the file must exist, have the size the manifest recorded and end in a complete zip
-    directory (torch checkpoints are zip files; a truncated one lacks it).
-    """
-    if not path.is_file():
-        return "is missing"
-    if size is not None and path.stat().st_size != size:
-        return f"has {path.stat().st_size} bytes where {size} were written (truncated or replaced)"
-    if not zipfile.is_zipfile(path):
-        return "is damaged (not a complete torch checkpoint)"
-    return ""
-
-
-def rebuild_hint(ckpt: Path) -> str:
-    """How to get a damaged or missing checkpoint of a stage 3 run back."""
-    manifest = read_manifest(ckpt.parent) if (ckpt.parent / MANIFEST).is_file() else None
-    if not manifest or manifest.get("stage") != "3-training":
-        return ("delete it and re-run the stage 3 command that trained it (a run resumes from "
-                "last.ckpt or starts again)")
-    command = manifest.get("command", "")
-    if command.startswith("train.py"):  # manifests written before the full command was kept
-        command = f"python 3-training/{command}"
-    if not any(word.endswith("train.py") for word in command.split()[:2]):
-        command = f"python 3-training/train.py with the flags recorded in {ckpt.parent / MANIFEST}"
-    if checkpoint_damage(ckpt.parent / "last.ckpt"):  # removed when the run finished
-        return (f"train the run again: re-run the stage 3 command that trained it with --overwrite "
-                f"({command}, plus --overwrite)")
-    return (f"re-run the stage 3 command that trained it ({command}): it notices a missing or "
-            "damaged checkpoint and rebuilds it from last.ckpt")
 
 
 def finish_replacement(run_dir: Path) -> None:

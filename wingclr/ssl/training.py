@@ -21,6 +21,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from ..checkpoints import checkpoint_damage, read_checkpoint
 from ..cli import (Stopped, UserError, check_gpu_request, check_input_size, check_minimum,
                    require_output_folder)
 from ..outputs import MANIFEST, check_finished, read_manifest, write_manifest
@@ -28,8 +29,8 @@ from .checkpointing import EpochCheckpoint, plot_loss, save_checkpoint, stdout_i
 from .grid import GRID_FLAGS, build_grid, fit_point_to_data, grid_point, run_name
 from .loaders import build_training, training_images
 from .recipes import apply_recipe
-from .run_folder import (RunLock, changed_settings, checkpoint_damage, finish_replacement,
-                         is_rank_zero, rebuild_hint, run_settings, staging_dir)
+from .run_folder import (RunLock, changed_settings, finish_replacement, is_rank_zero, run_settings,
+                         staging_dir)
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
@@ -145,19 +146,6 @@ def stop_after_signal(trainer: pl.Trainer, work: Path, signum: int) -> None:
         if requeue(trainer):
             return
     raise Stopped(f"{saved}; re-run the same command to resume", signum)
-
-
-def read_checkpoint(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        if (Path(path).parent / MANIFEST).is_file():  # a finished run lost its checkpoint
-            raise UserError(f"checkpoint {path} does not exist; {rebuild_hint(Path(path))}") from None
-        raise UserError(f"checkpoint {path} does not exist; check the path (runs live in "
-                        "work/3-training/<run>/)") from None
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
-        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:120]}); {rebuild_hint(path)}") from None
 
 
 def prepare_run_dir(run_dir: Path, args, wanted: dict) -> tuple[Path, Path | None]:
