@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import run_stage
-from wingclr.evaluate.plots import OUTLIER_COLOUR, class_colours
+from wingclr.plotting import OUTLIER_COLOUR, class_colours
 
 EVALUATE = "5-evaluation/evaluate.py"
 
@@ -79,7 +79,8 @@ def test_confusion_matrix_title_says_probe_run_images_labels_and_balanced_accura
 
 def test_stage5_umap_is_coloured_by_the_user_labels_when_given():
     from wingclr.evaluate.baselines import SplitData
-    from wingclr.evaluate.plots import group_colours, umap_figure
+    from wingclr.evaluate.plots import umap_figure
+    from wingclr.plotting import group_colours
     from wingclr.evaluate.stage import umap_colouring
 
     ids = pd.DataFrame({"image": [f"i{k}.png" for k in range(6)],

@@ -50,8 +50,8 @@ def grid_pick(xy: np.ndarray, cells: int = GRID_CELLS
 
 
 def cluster_colours(clusters: Sequence[str]) -> dict[str, tuple]:
-    """A colour per cluster name (:func:`wingclr.evaluate.plots.group_colours`); outliers opaque gray."""
-    from .evaluate.plots import GREY_NAMES, group_colours
+    """A colour per cluster name (:func:`wingclr.plotting.group_colours`); outliers opaque gray."""
+    from .plotting import GREY_NAMES, group_colours
 
     return {name: (0.55, 0.55, 0.55, 1.0) if name in GREY_NAMES else colour
             for name, colour in group_colours(clusters).items()}
@@ -77,8 +77,7 @@ def plot_morphospace(scores: np.ndarray, images: Sequence[Path], clusters: Seque
     Returns:
         The number of thumbnails drawn.
     """
-    from .evaluate.plots import pyplot
-    from .outputs import save_figure
+    from .plotting import pyplot, save_figure
 
     plt = pyplot()
     a, b = axes

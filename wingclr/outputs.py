@@ -84,16 +84,6 @@ def write_csv(path: Path | str, df) -> None:
         integers_as_integers(df).to_csv(tmp, index=False, encoding="utf-8", float_format=format_float)
 
 
-def save_figure(fig, path: Path | str, dpi: int = 120, close: bool = True) -> None:
-    """Save ``fig`` atomically; ``close=False`` keeps it open (to show it in a window after)."""
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix.lstrip("."))
-    if close:
-        plt.close(fig)
-
-
 def jsonable(value: Any) -> Any:
     if isinstance(value, argparse.Namespace):
         value = vars(value)
@@ -172,8 +162,10 @@ def write_manifest(out_dir: Path | str, stage: str, args, counts: dict, seed: in
     return manifest
 
 
-def _changed(old: dict, new: dict) -> list[str]:
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+def changed_keys(old: dict, new: dict, keys=None) -> list[str]:
+    """Sorted names of the settings whose values differ (among ``keys``; default: all of both)."""
+    keys = set(old) | set(new) if keys is None else keys
+    return sorted(k for k in keys if old.get(k) != new.get(k))
 
 
 def check_finished(out_dir: Path | str, args, overwrite: bool, what: str,
@@ -195,7 +187,7 @@ def check_finished(out_dir: Path | str, args, overwrite: bool, what: str,
     if manifest is None or overwrite:
         return False
     old, new = manifest.get("args", {}), settings(args)
-    changed = (compare or _changed)(old, new)
+    changed = (compare or changed_keys)(old, new)
     if not changed:
         return True
     raise UserError(f"{out_dir} already holds a finished {what} made with other settings "

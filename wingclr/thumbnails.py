@@ -202,7 +202,7 @@ class Mosaic:
 
     def save(self, path: Path) -> Path:
         """Write the mosaic as PNG at :data:`DPI` (one canvas pixel = one image pixel)."""
-        from .evaluate.plots import pyplot
+        from .plotting import pyplot
         from .outputs import atomic_path
 
         plt = pyplot()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..outputs import save_figure
+from ..plotting import class_colours, pyplot, save_figure
 from .clustering import Clustering
 
 OUTLIER_COLOUR = (0.6, 0.6, 0.6, 0.35)
@@ -29,21 +29,8 @@ def display_available() -> bool:
     return backend not in {"agg", "pdf", "ps", "svg", "cairo", "template"} and "inline" not in backend
 
 
-def pyplot(show: bool):
-    """``matplotlib.pyplot``, on the Agg backend unless figures are to be shown."""
-    import matplotlib
-
-    if not show:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def cluster_colours(plt, n: int) -> list:
-    """``n`` cluster colours: the palette of every categorical plot (:func:`wingclr.evaluate.plots.class_colours`)."""
-    from ..evaluate.plots import class_colours
-
+    """``n`` cluster colours: the palette of every categorical plot (:func:`wingclr.plotting.class_colours`)."""
     return class_colours(n)
 
 

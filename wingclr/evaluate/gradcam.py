@@ -244,8 +244,7 @@ def pick_specimens(labels: Sequence[str], n: int, seed: int = 0,
 def plot_cams(rgba: np.ndarray, panels: Sequence[tuple[str, np.ndarray | None, np.ndarray]],
               path: Path, title: str) -> Path:
     """A row of panels: ``(caption, heat map (H, W) or None, rgba image)`` each."""
-    from .plots import pyplot
-    from ..outputs import save_figure
+    from ..plotting import pyplot, save_figure
 
     plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(3.1 * len(panels), 3.4), layout="constrained")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..outputs import save_figure
+from ..plotting import save_figure
 from .probe import collapse_note, is_collapsed
 
 GRID_KEYS = ["batch_size", "epochs", "temperature"]
@@ -71,7 +71,7 @@ def draw_baselines(ax, levels: dict[str, float]) -> None:
 
 def grid_figure(table: pd.DataFrame):
     """The grid summary figure (matplotlib Figure), or None when no row has grid values."""
-    from .plots import pyplot
+    from ..plotting import pyplot
 
     grid = grid_runs(table)
     if grid.empty:

@@ -1,8 +1,8 @@
-"""Figures of stages 4 and 5 and the one categorical palette every scatter uses.
+"""Figures of stages 4 and 5: confusion matrix, 2-D UMAP and the PCA scatter.
 
 Stage 5 draws, per run, the confusion matrix of the linear probe and a 2-D UMAP of the
 embeddings; stage 4 draws the PCA scatter (pca.png). Categorical colours come from
-:func:`class_colours` (also used by :mod:`wingclr.cluster.plots` and :mod:`wingclr.morphospace`),
+:func:`wingclr.plotting.class_colours` (also used by :mod:`wingclr.cluster.plots` and :mod:`wingclr.morphospace`),
 and legends sit outside the axes so they never cover points.
 
 ``umap`` is imported inside :func:`umap_2d`: its first import in a fresh environment compiles
@@ -11,87 +11,13 @@ numba code (~25 s), and the first fit in each process costs another ~8-14 s.
 
 from __future__ import annotations
 
-import colorsys
-import re
 import warnings
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from ..outputs import save_figure
-
-OUTLIER_COLOUR = (0.6, 0.6, 0.6, 0.4)
-GREY_NAMES = ("-1", "outliers")  # stage 1/2 names of the images no cluster took
-MAX_LEGEND = 20  # more entries than this and the legend is left out
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _palette() -> list[tuple]:
-    """20 fixed colours: tab10 and 7 of tab20's light shades (no greys: grey means outlier; no
-    light cyan or purple: too close to light blue), then black, navy, teal and maroon."""
-    from matplotlib import colormaps
-
-    dark, light = colormaps["tab10"].colors, colormaps["tab20"].colors[1::2]
-    extra = [(0.0, 0.0, 0.0), (0.0, 0.25, 0.5), (0.0, 0.45, 0.4), (0.5, 0.0, 0.15)]
-    return ([tuple(dark[i]) for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)]
-            + [tuple(light[i]) for i in (0, 1, 2, 3, 5, 6, 8)] + extra)
-
-
-def class_colours(n: int) -> list[tuple]:
-    """``n`` RGBA colours for categories, neighbours in the list clearly different.
-
-    The first 20 are a fixed list (:func:`_palette`; no grey, which is kept for outliers), so a class keeps its colour when more classes are added. Beyond 20,
-    colours step round the hue circle by the golden angle, alternating dark and light.
-    """
-    base = _palette()
-    out = [(*c, 1.0) for c in base[:n]]
-    for i in range(n - len(base)):
-        h = (0.11 + i * 0.618034) % 1.0
-        out.append((*colorsys.hsv_to_rgb(h, 0.85 if i % 2 else 0.55, 0.55 if i % 2 else 0.95), 1.0))
-    return out
-
-
-def natural_key(name: str) -> list:
-    """Sort key putting ``cluster_2`` before ``cluster_10``."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
-def group_colours(groups: Sequence, grey: Sequence[str] = GREY_NAMES) -> dict[str, tuple]:
-    """Colour per group name (natural order; names in ``grey`` get :data:`OUTLIER_COLOUR`)."""
-    names = sorted(set(map(str, groups)), key=natural_key)
-    named = [n for n in names if n not in grey]
-    colours = dict(zip(named, class_colours(len(named))))
-    return {n: colours.get(n, OUTLIER_COLOUR) for n in names}
-
-
-def legend_outside(ax, title: str | None = None, n: int | None = None, **kw):
-    """Legend to the right of ``ax`` (outside the points); none when ``n`` > :data:`MAX_LEGEND`."""
-    if n is not None and n > MAX_LEGEND:
-        return None
-    return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=7,
-                     markerscale=1.5, title=title, title_fontsize=7, frameon=False, **kw)
-
-
-def scatter_groups(ax, xy: np.ndarray, groups, grey: Sequence[str] = GREY_NAMES, s: float = 12,
-                   **kw) -> dict[str, tuple]:
-    """Scatter ``(N, 2)`` points one colour per group, grey groups first (underneath)."""
-    groups = np.asarray(groups, str)
-    colours = group_colours(groups, grey)
-    order = [n for n in colours if n in grey] + [n for n in colours if n not in grey]
-    for name in order:
-        m = groups == name
-        ax.scatter(*xy[m].T, s=s * (0.7 if name in grey else 1), color=colours[name],
-                   label=f"{name} ({int(m.sum())})", **kw)
-    return colours
+from ..plotting import (legend_outside,
+                        pyplot, save_figure, scatter_groups)
 
 
 def confusion_figure(y_true, y_pred, labels, run: str, labels_from: str):

@@ -35,7 +35,8 @@ import pandas as pd
 from ..cli import UserError, require_folder
 from ..identity import SOURCE, SPECIMEN, posix, without_extension
 from ..imageio import ImageReadError, list_files, match_channels, read_image, write_png
-from ..outputs import MANIFEST, check_finished, jsonable, settings, write_csv, write_manifest, write_text
+from ..outputs import (MANIFEST, changed_keys, check_finished, jsonable, settings, write_csv,
+                       write_manifest, write_text)
 from .masks import cutout, downscale, to_full_resolution, write_label_png
 from .methods import Segmenter, choose_method
 from .sheet import SHEET_GLOB, write_contact_sheets
@@ -81,7 +82,7 @@ def _guard(out: Path, semantic: dict, overwrite: bool) -> None:
     partial = out / PARTIAL
     if partial.is_file() and not (out / MANIFEST).is_file():
         old = json.loads(partial.read_text(encoding="utf-8"))
-        changed = sorted(k for k in set(old) | set(semantic) if old.get(k) != semantic.get(k))
+        changed = changed_keys(old, semantic)
         if changed:
             raise UserError(f"{out} holds an unfinished segmentation made with other settings "
                             f"({', '.join(changed[:4])} differ); re-run it with the same settings "

@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 
 from ..cli import UserError
-from ..outputs import MANIFEST, atomic_path, check_finished, settings, write_csv, write_manifest
+from ..outputs import (MANIFEST, atomic_path, changed_keys, check_finished, settings, write_csv,
+                       write_manifest)
 from .annotations import check_classes, load_coco, load_mask_folder
 from .dataset import WingDataset, check_items, collate, split_items
 from .maskrcnn import (ModelSpec, best_per_class, build_model, default_checkpoint,
@@ -224,7 +225,7 @@ def _read_last(work: Path, args) -> dict | None:
         return None
     last = torch.load(path, map_location="cpu", weights_only=True)
     old, new = last.get("settings", {}), settings(args)
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    changed = changed_keys(old, new)
     if changed:
         raise UserError(f"{work} holds an unfinished training with other settings "
                         f"({', '.join(changed[:4])} differ); re-run it with the same settings to "

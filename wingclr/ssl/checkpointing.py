@@ -175,11 +175,11 @@ def stdout_is_terminal() -> bool:
 
 def loss_figure(history: list[dict], title: str):
     """The loss curve, one tick per whole epoch (never 1.5)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    from ..plotting import pyplot
+
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([h["epoch"] for h in history], [h["train_loss"] for h in history], marker=".")
@@ -190,6 +190,6 @@ def loss_figure(history: list[dict], title: str):
 
 
 def plot_loss(history: list[dict], path: Path, title: str) -> None:
-    from ..outputs import save_figure
+    from ..plotting import save_figure
 
     save_figure(loss_figure(history, title), path)

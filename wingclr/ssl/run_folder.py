@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from ..cli import UserError
-from ..outputs import MANIFEST, settings
+from ..outputs import MANIFEST, changed_keys, settings
 
 PATH_KEYS = ("data", "output")
 KEEP_KEYS = ("keep_last",)  # what happens to files after the run, not what the run is
@@ -55,7 +55,7 @@ def changed_settings(stored: dict, wanted: dict) -> list[str]:
         keys -= set(PATH_KEYS)
     else:
         keys.discard(DATASET_KEY)
-    return sorted(k for k in keys if stored.get(k) != wanted.get(k))
+    return changed_keys(stored, wanted, keys)
 
 
 def finish_replacement(run_dir: Path) -> None:
