@@ -43,7 +43,9 @@ def main(args):
 
     check_embed_args(args)
     for name, ckpt in resolve_runs(args.checkpoints, args.training_dir):
-        embed_run(name, ckpt, args)
+        embed_run(name, ckpt, data=args.data, output=args.output, batch_size=args.batch_size,
+                  num_workers=args.num_workers, device=args.device, cache_dir=args.cache_dir,
+                  quiet=args.quiet, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,8 @@ def get_args_parser():
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (baselines, embedding)")
     p.add_argument("--num-workers", type=int, default=None,
                    help="DataLoader workers for baselines/embedding (default min(8, CPUs))")
+    p.add_argument("--cache-dir", type=Path, default=cli.WORK / "cache",
+                   help="stage 3's decode-once image cache, read when a training run is embedded here")
     p.add_argument("--neighbours", type=count, default=5,
                    help="neighbours per query in each run's neighbours.png (0: none)")
     p.add_argument("--query", nargs="*", default=[],

@@ -188,14 +188,20 @@ def test_bad_flags_and_missing_embeddings_are_one_line_errors(tmp_path):
 def test_training_runs_without_embeddings_are_embedded_first(dataset_dir, tmp_path):
     from conftest import TINY_TRAIN
 
-    runs = tmp_path / "3-training"
+    import contextlib
+    import io
+
+    runs, cache = tmp_path / "3-training", tmp_path / "cache"
     run_stage("3-training/train.py", "--data", dataset_dir, "--output", runs, "--epochs", "1",
-              *TINY_TRAIN)
+              "--augment-on", "device", "--cache-dir", cache, *TINY_TRAIN)
     (run,) = [p for p in runs.iterdir() if p.is_dir()]
-    table = run_stage(EVALUATE, "--runs", run, "--embeddings", tmp_path / "4-embeddings",
-                      "--data", dataset_dir, "--output", tmp_path / "5-evaluation", "--no-umap",
-                      "--no-baselines", "--num-workers", "0")
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        table = run_stage(EVALUATE, "--runs", run, "--embeddings", tmp_path / "4-embeddings",
+                          "--data", dataset_dir, "--output", tmp_path / "5-evaluation", "--no-umap",
+                          "--no-baselines", "--num-workers", "0", "--cache-dir", cache)
     assert (tmp_path / "4-embeddings" / run.name / "embeddings.csv").exists()
+    assert "reading images from the cache" in stdout.getvalue()  # stage 3's cache, not decoded again
     assert table.run.tolist() == [run.name] and table.n_val.iloc[0] == 5
 
 

@@ -166,29 +166,41 @@ def write_matrix_csv(path: Path, ids: pd.DataFrame, values: np.ndarray, columns:
             f.write(",".join([*ids.columns, *columns, *tail.columns]) + "\n")
 
 
-def embed_run(name: str, ckpt: Path, args) -> dict | None:
-    """Embed ``args.data`` with one checkpoint into ``args.output/<name>/``."""
-    out = Path(args.output) / name
+def embed_run(name: str, ckpt: Path, *, data: Path, output: Path, batch_size: int = 64,
+              num_workers: int | None = None, device: str = "auto", cache_dir: Path | None = None,
+              quiet: bool = False, overwrite: bool = False) -> dict | None:
+    """Embed the images of ``data`` with one checkpoint into ``output/<name>/``.
+
+    Args:
+        data: stage 2 output (split.csv + unlabeled/) or a folder of cluster folders.
+        cache_dir: stage 3's decode-once cache; read when it holds exactly these images.
+        overwrite: embed again even when the folder is finished with the same inputs.
+
+    Returns:
+        The manifest, or None when the folder was finished and is skipped.
+    """
+    cli_args = {"data": data, "output": output, "batch_size": batch_size, "num_workers": num_workers,
+                "device": device, "cache_dir": cache_dir, "quiet": quiet, "overwrite": overwrite}
+    out = Path(output) / name
     # what defines the output: the weights and the images (not batch size, device, ...)
-    run_args = {"checkpoint": str(Path(ckpt).resolve()), "data": str(Path(args.data).resolve())}
-    if check_finished(out, run_args, args.overwrite, "embedding"):
+    run_args = {"checkpoint": str(Path(ckpt).resolve()), "data": str(Path(data).resolve())}
+    if check_finished(out, run_args, overwrite, "embedding"):
         if embedded_other_weights(out, ckpt):
             print(f"note: {ckpt} changed since {out} was embedded (re-trained); embedding it again")
-        elif embedded_other_split(out, args.data):
-            print(f"note: {Path(args.data) / 'split.csv'} changed since {out} was embedded (stage 2 "
+        elif embedded_other_split(out, data):
+            print(f"note: {Path(data) / 'split.csv'} changed since {out} was embedded (stage 2 "
                   "--update or --overwrite); embedding it again")
         else:
             print(f"skip: {out} is finished (manifest.json); pass --overwrite to embed again")
             return None
     # stamped before reading, so a checkpoint replaced meanwhile is embedded again next time
     stamp = checkpoint_stamp(ckpt) if Path(ckpt).is_file() else None
-    split_csv = Path(args.data) / "split.csv"
+    split_csv = Path(data) / "split.csv"
     split_stamp = file_digest(split_csv) if split_csv.is_file() else None
     backbone, meta = load_backbone(ckpt)
-    root, table = image_table(args.data)
-    feats, ok = embed_images(backbone, meta, root, table["image"].tolist(), args.batch_size,
-                             args.num_workers, args.device, progress=not args.quiet,
-                             cache_dir=getattr(args, "cache_dir", None))
+    root, table = image_table(data)
+    feats, ok = embed_images(backbone, meta, root, table["image"].tolist(), batch_size, num_workers,
+                             device, progress=not quiet, cache_dir=cache_dir)
     failed = table.loc[~ok, "image"].tolist()
     table, feats = table.loc[ok].reset_index(drop=True), feats[ok]
     if len(table) < 2:
@@ -219,5 +231,5 @@ def embed_run(name: str, ckpt: Path, args) -> dict | None:
         out, "4-embed", run_args, packages=("scikit-learn",),
         counts={"images": len(table), "dims": int(feats.shape[1]), "pca_axes": k,
                 "unreadable": len(failed)},
-        unreadable=failed, model=meta, run_name=name, cli_args=vars(args), checkpoint_file=stamp,
+        unreadable=failed, model=meta, run_name=name, cli_args=cli_args, checkpoint_file=stamp,
         embeddings_csv=file_digest(out / "embeddings.csv"), split_csv=split_stamp)

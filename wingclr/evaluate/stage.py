@@ -10,7 +10,6 @@ gets evaluation.csv (one row per run, upserted), baselines.csv, grid_summary.png
 
 from __future__ import annotations
 
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -251,9 +250,9 @@ def evaluate_runs(args) -> pd.DataFrame:
 
     def embed(path: Path) -> Path:
         (name, ckpt), = resolve_runs([path], Path(path).parent)
-        embed_run(name, ckpt, Namespace(
-            data=args.data or STAGE_DIRS["dataset"], output=args.embeddings, batch_size=64,
-            num_workers=args.num_workers, device=args.device, quiet=args.quiet, overwrite=False))
+        embed_run(name, ckpt, data=args.data or STAGE_DIRS["dataset"], output=args.embeddings,
+                  num_workers=args.num_workers, device=args.device, cache_dir=args.cache_dir,
+                  quiet=args.quiet)
         return Path(args.embeddings) / name
 
     parse_baselines(args.baselines)  # bad names and flags fail before any work

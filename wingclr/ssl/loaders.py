@@ -137,11 +137,13 @@ def training_worker_init(worker_id: int | None = None) -> None:
     worker_init(worker_id)
 
 
-def build_training(args, trainer, pretrained: bool, images: ImageSet | None = None):
+def build_training(args, trainer, pretrained: bool, images: ImageSet | None = None,
+                   run_meta: dict | None = None):
     """Model, DataLoader and metadata for a training run.
 
     Args:
         images: the training images when already scanned (default: scan ``args.data``).
+        run_meta: more entries for the checkpoint's ``wingclr`` metadata (run name, settings).
 
     Returns:
         ``(module, loader, sampler, meta)``; the loader yields per-process batches of
@@ -197,6 +199,8 @@ def build_training(args, trainer, pretrained: bool, images: ImageSet | None = No
     else:
         loader = DataLoader(dataset, batch_sampler=sampler, **loader_kwargs)
     lr = scaled_lr(args.optimizer, args.batch_size, args.lr) if args.lr_scaling == "sqrt" else args.lr
+    meta.update(augment_on="device" if on_device else "workers", lr=lr, world_size=world,
+                images=len(valid), clusters=dict(Counter(images.clusters)), **(run_meta or {}))
     module = SimCLR(
         backbone=args.backbone, in_chans=plan.in_chans, rgb_bands=plan.rgb[0],
         input_size=args.input_size, temperature=args.temperature, optimizer=args.optimizer, lr=lr,
@@ -205,8 +209,5 @@ def build_training(args, trainer, pretrained: bool, images: ImageSet | None = No
         augment=[cfg.to_dict() for cfg in cfgs] if on_device else None,
         view_bands=plan.bands if plan.cross_modal else None,
         channels_last=args.channels_last == "on",
-        compile=args.compile, pretrained=pretrained and args.pretrained == "imagenet")
-    meta.update(augment_on="device" if on_device else "workers", lr=lr, world_size=world,
-                embedding_dim=module.embedding_dim,
-                images=len(valid), clusters=dict(Counter(images.clusters)))
-    return module, loader, sampler, meta
+        compile=args.compile, pretrained=pretrained and args.pretrained == "imagenet", meta=meta)
+    return module, loader, sampler, module.checkpoint_meta()

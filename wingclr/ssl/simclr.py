@@ -47,9 +47,11 @@ class SimCLR(pl.LightningModule):
                  lr: float = 0.06, weight_decay: float = 5e-4, warmup_epochs: int = 10,
                  gather_distributed: bool = False, augment: list[dict] | None = None,
                  view_bands: list[list[int]] | None = None,
-                 channels_last: bool = False, compile: bool = False, pretrained: bool = False):
+                 channels_last: bool = False, compile: bool = False, pretrained: bool = False,
+                 meta: dict | None = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["pretrained"])
+        self.save_hyperparameters(ignore=["pretrained", "meta"])
+        self.meta = dict(meta or {})  # saved in every checkpoint (``wingclr``), read by stage 4
         self.backbone, dim = build_backbone(backbone, pretrained, in_chans, rgb_bands, input_size)
         self.embedding_dim = dim
         self.projection_head = SimCLRProjectionHead(dim, dim, 128)
@@ -65,8 +67,12 @@ class SimCLR(pl.LightningModule):
         """``(B, C, S, S)`` -> projections ``(B, 128)``."""
         return self.projection_head(self.backbone(x))
 
+    def checkpoint_meta(self) -> dict:
+        """The run's model metadata (backbone, channels, input size, normalisation, run settings)."""
+        return {**self.meta, "embedding_dim": self.embedding_dim}
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["wingclr"] = getattr(self, "wingclr_meta", {})
+        checkpoint["wingclr"] = self.checkpoint_meta()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, S, S)`` -> projections ``(B, 128)``."""

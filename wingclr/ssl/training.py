@@ -148,7 +148,7 @@ def stop_after_signal(trainer: pl.Trainer, work: Path, signum: int) -> None:
     raise Stopped(f"{saved}; re-run the same command to resume", signum)
 
 
-def prepare_run_dir(run_dir: Path, args, wanted: dict) -> tuple[Path, Path | None]:
+def prepare_run_dir(run_dir: Path, args, wanted: dict) -> tuple[Path, Path | None] | None:
     """Decide where this command trains and whether it resumes (nothing is created here).
 
     A finished run whose checkpoint is missing or damaged is rebuilt from its ``last.ckpt`` (kept
@@ -159,11 +159,11 @@ def prepare_run_dir(run_dir: Path, args, wanted: dict) -> tuple[Path, Path | Non
 
     Returns:
         ``(folder to train in, checkpoint to resume from or None)``; the folder is the run
-        folder, or with ``--overwrite`` the replacement's folder beside it.
+        folder, or with ``--overwrite`` the replacement's folder beside it. None when the run is
+        finished with these settings (the caller skips it).
 
     Raises:
         UserError: the folder holds a finished or started run with other settings.
-        FileExistsError: the run is finished with the same settings (caller skips).
     """
     if is_rank_zero():
         finish_replacement(run_dir)  # a kill in the middle of an earlier swap
@@ -172,7 +172,7 @@ def prepare_run_dir(run_dir: Path, args, wanted: dict) -> tuple[Path, Path | Non
         ckpt = run_dir / manifest.get("checkpoint", f"{run_dir.name}.ckpt")
         damage = checkpoint_damage(ckpt, manifest.get("checkpoint_size"))
         if not damage:
-            raise FileExistsError(run_dir)
+            return None
         if checkpoint_damage(run_dir / "last.ckpt"):
             raise UserError(f"{ckpt} {damage} and the run kept no whole last.ckpt to rebuild it "
                             "from; re-run this command with --overwrite to train it again")
@@ -229,14 +229,14 @@ def train(args) -> dict | None:
     run_dir = Path(args.output) / name
     wanted = run_settings(args, images)
     with RunLock(run_dir) if is_rank_zero() else nullcontext():
-        try:
-            work, resume = prepare_run_dir(run_dir, args, wanted)
-        except FileExistsError:
+        plan = prepare_run_dir(run_dir, args, wanted)
+        if plan is None:
             pending = " (an unfinished --overwrite is in {}; pass --overwrite to go on with it)".format(
                 staging_dir(run_dir)) if staging_dir(run_dir).exists() else ""
             print(f"skip: {run_dir} is finished (manifest.json); pass --overwrite to train it "
                   f"again{pending}")
             return None
+        work, resume = plan
         return fit_run(args, name, run_dir, work, resume, images, wanted)
 
 
@@ -258,9 +258,8 @@ def fit_run(args, name: str, run_dir: Path, work: Path, resume: Path | None, ima
         num_sanity_val_steps=0, use_distributed_sampler=False, plugins=slurm_plugins(),
         enable_progress_bar=terminal and not args.quiet)
     module, loader, checkpointing.sampler, meta = build_training(
-        args, trainer, pretrained=resume is None, images=images)
-    meta = {**meta, "run_name": name, "settings": wanted, "precision": precision}
-    module.wingclr_meta = meta
+        args, trainer, pretrained=resume is None, images=images,
+        run_meta={"run_name": name, "settings": wanted, "precision": precision})
     if is_rank_zero():
         start_work_dir(run_dir, work, resume)
     if resume is not None:
