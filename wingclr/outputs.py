@@ -1,4 +1,4 @@
-"""Stage bookkeeping: atomic writes, ``manifest.json`` and the finished-output guard.
+"""Stage outputs: atomic writes, ``manifest.json`` and the finished-output guard (one per stage).
 
 A stage writes ``manifest.json`` last; its presence means the stage finished. Re-running with the
 same settings skips; different settings are refused unless ``--overwrite`` is given, so finished

@@ -1,4 +1,4 @@
-"""DataLoaders and model set-up for stage 3 (training) and stage 4 (embedding)."""
+"""DataLoaders, samplers and model set-up for stage 3 training."""
 
 from __future__ import annotations
 
