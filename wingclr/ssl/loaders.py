@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from typing import Sequence
@@ -137,20 +138,33 @@ def training_worker_init(worker_id: int | None = None) -> None:
     worker_init(worker_id)
 
 
-def build_training(args, trainer, pretrained: bool, images: ImageSet | None = None,
-                   run_meta: dict | None = None):
-    """Model, DataLoader and metadata for a training run.
+@dataclass(frozen=True)
+class TrainingData:
+    """What a training run reads: the loader, its sampler and how images become two views.
+
+    Attributes:
+        loader: yields per-process batches of ``batch_size // world_size`` images, in the
+            order of ``sampler``: ``([view0, view1], index)`` when workers augment, or uint8
+            ``(images, index)`` to be augmented on the device (``on_device``).
+        views: one augmentation config per view.
+        meta: what stage 4 needs to read images the same way (:func:`model_meta`) plus the
+            data facts the manifest records (augmentation path, world size, image counts).
+    """
+
+    loader: DataLoader
+    sampler: EpochBatchSampler
+    plan: object
+    views: list[AugmentConfig]
+    on_device: bool
+    meta: dict
+
+
+def build_data(args, trainer, images: ImageSet | None = None) -> TrainingData:
+    """The training images as augmented batches for this process.
 
     Args:
         images: the training images when already scanned (default: scan ``args.data``).
-        run_meta: more entries for the checkpoint's ``wingclr`` metadata (run name, settings).
-
-    Returns:
-        ``(module, loader, sampler, meta)``; the loader yields per-process batches of
-        ``args.batch_size // world_size`` images in the order of ``sampler``.
     """
-    from .simclr import SimCLR, scaled_lr
-
     from ..bands import plan_views
 
     images = images or training_images(args.data)
@@ -198,16 +212,6 @@ def build_training(args, trainer, pretrained: bool, images: ImageSet | None = No
         loader = DataLoader(dataset, sampler=sampler, batch_size=None, **loader_kwargs)
     else:
         loader = DataLoader(dataset, batch_sampler=sampler, **loader_kwargs)
-    lr = scaled_lr(args.optimizer, args.batch_size, args.lr) if args.lr_scaling == "sqrt" else args.lr
-    meta.update(augment_on="device" if on_device else "workers", lr=lr, world_size=world,
-                images=len(valid), clusters=dict(Counter(images.clusters)), **(run_meta or {}))
-    module = SimCLR(
-        backbone=args.backbone, in_chans=plan.in_chans, rgb_bands=plan.rgb[0],
-        input_size=args.input_size, temperature=args.temperature, optimizer=args.optimizer, lr=lr,
-        weight_decay=args.weight_decay,
-        warmup_epochs=args.warmup_epochs, gather_distributed=world > 1,
-        augment=[cfg.to_dict() for cfg in cfgs] if on_device else None,
-        view_bands=plan.bands if plan.cross_modal else None,
-        channels_last=args.channels_last == "on",
-        compile=args.compile, pretrained=pretrained and args.pretrained == "imagenet", meta=meta)
-    return module, loader, sampler, module.checkpoint_meta()
+    meta.update(augment_on="device" if on_device else "workers", world_size=world,
+                images=len(valid), clusters=dict(Counter(images.clusters)))
+    return TrainingData(loader, sampler, plan, cfgs, on_device, meta)

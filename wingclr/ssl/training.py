@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ..checkpoints import checkpoint_damage, read_checkpoint
 from ..cli import (Stopped, UserError, check_gpu_request, check_input_size, check_minimum,
@@ -27,10 +28,11 @@ from ..cli import (Stopped, UserError, check_gpu_request, check_input_size, chec
 from ..outputs import MANIFEST, check_finished, read_manifest, write_manifest
 from .checkpointing import EpochCheckpoint, plot_loss, save_checkpoint, stdout_is_terminal
 from .grid import GRID_FLAGS, build_grid, fit_point_to_data, grid_point, run_name
-from .loaders import build_training, training_images
+from .loaders import build_data, training_images
 from .recipes import apply_recipe
 from .run_folder import (RunLock, changed_settings, finish_replacement, is_rank_zero, run_settings,
                          staging_dir)
+from .simclr import NonFiniteLossError, SimCLR, scaled_lr
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
@@ -243,6 +245,7 @@ def train(args) -> dict | None:
 def fit_run(args, name: str, run_dir: Path, work: Path, resume: Path | None, images,
             wanted: dict) -> dict | None:
     """Train in ``work`` (the run folder or its replacement's), then finish the run."""
+    # ============ trainer: devices, precision, per-epoch checkpoints ============
     pl.seed_everything(args.seed, workers=True, verbose=False)
     cuda = torch.cuda.is_available() and args.accelerator in ("auto", "gpu", "cuda")
     precision = args.precision if args.precision != "auto" else ("bf16-mixed" if cuda else "32-true")
@@ -257,22 +260,36 @@ def fit_run(args, name: str, run_dir: Path, work: Path, resume: Path | None, ima
         callbacks=[checkpointing], default_root_dir=work, log_every_n_steps=10,
         num_sanity_val_steps=0, use_distributed_sampler=False, plugins=slurm_plugins(),
         enable_progress_bar=terminal and not args.quiet)
-    module, loader, checkpointing.sampler, meta = build_training(
-        args, trainer, pretrained=resume is None, images=images,
-        run_meta={"run_name": name, "settings": wanted, "precision": precision})
+
+    # ============ data: cached or decoded images, two augmented views, balanced sampler ============
+    data = build_data(args, trainer, images)
+    checkpointing.sampler = data.sampler  # a mid-epoch resume skips the batches already trained
+
+    # ============ model: backbone + projection head, NT-Xent across all processes ============
+    # lightly's rule: lr x sqrt(batch / 256) (--lr-scaling sqrt); the phenotype recipe uses lr as given
+    lr = scaled_lr(args.optimizer, args.batch_size, args.lr) if args.lr_scaling == "sqrt" else args.lr
+    module = SimCLR(
+        backbone=args.backbone, in_chans=data.plan.in_chans, rgb_bands=data.plan.rgb[0],
+        input_size=args.input_size, temperature=args.temperature, optimizer=args.optimizer, lr=lr,
+        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+        gather_distributed=trainer.world_size > 1,
+        augment=[cfg.to_dict() for cfg in data.views] if data.on_device else None,
+        view_bands=data.plan.bands if data.plan.cross_modal else None,
+        channels_last=args.channels_last == "on", compile=args.compile,
+        pretrained=resume is None and args.pretrained == "imagenet",  # a resume loads its own weights
+        meta={**data.meta, "lr": lr, "run_name": name, "settings": wanted, "precision": precision})
+    meta = module.checkpoint_meta()
+
+    # ============ fit: resume mid-epoch, stop signals save after the current batch ============
     if is_rank_zero():
         start_work_dir(run_dir, work, resume)
     if resume is not None:
         print(f"resuming {name} from {resume}")
     if work != run_dir and is_rank_zero():
         print(f"training the replacement of {run_dir} in {work}; the finished run stays until it is done")
-    from pytorch_lightning.utilities.exceptions import SIGTERMException
-
-    from .simclr import NonFiniteLossError
-
     handlers = {s: signal.signal(s, checkpointing.request_stop) for s in STOP_SIGNALS}
     try:
-        trainer.fit(module, loader, ckpt_path=resume)
+        trainer.fit(module, data.loader, ckpt_path=resume)
     except SIGTERMException:  # Lightning's handler saw a SIGTERM sent before on_train_start
         checkpointing.stop_signal = checkpointing.stop_signal or signal.SIGTERM
     except BaseException as e:
@@ -290,6 +307,8 @@ def fit_run(args, name: str, run_dir: Path, work: Path, resume: Path | None, ima
     if trainer.interrupted or trainer.current_epoch < args.epochs:
         print(f"stopped at epoch {trainer.current_epoch}; re-run the same command to resume")
         return None
+
+    # ============ save: final weights, loss plot, manifest (last), then tidy up ============
     ckpt = work / f"{name}.ckpt"
     save_checkpoint(trainer, ckpt, weights_only=True)  # every rank: a barrier
     if not trainer.is_global_zero:
@@ -298,7 +317,7 @@ def fit_run(args, name: str, run_dir: Path, work: Path, resume: Path | None, ima
     last = checkpointing.history[-1] if checkpointing.history else {}
     manifest = write_manifest(
         work, "3-training", wanted, seed=args.seed, packages=("pytorch-lightning", "lightly", "kornia"),
-        counts={"images": len(loader.dataset), "epochs": args.epochs,
+        counts={"images": len(data.loader.dataset), "epochs": args.epochs,
                 "final_loss": last.get("train_loss")},
         run_name=name, checkpoint=ckpt.name, checkpoint_size=ckpt.stat().st_size, model=meta)
     if not args.keep_last:  # the finished run needs only its weights (--keep-last keeps it)
