@@ -92,3 +92,55 @@ def rembg_home(tmp_path, monkeypatch):
                       dynamo=False, input_names=["input"], output_names=["mask"])
     monkeypatch.setenv("WINGCLR_WEIGHTS_DIR", str(home))
     return home
+
+
+# --- fake stage 3 / stage 4 outputs (tests of stages 4 and 5 that need no training) ---
+
+def fake_meta(backbone="resnet18", in_chans=3):
+    """A stage 3 run's model metadata (random ResNet-18 unless told, 32 px)."""
+    from wingclr.models import channel_stats
+
+    mean, std = channel_stats(in_chans, [0, 1, 2])
+    return {"backbone": backbone, "in_chans": in_chans, "rgb_bands": [0, 1, 2], "bands": None,
+            "input_size": 32, "mean": mean, "std": std, "background": [255, 255, 255],
+            "scale16": "full", "settings": {"batch_size": 8, "epochs": 1, "temperature": 0.5}}
+
+
+
+def fake_checkpoint(path, seed=0, meta=None, in_chans=3):
+    """A stage 3 checkpoint as stage 4 reads it: ``wingclr`` metadata plus backbone weights."""
+    import torch
+
+    from wingclr.models import build_backbone
+
+    torch.manual_seed(seed)
+    backbone, _ = build_backbone("resnet18", False, in_chans)
+    state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    torch.save({"wingclr": meta or fake_meta(), "state_dict": state}, path)
+    return path
+
+
+
+def fake_embeddings(out, dataset_dir, seed=0):
+    """A stage 4 folder as stage 4 wrote it before the identity columns (CSV, .npy, manifest with
+    the CSV's digest): separable class centres. Returns ``(folder, {image: vector})``."""
+    import numpy as np
+    import pandas as pd
+
+    from wingclr.evaluate.inputs import file_digest
+    from wingclr.outputs import write_manifest
+
+    split = pd.read_csv(dataset_dir / "split.csv", dtype=str)[["image", "cluster", "split"]]
+    rng = np.random.default_rng(seed)
+    codes = pd.factorize(split.cluster, sort=True)[0]
+    feats = (rng.normal(size=(codes.max() + 1, 8))[codes]
+             + rng.normal(0, 0.05, (len(split), 8))).astype(np.float32)
+    out.mkdir(parents=True)
+    np.save(out / "embeddings.npy", feats)
+    pd.concat([split, pd.DataFrame(feats, columns=[f"emb_{i}" for i in range(8)])],
+              axis=1).to_csv(out / "embeddings.csv", index=False, float_format="%.6g")
+    write_manifest(out, "4-embed", {"checkpoint": "run.ckpt", "data": str(dataset_dir)},
+                   counts={"images": len(split)}, model=fake_meta(),
+                   embeddings_csv=file_digest(out / "embeddings.csv"))
+    return out, dict(zip(split.image, feats))
+

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import REPO, TINY_TRAIN, assert_one_line_error, run_cli, run_stage
+from conftest import (REPO, TINY_TRAIN, assert_one_line_error, fake_checkpoint, fake_embeddings, fake_meta,
+                      run_cli, run_stage)
 from wingclr.imageio import ImageReadError, image_channels, list_files, read_image, try_read
 
 
@@ -98,28 +99,6 @@ def test_case21_file_input_and_format_by_content(tmp_path):
     assert {p.name for p in images} >= {"photo.jpe", "photo.jfif"}
 
 
-def _meta(backbone="resnet18", in_chans=3):
-    from wingclr.models import channel_stats
-
-    mean, std = channel_stats(in_chans, [0, 1, 2])
-    return {"backbone": backbone, "in_chans": in_chans, "rgb_bands": [0, 1, 2], "bands": None,
-            "input_size": 32, "mean": mean, "std": std, "background": [255, 255, 255],
-            "scale16": "full", "settings": {"batch_size": 8, "epochs": 1, "temperature": 0.5}}
-
-
-def _checkpoint(path, seed, meta=None, in_chans=3):
-    """A stage 3 checkpoint as stage 4 reads it: ``wingclr`` metadata plus backbone weights."""
-    import torch
-
-    from wingclr.models import build_backbone
-
-    torch.manual_seed(seed)
-    backbone, _ = build_backbone("resnet18", False, in_chans)
-    state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
-    torch.save({"wingclr": meta or _meta(), "state_dict": state}, path)
-    return path
-
-
 def _embed(ckpt, dataset_dir, out, capsys) -> str:
     """Stage 4 in-process; returns what it printed."""
     capsys.readouterr()
@@ -139,11 +118,11 @@ def _one_line_user_error(call, *needles) -> str:
 
 
 def test_case04_retrained_checkpoint_is_embedded_again(tmp_path, dataset_dir, capsys):
-    ckpt = _checkpoint(tmp_path / "run.ckpt", seed=0)
+    ckpt = fake_checkpoint(tmp_path / "run.ckpt", seed=0)
     out = tmp_path / "4-embeddings"
     _embed(ckpt, dataset_dir, out, capsys)
     first = np.load(out / "run" / "embeddings.npy")
-    _checkpoint(ckpt, seed=1)  # stage 3 --overwrite re-trained the run in place
+    fake_checkpoint(ckpt, seed=1)  # stage 3 --overwrite re-trained the run in place
     st = ckpt.stat()
     os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     printed = _embed(ckpt, dataset_dir, out, capsys)
@@ -153,11 +132,11 @@ def test_case04_retrained_checkpoint_is_embedded_again(tmp_path, dataset_dir, ca
 
 
 def test_case11_checkpoint_metadata_disagrees_with_weights(tmp_path, dataset_dir, capsys):
-    four = _checkpoint(tmp_path / "four.ckpt", 0, in_chans=4)  # metadata says 3
+    four = fake_checkpoint(tmp_path / "four.ckpt", 0, in_chans=4)  # metadata says 3
     text = _one_line_user_error(lambda: _embed(four, dataset_dir, tmp_path / "out", capsys),
                                 "four.ckpt", "resnet18", "3 channels", "4 channels")
     assert "load_state_dict" not in text
-    r50 = _checkpoint(tmp_path / "r50.ckpt", 0, meta=_meta("resnet50"))
+    r50 = fake_checkpoint(tmp_path / "r50.ckpt", 0, meta=fake_meta("resnet50"))
     _one_line_user_error(lambda: _embed(r50, dataset_dir, tmp_path / "out", capsys),
                          "r50.ckpt", "resnet50", "3 channels")
 
@@ -182,26 +161,6 @@ def test_case05_outputs_of_removed_photos_are_removed(tmp_path, demo_set, capsys
     assert manifest["removed_outputs"] == [gone] and manifest["counts"]["images"] == 3
 
 
-def _fake_embeddings(out, dataset_dir, seed=0):
-    """A stage 4 folder (CSV, .npy, manifest with the CSV's digest): separable class centres."""
-    from wingclr.evaluate.inputs import file_digest
-    from wingclr.outputs import write_manifest
-
-    split = pd.read_csv(dataset_dir / "split.csv", dtype=str)[["image", "cluster", "split"]]
-    rng = np.random.default_rng(seed)
-    codes = pd.factorize(split.cluster, sort=True)[0]
-    feats = (rng.normal(size=(codes.max() + 1, 8))[codes]
-             + rng.normal(0, 0.05, (len(split), 8))).astype(np.float32)
-    out.mkdir(parents=True)
-    np.save(out / "embeddings.npy", feats)
-    pd.concat([split, pd.DataFrame(feats, columns=[f"emb_{i}" for i in range(8)])],
-              axis=1).to_csv(out / "embeddings.csv", index=False, float_format="%.6g")
-    write_manifest(out, "4-embed", {"checkpoint": "run.ckpt", "data": str(dataset_dir)},
-                   counts={"images": len(split)}, model=_meta(),
-                   embeddings_csv=file_digest(out / "embeddings.csv"))
-    return out, dict(zip(split.image, feats))
-
-
 def _evaluate(emb_dir, out, *extra):
     run_stage("5-evaluation/evaluate.py", "--runs", emb_dir, "--embeddings", emb_dir.parent,
               "--output", out, "--no-baselines", "--no-umap", "--num-workers", "0", *extra)
@@ -212,7 +171,7 @@ def test_case01_sorted_embeddings_csv(tmp_path, dataset_dir):
     from wingclr.evaluate.inputs import load_embeddings
     from wingclr.outputs import read_manifest
 
-    emb, vectors = _fake_embeddings(tmp_path / "4" / "run", dataset_dir)
+    emb, vectors = fake_embeddings(tmp_path / "4" / "run", dataset_dir)
     before = _evaluate(emb, tmp_path / "5a")
     csv = pd.read_csv(emb / "embeddings.csv")
     by_name = csv.image.str.rsplit("/", n=1).str[-1].argsort(kind="stable")  # a spreadsheet sort
@@ -239,7 +198,7 @@ def test_case01_sorted_embeddings_csv(tmp_path, dataset_dir):
 def test_case06_partial_labels_are_counted_and_refused(tmp_path, dataset_dir, capsys):
     from wingclr.evaluate.inputs import attach_labels
 
-    emb, _ = _fake_embeddings(tmp_path / "4" / "run", dataset_dir)
+    emb, _ = fake_embeddings(tmp_path / "4" / "run", dataset_dir)
     ids = pd.read_csv(emb / "embeddings.csv", dtype=str)[["image", "cluster", "split"]]
     labels = tmp_path / "labels.csv"
     ids.iloc[:10].rename(columns={"cluster": "label"}).to_csv(labels, index=False)
@@ -258,7 +217,7 @@ def test_case06_partial_labels_are_counted_and_refused(tmp_path, dataset_dir, ca
 def test_case12_spreadsheet_saved_embeddings_csv(tmp_path, dataset_dir):
     from wingclr.evaluate.inputs import load_embeddings
 
-    emb, vectors = _fake_embeddings(tmp_path / "4" / "run", dataset_dir)
+    emb, vectors = fake_embeddings(tmp_path / "4" / "run", dataset_dir)
     csv = pd.read_csv(emb / "embeddings.csv")
     csv.rename(columns={"cluster": "Cluster"}).to_csv(emb / "embeddings.csv", index=False)
     ids, feats = load_embeddings(emb)
@@ -407,7 +366,7 @@ def test_case10_bad_flags_are_refused_before_any_work(dataset_dir, tmp_path):
             [] if torch.cuda.is_available() else [("--device", "cuda")]):
         _one_line_user_error(lambda: run_stage("4-embed/embed.py", "--checkpoints", tmp_path / "x.ckpt",
                                                "--data", dataset_dir, "--output", out, flag, value), flag)
-    emb, _ = _fake_embeddings(tmp_path / "4" / "run", dataset_dir)
+    emb, _ = fake_embeddings(tmp_path / "4" / "run", dataset_dir)
     for extra in (("--knn-k", "0"), ("--knn-k", "-1"), ("--num-workers", "-1"),
                   ("--labels", tmp_path / "missing.csv")):
         _one_line_user_error(lambda: _evaluate(emb, out, *extra), extra[0])

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import assert_one_line_error, run_cli, run_stage
+from conftest import assert_one_line_error, fake_checkpoint, fake_embeddings, run_cli, run_stage
 from wingclr.cli import UserError
 
 SEGMENT, CLUSTER = "0-segmentation/segment.py", "1-clustering/cluster.py"
@@ -47,30 +47,6 @@ def _photos(demo_set, folder):
     return folder
 
 
-def _meta() -> dict:
-    """A stage 3 run's model metadata (random ResNet-18, 32 px)."""
-    from wingclr.models import channel_stats
-
-    mean, std = channel_stats(3, [0, 1, 2])
-    return {"backbone": "resnet18", "in_chans": 3, "rgb_bands": [0, 1, 2], "bands": None,
-            "input_size": 32, "mean": mean, "std": std, "background": [255, 255, 255],
-            "scale16": "full", "settings": {"batch_size": 8, "epochs": 1, "temperature": 0.5}}
-
-
-def _checkpoint(path, seed=0):
-    """A stage 3 checkpoint as stage 4 reads it."""
-    import torch
-
-    from wingclr.models import build_backbone
-
-    meta = _meta()
-    torch.manual_seed(seed)
-    backbone, _ = build_backbone("resnet18", False, 3)
-    torch.save({"wingclr": meta, "state_dict": {f"backbone.{k}": v for k, v in
-                                                backbone.state_dict().items()}}, path)
-    return path
-
-
 def test_specimen_and_source_image_reach_every_csv(demo_set, tmp_path, fast_umap, capsys):
     photos = _photos(demo_set, tmp_path / "photos")
     seg, clusters, data = tmp_path / "0", tmp_path / "1", tmp_path / "2"
@@ -97,7 +73,7 @@ def test_specimen_and_source_image_reach_every_csv(demo_set, tmp_path, fast_umap
     assert all(truth[s] == src for s, src in zip(split.specimen, split.source_image))
     assert all(image.split("/", 1)[1] == s + ".png" for image, s in zip(split.image, split.specimen))
 
-    ckpt = _checkpoint(tmp_path / "run.ckpt")
+    ckpt = fake_checkpoint(tmp_path / "run.ckpt")
     run_stage(EMBED, "--checkpoints", ckpt, "--data", data, "--output", tmp_path / "4",
               "--num-workers", "0", "--quiet", "--cache-dir", tmp_path / "no-cache")
     emb = pd.read_csv(tmp_path / "4" / "run" / "embeddings.csv", dtype={"image": str})
@@ -210,32 +186,11 @@ def test_labels_match_on_any_key_and_report_what_did_not(tmp_path, capsys):
         labels(pd.DataFrame({"specimen": ["d1/a"], "label": ["p"]}))
 
 
-def _old_embeddings(out, dataset_dir):
-    """A stage 4 folder as stage 4 wrote it before the identity columns (image, cluster, split,
-    emb_*), with separable class centres."""
-    from wingclr.evaluate.inputs import file_digest
-    from wingclr.outputs import write_manifest
-
-    split = pd.read_csv(dataset_dir / "split.csv", dtype=str)[["image", "cluster", "split"]]
-    rng = np.random.default_rng(0)
-    codes = pd.factorize(split.cluster, sort=True)[0]
-    feats = (rng.normal(size=(codes.max() + 1, 8))[codes]
-             + rng.normal(0, 0.05, (len(split), 8))).astype(np.float32)
-    out.mkdir(parents=True)
-    np.save(out / "embeddings.npy", feats)
-    pd.concat([split, pd.DataFrame(feats, columns=[f"emb_{i}" for i in range(8)])],
-              axis=1).to_csv(out / "embeddings.csv", index=False, float_format="%.6g")
-    write_manifest(out, "4-embed", {"checkpoint": str(out.parent / "run.ckpt"), "data": str(dataset_dir)},
-                   counts={"images": len(split)}, model=_meta(),
-                   embeddings_csv=file_digest(out / "embeddings.csv"))
-    return out
-
-
 def test_old_embeddings_csv_without_identity_is_still_evaluated(dataset_dir, tmp_path):
     from wingclr.evaluate.inputs import load_embeddings
     from wingclr.outputs import read_manifest
 
-    emb = _old_embeddings(tmp_path / "4" / "run", dataset_dir)
+    emb, _ = fake_embeddings(tmp_path / "4" / "run", dataset_dir)  # as before the identity columns
     ids, _ = load_embeddings(emb, read_manifest(emb))  # the .npy path (CSV as written)
     assert list(ids.columns) == ["image", "cluster", "split", *IDENTITY]
     assert (ids.source_image == ids.image).all() and ids.specimen[0] == ids.image[0][:-4]
@@ -252,7 +207,7 @@ def test_old_embeddings_csv_without_identity_is_still_evaluated(dataset_dir, tmp
 
 def test_other_dataset_is_refused_in_one_line_and_a_failed_run_is_not_finished(dataset_dir, demo_set,
                                                                                 tmp_path):
-    emb = _old_embeddings(tmp_path / "4" / "run", dataset_dir)
+    emb, _ = fake_embeddings(tmp_path / "4" / "run", dataset_dir)  # as before the identity columns
     hand = tmp_path / "hand"  # another dataset: the same photos under other group names
     for i, folder in enumerate(sorted((demo_set / "clusters").iterdir())):
         shutil.copytree(folder, hand / f"group{i}")
@@ -333,7 +288,7 @@ def test_stage2_update_keeps_every_split_and_places_new_images(tmp_path, capsys)
     args = ("--input", src, "--output", out, "--seed", "3", "--quiet")
     run_stage(DATASET, *args)
     first = pd.read_csv(out / "split.csv", dtype=str).set_index("image")
-    embed = ("--checkpoints", _checkpoint(tmp_path / "run.ckpt"), "--data", out, "--output",
+    embed = ("--checkpoints", fake_checkpoint(tmp_path / "run.ckpt"), "--data", out, "--output",
              tmp_path / "4", "--num-workers", "0", "--quiet", "--cache-dir", tmp_path / "no-cache")
     run_stage(EMBED, *embed)
     # 4 new images in a, a new cluster z, one removed from b, one changed in a
