@@ -29,9 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wingclr import cli  # noqa: E402
 from wingclr.bands import parse_bands  # noqa: E402
-from wingclr.ssl.grid import build_grid, grid_table, value_list  # noqa: E402
+from wingclr.ssl.grid import (BATCH_SIZES, DEFAULTS, EPOCHS, TEMPERATURES, build_grid,  # noqa: E402
+                              grid_table, value_list)
 from wingclr.models import BACKBONES, check_backbone  # noqa: E402
 from wingclr.ssl.recipes import add_recipe_args  # noqa: E402
+
+
+def join(values) -> str:
+    return ",".join(f"{v:g}" for v in values)
 
 
 def get_args_parser():
@@ -50,15 +55,16 @@ def get_args_parser():
                    help="CSV, one row per grid point; columns batch_size, epochs, temperature "
                         "(any subset: the others come from the flags below or their defaults)")
     g.add_argument("--batch-sizes", type=value_list(int), default=None,
-                   help="grid batch sizes, e.g. 32,64 (default 64,128,256)")
+                   help=f"grid batch sizes, e.g. 32,64 (default {join(BATCH_SIZES)})")
     g.add_argument("--epoch-list", type=value_list(int), default=None,
-                   help="grid epochs, e.g. 50,100 (default 50,100,300)")
+                   help=f"grid epochs, e.g. 50,100 (default {join(EPOCHS)})")
     g.add_argument("--temperatures", type=value_list(float), default=None,
-                   help="grid temperatures, e.g. 0.1,0.5 (default 0.1,0.5,0.8)")
+                   help=f"grid temperatures, e.g. 0.1,0.5 (default {join(TEMPERATURES)})")
     g.add_argument("--batch-size", type=int, default=None,
-                   help="global batch size (default 256); with --param-i it fixes that axis")
-    g.add_argument("--epochs", type=int, default=None, help="epochs (default 300)")
-    g.add_argument("--temperature", type=float, default=None, help="NT-Xent temperature (default 0.5)")
+                   help=f"global batch size (default {DEFAULTS['batch_size']}); with --param-i it fixes "
+                        "that axis")
+    g.add_argument("--epochs", type=int, default=None, help=f"epochs (default {DEFAULTS['epochs']})")
+    g.add_argument("--temperature", type=float, default=None, help=f"NT-Xent temperature (default {DEFAULTS['temperature']})")
     m = p.add_argument_group("model")
     m.add_argument("--backbone", type=check_backbone, default="resnet50",
                    help=f"{', '.join(sorted(BACKBONES))} or timm/<model> (e.g. timm/efficientnet_lite0)")

@@ -27,7 +27,7 @@ from ..cli import (Stopped, UserError, check_gpu_request, check_input_size, chec
                    require_output_folder)
 from ..outputs import MANIFEST, check_finished, read_manifest, write_manifest
 from .checkpointing import EpochCheckpoint, plot_loss, save_checkpoint, stdout_is_terminal
-from .grid import GRID_FLAGS, build_grid, fit_point_to_data, grid_point, run_name
+from .grid import DEFAULTS, GRID_FLAGS, build_grid, fit_point_to_data, grid_point, run_name
 from .loaders import build_data, training_images
 from .recipes import apply_recipe
 from .run_folder import (RunLock, changed_settings, finish_replacement, is_rank_zero, run_settings,
@@ -55,9 +55,9 @@ def resolve_grid_args(args) -> list | None:
     elif listed:
         raise UserError(f"--{listed[0].replace('_', '-')} lists a grid: pick one point with "
                         "--param-i i (see --list-grid)")
-    args.batch_size = 256 if args.batch_size is None else args.batch_size
-    args.epochs = 300 if args.epochs is None else args.epochs
-    args.temperature = 0.5 if args.temperature is None else args.temperature
+    for flag, default in DEFAULTS.items():  # None: not given (a given one fixes a --param-i axis)
+        if getattr(args, flag) is None:
+            setattr(args, flag, default)
     if args.batch_size < 2 or args.epochs < 1 or not args.temperature > 0:
         raise UserError(f"--batch-size must be >= 2, --epochs >= 1 and --temperature > 0 (got "
                         f"{args.batch_size}, {args.epochs}, {args.temperature})")
