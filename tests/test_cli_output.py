@@ -87,6 +87,38 @@ def test_every_stage_takes_quiet(script):
     assert "--quiet" in parser.format_help()
 
 
+@pytest.mark.parametrize("stage,script", [
+    ("0-segmentation", "0-segmentation/segment.py"), ("0-train-maskrcnn", "0-segmentation/train_maskrcnn.py"),
+    ("1-clustering", "1-clustering/cluster.py"), ("2-create_dataset", "2-create_dataset/create_dataset.py"),
+    ("3-training", "3-training/train.py"), ("4-embed", "4-embed/embed.py"),
+    ("5-evaluation", "5-evaluation/evaluate.py")])
+def test_each_stage_lists_its_run_only_flags_in_one_place(stage, script):
+    from wingclr.outputs import RUN_ONLY
+
+    dests = {a.dest for a in load_stage(script).get_args_parser()._actions}
+    assert RUN_ONLY[stage] <= dests, RUN_ONLY[stage] - dests  # no stale or misspelt name
+    assert {"overwrite"} <= RUN_ONLY[stage] and not {"output", "seed"} & RUN_ONLY[stage]
+
+
+def test_run_only_flags_are_ignored_on_both_sides_of_the_settings_check(tmp_path):
+    from argparse import Namespace
+
+    from wingclr.cli import UserError
+    from wingclr.outputs import check_finished, read_manifest, write_manifest
+
+    args = Namespace(input="photos", min_cluster_size=10, batch_size=64, device="cpu", overwrite=False)
+    write_manifest(tmp_path, "1-clustering", args, counts={})
+    assert read_manifest(tmp_path)["args"] == {"input": "photos", "min_cluster_size": 10}
+    assert check_finished(tmp_path, Namespace(**{**vars(args), "batch_size": 8, "device": "cuda"}),
+                          False, "clustering")
+    old = read_manifest(tmp_path)  # a manifest that recorded a run-only flag still matches
+    old["args"]["batch_size"] = 64
+    (tmp_path / "manifest.json").write_text(__import__("json").dumps(old))
+    assert check_finished(tmp_path, args, False, "clustering")
+    with pytest.raises(UserError, match="min_cluster_size"):
+        check_finished(tmp_path, Namespace(**{**vars(args), "min_cluster_size": 5}), False, "clustering")
+
+
 def test_segment_keeps_no_progress_as_a_hidden_alias():
     parser = load_stage("0-segmentation/segment.py").get_args_parser()
     assert parser.parse_args(["--no-progress"]).progress is False

@@ -46,7 +46,7 @@ def test_csv_rows_take_missing_columns_from_flags_or_defaults(tmp_path):
     assert grid == [(32, 5, 0.1), (32, 10, 0.1), (16, 5, 0.3), (16, 10, 0.3)]
     args, _ = resolved("--grid", csv, "--epochs", "7", "--param-i", "2")
     assert (args.batch_size, args.epochs, args.temperature) == (16, 7, 0.3)
-    assert not {"grid", "batch_sizes", "epoch_list", "temperatures"} & set(settings(args))
+    assert not {"grid", "batch_sizes", "epoch_list", "temperatures"} & set(settings(args, "3-training"))
 
 
 @pytest.mark.parametrize("text,argv,needle", [

@@ -24,9 +24,22 @@ from .cli import UserError, write_errors
 
 MANIFEST = "manifest.json"
 # Arguments that change how a stage runs, not what it produces.
-NON_SEMANTIC = {"overwrite", "num_workers", "yes", "progress", "quiet", "show", "devices",
-                "accelerator", "num_nodes", "device", "cache_dir", "compile",
-                "grid", "batch_sizes", "epoch_list", "temperatures"}  # stage 3: where a grid was listed
+# Per stage (the manifest's "stage"), the flags that change how it runs but never what it writes.
+# They are left out of manifest.json's "args" and ignored when a re-run compares its settings with a
+# finished output (on both sides, so a manifest that recorded one still matches). Every other flag
+# defines the output. tests/test_cli_output.py checks each name is a flag of its stage.
+RUN_ONLY = {
+    "0-segmentation": {"overwrite", "progress", "device", "num_workers", "batch_size", "flush_every"},
+    "0-train-maskrcnn": {"overwrite", "quiet", "device", "num_workers"},
+    "1-clustering": {"overwrite", "quiet", "yes", "interactive", "sweep", "no_show", "batch_size",
+                     "device", "num_workers", "allow_random_features"},
+    "2-create_dataset": {"overwrite", "quiet", "num_workers", "update"},
+    "3-training": {"overwrite", "quiet", "num_workers", "devices", "accelerator", "num_nodes",
+                   "cache_dir", "compile", "keep_last",
+                   "grid", "batch_sizes", "epoch_list", "temperatures"},  # where the grid was listed
+    "4-embed": {"overwrite", "quiet", "device", "num_workers", "cache_dir"},
+    "5-evaluation": {"overwrite", "quiet", "device", "num_workers", "cache_dir"},
+}
 
 
 @contextmanager
@@ -123,9 +136,10 @@ def versions(packages: Iterable[str] = ()) -> dict[str, str]:
     return found
 
 
-def settings(args: argparse.Namespace | dict) -> dict:
-    """The arguments that define a stage's output (``NON_SEMANTIC`` ones dropped)."""
-    return {k: v for k, v in jsonable(args).items() if k not in NON_SEMANTIC}
+def settings(args: argparse.Namespace | dict, stage: str) -> dict:
+    """The arguments that define ``stage``'s output (its :data:`RUN_ONLY` flags dropped)."""
+    run_only = RUN_ONLY.get(stage, ())
+    return {k: v for k, v in jsonable(args).items() if k not in run_only}
 
 
 def read_manifest(out_dir: Path | str) -> dict | None:
@@ -151,7 +165,7 @@ def write_manifest(out_dir: Path | str, stage: str, args, counts: dict, seed: in
         "stage": stage,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": command_line(),
-        "args": settings(args),
+        "args": settings(args, stage),
         "counts": jsonable(counts),
         "seed": seed,
         "git_sha": git_sha(),
@@ -186,7 +200,8 @@ def check_finished(out_dir: Path | str, args, overwrite: bool, what: str,
     manifest = read_manifest(out_dir)
     if manifest is None or overwrite:
         return False
-    old, new = manifest.get("args", {}), settings(args)
+    stage = manifest.get("stage", "")
+    old, new = settings(manifest.get("args", {}), stage), settings(args, stage)
     changed = (compare or changed_keys)(old, new)
     if not changed:
         return True

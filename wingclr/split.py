@@ -129,7 +129,7 @@ def check_readable(root: Path, images: list[Path], workers: int = 4) -> list[str
 
 def dataset_settings(args) -> dict:
     """The arguments that define the output (``--update`` says how to run, not what)."""
-    return {k: v for k, v in settings(args).items() if k != "update"}
+    return settings(args, "2-create_dataset")
 
 
 def dataset_changes(out: Path, stamps: pd.DataFrame) -> Changes:

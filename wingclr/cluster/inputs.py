@@ -16,8 +16,6 @@ from ..cli import UserError, require_folder
 from ..identity import input_changes
 from ..outputs import check_finished, read_manifest, settings
 
-RUN_ONLY = ("interactive", "sweep", "no_show", "batch_size", "device",  # do not change results
-            "allow_random_features")
 BY_HAND = ("or sort the photos into one folder per group yourself and give their parent folder to "
            "2-create_dataset/create_dataset.py --input")
 
@@ -58,7 +56,7 @@ def with_weights_advice(build):
 
 def stage_settings(args) -> dict:
     """The arguments that define the output (stored in manifest.json, compared on re-runs)."""
-    return {k: v for k, v in settings(args).items() if k not in RUN_ONLY}
+    return settings(args, "1-clustering")
 
 
 def guard_output(out: Path, args, mode: str) -> bool:

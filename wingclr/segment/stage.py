@@ -43,7 +43,6 @@ from .sheet import SHEET_GLOB, write_contact_sheets
 
 TABLE = "segmentation.csv"
 PARTIAL = ".settings.json"  # settings of an unfinished run, so a resume cannot mix settings
-SPEED_ONLY = {"batch_size", "flush_every"}
 FLAGGED = ("low_coverage", "high_coverage")
 REJECTED = "rejected"  # flagged cut-outs: rejected/images/, rejected/masks/
 STATUSES = ("ok", *FLAGGED, "no_wings", "unreadable", "error")
@@ -59,7 +58,7 @@ def output_names(images: list[Path]) -> dict[Path, str]:
 
 def run_settings(args) -> dict:
     """Arguments that decide the output; those a method does not use are blanked."""
-    s = {k: v for k, v in settings(args).items() if k not in SPEED_ONLY}
+    s = settings(args, "0-segmentation")
     if not args.method.startswith("maskrcnn"):
         s["checkpoint"] = s["score_threshold"] = None
     if "rembg" not in args.method:

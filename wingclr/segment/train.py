@@ -29,6 +29,7 @@ from .methods import pick_device
 from .metrics import iou_dice
 
 LAST = "last.pth"
+STAGE = "0-train-maskrcnn"  # the manifest's stage name (outputs.RUN_ONLY)
 
 
 def load_annotations(args, expected: list[str] | None):
@@ -181,7 +182,7 @@ def train_maskrcnn(args) -> dict | None:
             print(f"epoch {epoch}/{args.epochs}: loss {row['loss']:.3f}{val}"
                   + (f" -> saved {output}" if saved else ""))
     return write_manifest(
-        work, "0-train-maskrcnn", args, seed=args.seed,
+        work, STAGE, args, seed=args.seed,
         counts={"train": len(train_items), "validation": len(val_items), "skipped": len(skipped),
                 "epochs": state["epoch"], "steps": state["step"]},
         classes=list(spec.classes), checkpoint=str(output), best_val_mean_iou=state["best"],
@@ -224,7 +225,7 @@ def _read_last(work: Path, args) -> dict | None:
     if not path.is_file():
         return None
     last = torch.load(path, map_location="cpu", weights_only=True)
-    old, new = last.get("settings", {}), settings(args)
+    old, new = last.get("settings", {}), settings(args, STAGE)
     changed = changed_keys(old, new)
     if changed:
         raise UserError(f"{work} holds an unfinished training with other settings "
@@ -236,4 +237,4 @@ def _read_last(work: Path, args) -> dict | None:
 def _save_last(work: Path, model, optimizer, scheduler, state: dict, args) -> None:
     with atomic_path(work / LAST) as tmp:
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "settings": settings(args), **state}, tmp)
+                    "scheduler": scheduler.state_dict(), "settings": settings(args, STAGE), **state}, tmp)

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 from ..cli import UserError
-from ..outputs import MANIFEST, changed_keys, settings
+from ..outputs import MANIFEST, RUN_ONLY, changed_keys, settings
 
 PATH_KEYS = ("data", "output")
-KEEP_KEYS = ("keep_last",)  # what happens to files after the run, not what the run is
+STAGE = "3-training"
 DATASET_KEY = "dataset_images"
 
 
@@ -41,7 +41,7 @@ def is_rank_zero() -> bool:
 def run_settings(args, images) -> dict:
     """The settings recorded with a run: its flags plus the digest of the image list it trains on."""
     listing = "\n".join(p.as_posix() for p in images.images).encode()
-    return {**settings(args), DATASET_KEY: hashlib.sha256(listing).hexdigest()}
+    return {**settings(args, STAGE), DATASET_KEY: hashlib.sha256(listing).hexdigest()}
 
 
 def changed_settings(stored: dict, wanted: dict) -> list[str]:
@@ -50,7 +50,7 @@ def changed_settings(stored: dict, wanted: dict) -> list[str]:
     When both record the image list, folder paths are not compared (a moved folder is the same
     run). Records from before the image-list digest are compared with the paths.
     """
-    keys = (set(stored) | set(wanted)) - set(KEEP_KEYS)
+    keys = (set(stored) | set(wanted)) - RUN_ONLY[STAGE]
     if DATASET_KEY in stored and DATASET_KEY in wanted:
         keys -= set(PATH_KEYS)
     else:
