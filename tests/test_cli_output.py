@@ -234,3 +234,19 @@ def test_report_accuracy_row_has_the_validation_count_as_support(tmp_path):
     assert row.support == 8 and pd.isna(row.precision) and pd.isna(row.recall)
     assert row["f1-score"] == pytest.approx(7 / 8)
     assert report.loc["a", "support"] == 3 and ".0," not in text
+
+
+def test_stage4_progress_in_a_log_file_is_a_few_lines_not_a_redrawn_bar(dataset_dir, tmp_path, capsys):
+    """Embedding (stage 4, stage 1's features) writes ``embedding: 1/2 batches`` lines, no tqdm ``\\r``."""
+    from wingclr.data import FolderDataset, ReadSpec, scan_clusters
+    from wingclr.features import iter_features
+    from wingclr.models import build_backbone
+
+    images = scan_clusters(dataset_dir / "unlabeled")
+    dataset = FolderDataset(images.root, images.images[:12], ReadSpec(size=32), flag_errors=True)
+    backbone, _ = build_backbone("resnet18", False)
+    rows = sum(len(i) for i, _, _ in iter_features(backbone, dataset, [0.5] * 3, [0.25] * 3, batch_size=4,
+                                                  desc="embedding"))
+    out = capsys.readouterr().out
+    assert rows == 12 and "\r" not in out
+    assert out.splitlines()[-1] == "embedding: 3/3 batches"

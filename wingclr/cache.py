@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .cli import UserError
+from .cli import progress as cli_progress
 from .data import FolderDataset, ReadSpec, worker_init
 from .outputs import write_text
 
@@ -105,8 +106,6 @@ class CachedImages(Dataset):
 
 def _build(folder: Path, root: Path, images: Sequence[Path], spec: ReadSpec, entries: list,
            workers: int, progress: bool) -> None:
-    from tqdm import tqdm
-
     tmp = folder / f"images.u8.tmp-{os.getpid()}"
     record = spec.channels * spec.size * spec.size
     dataset = FolderDataset(root, images, spec, flag_errors=True)
@@ -115,8 +114,8 @@ def _build(folder: Path, root: Path, images: Sequence[Path], spec: ReadSpec, ent
     failed = []
     with open(tmp, "wb") as f:
         f.truncate(record * len(images))
-        for x, idx, ok in tqdm(loader, desc="caching images", unit="batch", disable=not progress,
-                               file=sys.stdout):
+        for x, idx, ok in cli_progress(loader, len(loader), "caching images", quiet=not progress,
+                                       unit="batches"):
             for k, i in enumerate(idx.tolist()):
                 os.pwrite(f.fileno(), x[k].numpy().tobytes(), i * record)
             failed += [images[i].as_posix() for i in idx[~ok].tolist()]

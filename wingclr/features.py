@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .cli import progress as cli_progress
 from .data import FolderDataset, ReadSpec, worker_init
 from .imageio import ImageReadError
 from .models import build_backbone, channel_stats
@@ -62,15 +62,13 @@ def iter_features(backbone: torch.nn.Module, dataset: Dataset, mean: Sequence[fl
         ``(index (B,) int, features (B, D) float32, ok (B,) bool)`` per batch; rows with ok False
         (unreadable images) are features of a blank image and must be ignored.
     """
-    from tqdm import tqdm
-
     dev = pick_device(device)
     backbone = backbone.eval().to(dev, memory_format=torch.channels_last)
     mean_t = torch.tensor(list(mean), device=dev).view(1, -1, 1, 1)
     std_t = torch.tensor(list(std), device=dev).view(1, -1, 1, 1)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                         pin_memory=dev.type == "cuda", worker_init_fn=worker_init)
-    for x, idx, good in tqdm(loader, desc=desc, unit="batch", disable=not progress, file=sys.stdout):
+    for x, idx, good in cli_progress(loader, len(loader), desc, quiet=not progress, unit="batches"):
         x = ((x.to(dev, non_blocking=True).float() / 255 - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             feats = backbone(x).float().cpu().numpy()
