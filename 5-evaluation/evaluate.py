@@ -80,9 +80,10 @@ def get_args_parser():
 
 
 def main(args):
+    from wingclr.evaluate.settings import EvalSettings
     from wingclr.evaluate.stage import evaluate_runs
 
-    return evaluate_runs(args)
+    return evaluate_runs(EvalSettings.from_args(args))
 
 
 if __name__ == "__main__":

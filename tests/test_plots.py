@@ -2,7 +2,6 @@
 
 import contextlib
 import io
-from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +86,8 @@ def test_stage5_umap_is_coloured_by_the_user_labels_when_given():
                         "cluster": ["c0", "c0", "c0", "c1", "c1", "outliers"]})
     y = np.array(["male", "female", "male", "female", "", "male"])  # not the clusters
     split = SplitData(None, ids["image"].to_numpy(str), y, y != "", np.zeros(6, bool))
-    args = Namespace(labels=Path("somewhere/labels.csv"), outliers_folder="outliers")
-    groups, grey, legend = umap_colouring(ids, split, args)
+    groups, grey, legend = umap_colouring(ids, split, labels=Path("somewhere/labels.csv"),
+                                          outliers_folder="outliers")
     assert legend == "label (labels.csv)" and grey == "no label"
     xy = np.arange(12, dtype=float).reshape(6, 2)
     fig = umap_figure(xy, groups, grey, "run", legend)
@@ -103,7 +102,7 @@ def test_stage5_umap_is_coloured_by_the_user_labels_when_given():
         assert tuple(col.get_facecolor()[0]) == pytest.approx(colours[name])
     assert legend_outside_axes(fig, ax)
     # without --labels: the clusters, outliers grey
-    groups, grey, legend = umap_colouring(ids, split, Namespace(labels=None, outliers_folder="outliers"))
+    groups, grey, legend = umap_colouring(ids, split, labels=None, outliers_folder="outliers")
     assert list(groups) == list(ids.cluster) and grey == "outliers" and legend == "cluster"
 
 

@@ -21,6 +21,7 @@ from .baselines import BASELINES, SplitData, parse_baselines, run_baseline
 from .gridplot import summary_table, write_grid_summary
 from .inputs import attach_labels, check_data, identity_columns, load_embeddings
 from .probe import collapse_note, is_collapsed, score_split
+from .settings import EvalSettings
 from .visuals import run_visuals, write_report_note
 
 EVAL_COLUMNS = ["run", "backbone", "batch_size", "epochs", "temperature", "n_train", "n_val",
@@ -79,23 +80,20 @@ def write_reports(out_dir: Path, name: str, split: SplitData, probe, knn: np.nda
         **identity_columns(ids, split.val)}))
 
 
-def labels_from(args) -> str:
-    """Where the classes come from, for figure titles: ``clusters`` or the --labels file name."""
-    return Path(args.labels).name if args.labels else "clusters"
-
-
-def umap_colouring(ids: pd.DataFrame, split: SplitData, args) -> tuple[np.ndarray, str, str]:
+def umap_colouring(ids: pd.DataFrame, split: SplitData, *, labels: Path | None,
+                   outliers_folder: str) -> tuple[np.ndarray, str, str]:
     """What the stage 5 UMAP is coloured by: ``(group per row, grey group, legend title)``.
 
     With ``--labels`` the user's labels (images without one grey), otherwise the clusters
     (stage 2's outliers folder grey).
     """
-    if args.labels:
-        return np.where(split.y == "", "no label", split.y), "no label", f"label ({labels_from(args)})"
-    return ids["cluster"].to_numpy(str), args.outliers_folder, "cluster"
+    if labels:
+        return np.where(split.y == "", "no label", split.y), "no label", f"label ({Path(labels).name})"
+    return ids["cluster"].to_numpy(str), outliers_folder, "cluster"
 
 
-def evaluate_embeddings(name: str, emb_dir: Path, out_dir: Path, args) -> tuple[dict, SplitData, dict]:
+def evaluate_embeddings(name: str, emb_dir: Path, out_dir: Path,
+                        args: EvalSettings) -> tuple[dict, SplitData, dict]:
     """Evaluate one run's embeddings into ``out_dir`` (skipped when finished with these settings).
 
     Returns:
@@ -107,10 +105,11 @@ def evaluate_embeddings(name: str, emb_dir: Path, out_dir: Path, args) -> tuple[
     ids, feats = load_embeddings(emb_dir, manifest)
     split = load_split(ids, args.labels, check_data(ids, emb_dir, manifest, args.data,
                                                    image_root(manifest, args.data)),
-                       getattr(args, "allow_partial_labels", False))
+                       args.allow_partial_labels)
     if split.train.sum() < 2 or split.val.sum() < 1 or len(set(split.y[split.train])) < 2:
         raise UserError(f"{emb_dir}: need >= 2 classes in train and >= 1 validation image "
-                        "(split.csv from stage 2 gives them; user labels need a label column beside image, specimen or source_image)")
+                        "(split.csv from stage 2 gives them; user labels need a label column beside "
+                        "image, specimen or source_image)")
     settings = {"embeddings": str(Path(emb_dir).resolve()), "embedded": manifest.get("finished"),
                 "labels": str(args.labels) if args.labels else None, "knn_k": args.knn_k,
                 "seed": args.seed}
@@ -124,11 +123,12 @@ def evaluate_embeddings(name: str, emb_dir: Path, out_dir: Path, args) -> tuple[
         write_reports(out_dir, name, split, probe, knn, ids)
         labels = sorted(set(split.y[split.train | split.val]))
         plot_confusion(split.y[split.val], probe.predictions, labels, out_dir / "confusion_matrix.png",
-                       name, labels_from(args))
+                       name, args.labels_from)
         row = {"run": name, **run_info(manifest), **metrics, "dataset": split.key()}
         (out_dir / "umap.png").unlink(missing_ok=True)  # drawn for other settings (e.g. labels)
     if args.umap and not (out_dir / "umap.png").exists():
-        groups, grey, legend = umap_colouring(ids, split, args)
+        groups, grey, legend = umap_colouring(ids, split, labels=args.labels,
+                                              outliers_folder=args.outliers_folder)
         plot_umap(feats, groups, grey, out_dir / "umap.png", name, args.seed, legend)
     if read_manifest(out_dir) is None:
         write_manifest(out_dir, "5-evaluation", settings, seed=args.seed, packages=("scikit-learn",),
@@ -136,7 +136,7 @@ def evaluate_embeddings(name: str, emb_dir: Path, out_dir: Path, args) -> tuple[
     return row, split, manifest.get("model", {})
 
 
-def baseline_columns(split: SplitData, model: dict, args, cache_dir: Path, notes: dict,
+def baseline_columns(split: SplitData, model: dict, args: EvalSettings, cache_dir: Path, notes: dict,
                      results: dict) -> dict:
     """evaluation.csv baseline columns for one run; NaN (and a note) when one is unavailable.
 
@@ -244,8 +244,8 @@ def find_embedding_dirs(paths: list[Path], emb_root: Path, embed=None) -> list[t
     return found
 
 
-def evaluate_runs(args) -> pd.DataFrame:
-    """Run stage 5 (see ``5-evaluation/evaluate.py`` for the arguments)."""
+def evaluate_runs(args: EvalSettings) -> pd.DataFrame:
+    """Run stage 5 (``EvalSettings.from_args`` of ``5-evaluation/evaluate.py``'s arguments)."""
     from ..embedding import embed_run, resolve_runs
 
     def embed(path: Path) -> Path:
@@ -261,7 +261,8 @@ def evaluate_runs(args) -> pd.DataFrame:
     check_gpu_request("--device", args.device)
     require_output_folder(args.output)
     if args.labels is not None and not Path(args.labels).is_file():
-        raise UserError(f"--labels {args.labels} does not exist; pass a CSV with a label column and an image, specimen or source_image column")
+        raise UserError(f"--labels {args.labels} does not exist; pass a CSV with a label column and "
+                        "an image, specimen or source_image column")
     out = Path(args.output)
     rows, notes, results = [], {}, {}
     for name, emb_dir in find_embedding_dirs(args.runs, args.embeddings, embed):

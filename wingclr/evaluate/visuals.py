@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .settings import EvalSettings
+
 MAX_QUERIES = 24   # rows of neighbours.png
 STAMP = "visuals.json"
 
@@ -38,7 +40,7 @@ def _note(name: str, what: str, error: Exception) -> None:
     print(f"note: {name}: {what} not drawn ({reason})")
 
 
-def imagenet_features(split, model: dict, args) -> tuple[np.ndarray, np.ndarray] | None:
+def imagenet_features(split, model: dict, args: EvalSettings) -> tuple[np.ndarray, np.ndarray] | None:
     """The frozen ImageNet backbone's features of the run's images, when that baseline ran."""
     from .baselines import baseline_features, parse_baselines
 
@@ -48,11 +50,11 @@ def imagenet_features(split, model: dict, args) -> tuple[np.ndarray, np.ndarray]
                              args.num_workers)
 
 
-def query_rows(split, args, name: str) -> np.ndarray:
+def query_rows(split, args: EvalSettings, name: str) -> np.ndarray:
     """Rows of ``--query`` images, or a seeded few per class (validation images first)."""
     from .neighbours import match_queries, pick_queries
 
-    wanted = list(getattr(args, "query", None) or [])
+    wanted = list(args.query)
     if wanted:
         rows, missing = match_queries(split.images, wanted)
         if missing:
@@ -68,14 +70,14 @@ def query_rows(split, args, name: str) -> np.ndarray:
 
 
 def run_visuals(name: str, emb_dir: Path, out_dir: Path, split, model: dict, row: dict,
-                args) -> list[Path]:
+                args: EvalSettings) -> list[Path]:
     """Draw one run's pictures into ``out_dir`` (see the module doc); returns the files written.
 
     Args:
         split: the run's :class:`~wingclr.evaluate.baselines.SplitData` (rows as in embeddings.csv).
         model: the run's model metadata (stage 4 manifest's ``model``).
         row: its evaluation.csv row (``probe_C``; ``imagenet_accuracy`` says the baseline ran).
-        args: stage 5's arguments (``neighbours``, ``gradcam``, ``query``, ``seed``, ...).
+        args: stage 5's settings (``neighbours``, ``gradcam``, ``query``, ``seed``, ...).
     """
     try:
         return _run_visuals(name, Path(emb_dir), Path(out_dir), split, model, row, args)
@@ -85,14 +87,14 @@ def run_visuals(name: str, emb_dir: Path, out_dir: Path, split, model: dict, row
 
 
 def _run_visuals(name: str, emb_dir: Path, out_dir: Path, split, model: dict, row: dict,
-                 args) -> list[Path]:
+                 args: EvalSettings) -> list[Path]:
     from .inputs import load_embeddings
     from ..outputs import read_manifest, write_text
 
     manifest = read_manifest(emb_dir) or {}
-    k, n_cam = getattr(args, "neighbours", 5), getattr(args, "gradcam", 0)
+    k, n_cam = args.neighbours, args.gradcam
     stamp = {"embedded": manifest.get("finished"), "dataset": split.key(), "neighbours": k,
-             "gradcam": n_cam, "query": list(getattr(args, "query", None) or []), "seed": args.seed,
+             "gradcam": n_cam, "query": list(args.query), "seed": args.seed,
              "baselines": args.baselines, "imagenet": row.get("imagenet_accuracy") == row.get(
                  "imagenet_accuracy")}
     old = out_dir / STAMP
@@ -120,7 +122,7 @@ def _run_visuals(name: str, emb_dir: Path, out_dir: Path, split, model: dict, ro
     try:
         from ..contact_sheets import write_contact_sheets
 
-        outliers = ("-1", getattr(args, "outliers_folder", "outliers"))
+        outliers = ("-1", args.outliers_folder)
         written += write_contact_sheets(feats, split.y, images, out_dir / "sheets", name, model,
                                         outliers=outliers, what="class")
     except Exception as e:  # noqa: BLE001 - pictures never fail the stage

@@ -1,0 +1,45 @@
+"""Stage 5's settings: read once from the command line, then passed (frozen) to every stage 5
+module instead of the argparse Namespace. The defaults live in ``5-evaluation/evaluate.py`` only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalSettings:
+    """Every stage 5 flag (see ``5-evaluation/evaluate.py --help`` for what each does)."""
+
+    runs: tuple[Path, ...]
+    embeddings: Path
+    data: Path | None
+    output: Path
+    labels: Path | None
+    allow_partial_labels: bool
+    knn_k: int
+    baselines: str
+    pixel_size: int
+    umap: bool
+    outliers_folder: str
+    seed: int
+    device: str
+    num_workers: int | None
+    cache_dir: Path | None
+    neighbours: int
+    query: tuple[str, ...]
+    gradcam: int
+    overwrite: bool
+    quiet: bool
+
+    @classmethod
+    def from_args(cls, args) -> EvalSettings:
+        """From ``evaluate.py``'s parsed arguments (lists become tuples: the settings are frozen)."""
+        values = {f.name: getattr(args, f.name) for f in fields(cls)}
+        values["runs"], values["query"] = tuple(values["runs"] or ()), tuple(values["query"] or ())
+        return cls(**values)
+
+    @property
+    def labels_from(self) -> str:
+        """Where the classes come from, for figure titles: ``clusters`` or the --labels file name."""
+        return Path(self.labels).name if self.labels else "clusters"
