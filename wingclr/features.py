@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .cli import progress as cli_progress
 from .data import FolderDataset, ReadSpec, worker_init
+from .identity import stamp_files
 from .imageio import ImageReadError
 from .models import build_backbone, channel_stats
 from .outputs import atomic_path, write_csv, write_text
@@ -114,15 +115,6 @@ class Features:
     computed: int
 
 
-def file_stamps(root: Path, images: Sequence[Path]) -> pd.DataFrame:
-    """``image`` (posix relative path), ``size`` and ``mtime_ns`` of each image."""
-    rows = []
-    for rel in images:
-        st = (Path(root) / rel).stat()
-        rows.append((Path(rel).as_posix(), st.st_size, st.st_mtime_ns))
-    return pd.DataFrame(rows, columns=["image", "size", "mtime_ns"])
-
-
 def load_cache(folder: Path, config: FeatureConfig) -> tuple[pd.DataFrame, np.ndarray] | None:
     """The cached index and a read-only memory map of the features, or None when unusable."""
     folder = Path(folder)
@@ -170,7 +162,7 @@ def compute_features(root: Path, images: Sequence[Path], cache_dir: Path, config
     Returns:
         :class:`Features` in the order of ``images``; the cache holds exactly these images after.
     """
-    index = file_stamps(root, images)
+    index = stamp_files(root, images)
     index["ok"], index["error"] = False, ""
     done = np.zeros(len(index), bool)
     values = None
