@@ -169,6 +169,12 @@ def quiet_libraries() -> None:
 T = TypeVar("T")
 
 
+def stdout_is_terminal() -> bool:
+    """True when stdout is a terminal (progress bars); False for log files, pipes and captures."""
+    isatty = getattr(sys.stdout, "isatty", None)
+    return bool(isatty and isatty())
+
+
 def progress(items: Iterable[T], total: int, what: str, quiet: bool = False, unit: str = "",
              lines: int = 4) -> Iterator[T]:
     """Yield ``items``, showing how far along: a tqdm bar on a terminal, else ``lines`` summary
@@ -176,7 +182,7 @@ def progress(items: Iterable[T], total: int, what: str, quiet: bool = False, uni
     if quiet:
         yield from items
         return
-    if sys.stdout.isatty():
+    if stdout_is_terminal():
         from tqdm import tqdm
 
         yield from tqdm(items, total=total, desc=what, unit=f" {unit}" if unit else "it",

@@ -12,7 +12,6 @@ import math
 import os
 import random
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -166,11 +165,6 @@ class EpochCheckpoint(pl.Callback):
             self._pending_rng = rng  # mid-epoch: the loader is made before the first batch
         elif rng is not None:
             set_rng_states(rng)  # epoch end: the next epoch's loader draws its seed from here
-
-
-def stdout_is_terminal() -> bool:
-    isatty = getattr(sys.stdout, "isatty", None)
-    return bool(isatty and isatty())
 
 
 def loss_figure(history: list[dict], title: str):

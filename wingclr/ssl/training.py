@@ -24,9 +24,9 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from ..checkpoints import checkpoint_damage, read_checkpoint
 from ..cli import (Stopped, UserError, check_gpu_request, check_input_size, check_minimum,
-                   require_output_folder)
+                   require_output_folder, stdout_is_terminal)
 from ..outputs import MANIFEST, check_finished, read_manifest, write_manifest
-from .checkpointing import EpochCheckpoint, plot_loss, save_checkpoint, stdout_is_terminal
+from .checkpointing import EpochCheckpoint, plot_loss, save_checkpoint
 from .grid import DEFAULTS, GRID_FLAGS, build_grid, fit_point_to_data, grid_point, run_name
 from .loaders import build_data, training_images
 from .recipes import apply_recipe
