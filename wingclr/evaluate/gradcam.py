@@ -226,13 +226,9 @@ def _grad_cam(model: nn.Module, layers: list[nn.Module], reshape: Callable | Non
 def pick_specimens(labels: Sequence[str], n: int, seed: int = 0,
                    prefer: np.ndarray | None = None) -> np.ndarray:
     """``n`` rows taking turns over the classes (seeded), preferred rows (validation) first."""
-    labels = np.asarray(list(map(str, labels)))
-    prefer = np.ones(len(labels), bool) if prefer is None else np.asarray(prefer, bool)
-    rng = np.random.default_rng(seed)
-    queues = []
-    for name in sorted(set(labels) - {""}):
-        rows = np.flatnonzero(labels == name)
-        queues.append(list(rng.permutation(rows[prefer[rows]])) + list(rng.permutation(rows[~prefer[rows]])))
+    from .neighbours import class_orders
+
+    queues = [list(order) for order in class_orders(labels, seed, prefer)]
     out = []
     while len(out) < n and any(queues):
         for q in queues:

@@ -46,6 +46,25 @@ def cosine_neighbours(features: np.ndarray, queries: Sequence[int], k: int,
     return idx, 1.0 - np.take_along_axis(sim, idx, 1)
 
 
+def class_orders(labels: Sequence[str], seed: int = 0,
+                 prefer: np.ndarray | None = None) -> list[np.ndarray]:
+    """Every class's rows in a seeded order, rows in ``prefer`` first; classes sorted, '' skipped.
+
+    Args:
+        labels: ``(N,)`` class per row ('' = none).
+        prefer: ``(N,)`` bool (e.g. the validation rows); other rows of a class follow them.
+    """
+    labels = np.asarray(list(map(str, labels)))
+    prefer = np.ones(len(labels), bool) if prefer is None else np.asarray(prefer, bool)
+    rng = np.random.default_rng(seed)
+    orders = []
+    for name in sorted(set(labels) - {""}):
+        rows = np.flatnonzero(labels == name)
+        orders.append(np.concatenate([rng.permutation(rows[prefer[rows]]),
+                                      rng.permutation(rows[~prefer[rows]])]))
+    return orders
+
+
 def pick_queries(labels: Sequence[str], per_class: int = 2, seed: int = 0,
                  prefer: np.ndarray | None = None) -> np.ndarray:
     """``per_class`` rows of every class, drawn with ``seed``; rows in ``prefer`` first.
@@ -57,16 +76,8 @@ def pick_queries(labels: Sequence[str], per_class: int = 2, seed: int = 0,
     Returns:
         ``(Q,)`` row indices, classes in sorted order.
     """
-    labels = np.asarray(list(map(str, labels)))
-    prefer = np.ones(len(labels), bool) if prefer is None else np.asarray(prefer, bool)
-    rng = np.random.default_rng(seed)
-    out = []
-    for name in sorted(set(labels) - {""}):
-        rows = np.flatnonzero(labels == name)
-        first, rest = rows[prefer[rows]], rows[~prefer[rows]]
-        order = np.concatenate([rng.permutation(first), rng.permutation(rest)])
-        out.extend(order[:per_class].tolist())
-    return np.asarray(out, int)
+    return np.asarray([int(r) for order in class_orders(labels, seed, prefer)
+                       for r in order[:per_class]], int)
 
 
 def match_queries(images: Sequence[str], wanted: Sequence[str]) -> tuple[np.ndarray, list[str]]:
