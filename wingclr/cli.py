@@ -14,6 +14,7 @@ import re
 import sys
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
@@ -112,6 +113,49 @@ def require_folder(path: Path, what: str, fix: str) -> None:
                         f"it (e.g. {path.parent}) instead")
     if not path.is_dir():
         raise UserError(f"{what} {path} does not exist; {fix}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """A stage's flags, read once from the command line and passed (frozen) to its modules, in
+    place of the argparse Namespace. A stage subclasses it with one field per flag (no defaults:
+    those live in the stage script's parser only).
+
+    Attributes:
+        given: the flags typed on the command line among those stored with :class:`Given` (a
+            typed value that equals the default still counts, e.g. ``--batch-size 256`` with
+            ``--param-i`` fixes that grid axis). Not a setting: never recorded in a manifest.
+    """
+
+    given: frozenset[str] = field(default=frozenset(), repr=False)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **changes):
+        """From the stage script's parsed arguments; lists become tuples (the settings are frozen).
+
+        Raises:
+            TypeError: the parser and the class disagree on the flags (a flag added to one only).
+        """
+        names = [f.name for f in fields(cls) if f.name != "given"]
+        values = {k: v for k, v in vars(args).items() if k != "given"}
+        if set(values) != set(names):
+            raise TypeError(f"{cls.__name__} and the parser differ: only in the parser "
+                            f"{sorted(set(values) - set(names))}, only in the class "
+                            f"{sorted(set(names) - set(values))}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**values, given=frozenset(getattr(args, "given", ())), **changes)
+
+    def as_dict(self) -> dict:
+        """The settings in flag order (``given`` left out): what a manifest records."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "given"}
+
+
+class Given(argparse.Action):
+    """``store``, and add the flag's dest to ``namespace.given`` (see :attr:`Settings.given`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = frozenset(getattr(namespace, "given", ())) | {self.dest}
 
 
 def parser(doc: str | None) -> argparse.ArgumentParser:

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .cli import UserError, write_errors
+from .cli import Settings, UserError, write_errors
 
 MANIFEST = "manifest.json"
 # Arguments that change how a stage runs, not what it produces.
@@ -100,6 +100,8 @@ def write_csv(path: Path | str, df) -> None:
 def jsonable(value: Any) -> Any:
     if isinstance(value, argparse.Namespace):
         value = vars(value)
+    if isinstance(value, Settings):
+        value = value.as_dict()
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items() if not callable(v)}
     if isinstance(value, (list, tuple)):
@@ -136,7 +138,7 @@ def versions(packages: Iterable[str] = ()) -> dict[str, str]:
     return found
 
 
-def settings(args: argparse.Namespace | dict, stage: str) -> dict:
+def settings(args: Settings | argparse.Namespace | dict, stage: str) -> dict:
     """The arguments that define ``stage``'s output (its :data:`RUN_ONLY` flags dropped)."""
     run_only = RUN_ONLY.get(stage, ())
     return {k: v for k, v in jsonable(args).items() if k not in run_only}

@@ -3,12 +3,14 @@ module instead of the argparse Namespace. The defaults live in ``5-evaluation/ev
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
+
+from ..cli import Settings
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalSettings:
+class EvalSettings(Settings):
     """Every stage 5 flag (see ``5-evaluation/evaluate.py --help`` for what each does)."""
 
     runs: tuple[Path, ...]
@@ -31,13 +33,6 @@ class EvalSettings:
     gradcam: int
     overwrite: bool
     quiet: bool
-
-    @classmethod
-    def from_args(cls, args) -> EvalSettings:
-        """From ``evaluate.py``'s parsed arguments (lists become tuples: the settings are frozen)."""
-        values = {f.name: getattr(args, f.name) for f in fields(cls)}
-        values["runs"], values["query"] = tuple(values["runs"] or ()), tuple(values["query"] or ())
-        return cls(**values)
 
     @property
     def labels_from(self) -> str:
