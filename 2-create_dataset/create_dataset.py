@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wingclr import cli  # noqa: E402
-from wingclr.split import create_dataset  # noqa: E402
+from wingclr.split import DatasetSettings, create_dataset  # noqa: E402
 
 
 def get_args_parser():
@@ -41,7 +41,7 @@ def get_args_parser():
 
 
 def main(args):
-    create_dataset(args)
+    create_dataset(DatasetSettings.from_args(args))
 
 
 if __name__ == "__main__":
