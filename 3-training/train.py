@@ -29,10 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wingclr import cli  # noqa: E402
 from wingclr.bands import parse_bands  # noqa: E402
-from wingclr.ssl.grid import (BATCH_SIZES, DEFAULTS, EPOCHS, TEMPERATURES, build_grid,  # noqa: E402
-                              grid_table, value_list)
+from wingclr.ssl.grid import (BATCH_SIZES, DEFAULTS, EPOCHS, TEMPERATURES, grid_table,  # noqa: E402
+                              value_list)
 from wingclr.models import BACKBONES, check_backbone  # noqa: E402
 from wingclr.ssl.recipes import add_recipe_args  # noqa: E402
+from wingclr.ssl.settings import TrainSettings  # noqa: E402
 
 
 def join(values) -> str:
@@ -60,11 +61,12 @@ def get_args_parser():
                    help=f"grid epochs, e.g. 50,100 (default {join(EPOCHS)})")
     g.add_argument("--temperatures", type=value_list(float), default=None,
                    help=f"grid temperatures, e.g. 0.1,0.5 (default {join(TEMPERATURES)})")
-    g.add_argument("--batch-size", type=int, default=None,
-                   help=f"global batch size (default {DEFAULTS['batch_size']}); with --param-i it fixes "
-                        "that axis")
-    g.add_argument("--epochs", type=int, default=None, help=f"epochs (default {DEFAULTS['epochs']})")
-    g.add_argument("--temperature", type=float, default=None, help=f"NT-Xent temperature (default {DEFAULTS['temperature']})")
+    # cli.Given notes which of these were typed: a typed one fixes its axis of a --param-i grid
+    g.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], action=cli.Given,
+                   help="global batch size; typed with --param-i, it fixes that axis")
+    g.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], action=cli.Given, help="epochs")
+    g.add_argument("--temperature", type=float, default=DEFAULTS["temperature"], action=cli.Given,
+                   help="NT-Xent temperature")
     m = p.add_argument_group("model")
     m.add_argument("--backbone", type=check_backbone, default="resnet50",
                    help=f"{', '.join(sorted(BACKBONES))} or timm/<model> (e.g. timm/efficientnet_lite0)")
@@ -117,12 +119,13 @@ def get_args_parser():
 
 
 def main(args):
-    if args.list_grid:
-        print(grid_table(build_grid(args)))
+    settings = TrainSettings.from_args(args)
+    if settings.list_grid:
+        print(grid_table(settings.grid_points()))
         return
     from wingclr.ssl.training import train
 
-    train(args)
+    return train(settings)
 
 
 if __name__ == "__main__":

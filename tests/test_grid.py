@@ -8,7 +8,7 @@ from conftest import TINY_TRAIN, load_stage, run_stage
 from wingclr.cli import UserError
 from wingclr.ssl.grid import GRID, clamp_to_data, largest_batch
 from wingclr.outputs import settings
-from wingclr.ssl.training import resolve_grid_args
+from wingclr.ssl.settings import TrainSettings, resolve
 
 SCRIPT = "3-training/train.py"
 _B = TINY_TRAIN.index("--batch-size")
@@ -17,8 +17,7 @@ TINY = TINY_TRAIN[:_B] + TINY_TRAIN[_B + 2:]  # the batch size comes from the gr
 
 def resolved(*argv):
     args = load_stage(SCRIPT).get_args_parser().parse_args([str(a) for a in argv])
-    grid = resolve_grid_args(args)
-    return args, grid
+    return resolve(TrainSettings.from_args(args))
 
 
 def test_value_lists_are_the_product_batch_slowest():
@@ -35,6 +34,17 @@ def test_a_single_flag_fixes_its_axis_and_the_other_axes_keep_the_default_grid()
     args, grid = resolved("--temperature", "0.2", "--param-i", "9")
     assert len(grid) == 9 and {t for _, _, t in grid} == {0.2}
     assert (args.batch_size, args.epochs, args.temperature) == (256, 300, 0.2)
+
+
+def test_a_typed_value_equal_to_the_default_still_fixes_its_axis_and_help_shows_the_defaults():
+    s, grid = resolved("--batch-size", "256", "--param-i", "2")
+    assert (s.batch_size, s.epochs, s.temperature) == (256, 50, 0.5) and grid is None
+    s, grid = resolved("--param-i", "2")  # the default 256 is not typed: the grid's batch 64
+    assert (s.batch_size, s.epochs, s.temperature) == (64, 50, 0.5) and len(grid) == 27
+    assert s.given == frozenset() and resolved("--epochs", "300")[0].given == {"epochs"}
+    text = " ".join(load_stage(SCRIPT).get_args_parser().format_help().split())
+    for default in ("fixes that axis (default: 256)", "epochs (default: 300)", "temperature (default: 0.5)"):
+        assert default in text
 
 
 def test_csv_rows_take_missing_columns_from_flags_or_defaults(tmp_path):

@@ -128,20 +128,19 @@ def test_stage1_timm_features_record_their_size(demo_set, tmp_path):
 def train_args(*argv):
     from conftest import load_stage
 
-    return load_stage("3-training/train.py").get_args_parser().parse_args([str(a) for a in argv])
+    from wingclr.ssl.settings import TrainSettings, resolve
+
+    args = load_stage("3-training/train.py").get_args_parser().parse_args([str(a) for a in argv])
+    return resolve(TrainSettings.from_args(args))[0]
 
 
 def test_phenotype_recipe_is_the_original_pipeline_and_flags_override_it():
-    from wingclr.ssl.training import resolve_grid_args
-
     args = train_args("--batch-size", "64")
-    resolve_grid_args(args)
     assert args.recipe == "phenotype"
     assert (args.min_scale, args.cj_prob, args.blur_prob, args.vf_prob, args.rr_prob) == (0.5, 0, 0, 0.5, 0.5)
     assert (args.optimizer, args.lr, args.lr_scaling, args.warmup_epochs, args.balance) == \
         ("sgd", 0.01, "none", 0, "clusters")
     args = train_args("--recipe", "simclr", "--cj-prob", "0.3", "--balance", "clusters")
-    resolve_grid_args(args)
     assert (args.cj_prob, args.balance, args.min_scale, args.blur_prob, args.lr) == (0.3, "clusters", 0.08, 0.5, 0.06)
 
 
@@ -149,10 +148,7 @@ def test_cpu_recipe_is_the_demo_and_benchmark_recipe_defined_once():
     import re
 
     from conftest import REPO
-    from wingclr.ssl.training import resolve_grid_args
-
     args = train_args("--recipe", "cpu", "--batch-size", "64")
-    resolve_grid_args(args)
     assert (args.optimizer, args.lr, args.lr_scaling, args.min_scale, args.blur_prob, args.cj_prob) == \
         ("adam", 2e-3, "sqrt", 0.3, 0.0, 0.8)
     demo = re.search(r"^demo:.*?(?=^\S)", (REPO / "Makefile").read_text(), re.S | re.M).group(0)

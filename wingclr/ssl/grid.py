@@ -85,21 +85,28 @@ def read_grid_csv(path: Path) -> tuple[list[str], list[dict]]:
     return columns, rows
 
 
-def build_grid(args) -> list[Point]:
+def build_grid(*, grid_file: Path | None = None, fixed: dict[str, float] | None = None,
+               lists: dict[str, tuple | None] | None = None) -> list[Point]:
     """The grid in use: the default 27 points, or the one the grid flags describe (see module doc).
+
+    Args:
+        grid_file: ``--grid`` (a CSV, one row per point).
+        fixed: axis -> the single value typed on the command line (``--batch-size 64``).
+        lists: axis -> the values of its list flag (``--batch-sizes 32,64``), or None.
 
     Raises:
         UserError: an axis given twice (single value and list, or flag and CSV column), duplicate
             points, or values out of range.
     """
-    columns, rows = read_grid_csv(args.grid) if getattr(args, "grid", None) else ([], [{}])
+    fixed, lists = fixed or {}, lists or {}
+    columns, rows = read_grid_csv(grid_file) if grid_file else ([], [{}])
     axes = {}
     for axis in AXES:
-        one, many = getattr(args, axis, None), getattr(args, LIST_FLAGS[axis], None)
+        one, many = fixed.get(axis), lists.get(axis)
         if one is not None and many:
             raise UserError(f"{flag(axis)} fixes the axis that {flag(axis, True)} lists; drop one")
         if axis in columns and (one is not None or many):
-            raise UserError(f"--grid {args.grid} has a {axis} column; drop "
+            raise UserError(f"--grid {grid_file} has a {axis} column; drop "
                             f"{flag(axis) if one is not None else flag(axis, True)}")
         if axis not in columns:
             fallback = (DEFAULTS[axis],) if columns else DEFAULT_AXES[axis]
@@ -169,25 +176,20 @@ def grid_table(grid: list[Point] | None = None) -> str:
     return "\n".join(rows)
 
 
-def fit_point_to_data(args, grid: list[Point], n_images: int, root) -> bool:
-    """Clamp ``args.batch_size`` of grid point ``args.param_i`` to ``n_images`` (one-line note).
-
-    The batch size asked for is kept as ``args.batch_size_requested`` (recorded in the manifest);
-    the run name follows the batch size used.
-
-    Returns:
-        False when another grid point trains the clamped values (a ``skip:`` line says which).
+def fit_point_to_data(grid: list[Point], param_i: int, n_images: int, root) -> int | None:
+    """The batch size grid point ``param_i`` trains on ``n_images`` images (one-line note when it
+    is clamped), or None when another grid point trains the clamped values (a ``skip:`` line
+    says which). The run name follows the batch size used.
     """
-    asked = args.batch_size
-    (args.batch_size, _, _), owner = clamp_to_data(grid, args.param_i, n_images)
-    if args.batch_size == asked:
-        return True
-    args.batch_size_requested = asked
+    asked = grid[param_i - 1][0]
+    (used, _, _), owner = clamp_to_data(grid, param_i, n_images)
+    if used == asked:
+        return used
     how = f"batch {asked} > the {n_images} training images in {root}"
     if owner is not None:
-        print(f"skip: grid point {args.param_i} ({how}) would train batch {args.batch_size}, which "
+        print(f"skip: grid point {param_i} ({how}) would train batch {used}, which "
               f"grid point {owner} ({run_name(*clamp_to_data(grid, owner, n_images)[0])}) covers")
-        return False
-    print(f"note: grid point {args.param_i}: {how}; using batch {args.batch_size} (the largest "
+        return None
+    print(f"note: grid point {param_i}: {how}; using batch {used} (the largest "
           "power of two the data holds)")
-    return True
+    return used

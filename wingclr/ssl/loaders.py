@@ -18,6 +18,7 @@ from ..cli import UserError
 from ..data import FolderDataset, ImageSet, ReadSpec, dataset_channels, scan_clusters, worker_init
 from ..features import default_workers
 from .augment import AugmentConfig, BatchAugment, lightly_transform
+from .settings import TrainSettings
 
 
 def cache_loader_workers(cuda: bool) -> int:
@@ -114,16 +115,17 @@ def training_images(data: Path) -> ImageSet:
     return scan_clusters(root, what="training data")
 
 
-def model_meta(args, channels: int, plan) -> dict:
+def model_meta(s: TrainSettings, channels: int, plan) -> dict:
     """What stage 4 needs to rebuild the backbone and read images the same way (view 0)."""
-    mean, std = plan.stats(0, args.backbone)
-    embed_bands = [args.bands[b] for b in plan.bands[0]] if args.bands else plan.bands[0]
-    return {"backbone": args.backbone, "in_chans": plan.in_chans, "data_channels": channels,
-            "rgb_bands": plan.rgb[0], "bands": embed_bands if args.bands or plan.cross_modal else None,
-            "train_bands": args.bands, "views": {"names": plan.names, "bands": plan.bands},
-            "input_size": args.input_size, "cache_size": args.cache_size or args.input_size,
-            "mean": mean, "std": std, "background": list(args.background), "scale16": args.scale16,
-            "recipe": args.recipe}
+    mean, std = plan.stats(0, s.backbone)
+    embed_bands = [s.bands[b] for b in plan.bands[0]] if s.bands else plan.bands[0]
+    train_bands = None if s.bands is None else list(s.bands)  # a list, as checkpoints always held
+    return {"backbone": s.backbone, "in_chans": plan.in_chans, "data_channels": channels,
+            "rgb_bands": plan.rgb[0], "bands": embed_bands if s.bands or plan.cross_modal else None,
+            "train_bands": train_bands, "views": {"names": plan.names, "bands": plan.bands},
+            "input_size": s.input_size, "cache_size": s.cache_size or s.input_size,
+            "mean": mean, "std": std, "background": list(s.background), "scale16": s.scale16,
+            "recipe": s.recipe}
 
 
 def training_worker_init(worker_id: int | None = None) -> None:
@@ -159,52 +161,52 @@ class TrainingData:
     meta: dict
 
 
-def build_data(args, trainer, images: ImageSet | None = None) -> TrainingData:
+def build_data(s: TrainSettings, trainer, images: ImageSet | None = None) -> TrainingData:
     """The training images as augmented batches for this process.
 
     Args:
-        images: the training images when already scanned (default: scan ``args.data``).
+        images: the training images when already scanned (default: scan ``s.data``).
     """
     from ..bands import plan_views
 
-    images = images or training_images(args.data)
-    channels = dataset_channels(images.root, images.images, args.bands)
-    plan = plan_views(channels, args.rgb_bands, args.views, args.band_group)
-    meta = model_meta(args, channels, plan)
+    images = images or training_images(s.data)
+    channels = dataset_channels(images.root, images.images, s.bands)
+    plan = plan_views(channels, s.rgb_bands, s.views, s.band_group)
+    meta = model_meta(s, channels, plan)
     world = trainer.world_size
-    if args.batch_size % world:
-        raise UserError(f"--batch-size {args.batch_size} is not divisible by the {world} processes")
-    per_device = args.batch_size // world
-    if len(images) < args.batch_size:
+    if s.batch_size % world:
+        raise UserError(f"--batch-size {s.batch_size} is not divisible by the {world} processes")
+    per_device = s.batch_size // world
+    if len(images) < s.batch_size:
         raise UserError(f"{images.root} holds {len(images)} images, fewer than --batch-size "
-                        f"{args.batch_size}; pass a smaller --batch-size")
-    cfgs = [AugmentConfig(input_size=args.input_size, rgb_bands=plan.rgb[v],
-                          mean=plan.stats(v, args.backbone)[0], std=plan.stats(v, args.backbone)[1],
-                          min_scale=args.min_scale, cj_prob=args.cj_prob, gray_prob=args.gray_prob,
-                          blur_prob=args.blur_prob, vf_prob=args.vf_prob, rr_prob=args.rr_prob)
+                        f"{s.batch_size}; pass a smaller --batch-size")
+    cfgs = [AugmentConfig(input_size=s.input_size, rgb_bands=plan.rgb[v],
+                          mean=plan.stats(v, s.backbone)[0], std=plan.stats(v, s.backbone)[1],
+                          min_scale=s.min_scale, cj_prob=s.cj_prob, gray_prob=s.gray_prob,
+                          blur_prob=s.blur_prob, vf_prob=s.vf_prob, rr_prob=s.rr_prob)
             for v in (0, 1)]
     for name, rgb in zip(plan.names, plan.rgb):
         if not rgb:
             print(f"warning: view '{name}' has no RGB bands: colour jitter and grayscale are off for "
                   "it; its bands get per-band brightness/contrast jitter (set --rgb-bands if needed)")
     cuda = trainer.strategy.root_device.type == "cuda"
-    on_device = args.augment_on == "device" or (args.augment_on == "auto" and cuda)
-    spec = ReadSpec(size=meta["cache_size"], channels=channels, bands=args.bands,
-                    background=tuple(args.background), scale16=args.scale16)
-    workers = default_workers() if args.num_workers is None else args.num_workers
+    on_device = s.augment_on == "device" or (s.augment_on == "auto" and cuda)
+    spec = ReadSpec(size=meta["cache_size"], channels=channels, bands=s.bands,
+                    background=tuple(s.background), scale16=s.scale16)
+    workers = default_workers() if s.num_workers is None else s.num_workers
     if on_device:  # decode once into the cache; uint8 batches are augmented on the device
         from ..cache import ensure_cache
 
-        dataset = ensure_cache(args.cache_dir, images.root, images.images, spec, workers)
+        dataset = ensure_cache(s.cache_dir, images.root, images.images, spec, workers)
         valid = dataset.valid_indices()
     else:
         dataset = FolderDataset(images.root, images.images, spec,
                                 transform=TwoViews(cfgs, plan.bands, plan.in_chans))
         valid = list(range(len(images)))
-    weights = cluster_weights([images.clusters[i] for i in valid]) if args.balance == "clusters" else None
-    sampler = EpochBatchSampler(valid, per_device, world, args.seed, weights,
+    weights = cluster_weights([images.clusters[i] for i in valid]) if s.balance == "clusters" else None
+    sampler = EpochBatchSampler(valid, per_device, world, s.seed, weights,
                                 epoch_fn=lambda: trainer.current_epoch)
-    if on_device and args.num_workers is None:
+    if on_device and s.num_workers is None:
         workers = cache_loader_workers(cuda)
     loader_kwargs = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=cuda,
                          worker_init_fn=training_worker_init)

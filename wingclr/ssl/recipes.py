@@ -71,30 +71,30 @@ def add_recipe_args(p) -> None:
                    help=f"'clusters' samples every cluster equally often ({r['balance']})")
 
 
-def apply_recipe(args) -> dict:
-    """Fill the recipe's flags the user did not give; check their ranges.
+def recipe_values(s) -> dict:
+    """The recipe flags' values for stage 3's settings ``s``: those given, else ``--recipe``'s (lr
+    and weight decay: the optimizer's defaults when the recipe leaves them to it).
 
     Returns:
-        The resolved values (what the run manifest records under ``recipe_values``).
+        flag -> value for every flag of the recipe (what the run records).
 
     Raises:
         UserError: a value out of range.
     """
     from .simclr import BASE_LR, WEIGHT_DECAY
 
-    for key, value in RECIPES[args.recipe].items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    if args.lr is None:
-        args.lr = BASE_LR[args.optimizer]
-    if args.weight_decay is None:
-        args.weight_decay = WEIGHT_DECAY[args.optimizer]
+    v = {key: value if (value := getattr(s, key)) is not None else default
+         for key, default in RECIPES[s.recipe].items()}
+    if v["lr"] is None:
+        v["lr"] = BASE_LR[v["optimizer"]]
+    if v["weight_decay"] is None:
+        v["weight_decay"] = WEIGHT_DECAY[v["optimizer"]]
     for key in PROBABILITIES:
-        if not 0 <= getattr(args, key) <= 1:
-            raise UserError(f"--{key.replace('_', '-')} must be in [0, 1], got {getattr(args, key)}")
-    if not 0 < args.min_scale <= 1:
-        raise UserError(f"--min-scale must be in (0, 1], got {args.min_scale}")
-    if not args.lr > 0 or not args.weight_decay >= 0 or args.warmup_epochs < 0:
+        if not 0 <= v[key] <= 1:
+            raise UserError(f"--{key.replace('_', '-')} must be in [0, 1], got {v[key]}")
+    if not 0 < v["min_scale"] <= 1:
+        raise UserError(f"--min-scale must be in (0, 1], got {v['min_scale']}")
+    if not v["lr"] > 0 or not v["weight_decay"] >= 0 or v["warmup_epochs"] < 0:
         raise UserError(f"--lr must be > 0, --weight-decay >= 0 and --warmup-epochs >= 0 (got "
-                        f"{args.lr}, {args.weight_decay}, {args.warmup_epochs})")
-    return {k: getattr(args, k) for k in RECIPES[args.recipe]}
+                        f"{v['lr']}, {v['weight_decay']}, {v['warmup_epochs']})")
+    return v

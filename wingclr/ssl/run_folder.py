@@ -38,10 +38,13 @@ def is_rank_zero() -> bool:
     return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
-def run_settings(args, images) -> dict:
-    """The settings recorded with a run: its flags plus the digest of the image list it trains on."""
+def run_settings(s, images, *, batch_size_requested: int | None = None) -> dict:
+    """The settings recorded with a run: its flags (``s``: the resolved
+    :class:`~wingclr.ssl.settings.TrainSettings`), the batch size a grid point asked for when it
+    was clamped to the data, and the digest of the image list it trains on."""
     listing = "\n".join(p.as_posix() for p in images.images).encode()
-    return {**settings(args, STAGE), DATASET_KEY: hashlib.sha256(listing).hexdigest()}
+    asked = {} if batch_size_requested is None else {"batch_size_requested": batch_size_requested}
+    return {**settings(s, STAGE), **asked, DATASET_KEY: hashlib.sha256(listing).hexdigest()}
 
 
 def changed_settings(stored: dict, wanted: dict) -> list[str]:

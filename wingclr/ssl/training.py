@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -27,46 +28,22 @@ from ..cli import (Stopped, UserError, check_gpu_request, check_input_size, chec
                    require_output_folder, stdout_is_terminal)
 from ..outputs import MANIFEST, check_finished, read_manifest, write_manifest
 from .checkpointing import EpochCheckpoint, plot_loss, save_checkpoint
-from .grid import DEFAULTS, GRID_FLAGS, build_grid, fit_point_to_data, grid_point, run_name
+from .grid import fit_point_to_data, run_name
 from .loaders import build_data, training_images
-from .recipes import apply_recipe
 from .run_folder import (RunLock, changed_settings, finish_replacement, is_rank_zero, run_settings,
                          staging_dir)
+from .settings import TrainSettings, resolve
 from .simclr import NonFiniteLossError, SimCLR, scaled_lr
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 
-def resolve_grid_args(args) -> list | None:
-    """Fill ``batch_size``, ``epochs``, ``temperature`` from ``--param-i`` or the defaults and the
-    recipe's flags from ``--recipe``; check the numeric flags before anything is read or created.
-
-    Returns:
-        The grid (:func:`~wingclr.ssl.grid.build_grid`) when ``--param-i`` chose the batch size, which
-        may then be clamped to the data (:func:`~wingclr.ssl.grid.fit_point_to_data`); else None.
-    """
-    listed = [f for f in GRID_FLAGS if getattr(args, f, None)]
-    grid = None
-    if args.param_i is not None:
-        fixed_batch = args.batch_size is not None
-        grid = build_grid(args)
-        args.batch_size, args.epochs, args.temperature = grid_point(args.param_i, grid)
-        grid = None if fixed_batch else grid
-    elif listed:
-        raise UserError(f"--{listed[0].replace('_', '-')} lists a grid: pick one point with "
-                        "--param-i i (see --list-grid)")
-    for flag, default in DEFAULTS.items():  # None: not given (a given one fixes a --param-i axis)
-        if getattr(args, flag) is None:
-            setattr(args, flag, default)
-    if args.batch_size < 2 or args.epochs < 1 or not args.temperature > 0:
-        raise UserError(f"--batch-size must be >= 2, --epochs >= 1 and --temperature > 0 (got "
-                        f"{args.batch_size}, {args.epochs}, {args.temperature})")
-    check_input_size(args.input_size)
-    check_input_size(args.cache_size, "--cache-size")
-    check_minimum(("--num-workers", args.num_workers, 0), ("--num-nodes", args.num_nodes, 1))
-    apply_recipe(args)
-    check_hardware(args)
-    return grid
+def check_settings(s: TrainSettings) -> None:
+    """Check the numeric and hardware flags before anything is read or created."""
+    check_input_size(s.input_size)
+    check_input_size(s.cache_size, "--cache-size")
+    check_minimum(("--num-workers", s.num_workers, 0), ("--num-nodes", s.num_nodes, 1))
+    check_hardware(accelerator=s.accelerator, devices=s.devices)
 
 
 def cpu_cores() -> int:
@@ -91,22 +68,22 @@ def device_count(devices) -> int | None:
                         f"{devices})") from None
 
 
-def check_hardware(args) -> None:
+def check_hardware(*, accelerator: str, devices: str) -> None:
     """Refuse a GPU request without a GPU, more GPUs than there are, and more CPU training
     processes than CPU cores (``--devices 4`` without a GPU would start 4 DDP processes)."""
-    check_gpu_request("--accelerator", args.accelerator)
-    n = device_count(args.devices)
+    check_gpu_request("--accelerator", accelerator)
+    n = device_count(devices)
     if n is not None and n < 1:
-        raise UserError(f"--devices must be at least 1 (got {args.devices})")
-    if torch.cuda.is_available() and args.accelerator != "cpu":
+        raise UserError(f"--devices must be at least 1 (got {devices})")
+    if torch.cuda.is_available() and accelerator != "cpu":
         gpus = torch.cuda.device_count()
-        if n is not None and "," not in str(args.devices) and n > gpus:
-            raise UserError(f"--devices {args.devices} but torch sees {gpus} GPU(s) on this node; "
+        if n is not None and "," not in str(devices) and n > gpus:
+            raise UserError(f"--devices {devices} but torch sees {gpus} GPU(s) on this node; "
                             f"pass --devices {gpus} or fewer")
     elif n is not None and n > 1:
         cores = cpu_cores()
         if n > cores:
-            raise UserError(f"--devices {args.devices} without a GPU would start {n} CPU training "
+            raise UserError(f"--devices {devices} without a GPU would start {n} CPU training "
                             f"processes on {cores} CPU cores; pass --devices 1 (one process "
                             "already uses every core)")
         print(f"note: no GPU: --devices {n} trains in {n} CPU processes (DDP over gloo)")
@@ -150,7 +127,7 @@ def stop_after_signal(trainer: pl.Trainer, work: Path, signum: int) -> None:
     raise Stopped(f"{saved}; re-run the same command to resume", signum)
 
 
-def prepare_run_dir(run_dir: Path, args, wanted: dict) -> tuple[Path, Path | None] | None:
+def prepare_run_dir(run_dir: Path, *, wanted: dict, overwrite: bool) -> tuple[Path, Path | None] | None:
     """Decide where this command trains and whether it resumes (nothing is created here).
 
     A finished run whose checkpoint is missing or damaged is rebuilt from its ``last.ckpt`` (kept
@@ -169,7 +146,7 @@ def prepare_run_dir(run_dir: Path, args, wanted: dict) -> tuple[Path, Path | Non
     """
     if is_rank_zero():
         finish_replacement(run_dir)  # a kill in the middle of an earlier swap
-    if check_finished(run_dir, wanted, args.overwrite, "training run", compare=changed_settings):
+    if check_finished(run_dir, wanted, overwrite, "training run", compare=changed_settings):
         manifest = read_manifest(run_dir)
         ckpt = run_dir / manifest.get("checkpoint", f"{run_dir.name}.ckpt")
         damage = checkpoint_damage(ckpt, manifest.get("checkpoint_size"))
@@ -179,14 +156,14 @@ def prepare_run_dir(run_dir: Path, args, wanted: dict) -> tuple[Path, Path | Non
             raise UserError(f"{ckpt} {damage} and the run kept no whole last.ckpt to rebuild it "
                             "from; re-run this command with --overwrite to train it again")
         print(f"note: {ckpt} {damage}; rebuilding it from last.ckpt")
-    work = staging_dir(run_dir) if args.overwrite else run_dir
+    work = staging_dir(run_dir) if overwrite else run_dir
     last = work / "last.ckpt"
     if not last.exists():
         return work, None
     changed = changed_settings(read_checkpoint(last).get("wingclr", {}).get("settings", {}), wanted)
     if not changed:
         return work, last
-    if args.overwrite:
+    if overwrite:
         return work, None  # an earlier replacement with other settings: start it again
     raise UserError(f"{last} belongs to a run with other settings ({', '.join(changed[:4])} "
                     "differ); re-run with the same flags to resume, or pass --overwrite to start again")
@@ -201,37 +178,44 @@ def start_work_dir(run_dir: Path, work: Path, resume: Path | None) -> None:
     work.mkdir(parents=True, exist_ok=True)
 
 
-def nan_message(error: Exception, args, work: Path, epochs_saved: int) -> str:
+def nan_message(error: Exception, s: TrainSettings, work: Path, epochs_saved: int) -> str:
     """The stop message for a non-finite loss, worded for what is on disk."""
-    fix = f"lower --lr (now {args.lr:g}) or raise --temperature (now {args.temperature:g})"
+    fix = f"lower --lr (now {s.lr:g}) or raise --temperature (now {s.temperature:g})"
     if epochs_saved and (work / "last.ckpt").exists():
         return (f"{error}: training stopped; {work / 'last.ckpt'} keeps epoch {epochs_saved}, the "
                 f"last with a finite loss. To train again, {fix} and pass --overwrite")
     return f"{error}: training stopped before any epoch was saved; {fix} and re-run"
 
 
-def train(args) -> dict | None:
-    """Run stage 3 (see ``3-training/train.py`` for the arguments).
+def train(s: TrainSettings) -> dict | None:
+    """Run stage 3 (``TrainSettings.from_args`` of ``3-training/train.py``'s arguments).
 
     Every check (flags, hardware, output folder, dataset scan, lock, resume decision) comes before
     the run folder is made, so a failed start leaves nothing behind.
 
     Returns:
-        The manifest, or None when the run was already finished (skipped).
+        The manifest, or None when the run was already finished, or another grid point trains
+        it (skipped).
 
     Raises:
         Stopped: a stop signal saved ``last.ckpt`` and the run is not finished.
     """
-    grid = resolve_grid_args(args)
-    require_output_folder(args.output)
-    images = training_images(args.data)
-    if grid is not None and not fit_point_to_data(args, grid, len(images), images.root):
-        return None  # another grid point trains the clamped batch size
-    name = args.run_name or run_name(args.batch_size, args.epochs, args.temperature)
-    run_dir = Path(args.output) / name
-    wanted = run_settings(args, images)
+    s, grid = resolve(s)
+    check_settings(s)
+    require_output_folder(s.output)
+    images = training_images(s.data)
+    requested = None
+    if grid is not None:  # --param-i chose the batch size: fit it to the data
+        batch_size = fit_point_to_data(grid, s.param_i, len(images), images.root)
+        if batch_size is None:
+            return None  # another grid point trains the clamped batch size
+        if batch_size != s.batch_size:
+            s, requested = replace(s, batch_size=batch_size), s.batch_size
+    name = s.run_name or run_name(s.batch_size, s.epochs, s.temperature)
+    run_dir = Path(s.output) / name
+    wanted = run_settings(s, images, batch_size_requested=requested)
     with RunLock(run_dir) if is_rank_zero() else nullcontext():
-        plan = prepare_run_dir(run_dir, args, wanted)
+        plan = prepare_run_dir(run_dir, wanted=wanted, overwrite=s.overwrite)
         if plan is None:
             pending = " (an unfinished --overwrite is in {}; pass --overwrite to go on with it)".format(
                 staging_dir(run_dir)) if staging_dir(run_dir).exists() else ""
@@ -239,44 +223,44 @@ def train(args) -> dict | None:
                   f"again{pending}")
             return None
         work, resume = plan
-        return fit_run(args, name, run_dir, work, resume, images, wanted)
+        return fit_run(s, name, run_dir, work, resume, images, wanted)
 
 
-def fit_run(args, name: str, run_dir: Path, work: Path, resume: Path | None, images,
+def fit_run(s: TrainSettings, name: str, run_dir: Path, work: Path, resume: Path | None, images,
             wanted: dict) -> dict | None:
     """Train in ``work`` (the run folder or its replacement's), then finish the run."""
     # ============ trainer: devices, precision, per-epoch checkpoints ============
-    pl.seed_everything(args.seed, workers=True, verbose=False)
-    cuda = torch.cuda.is_available() and args.accelerator in ("auto", "gpu", "cuda")
-    precision = args.precision if args.precision != "auto" else ("bf16-mixed" if cuda else "32-true")
-    distributed = args.num_nodes > 1 or (str(args.devices) not in ("1", "auto") and args.devices != 1)
+    pl.seed_everything(s.seed, workers=True, verbose=False)
+    cuda = torch.cuda.is_available() and s.accelerator in ("auto", "gpu", "cuda")
+    precision = s.precision if s.precision != "auto" else ("bf16-mixed" if cuda else "32-true")
+    distributed = s.num_nodes > 1 or (str(s.devices) not in ("1", "auto") and s.devices != 1)
     terminal = stdout_is_terminal()  # else one line per epoch instead of a progress bar
-    checkpointing = EpochCheckpoint(work, args.epochs, log_epochs=not terminal and not args.quiet)
+    checkpointing = EpochCheckpoint(work, s.epochs, log_epochs=not terminal and not s.quiet)
     trainer = pl.Trainer(
-        max_epochs=args.epochs, accelerator=args.accelerator, devices=args.devices,
-        num_nodes=args.num_nodes, strategy="ddp" if distributed else "auto",
-        precision=precision, sync_batchnorm=args.sync_batchnorm and distributed, logger=False,
+        max_epochs=s.epochs, accelerator=s.accelerator, devices=s.devices,
+        num_nodes=s.num_nodes, strategy="ddp" if distributed else "auto",
+        precision=precision, sync_batchnorm=s.sync_batchnorm and distributed, logger=False,
         enable_checkpointing=False, enable_model_summary=False, benchmark=cuda,
         callbacks=[checkpointing], default_root_dir=work, log_every_n_steps=10,
         num_sanity_val_steps=0, use_distributed_sampler=False, plugins=slurm_plugins(),
-        enable_progress_bar=terminal and not args.quiet)
+        enable_progress_bar=terminal and not s.quiet)
 
     # ============ data: cached or decoded images, two augmented views, balanced sampler ============
-    data = build_data(args, trainer, images)
+    data = build_data(s, trainer, images)
     checkpointing.sampler = data.sampler  # a mid-epoch resume skips the batches already trained
 
     # ============ model: backbone + projection head, NT-Xent across all processes ============
     # lightly's rule: lr x sqrt(batch / 256) (--lr-scaling sqrt); the phenotype recipe uses lr as given
-    lr = scaled_lr(args.optimizer, args.batch_size, args.lr) if args.lr_scaling == "sqrt" else args.lr
+    lr = scaled_lr(s.optimizer, s.batch_size, s.lr) if s.lr_scaling == "sqrt" else s.lr
     module = SimCLR(
-        backbone=args.backbone, in_chans=data.plan.in_chans, rgb_bands=data.plan.rgb[0],
-        input_size=args.input_size, temperature=args.temperature, optimizer=args.optimizer, lr=lr,
-        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+        backbone=s.backbone, in_chans=data.plan.in_chans, rgb_bands=data.plan.rgb[0],
+        input_size=s.input_size, temperature=s.temperature, optimizer=s.optimizer, lr=lr,
+        weight_decay=s.weight_decay, warmup_epochs=s.warmup_epochs,
         gather_distributed=trainer.world_size > 1,
         augment=[cfg.to_dict() for cfg in data.views] if data.on_device else None,
         view_bands=data.plan.bands if data.plan.cross_modal else None,
-        channels_last=args.channels_last == "on", compile=args.compile,
-        pretrained=resume is None and args.pretrained == "imagenet",  # a resume loads its own weights
+        channels_last=s.channels_last == "on", compile=s.compile,
+        pretrained=resume is None and s.pretrained == "imagenet",  # a resume loads its own weights
         meta={**data.meta, "lr": lr, "run_name": name, "settings": wanted, "precision": precision})
     meta = module.checkpoint_meta()
 
@@ -287,7 +271,7 @@ def fit_run(args, name: str, run_dir: Path, work: Path, resume: Path | None, ima
         print(f"resuming {name} from {resume}")
     if work != run_dir and is_rank_zero():
         print(f"training the replacement of {run_dir} in {work}; the finished run stays until it is done")
-    handlers = {s: signal.signal(s, checkpointing.request_stop) for s in STOP_SIGNALS}
+    handlers = {sig: signal.signal(sig, checkpointing.request_stop) for sig in STOP_SIGNALS}
     try:
         trainer.fit(module, data.loader, ckpt_path=resume)
     except SIGTERMException:  # Lightning's handler saw a SIGTERM sent before on_train_start
@@ -296,15 +280,15 @@ def fit_run(args, name: str, run_dir: Path, work: Path, resume: Path | None, ima
         if is_rank_zero() and work.is_dir() and not any(work.iterdir()):
             work.rmdir()  # nothing was saved: no empty run folder stays behind
         if isinstance(e, NonFiniteLossError):
-            raise UserError(nan_message(e, args, work, len(checkpointing.history))) from None
+            raise UserError(nan_message(e, s, work, len(checkpointing.history))) from None
         raise
     finally:
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
-    if checkpointing.stop_signal is not None and trainer.current_epoch < args.epochs:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if checkpointing.stop_signal is not None and trainer.current_epoch < s.epochs:
         stop_after_signal(trainer, work, checkpointing.stop_signal)
         return None
-    if trainer.interrupted or trainer.current_epoch < args.epochs:
+    if trainer.interrupted or trainer.current_epoch < s.epochs:
         print(f"stopped at epoch {trainer.current_epoch}; re-run the same command to resume")
         return None
 
@@ -316,11 +300,11 @@ def fit_run(args, name: str, run_dir: Path, work: Path, resume: Path | None, ima
     plot_loss(checkpointing.history, work / "loss.png", name)
     last = checkpointing.history[-1] if checkpointing.history else {}
     manifest = write_manifest(
-        work, "3-training", wanted, seed=args.seed, packages=("pytorch-lightning", "lightly", "kornia"),
-        counts={"images": len(data.loader.dataset), "epochs": args.epochs,
+        work, "3-training", wanted, seed=s.seed, packages=("pytorch-lightning", "lightly", "kornia"),
+        counts={"images": len(data.loader.dataset), "epochs": s.epochs,
                 "final_loss": last.get("train_loss")},
         run_name=name, checkpoint=ckpt.name, checkpoint_size=ckpt.stat().st_size, model=meta)
-    if not args.keep_last:  # the finished run needs only its weights (--keep-last keeps it)
+    if not s.keep_last:  # the finished run needs only its weights (--keep-last keeps it)
         (work / "last.ckpt").unlink(missing_ok=True)
     if work != run_dir:
         finish_replacement(run_dir)
