@@ -34,9 +34,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wingclr import cli  # noqa: E402
-from wingclr.segment.stage import segment  # noqa: E402
 from wingclr.segment.methods import METHODS  # noqa: E402
 from wingclr.segment.rembg import REMBG_MODELS  # noqa: E402
+from wingclr.segment.settings import SegmentSettings  # noqa: E402
+from wingclr.segment.stage import segment  # noqa: E402
 
 
 def get_args_parser():
@@ -82,7 +83,7 @@ def get_args_parser():
 
 
 def main(args):
-    return segment(args)
+    return segment(SegmentSettings.from_args(args))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from wingclr import cli  # noqa: E402
 from wingclr.demo import WING_CLASSES  # noqa: E402
 from wingclr.segment.maskrcnn import ARCHS  # noqa: E402
+from wingclr.segment.settings import MaskRCNNSettings  # noqa: E402
 from wingclr.segment.train import train_maskrcnn  # noqa: E402
 
 
@@ -88,9 +89,9 @@ def get_args_parser():
 
 
 def main(args):
-    if args.masks and args.classes is None:
-        args.classes = list(WING_CLASSES)
-    return train_maskrcnn(args)
+    # --masks without --classes: the demo's wing classes (recorded in the manifest as trained)
+    classes = WING_CLASSES if args.masks and args.classes is None else args.classes
+    return train_maskrcnn(MaskRCNNSettings.from_args(args, classes=classes))
 
 
 if __name__ == "__main__":

@@ -131,7 +131,8 @@ class Settings:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **changes):
-        """From the stage script's parsed arguments; lists become tuples (the settings are frozen).
+        """From the stage script's parsed arguments; lists become tuples (the settings are frozen)
+        and ``changes`` replace flags' values (e.g. one resolved from another flag).
 
         Raises:
             TypeError: the parser and the class disagree on the flags (a flag added to one only).
@@ -142,8 +143,8 @@ class Settings:
             raise TypeError(f"{cls.__name__} and the parser differ: only in the parser "
                             f"{sorted(set(values) - set(names))}, only in the class "
                             f"{sorted(set(names) - set(values))}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        return cls(**values, given=frozenset(getattr(args, "given", ())), **changes)
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in {**values, **changes}.items()}
+        return cls(**values, given=frozenset(getattr(args, "given", ())))
 
     def as_dict(self) -> dict:
         """The settings in flag order (``given`` left out): what a manifest records."""

@@ -26,6 +26,7 @@ import json
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -39,6 +40,7 @@ from ..outputs import (MANIFEST, changed_keys, check_finished, jsonable, setting
                        write_manifest, write_text)
 from .masks import cutout, downscale, to_full_resolution, write_label_png
 from .methods import Segmenter, choose_method
+from .settings import SegmentSettings
 from .sheet import SHEET_GLOB, write_contact_sheets
 
 TABLE = "segmentation.csv"
@@ -56,16 +58,16 @@ def output_names(images: list[Path]) -> dict[Path, str]:
             for rel, name in plain.items()}
 
 
-def run_settings(args) -> dict:
-    """Arguments that decide the output; those a method does not use are blanked."""
-    s = settings(args, "0-segmentation")
-    if not args.method.startswith("maskrcnn"):
-        s["checkpoint"] = s["score_threshold"] = None
-    if "rembg" not in args.method:
-        s["rembg_model"] = None
-    if args.method != "maskrcnn+rembg":
-        s["dilate"] = None
-    return s
+def run_settings(s: SegmentSettings) -> dict:
+    """Settings that decide the output; those the (resolved) method does not use are blanked."""
+    semantic = settings(s, "0-segmentation")
+    if not s.method.startswith("maskrcnn"):
+        semantic["checkpoint"] = semantic["score_threshold"] = None
+    if "rembg" not in s.method:
+        semantic["rembg_model"] = None
+    if s.method != "maskrcnn+rembg":
+        semantic["dilate"] = None
+    return semantic
 
 
 def _guard(out: Path, semantic: dict, overwrite: bool) -> None:
@@ -124,16 +126,17 @@ def load_rgb(path: Path, max_side: int, background) -> tuple[np.ndarray, np.ndar
     return arr, downscale(arr, max_side)
 
 
-def _prefetch(root: Path, todo: list[Path], args) -> Iterator[list[tuple[Path, object]]]:
+def _prefetch(root: Path, todo: list[Path], *, max_side: int, background, batch_size: int,
+              num_workers: int) -> Iterator[list[tuple[Path, object]]]:
     """Batches of ``(rel, (rgb, small) | ImageReadError)``, read ahead in threads."""
     def load(rel: Path):
         try:
-            return load_rgb(root / rel, args.max_side, args.background)
+            return load_rgb(root / rel, max_side, background)
         except ImageReadError as e:
             return e
 
-    size = max(1, args.batch_size)
-    with ThreadPoolExecutor(max(1, args.num_workers)) as pool:
+    size = max(1, batch_size)
+    with ThreadPoolExecutor(max(1, num_workers)) as pool:
         futures = [pool.submit(load, rel) for rel in todo[:2 * size]]
         for start in range(0, len(todo), size):
             batch = todo[start:start + size]
@@ -218,28 +221,29 @@ def _segment_batch(segmenter: Segmenter, batch, names, out: Path,
     return rows
 
 
-def segment(args) -> dict:
-    """Run stage 0 (arguments: see ``0-segmentation/segment.py``). Returns the manifest."""
-    inp, out = Path(args.input), Path(args.output)
+def segment(s: SegmentSettings) -> dict:
+    """Run stage 0 (settings: see ``0-segmentation/segment.py``). Returns the manifest."""
+    inp, out = Path(s.input), Path(s.output)
     require_folder(inp, "input folder", "pass your photos folder with --input")
     if out.resolve() == inp.resolve() or inp.resolve() in out.resolve().parents:
         raise UserError(f"--output {out} lies inside --input {inp}; choose an output folder "
                         "outside the photos folder")
-    if not 0 <= args.score_threshold <= 1 or args.max_side < 32 or args.dilate < 0:
+    if not 0 <= s.score_threshold <= 1 or s.max_side < 32 or s.dilate < 0:
         raise UserError("--score-threshold must be in [0, 1], --max-side >= 32 and --dilate >= 0")
-    if not 0 <= args.min_coverage < args.max_coverage <= 1:
+    if not 0 <= s.min_coverage < s.max_coverage <= 1:
         raise UserError("--min-coverage and --max-coverage must satisfy 0 <= min < max <= 1 "
-                        f"(got {args.min_coverage:g} and {args.max_coverage:g})")
-    args.method, checkpoint, note = choose_method(args.method, args.checkpoint, args.rembg_model)
+                        f"(got {s.min_coverage:g} and {s.max_coverage:g})")
+    method, checkpoint, note = choose_method(s.method, s.checkpoint, s.rembg_model)
     if note:
         print(note)
-    semantic = run_settings(args)
-    _guard(out, semantic, args.overwrite)
+    s = replace(s, method=method)  # the manifest records the method used (no --method: the default)
+    semantic = run_settings(s)
+    _guard(out, semantic, s.overwrite)
     images, not_images = list_files(inp)
     if not images:
         raise UserError(f"no images found in {inp} (looked for JPEG, PNG, TIFF, BMP, WebP, .npy)")
-    segmenter = Segmenter(args.method, checkpoint, args.rembg_model, args.score_threshold,
-                          args.dilate, args.device)
+    segmenter = Segmenter(s.method, checkpoint, s.rembg_model, s.score_threshold, s.dilate,
+                          s.device)
     names = output_names(images)
     removed = remove_orphans(out, set(names.values()))
     if removed:
@@ -250,10 +254,10 @@ def segment(args) -> dict:
             if _finished(out, previous.get(rel.as_posix()))}
     todo = [rel for rel in images if rel not in rows]
     print(f"{len(images)} images in {inp}: {len(rows)} already done, {len(todo)} to segment "
-          f"({args.method})")
+          f"({s.method})")
     write_text(out / PARTIAL, json.dumps(jsonable(semantic), indent=2) + "\n")
     (out / MANIFEST).unlink(missing_ok=True)  # from here on the output is unfinished
-    _run(segmenter, inp, todo, names, rows, images, out, args)
+    _run(segmenter, s, todo=todo, names=names, rows=rows, images=images)
 
     table = pd.DataFrame([rows[rel] for rel in images])
     by = table["status"].value_counts().to_dict()
@@ -299,22 +303,27 @@ def remove_orphans(out: Path, expected: set[str]) -> list[str]:
     return sorted(removed)
 
 
-def _run(segmenter, inp, todo, names, rows, images, out, args) -> None:
+def _run(segmenter: Segmenter, s: SegmentSettings, *, todo: list[Path], names: dict[Path, str],
+         rows: dict[Path, dict], images: list[Path]) -> None:
+    """Segment ``todo`` into ``rows`` (by photo), flushing ``segmentation.csv`` as it goes."""
     from tqdm import tqdm
+
+    inp, out = Path(s.input), Path(s.output)
 
     def flush():
         write_csv(out / TABLE, pd.DataFrame([rows[rel] for rel in images if rel in rows]))
 
     start, since_flush = time.perf_counter(), 0
-    bar = tqdm(total=len(todo), unit="img", disable=None if args.progress else True)
+    bar = tqdm(total=len(todo), unit="img", disable=None if s.progress else True)
     try:
-        for batch in _prefetch(inp, todo, args):
+        for batch in _prefetch(inp, todo, max_side=s.max_side, background=s.background,
+                               batch_size=s.batch_size, num_workers=s.num_workers):
             for row in _segment_batch(segmenter, batch, names, out,
-                                      (args.min_coverage, args.max_coverage)):
+                                      (s.min_coverage, s.max_coverage)):
                 rows[Path(row["image"])] = row
             bar.update(len(batch))
             since_flush += len(batch)
-            if since_flush >= args.flush_every:
+            if since_flush >= s.flush_every:
                 flush()
                 since_flush = 0
     finally:

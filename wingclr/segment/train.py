@@ -27,22 +27,23 @@ from .maskrcnn import (ModelSpec, best_per_class, build_model, default_checkpoin
                        spec_of)
 from .methods import pick_device
 from .metrics import iou_dice
+from .settings import MaskRCNNSettings
 
 LAST = "last.pth"
 STAGE = "0-train-maskrcnn"  # the manifest's stage name (outputs.RUN_ONLY)
 
 
-def load_annotations(args, expected: list[str] | None):
+def load_annotations(s: MaskRCNNSettings, expected: list[str] | None):
     """``(classes, items, skipped)`` from ``--annotations`` (a COCO file or a folder of labelme
-    files) or ``--masks`` (label PNGs)."""
-    if args.annotations and Path(args.annotations).is_dir():
+    files) or ``--masks`` (label PNGs); ``expected``: the ``--init`` checkpoint's classes."""
+    if s.annotations and Path(s.annotations).is_dir():
         from .labelme import load_labelme
 
-        return load_labelme(args.annotations, args.images, expected or args.classes)
-    if args.annotations:
-        return load_coco(args.annotations, args.images, expected or args.classes)
-    classes = check_classes(args.classes, expected, f"--classes of {args.masks}")
-    items, skipped = load_mask_folder(args.images, args.masks, classes, args.mask_suffix)
+        return load_labelme(s.annotations, s.images, expected or s.classes)
+    if s.annotations:
+        return load_coco(s.annotations, s.images, expected or s.classes)
+    classes = check_classes(s.classes, expected, f"--classes of {s.masks}")
+    items, skipped = load_mask_folder(s.images, s.masks, classes, s.mask_suffix)
     return classes, items, skipped
 
 
@@ -94,62 +95,62 @@ def _schedule(optimizer, total: int, warmup: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _start_model(args, classes: list[str]):
+def _start_model(s: MaskRCNNSettings, classes: list[str]):
     """Build the model: from ``--init`` (classes must match), COCO weights or random."""
-    if args.init:
-        ckpt = read_checkpoint(args.init)
-        check_classes(classes, ckpt["classes"], f"the annotations (checkpoint {args.init})")
+    if s.init:
+        ckpt = read_checkpoint(s.init)
+        check_classes(classes, ckpt["classes"], f"the annotations (checkpoint {s.init})")
         base = spec_of(ckpt)
-        spec = ModelSpec(tuple(ckpt["classes"]), base.arch, args.min_size, args.max_size,
+        spec = ModelSpec(tuple(ckpt["classes"]), base.arch, s.min_size, s.max_size,
                          base.frozen_bn)
-        model = build_model(spec, "none", args.trainable_backbone_layers)
+        model = build_model(spec, "none", s.trainable_backbone_layers)
         model.load_state_dict(ckpt["model"])
         return model, spec
-    spec = ModelSpec(tuple(classes), args.arch, args.min_size, args.max_size,
-                     frozen_bn=args.pretrained == "coco")
-    return build_model(spec, args.pretrained, args.trainable_backbone_layers), spec
+    spec = ModelSpec(tuple(classes), s.arch, s.min_size, s.max_size,
+                     frozen_bn=s.pretrained == "coco")
+    return build_model(spec, s.pretrained, s.trainable_backbone_layers), spec
 
 
-def train_maskrcnn(args) -> dict | None:
-    """Run the training (arguments: see ``0-segmentation/train_maskrcnn.py``)."""
-    work = Path(args.work_dir)
-    output = Path(args.output) if args.output else default_checkpoint()
-    if check_finished(work, args, args.overwrite, "Mask R-CNN training"):
+def train_maskrcnn(s: MaskRCNNSettings) -> dict | None:
+    """Run the training (settings: see ``0-segmentation/train_maskrcnn.py``)."""
+    work = Path(s.work_dir)
+    output = Path(s.output) if s.output else default_checkpoint()
+    if check_finished(work, s, s.overwrite, "Mask R-CNN training"):
         print(f"skip: {work} holds this finished training (manifest.json); the checkpoint is "
               f"{output}; pass --overwrite to train again")
         return None
-    if args.overwrite:
+    if s.overwrite:
         for name in (LAST, "metrics.csv", MANIFEST):
             (work / name).unlink(missing_ok=True)
-    resume = _read_last(work, args)
-    if resume is None and output.exists() and not args.overwrite:
+    resume = _read_last(work, s)
+    if resume is None and output.exists() and not s.overwrite:
         raise UserError(f"{output} already exists; pass --overwrite to replace it or choose "
                         "another --output")
-    expected = list(read_checkpoint(args.init)["classes"]) if args.init else None
-    classes, items, skipped = load_annotations(args, expected)
-    items, bad = check_items(items, len(classes), args.max_side, args.num_workers)
+    expected = list(read_checkpoint(s.init)["classes"]) if s.init else None
+    classes, items, skipped = load_annotations(s, expected)
+    items, bad = check_items(items, len(classes), s.max_side, s.num_workers)
     skipped += bad
     for file, reason in skipped:
         print(f"skipped: {file}: {reason}")
-    train_items, val_items = split_items(items, args.val_fraction, args.seed)
-    torch.manual_seed(args.seed)
-    model, spec = _start_model(args, classes)
+    train_items, val_items = split_items(items, s.val_fraction, s.seed)
+    torch.manual_seed(s.seed)
+    model, spec = _start_model(s, classes)
     keep_best_per_class(model)  # validation speed; training is unaffected
     # a photo holds a few wings: fewer sampled RoIs (torchvision: 512) cut the mask head's cost
-    model.roi_heads.fg_bg_sampler.batch_size_per_image = args.rois_per_image
-    device = pick_device(args.device)
+    model.roi_heads.fg_bg_sampler.batch_size_per_image = s.rois_per_image
+    device = pick_device(s.device)
     model.to(device)
-    train_set = WingDataset(train_items, spec.classes, True, args.hflip, args.vflip, args.max_side)
-    val_set = WingDataset(val_items, spec.classes, False, max_side=args.max_side)
+    train_set = WingDataset(train_items, spec.classes, True, s.hflip, s.vflip, s.max_side)
+    val_set = WingDataset(val_items, spec.classes, False, max_side=s.max_side)
     loader = torch.utils.data.DataLoader(
-        train_set, batch_size=args.batch_size, shuffle=True, collate_fn=collate,
-        num_workers=args.num_workers, drop_last=len(train_set) > args.batch_size,
-        generator=torch.Generator().manual_seed(args.seed), persistent_workers=False)
+        train_set, batch_size=s.batch_size, shuffle=True, collate_fn=collate,
+        num_workers=s.num_workers, drop_last=len(train_set) > s.batch_size,
+        generator=torch.Generator().manual_seed(s.seed), persistent_workers=False)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
-    total = args.epochs * len(loader)
-    total = min(total, args.max_steps) if args.max_steps else total
-    scheduler = _schedule(optimizer, total, min(args.warmup_steps, max(1, total // 5)))
+    optimizer = torch.optim.SGD(params, lr=s.lr, momentum=0.9, weight_decay=s.weight_decay)
+    total = s.epochs * len(loader)
+    total = min(total, s.max_steps) if s.max_steps else total
+    scheduler = _schedule(optimizer, total, min(s.warmup_steps, max(1, total // 5)))
     state = {"epoch": 0, "step": 0, "best": -1.0, "history": []}
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -160,11 +161,11 @@ def train_maskrcnn(args) -> dict | None:
     print(f"training Mask R-CNN ({spec.arch}, {len(spec.classes)} classes: "
           f"{', '.join(spec.classes)}) on {len(train_items)} photos, validating on "
           f"{len(val_items)}, {device}")
-    for epoch in range(state["epoch"] + 1, args.epochs + 1):
-        if args.max_steps and state["step"] >= args.max_steps:
+    for epoch in range(state["epoch"] + 1, s.epochs + 1):
+        if s.max_steps and state["step"] >= s.max_steps:
             break
-        row = _train_epoch(model, loader, optimizer, scheduler, spec, args, state, device)
-        row.update(validate(model, val_set, device, args.score_threshold))
+        row = _train_epoch(model, loader, optimizer, scheduler, spec, s, state, device)
+        row.update(validate(model, val_set, device, s.score_threshold))
         row = {"epoch": epoch, **row}
         state["history"].append(row)
         state["epoch"] = epoch
@@ -175,23 +176,24 @@ def train_maskrcnn(args) -> dict | None:
             state["best"] = score
             save_checkpoint(output, model, spec, epoch=epoch,
                             metrics={k: v for k, v in row.items() if isinstance(v, (int, float))},
-                            trained_on=str(Path(args.annotations or args.masks)))
-        _save_last(work, model, optimizer, scheduler, state, args)
+                            trained_on=str(Path(s.annotations or s.masks)))
+        _save_last(work, model, optimizer, scheduler, state, s)
         val = f", val mIoU {row['val_mean_iou']:.3f}" if "val_mean_iou" in row else ""
-        if not args.quiet:
-            print(f"epoch {epoch}/{args.epochs}: loss {row['loss']:.3f}{val}"
+        if not s.quiet:
+            print(f"epoch {epoch}/{s.epochs}: loss {row['loss']:.3f}{val}"
                   + (f" -> saved {output}" if saved else ""))
     return write_manifest(
-        work, STAGE, args, seed=args.seed,
+        work, STAGE, s, seed=s.seed,
         counts={"train": len(train_items), "validation": len(val_items), "skipped": len(skipped),
                 "epochs": state["epoch"], "steps": state["step"]},
         classes=list(spec.classes), checkpoint=str(output), best_val_mean_iou=state["best"],
         skipped_files=skipped)
 
 
-def _train_epoch(model, loader, optimizer, scheduler, spec, args, state, device) -> dict:
+def _train_epoch(model, loader, optimizer, scheduler, spec: ModelSpec, s: MaskRCNNSettings,
+                 state: dict, device) -> dict:
     model.train()
-    set_sizes(model, spec, args.scale_jitter)
+    set_sizes(model, spec, s.scale_jitter)
     sums: dict[str, float] = {}
     n, start = 0, time.perf_counter()
     for images, targets in loader:
@@ -201,8 +203,8 @@ def _train_epoch(model, loader, optimizer, scheduler, spec, args, state, device)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
             raise UserError(f"the training loss became {loss.item()} at step {state['step'] + 1}; "
-                            f"lower --lr (now {args.lr}); finished epochs are kept in "
-                            f"{args.work_dir}")
+                            f"lower --lr (now {s.lr}); finished epochs are kept in "
+                            f"{s.work_dir}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)  # early steps can spike
@@ -212,7 +214,7 @@ def _train_epoch(model, loader, optimizer, scheduler, spec, args, state, device)
         n += 1
         for k, v in {"loss": loss.detach(), **losses}.items():
             sums[k] = sums.get(k, 0.0) + v.item()
-        if args.max_steps and state["step"] >= args.max_steps:
+        if s.max_steps and state["step"] >= s.max_steps:
             break
     set_sizes(model, spec, 0)
     return {"step": state["step"], "lr": optimizer.param_groups[0]["lr"],
@@ -220,12 +222,12 @@ def _train_epoch(model, loader, optimizer, scheduler, spec, args, state, device)
             "seconds": round(time.perf_counter() - start, 1)}
 
 
-def _read_last(work: Path, args) -> dict | None:
+def _read_last(work: Path, s: MaskRCNNSettings) -> dict | None:
     path = work / LAST
     if not path.is_file():
         return None
     last = torch.load(path, map_location="cpu", weights_only=True)
-    old, new = last.get("settings", {}), settings(args, STAGE)
+    old, new = last.get("settings", {}), settings(s, STAGE)
     changed = changed_keys(old, new)
     if changed:
         raise UserError(f"{work} holds an unfinished training with other settings "
@@ -234,7 +236,8 @@ def _read_last(work: Path, args) -> dict | None:
     return last
 
 
-def _save_last(work: Path, model, optimizer, scheduler, state: dict, args) -> None:
+def _save_last(work: Path, model, optimizer, scheduler, state: dict,
+               s: MaskRCNNSettings) -> None:
     with atomic_path(work / LAST) as tmp:
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "settings": settings(args, STAGE), **state}, tmp)
+                    "scheduler": scheduler.state_dict(), "settings": settings(s, STAGE), **state}, tmp)
