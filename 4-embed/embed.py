@@ -41,7 +41,8 @@ def get_args_parser():
 def main(args):
     from wingclr.embedding import check_embed_args, embed_run, resolve_runs
 
-    check_embed_args(args)
+    check_embed_args(batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
+                     output=args.output)
     for name, ckpt in resolve_runs(args.checkpoints, args.training_dir):
         embed_run(name, ckpt, data=args.data, output=args.output, batch_size=args.batch_size,
                   num_workers=args.num_workers, device=args.device, cache_dir=args.cache_dir,

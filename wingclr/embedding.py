@@ -25,11 +25,11 @@ from .outputs import MANIFEST, atomic_path, check_finished, read_manifest, write
 PCA_MIN_VARIANCE = 0.005  # keep principal axes that explain more than 0.5 % of the variance
 
 
-def check_embed_args(args) -> None:
+def check_embed_args(*, batch_size: int, num_workers: int | None, device: str, output: Path) -> None:
     """Stage 4's flags, checked before any checkpoint or image is read."""
-    check_minimum(("--batch-size", args.batch_size, 1), ("--num-workers", args.num_workers, 0))
-    check_gpu_request("--device", args.device)
-    require_output_folder(args.output)
+    check_minimum(("--batch-size", batch_size, 1), ("--num-workers", num_workers, 0))
+    check_gpu_request("--device", device)
+    require_output_folder(output)
 
 
 def resolve_runs(paths: list[Path], training_dir: Path) -> list[tuple[str, Path]]:
