@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wingclr import cli  # noqa: E402
+from wingclr.cluster.settings import ClusterSettings  # noqa: E402
 from wingclr.cluster.stage import run_clustering  # noqa: E402
 from wingclr.models import BACKBONES, check_backbone  # noqa: E402
 
@@ -88,7 +89,7 @@ def get_args_parser():
 
 
 def main(args):
-    return run_clustering(args)
+    return run_clustering(ClusterSettings.from_args(args))
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ def run_stage1(specimens: Path, out: Path, pretrained: bool, args) -> dict | str
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     from wingclr.cli import UserError
+    from wingclr.cluster.settings import ClusterSettings
     from wingclr.cluster.stage import run_clustering
 
     argv = ["--input", specimens, "--output", out, "--input-size", args.input_size,
@@ -69,7 +70,8 @@ def run_stage1(specimens: Path, out: Path, pretrained: bool, args) -> dict | str
             "--metric", args.metric, "--seed", args.seed, *([] if pretrained else ["--allow-random-features"])]
     start = time.perf_counter()
     try:
-        run_clustering(module.get_args_parser().parse_args([str(a) for a in argv]), stdin_is_tty=False)
+        parsed = module.get_args_parser().parse_args([str(a) for a in argv])
+        run_clustering(ClusterSettings.from_args(parsed), stdin_is_tty=False)
     except UserError as e:
         return f"unavailable ({e})"
     return {**ari_report(out, specimens.parent / "labels.csv"), "seconds": time.perf_counter() - start}

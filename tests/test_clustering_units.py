@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from torch import nn
 
+from conftest import load_stage
 from wingclr.cli import UserError
 from wingclr.cluster.clustering import cluster, silhouette, sweep, sweep_grid
 
@@ -56,26 +57,30 @@ def test_sweep_table_covers_the_grid(blobs):
     assert sweep_grid(20, 12) == [(m, e) for m in (10,) for e in (0.0, 0.1, 0.25, 0.5, 1.0)]
 
 
-def _args(**kw):
-    base = dict(min_cluster_size=None, cluster_selection_epsilon=None, yes=False, interactive=False,
-                sweep=False)
-    return argparse.Namespace(**{**base, **kw})
+def _settings(**kw):
+    """Stage 1's settings with no flag typed, ``kw`` changed."""
+    from wingclr.cluster.settings import ClusterSettings
+
+    parser = load_stage("1-clustering/cluster.py").get_args_parser()
+    return replace(ClusterSettings.from_args(parser.parse_args([])), **kw)
 
 
 def test_run_modes():
-    from wingclr.cluster.stage import decide_mode
+    from wingclr.cluster.stage import decide_mode, with_batch_defaults
 
-    assert decide_mode(_args(), stdin_is_tty=True) == "interactive"
-    assert decide_mode(_args(interactive=True), stdin_is_tty=False) == "interactive"
-    args = _args(yes=True)
-    assert decide_mode(args, stdin_is_tty=True) == "batch"
-    assert (args.min_cluster_size, args.cluster_selection_epsilon) == (20, 0.0)
-    assert decide_mode(_args(min_cluster_size=5, cluster_selection_epsilon=0.1), False) == "batch"
-    assert decide_mode(_args(sweep=True), stdin_is_tty=False) == "sweep-only"
+    assert decide_mode(_settings(), stdin_is_tty=True) == "interactive"
+    assert decide_mode(_settings(interactive=True), stdin_is_tty=False) == "interactive"
+    settings = _settings(yes=True)
+    assert decide_mode(settings, stdin_is_tty=True) == "batch"
+    settings = with_batch_defaults(settings)
+    assert (settings.min_cluster_size, settings.cluster_selection_epsilon) == (20, 0.0)
+    given = _settings(min_cluster_size=5, cluster_selection_epsilon=0.1)
+    assert decide_mode(given, stdin_is_tty=False) == "batch"
+    assert decide_mode(_settings(sweep=True), stdin_is_tty=False) == "sweep-only"
     with pytest.raises(UserError, match="--min-cluster-size N --cluster-selection-epsilon E --yes"):
-        decide_mode(_args(min_cluster_size=5), stdin_is_tty=False)
+        decide_mode(_settings(min_cluster_size=5), stdin_is_tty=False)
     with pytest.raises(UserError, match="exclude"):
-        decide_mode(_args(yes=True, interactive=True), stdin_is_tty=True)
+        decide_mode(_settings(yes=True, interactive=True), stdin_is_tty=True)
 
 
 def test_plots_are_shown_only_with_a_display(blobs, tmp_path, monkeypatch):
@@ -93,11 +98,11 @@ def test_plots_are_shown_only_with_a_display(blobs, tmp_path, monkeypatch):
     shown = []
     monkeypatch.setattr(stage, "show_figures", lambda figs: shown.append(len(figs)))
     x, _ = blobs
-    args = _args(min_cluster_size=5, cluster_selection_epsilon=0.0, min_samples=None, seed=0)
-    result, tried = stage.choose(x, args, "batch", tmp_path, degenerate=False, show=True)
-    assert shown == [2] and len(tried) == 1 and result.n_clusters == 3
+    settings = _settings(min_cluster_size=5, cluster_selection_epsilon=0.0)
+    result, tried, kept = stage.choose(x, settings, mode="batch", out=tmp_path, degenerate=False, show=True)
+    assert shown == [2] and len(tried) == 1 and result.n_clusters == 3 and kept == (5, 0.0)
     assert (tmp_path / "umap_3d.png").exists() and (tmp_path / "silhouette.png").exists()
-    stage.choose(x, args, "batch", tmp_path, degenerate=False, show=False)
+    stage.choose(x, settings, mode="batch", out=tmp_path, degenerate=False, show=False)
     assert shown == [2]
 
 

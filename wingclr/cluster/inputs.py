@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from .. import outputs
 from ..cli import UserError, require_folder
 from ..identity import input_changes
-from ..outputs import check_finished, read_manifest, settings
+from ..outputs import check_finished, read_manifest
+from .settings import ClusterSettings
 
 BY_HAND = ("or sort the photos into one folder per group yourself and give their parent folder to "
            "2-create_dataset/create_dataset.py --input")
@@ -26,19 +28,19 @@ def random_features_warning(backbone: str) -> str:
             f"weights (python -m wingclr.weights fetch {backbone}) {BY_HAND}")
 
 
-def check_random_features(args) -> bool:
+def check_random_features(*, pretrained: str, allow_random_features: bool, backbone: str) -> bool:
     """True when the features will be random; refuses that unless ``--allow-random-features``.
 
     Raises:
         UserError: ``--pretrained none`` without ``--allow-random-features``.
     """
-    if args.pretrained != "none":
+    if pretrained != "none":
         return False
-    if not getattr(args, "allow_random_features", False):
-        raise UserError(f"--pretrained none clusters random (untrained) {args.backbone} features, "
+    if not allow_random_features:
+        raise UserError(f"--pretrained none clusters random (untrained) {backbone} features, "
                         "which group images by colour and pose rather than pattern and still give "
                         "a convincing silhouette; get the ImageNet weights (`python -m "
-                        f"wingclr.weights fetch {args.backbone}` on a machine with internet, see "
+                        f"wingclr.weights fetch {backbone}` on a machine with internet, see "
                         f"weights/README.md), {BY_HAND}; add --allow-random-features only to "
                         "test the pipeline")
     return True
@@ -54,23 +56,23 @@ def with_weights_advice(build):
     return wrapped
 
 
-def stage_settings(args) -> dict:
-    """The arguments that define the output (stored in manifest.json, compared on re-runs)."""
-    return settings(args, "1-clustering")
+def stage_settings(settings: ClusterSettings) -> dict:
+    """The settings that define the output (stored in manifest.json, compared on re-runs)."""
+    return outputs.settings(settings, "1-clustering")
 
 
-def guard_output(out: Path, args, mode: str) -> bool:
+def guard_output(out: Path, settings: ClusterSettings, *, mode: str) -> bool:
     """True when the same finished clustering is already in ``out`` (skip).
 
     Raises:
         UserError: a finished clustering with other settings is there and no ``--overwrite``.
     """
     if mode == "batch":
-        return check_finished(out, stage_settings(args), args.overwrite, "clustering")
+        return check_finished(out, stage_settings(settings), settings.overwrite, "clustering")
     manifest = read_manifest(out)
-    if manifest is None or args.overwrite:
+    if manifest is None or settings.overwrite:
         return False
-    old, new = manifest.get("args", {}), stage_settings(args)
+    old, new = manifest.get("args", {}), stage_settings(settings)
     feature_keys = [k for k in new if k not in ("min_cluster_size", "cluster_selection_epsilon",
                                                 "min_samples", "link")]
     if mode == "sweep-only" and all(old.get(k) == new[k] for k in feature_keys):
