@@ -256,8 +256,8 @@ def _finish(s: DatasetSettings, out: Path, found, stamps: pd.DataFrame, images: 
     counts = table.groupby("cluster")["split"].value_counts().unstack(fill_value=0)
     singletons = [c for c in counts.index if c != s.outliers_folder and
                   counts.loc[c].sum() == 1]
-    summary = {c: {subset: int(counts.loc[c].get(subset, 0)) for subset in SUBSETS[::-1]}
-               for c in counts.index}
+    summary = {c: {subset: int(counts.loc[c].get(subset, 0))
+                   for subset in ("train", "validation", "unlabeled")} for c in counts.index}
     _report(summary, singletons, skipped, out)
     write_inputs(out, stamps)
     return write_manifest(
