@@ -145,9 +145,9 @@ def check_readable(root: Path, images: list[Path], workers: int = 4) -> list[str
         return list(pool.map(lambda rel: try_read(root / rel)[1], images))
 
 
-def dataset_settings(flags: DatasetSettings) -> dict:
+def dataset_settings(s: DatasetSettings) -> dict:
     """The settings that define the output (``--update`` says how to run, not what)."""
-    return settings(flags, "2-create_dataset")
+    return settings(s, "2-create_dataset")
 
 
 def dataset_changes(out: Path, stamps: pd.DataFrame) -> Changes:
@@ -173,11 +173,11 @@ def read_split_table(out: Path) -> pd.DataFrame | None:
     return table if {"image", "cluster", "split"} <= set(table.columns) else None
 
 
-def create_dataset(flags: DatasetSettings) -> dict | None:
-    """Run stage 2 (see ``2-create_dataset/create_dataset.py`` for the flags).
+def create_dataset(s: DatasetSettings) -> dict | None:
+    """Run stage 2 (see ``2-create_dataset/create_dataset.py`` for the s).
 
     Args:
-        flags: every stage 2 flag, as parsed (``DatasetSettings.from_args``).
+        s: every stage 2 flag, as parsed (``DatasetSettings.from_args``).
 
     Returns:
         The manifest, or None when the output was already finished with the same settings and
@@ -187,37 +187,37 @@ def create_dataset(flags: DatasetSettings) -> dict | None:
         UserError: the finished output was made from other input images and neither
             ``--update`` nor ``--overwrite`` is given (nothing is touched).
     """
-    out = Path(flags.output)
-    if not 0 <= flags.val_fraction < 1:
-        raise UserError(f"--val-fraction must be in [0, 1), got {flags.val_fraction}")
-    check_minimum(("--num-workers", flags.num_workers, 0))
+    out = Path(s.output)
+    if not 0 <= s.val_fraction < 1:
+        raise UserError(f"--val-fraction must be in [0, 1), got {s.val_fraction}")
+    check_minimum(("--num-workers", s.num_workers, 0))
     require_output_folder(out)
-    if flags.update and flags.overwrite:
+    if s.update and s.overwrite:
         raise UserError("--update and --overwrite exclude each other: --update keeps every "
                         "image's split and adds the new images, --overwrite draws the whole split "
                         "again; pass one of them")
-    finished = check_finished(out, dataset_settings(flags), flags.overwrite, "dataset")
-    inp = Path(flags.input).resolve()
+    finished = check_finished(out, dataset_settings(s), s.overwrite, "dataset")
+    inp = Path(s.input).resolve()
     if out.resolve() == inp or inp in out.resolve().parents:
-        raise UserError(f"--output {out} lies inside --input {flags.input}; choose an output "
+        raise UserError(f"--output {out} lies inside --input {s.input}; choose an output "
                         "folder outside the cluster folders")
-    found = scan_clusters(flags.input)
+    found = scan_clusters(s.input)
     stamps = stamp_files(found.root, found.images)  # recorded at the end: what the dataset is made of
-    changes = dataset_changes(out, stamps) if finished or flags.update else None
+    changes = dataset_changes(out, stamps) if finished or s.update else None
     if finished and not changes:
         print(f"skip: {out} already holds this dataset (manifest.json); pass --overwrite to redo it")
         return None
-    if finished and changes and not flags.update:
+    if finished and changes and not s.update:
         raise UserError(f"{out}: input changed since this dataset ({changes}; "
                         f"{changes.examples()}); re-run with --update to add the new images "
                         "(every other image keeps its split) or with --overwrite to draw the "
                         "whole split again")
-    old = read_split_table(out) if flags.update and not flags.overwrite else None
+    old = read_split_table(out) if s.update and not s.overwrite else None
     if old is not None:
-        return _update(flags, out, found, stamps, old, changes)
-    if flags.update:
+        return _update(s, out, found, stamps, old, changes)
+    if s.update:
         print(f"note: --update: {out} holds no split.csv yet; making the dataset")
-    reasons = check_readable(found.root, found.images, flags.num_workers)
+    reasons = check_readable(found.root, found.images, s.num_workers)
     skipped = [(str(p), r) for p, r in found.skipped]
     skipped += [(str(p), r) for p, r in zip(found.images, reasons) if r]
     keep = [i for i, r in enumerate(reasons) if not r]
@@ -226,21 +226,21 @@ def create_dataset(flags: DatasetSettings) -> dict | None:
     images = [found.images[i] for i in keep]
     clusters = [found.clusters[i] for i in keep]
     channels = dataset_channels(found.root, images)  # one band layout per dataset
-    splits = assign_splits(clusters, flags.val_fraction, flags.seed, flags.outliers_folder)
+    splits = assign_splits(clusters, s.val_fraction, s.seed, s.outliers_folder)
 
     (out / "manifest.json").unlink(missing_ok=True)  # from here on the output is unfinished
     for subset in SUBSETS:  # our own folders only; unfinished or --overwrite
         shutil.rmtree(out / subset, ignore_errors=True)
-    for rel, split in progress(zip(images, splits), len(images), flags.link, flags.quiet,
+    for rel, split in progress(zip(images, splits), len(images), s.link, s.quiet,
                                unit="images"):
         src = found.root / rel
-        place_file(src, out / "unlabeled" / rel, flags.link)
+        place_file(src, out / "unlabeled" / rel, s.link)
         if split in ("train", "validation"):
-            place_file(src, out / split / rel, flags.link)
-    return _finish(flags, out, found, stamps, images, clusters, splits, skipped, channels)
+            place_file(src, out / split / rel, s.link)
+    return _finish(s, out, found, stamps, images, clusters, splits, skipped, channels)
 
 
-def _finish(flags: DatasetSettings, out: Path, found, stamps: pd.DataFrame, images: list[Path],
+def _finish(s: DatasetSettings, out: Path, found, stamps: pd.DataFrame, images: list[Path],
             clusters: list[str], splits: list[str], skipped: list, channels: int, **extra) -> dict:
     """split.csv, the summary, ``inputs.csv`` and the manifest (last) of a placed dataset."""
     names = [p.as_posix() for p in images]
@@ -254,24 +254,24 @@ def _finish(flags: DatasetSettings, out: Path, found, stamps: pd.DataFrame, imag
         table[column] = ids[column].to_numpy()
     write_csv(out / "split.csv", table)
     counts = table.groupby("cluster")["split"].value_counts().unstack(fill_value=0)
-    singletons = [c for c in counts.index if c != flags.outliers_folder and
+    singletons = [c for c in counts.index if c != s.outliers_folder and
                   counts.loc[c].sum() == 1]
-    summary = {c: {s: int(counts.loc[c].get(s, 0)) for s in ("train", "validation", "unlabeled")}
-               for c in counts.index}
+    summary = {c: {subset: int(counts.loc[c].get(subset, 0))
+                   for subset in ("train", "validation", "unlabeled")} for c in counts.index}
     _report(summary, singletons, skipped, out)
     write_inputs(out, stamps)
     return write_manifest(
-        out, "2-create_dataset", dataset_settings(flags), seed=flags.seed,
+        out, "2-create_dataset", dataset_settings(s), seed=s.seed,
         counts={"images": len(images), "clusters": len(summary), "skipped": len(skipped),
                 "channels": channels,
                 "train": int((table.split == "train").sum()),
                 "validation": int((table.split == "validation").sum()),
                 "per_cluster": summary},
         singleton_clusters=singletons, skipped_files=skipped,
-        input=str(Path(flags.input).resolve()), **extra)
+        input=str(Path(s.input).resolve()), **extra)
 
 
-def _update(flags: DatasetSettings, out: Path, found, stamps: pd.DataFrame, old: pd.DataFrame,
+def _update(s: DatasetSettings, out: Path, found, stamps: pd.DataFrame, old: pd.DataFrame,
             changes: Changes | None) -> dict:
     """``--update``: keep every image of ``old`` (split.csv) that is still there in its split.
 
@@ -285,7 +285,7 @@ def _update(flags: DatasetSettings, out: Path, found, stamps: pd.DataFrame, old:
     check = [i for i, name in enumerate(names) if name not in previous or name in changed]
     reasons = [""] * len(names)
     for i, reason in zip(check, check_readable(found.root, [found.images[i] for i in check],
-                                               flags.num_workers)):
+                                               s.num_workers)):
         reasons[i] = reason
     skipped = [(str(p), r) for p, r in found.skipped]
     skipped += [(str(found.images[i]), r) for i, r in enumerate(reasons) if r]
@@ -296,8 +296,8 @@ def _update(flags: DatasetSettings, out: Path, found, stamps: pd.DataFrame, old:
     clusters = [found.clusters[i] for i in keep]
     kept_names = [names[i] for i in keep]
     channels = dataset_channels(found.root, images)
-    splits = update_splits(kept_names, clusters, previous, flags.val_fraction, flags.seed,
-                           flags.outliers_folder)
+    splits = update_splits(kept_names, clusters, previous, s.val_fraction, s.seed,
+                           s.outliers_folder)
     present = set(kept_names)
     removed = [name for name in previous if name not in present]
     new = [i for i, name in enumerate(kept_names) if name not in previous]
@@ -309,17 +309,17 @@ def _update(flags: DatasetSettings, out: Path, found, stamps: pd.DataFrame, old:
     for name in removed:
         for subset in ("unlabeled", previous[name]):
             _remove(out / subset, name)
-    for i in progress(redo, len(redo), flags.link, flags.quiet, unit="images"):
+    for i in progress(redo, len(redo), s.link, s.quiet, unit="images"):
         src, rel = found.root / images[i], images[i]
-        place_file(src, out / "unlabeled" / rel, flags.link)
+        place_file(src, out / "unlabeled" / rel, s.link)
         if splits[i] in ("train", "validation"):
-            place_file(src, out / splits[i] / rel, flags.link)
+            place_file(src, out / splits[i] / rel, s.link)
     added = pd.Series([splits[i] for i in new], dtype=str).value_counts().to_dict()
     print(f"update: {len(new)} new images placed ({added.get('train', 0)} train, "
           f"{added.get('validation', 0)} validation, {added.get('unlabeled', 0)} unlabeled only), "
           f"{len(removed)} removed, {len(redo) - len(new)} copied again; every other image "
           "keeps its split")
-    return _finish(flags, out, found, stamps, images, clusters, splits, skipped, channels,
+    return _finish(s, out, found, stamps, images, clusters, splits, skipped, channels,
                    updated={"new": [kept_names[i] for i in new], "removed": removed,
                             "copied_again": [kept_names[i] for i in redo if i not in is_new]})
 

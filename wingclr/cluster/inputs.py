@@ -56,23 +56,23 @@ def with_weights_advice(build):
     return wrapped
 
 
-def stage_settings(settings: ClusterSettings) -> dict:
+def stage_settings(s: ClusterSettings) -> dict:
     """The settings that define the output (stored in manifest.json, compared on re-runs)."""
-    return outputs.settings(settings, "1-clustering")
+    return outputs.settings(s, "1-clustering")
 
 
-def guard_output(out: Path, settings: ClusterSettings, *, mode: str) -> bool:
+def guard_output(out: Path, s: ClusterSettings, *, mode: str) -> bool:
     """True when the same finished clustering is already in ``out`` (skip).
 
     Raises:
         UserError: a finished clustering with other settings is there and no ``--overwrite``.
     """
     if mode == "batch":
-        return check_finished(out, stage_settings(settings), settings.overwrite, "clustering")
+        return check_finished(out, stage_settings(s), s.overwrite, "clustering")
     manifest = read_manifest(out)
-    if manifest is None or settings.overwrite:
+    if manifest is None or s.overwrite:
         return False
-    old, new = manifest.get("args", {}), stage_settings(settings)
+    old, new = manifest.get("args", {}), stage_settings(s)
     feature_keys = [k for k in new if k not in ("min_cluster_size", "cluster_selection_epsilon",
                                                 "min_samples", "link")]
     if mode == "sweep-only" and all(old.get(k) == new[k] for k in feature_keys):

@@ -49,21 +49,21 @@ UMAP_KEYS = ("n_neighbors", "min_dist", "seed", "metric", "pca_dims")
 BATCH_HINT = "--min-cluster-size N --cluster-selection-epsilon E --yes"
 
 
-def decide_mode(settings: ClusterSettings, *, stdin_is_tty: bool) -> str:
+def decide_mode(s: ClusterSettings, *, stdin_is_tty: bool) -> str:
     """``"interactive"``, ``"batch"`` or ``"sweep-only"`` (batch mode's defaults:
     :func:`with_batch_defaults`).
 
     Raises:
         UserError: no terminal to ask on and the parameters are not given.
     """
-    if settings.yes and settings.interactive:
+    if s.yes and s.interactive:
         raise UserError("--yes and --interactive exclude each other; pass one of them")
-    given = settings.min_cluster_size is not None and settings.cluster_selection_epsilon is not None
-    if settings.interactive or (stdin_is_tty and not settings.yes):
+    given = s.min_cluster_size is not None and s.cluster_selection_epsilon is not None
+    if s.interactive or (stdin_is_tty and not s.yes):
         return "interactive"
-    if settings.yes or given:
+    if s.yes or given:
         return "batch"
-    if settings.sweep:
+    if s.sweep:
         return "sweep-only"
     raise UserError("stdin is not a terminal, so min_cluster_size and cluster_selection_epsilon "
                     f"cannot be asked: pass {BATCH_HINT} (e.g. --min-cluster-size 20 "
@@ -71,11 +71,11 @@ def decide_mode(settings: ClusterSettings, *, stdin_is_tty: bool) -> str:
                     "from, or --interactive to answer on piped stdin")
 
 
-def with_batch_defaults(settings: ClusterSettings) -> ClusterSettings:
-    """``settings`` with the HDBSCAN parameters not given set to batch mode's defaults: they are
+def with_batch_defaults(s: ClusterSettings) -> ClusterSettings:
+    """``s`` with the HDBSCAN parameters not given set to batch mode's defaults: they are
     settings of the output (recorded in manifest.json, compared on a re-run)."""
-    mcs, eps = settings.min_cluster_size, settings.cluster_selection_epsilon
-    return replace(settings, min_cluster_size=DEFAULT_MIN_CLUSTER_SIZE if mcs is None else mcs,
+    mcs, eps = s.min_cluster_size, s.cluster_selection_epsilon
+    return replace(s, min_cluster_size=DEFAULT_MIN_CLUSTER_SIZE if mcs is None else mcs,
                    cluster_selection_epsilon=DEFAULT_EPSILON if eps is None else eps)
 
 
@@ -107,13 +107,13 @@ def ask(prompt: str, default, parse, check=lambda v: True, expected: str = "a nu
         print(f"please enter {expected}")
 
 
-def umap_embedding(features: np.ndarray, settings: ClusterSettings, *, out: Path) -> np.ndarray:
+def umap_embedding(features: np.ndarray, s: ClusterSettings, *, out: Path) -> np.ndarray:
     """The ``(N, 3)`` UMAP embedding, reused from ``umap_3d.npy`` when features and parameters match.
 
     Computed once per run: a retry only re-runs HDBSCAN; a re-run (e.g. with ``--overwrite`` and
     other HDBSCAN parameters) reads it back.
     """
-    params = {k: getattr(settings, k) for k in UMAP_KEYS}
+    params = {k: getattr(s, k) for k in UMAP_KEYS}
     digest = hashlib.blake2b(np.ascontiguousarray(features).data, digest_size=16).hexdigest()
     key = json.dumps({**params, "features": digest}, sort_keys=True)
     try:
@@ -135,12 +135,12 @@ def umap_embedding(features: np.ndarray, settings: ClusterSettings, *, out: Path
     return emb
 
 
-def choose(embedding: np.ndarray, settings: ClusterSettings, *, mode: str, out: Path,
+def choose(embedding: np.ndarray, s: ClusterSettings, *, mode: str, out: Path,
            degenerate: bool, show: bool, features: np.ndarray | None = None, warning: str = "",
            images: list[Path] | None = None) -> tuple[Clustering, list[dict], tuple[int, float]]:
     """Cluster, report and plot until the user keeps a result (one pass in batch mode).
 
-    The HDBSCAN parameters given in ``settings`` are the first answers offered in interactive
+    The HDBSCAN parameters given in ``s`` are the first answers offered in interactive
     mode (the ones used in batch mode). ``features`` (the rows of ``embedding``) add the
     feature-space silhouette; ``warning`` is printed after every result (random features); with
     ``images`` (the files of the rows), every try also draws a contact sheet per cluster,
@@ -152,7 +152,7 @@ def choose(embedding: np.ndarray, settings: ClusterSettings, *, mode: str, out: 
         ``(min_cluster_size, cluster_selection_epsilon)``.
     """
     n = len(embedding)
-    mcs, eps = settings.min_cluster_size, settings.cluster_selection_epsilon
+    mcs, eps = s.min_cluster_size, s.cluster_selection_epsilon
     mcs = min(DEFAULT_MIN_CLUSTER_SIZE, n) if mcs is None else mcs
     eps = DEFAULT_EPSILON if eps is None else eps
     tried = []
@@ -161,8 +161,8 @@ def choose(embedding: np.ndarray, settings: ClusterSettings, *, mode: str, out: 
             mcs = ask("min_cluster_size", mcs, int, lambda v: 2 <= v <= n,
                       f"a whole number from 2 to {n} (the number of images)")
             eps = ask("cluster_selection_epsilon", eps, float, lambda v: v >= 0, "a number >= 0")
-        result = cluster(embedding, mcs, eps, settings.min_samples, settings.seed, degenerate,
-                         features=features, metric=settings.metric)
+        result = cluster(embedding, mcs, eps, s.min_samples, s.seed, degenerate,
+                         features=features, metric=s.metric)
         tried.append(result.record())
         print(result.summary())
         if warning:
@@ -220,7 +220,7 @@ def write_clusters(out: Path, root: Path, images: list[str], result: Clustering,
     return table
 
 
-def run_clustering(settings: ClusterSettings, *, stdin_is_tty: bool | None = None,
+def run_clustering(s: ClusterSettings, *, stdin_is_tty: bool | None = None,
                    builder=None) -> dict | None:
     """Run stage 1 (``ClusterSettings.from_args`` of ``1-clustering/cluster.py``'s arguments).
 
@@ -238,21 +238,21 @@ def run_clustering(settings: ClusterSettings, *, stdin_is_tty: bool | None = Non
 
     if stdin_is_tty is None:
         stdin_is_tty = stdin_isatty()
-    check_minimum(("--min-cluster-size", settings.min_cluster_size, 2),
-                  ("--cluster-selection-epsilon", settings.cluster_selection_epsilon, 0),
-                  ("--min-samples", settings.min_samples, 1),
-                  ("--n-neighbors", settings.n_neighbors, 2), ("--min-dist", settings.min_dist, 0),
-                  ("--batch-size", settings.batch_size, 1), ("--pca-dims", settings.pca_dims, 0))
-    check_input_size(settings.input_size)
+    check_minimum(("--min-cluster-size", s.min_cluster_size, 2),
+                  ("--cluster-selection-epsilon", s.cluster_selection_epsilon, 0),
+                  ("--min-samples", s.min_samples, 1),
+                  ("--n-neighbors", s.n_neighbors, 2), ("--min-dist", s.min_dist, 0),
+                  ("--batch-size", s.batch_size, 1), ("--pca-dims", s.pca_dims, 0))
+    check_input_size(s.input_size)
     random_features = check_random_features(
-        pretrained=settings.pretrained, allow_random_features=settings.allow_random_features,
-        backbone=settings.backbone)
-    mode = decide_mode(settings, stdin_is_tty=stdin_is_tty)
+        pretrained=s.pretrained, allow_random_features=s.allow_random_features,
+        backbone=s.backbone)
+    mode = decide_mode(s, stdin_is_tty=stdin_is_tty)
     if mode == "batch":
-        settings = with_batch_defaults(settings)
-    out = Path(settings.output)
-    root = resolve_input(settings.input, out)
-    finished = guard_output(out, settings, mode=mode)
+        s = with_batch_defaults(s)
+    out = Path(s.output)
+    root = resolve_input(s.input, out)
+    finished = guard_output(out, s, mode=mode)
     images, skipped = list_files(root)
     stamps = stamp_files(root, images)  # recorded at the end: what this clustering is made of
     if finished:
@@ -262,21 +262,21 @@ def run_clustering(settings: ClusterSettings, *, stdin_is_tty: bool | None = Non
         print(f"skip: {out} already holds this clustering (manifest.json); pass --overwrite to redo it")
         return None
     n = len(images)
-    if n < max(MIN_IMAGES, settings.min_cluster_size or 0):
-        need = (f"fewer than --min-cluster-size {settings.min_cluster_size}; pass a smaller "
+    if n < max(MIN_IMAGES, s.min_cluster_size or 0):
+        need = (f"fewer than --min-cluster-size {s.min_cluster_size}; pass a smaller "
                 f"--min-cluster-size (at most {n})") if n >= MIN_IMAGES else (
                 f"clustering needs at least {MIN_IMAGES}; add images or point --input elsewhere")
         raise UserError(f"{root} holds {n} image{'s' * (n != 1)}, {need}")
     if mode != "sweep-only":
         (out / MANIFEST).unlink(missing_ok=True)  # from here on the output is unfinished
-    config = FeatureConfig(settings.backbone, settings.pretrained == "imagenet", settings.input_size,
-                           dataset_channels(root, images, None), tuple(settings.background),
-                           settings.seed)
-    workers = default_workers() if settings.num_workers is None else settings.num_workers
-    feats = compute_features(root, images, out, config, settings.batch_size, workers,
-                             settings.device, not settings.quiet,
+    config = FeatureConfig(s.backbone, s.pretrained == "imagenet", s.input_size,
+                           dataset_channels(root, images, None), tuple(s.background),
+                           s.seed)
+    workers = default_workers() if s.num_workers is None else s.num_workers
+    feats = compute_features(root, images, out, config, s.batch_size, workers,
+                             s.device, not s.quiet,
                              builder=with_weights_advice(builder or build_backbone))
-    print(f"features: {n - feats.computed} from the cache, {feats.computed} computed ({settings.backbone}, "
+    print(f"features: {n - feats.computed} from the cache, {feats.computed} computed ({s.backbone}, "
           f"{'ImageNet' if config.pretrained else 'random'} weights) -> {out / 'features.npy'}")
     unreadable = [(images[i].as_posix(), feats.errors[i]) for i in np.flatnonzero(~feats.ok)]
     skipped = [(p.as_posix(), r) for p, r in skipped] + unreadable
@@ -284,24 +284,24 @@ def run_clustering(settings: ClusterSettings, *, stdin_is_tty: bool | None = Non
         print(f"skipped: {path}: {reason}")
     ok = feats.ok
     readable = [images[i].as_posix() for i in np.flatnonzero(ok)]
-    if len(readable) < max(MIN_IMAGES, settings.min_cluster_size or 0):
+    if len(readable) < max(MIN_IMAGES, s.min_cluster_size or 0):
         raise UserError(f"only {len(readable)} of the {n} images in {root} are readable; fix or "
                         "remove the files listed above, or pass a smaller --min-cluster-size")
-    if settings.min_samples is not None and settings.min_samples > len(readable):
-        raise UserError(f"--min-samples {settings.min_samples} is more than the {len(readable)} "
+    if s.min_samples is not None and s.min_samples > len(readable):
+        raise UserError(f"--min-samples {s.min_samples} is more than the {len(readable)} "
                         f"readable images in {root}; pass a smaller --min-samples")
     values, computed = (feats.values if ok.all() else feats.values[ok]), feats.computed
     del feats  # the readable rows are all that is kept
     degenerate = identical_rows(values)
     embedding = (np.zeros((len(values), 3), np.float32) if degenerate
-                 else umap_embedding(values, settings, out=out))
+                 else umap_embedding(values, s, out=out))
     if degenerate:
         print(f"all {len(values)} images give identical features (duplicate images?): nothing to "
               "project or separate; they form one cluster and the silhouette is undefined")
-    if settings.sweep:
-        grid = sweep_grid(settings.min_cluster_size or min(DEFAULT_MIN_CLUSTER_SIZE, len(values)),
-                          len(values), settings.cluster_selection_epsilon)
-        table = sweep(embedding, grid, settings.min_samples, settings.seed, degenerate)
+    if s.sweep:
+        grid = sweep_grid(s.min_cluster_size or min(DEFAULT_MIN_CLUSTER_SIZE, len(values)),
+                          len(values), s.cluster_selection_epsilon)
+        table = sweep(embedding, grid, s.min_samples, s.seed, degenerate)
         print(table.to_string(index=False, na_rep="undefined"))
         print("(silhouette: in the 3-D UMAP space, outliers left out)")
         write_csv(out / "sweep.csv", table)
@@ -309,29 +309,29 @@ def run_clustering(settings: ClusterSettings, *, stdin_is_tty: bool | None = Non
         if mode == "sweep-only":
             print(f"pick a row and run again with {BATCH_HINT}")
             return None
-    show = not settings.no_show and display_available()
-    warning = random_features_warning(settings.backbone) if random_features else ""
+    show = not s.no_show and display_available()
+    warning = random_features_warning(s.backbone) if random_features else ""
     result, tried, (mcs, eps) = choose(
-        embedding, settings, mode=mode, out=out, degenerate=degenerate, show=show,
+        embedding, s, mode=mode, out=out, degenerate=degenerate, show=show,
         features=None if degenerate else values, warning=warning, images=[root / r for r in readable])
     # manifest.json records the parameters of the result kept (the answers, in interactive mode)
-    settings = replace(settings, min_cluster_size=mcs, cluster_selection_epsilon=eps)
+    s = replace(s, min_cluster_size=mcs, cluster_selection_epsilon=eps)
     known = segmentation_identity(root)
     identity = identify(readable, known, source="stage 0's segmentation.csv" if known else "")
-    write_clusters(out, root, readable, result, embedding, settings.link, identity)
+    write_clusters(out, root, readable, result, embedding, s.link, identity)
     print(f"wrote {result.n_clusters} cluster folders, {OUTLIERS}/ ({result.n_outliers} images) "
           f"and clusters.csv to {out}")
     if warning:
         print(warning)
     write_inputs(out, stamps)
     return write_manifest(
-        out, "1-clustering", stage_settings(settings), seed=settings.seed,
+        out, "1-clustering", stage_settings(s), seed=s.seed,
         packages=("umap-learn", "hdbscan", "scikit-learn"),
         counts={"images": n, "clustered": len(readable), "clusters": result.n_clusters,
                 "outliers": result.n_outliers, "unreadable": len(unreadable),
                 "skipped": len(skipped), "features_computed": computed},
         silhouette=result.silhouette, silhouette_note=result.note, silhouette_umap=result.silhouette,
-        silhouette_features=result.feature_silhouette, silhouette_metric=settings.metric,
+        silhouette_features=result.feature_silhouette, silhouette_metric=s.metric,
         random_features=random_features, cluster_sizes=result.sizes,
         tried=tried, skipped_files=skipped, input=str(root.resolve()),
         features={**config.key(), "dim": int(values.shape[1])})

@@ -93,7 +93,7 @@ def umap_colouring(ids: pd.DataFrame, split: SplitData, *, labels: Path | None,
 
 
 def evaluate_embeddings(name: str, emb_dir: Path, out_dir: Path,
-                        args: EvalSettings) -> tuple[dict, SplitData, dict]:
+                        s: EvalSettings) -> tuple[dict, SplitData, dict]:
     """Evaluate one run's embeddings into ``out_dir`` (skipped when finished with these settings).
 
     Returns:
@@ -103,40 +103,40 @@ def evaluate_embeddings(name: str, emb_dir: Path, out_dir: Path,
 
     manifest = read_manifest(emb_dir) or {}
     ids, feats = load_embeddings(emb_dir, manifest)
-    split = load_split(ids, args.labels, check_data(ids, emb_dir, manifest, args.data,
-                                                   image_root(manifest, args.data)),
-                       args.allow_partial_labels)
+    split = load_split(ids, s.labels, check_data(ids, emb_dir, manifest, s.data,
+                                                   image_root(manifest, s.data)),
+                       s.allow_partial_labels)
     if split.train.sum() < 2 or split.val.sum() < 1 or len(set(split.y[split.train])) < 2:
         raise UserError(f"{emb_dir}: need >= 2 classes in train and >= 1 validation image "
                         "(split.csv from stage 2 gives them; user labels need a label column beside "
                         "image, specimen or source_image)")
     settings = {"embeddings": str(Path(emb_dir).resolve()), "embedded": manifest.get("finished"),
-                "labels": str(args.labels) if args.labels else None, "knn_k": args.knn_k,
-                "seed": args.seed}
-    if check_finished(out_dir, settings, args.overwrite, "evaluation"):
+                "labels": str(s.labels) if s.labels else None, "knn_k": s.knn_k,
+                "seed": s.seed}
+    if check_finished(out_dir, settings, s.overwrite, "evaluation"):
         print(f"skip: {out_dir} is finished (manifest.json); pass --overwrite to evaluate again")
         row = read_manifest(out_dir)["row"]
     else:
         (out_dir / MANIFEST).unlink(missing_ok=True)
         out_dir.mkdir(parents=True, exist_ok=True)
-        metrics, probe, knn = score_split(feats, split.y, split.train, split.val, args.seed, args.knn_k)
+        metrics, probe, knn = score_split(feats, split.y, split.train, split.val, s.seed, s.knn_k)
         write_reports(out_dir, name, split, probe, knn, ids)
         labels = sorted(set(split.y[split.train | split.val]))
         plot_confusion(split.y[split.val], probe.predictions, labels, out_dir / "confusion_matrix.png",
-                       name, args.labels_from)
+                       name, s.labels_from)
         row = {"run": name, **run_info(manifest), **metrics, "dataset": split.key()}
         (out_dir / "umap.png").unlink(missing_ok=True)  # drawn for other settings (e.g. labels)
-    if args.umap and not (out_dir / "umap.png").exists():
-        groups, grey, legend = umap_colouring(ids, split, labels=args.labels,
-                                              outliers_folder=args.outliers_folder)
-        plot_umap(feats, groups, grey, out_dir / "umap.png", name, args.seed, legend)
+    if s.umap and not (out_dir / "umap.png").exists():
+        groups, grey, legend = umap_colouring(ids, split, labels=s.labels,
+                                              outliers_folder=s.outliers_folder)
+        plot_umap(feats, groups, grey, out_dir / "umap.png", name, s.seed, legend)
     if read_manifest(out_dir) is None:
-        write_manifest(out_dir, "5-evaluation", settings, seed=args.seed, packages=("scikit-learn",),
+        write_manifest(out_dir, "5-evaluation", settings, seed=s.seed, packages=("scikit-learn",),
                        counts={"train": row["n_train"], "validation": row["n_val"]}, row=row)
     return row, split, manifest.get("model", {})
 
 
-def baseline_columns(split: SplitData, model: dict, args: EvalSettings, cache_dir: Path, notes: dict,
+def baseline_columns(split: SplitData, model: dict, s: EvalSettings, cache_dir: Path, notes: dict,
                      results: dict) -> dict:
     """evaluation.csv baseline columns for one run; NaN (and a note) when one is unavailable.
 
@@ -145,7 +145,7 @@ def baseline_columns(split: SplitData, model: dict, args: EvalSettings, cache_di
         results: filled with every baseline result, keyed by its label and dataset.
     """
     cols = {}
-    for method in parse_baselines(args.baselines):
+    for method in parse_baselines(s.baselines):
         prefix = BASELINES[method]
         cols[f"{prefix}_accuracy"] = cols[f"{prefix}_knn_accuracy"] = float("nan")
         cols[f"{prefix}_probe_collapsed"] = float("nan")
@@ -153,8 +153,8 @@ def baseline_columns(split: SplitData, model: dict, args: EvalSettings, cache_di
         try:
             if missing:
                 raise UserError(f"the embeddings' manifest.json lacks model.{missing[0]}")
-            res = run_baseline(method, model, split, cache_dir, args.pixel_size, args.seed,
-                               args.knn_k, args.device, args.num_workers)
+            res = run_baseline(method, model, split, cache_dir, s.pixel_size, s.seed,
+                               s.knn_k, s.device, s.num_workers)
         except UserError as e:
             notes.setdefault(str(e), f"note: {prefix} baseline left empty: {e}")
             continue
@@ -244,33 +244,33 @@ def find_embedding_dirs(paths: list[Path], emb_root: Path, embed=None) -> list[t
     return found
 
 
-def evaluate_runs(args: EvalSettings) -> pd.DataFrame:
+def evaluate_runs(s: EvalSettings) -> pd.DataFrame:
     """Run stage 5 (``EvalSettings.from_args`` of ``5-evaluation/evaluate.py``'s arguments)."""
     from ..embedding import embed_run, resolve_runs
 
     def embed(path: Path) -> Path:
         (name, ckpt), = resolve_runs([path], Path(path).parent)
-        embed_run(name, ckpt, data=args.data or STAGE_DIRS["dataset"], output=args.embeddings,
-                  num_workers=args.num_workers, device=args.device, cache_dir=args.cache_dir,
-                  quiet=args.quiet)
-        return Path(args.embeddings) / name
+        embed_run(name, ckpt, data=s.data or STAGE_DIRS["dataset"], output=s.embeddings,
+                  num_workers=s.num_workers, device=s.device, cache_dir=s.cache_dir,
+                  quiet=s.quiet)
+        return Path(s.embeddings) / name
 
-    parse_baselines(args.baselines)  # bad names and flags fail before any work
-    check_minimum(("--knn-k", args.knn_k, 1), ("--num-workers", args.num_workers, 0),
-                  ("--pixel-size", args.pixel_size, 1))
-    check_gpu_request("--device", args.device)
-    require_output_folder(args.output)
-    if args.labels is not None and not Path(args.labels).is_file():
-        raise UserError(f"--labels {args.labels} does not exist; pass a CSV with a label column and "
+    parse_baselines(s.baselines)  # bad names and flags fail before any work
+    check_minimum(("--knn-k", s.knn_k, 1), ("--num-workers", s.num_workers, 0),
+                  ("--pixel-size", s.pixel_size, 1))
+    check_gpu_request("--device", s.device)
+    require_output_folder(s.output)
+    if s.labels is not None and not Path(s.labels).is_file():
+        raise UserError(f"--labels {s.labels} does not exist; pass a CSV with a label column and "
                         "an image, specimen or source_image column")
-    out = Path(args.output)
+    out = Path(s.output)
     rows, notes, results = [], {}, {}
-    for name, emb_dir in find_embedding_dirs(args.runs, args.embeddings, embed):
-        row, split, model = evaluate_embeddings(name, emb_dir, out / name, args)
-        row.update(baseline_columns(split, model, args, out / "baselines", notes, results))
+    for name, emb_dir in find_embedding_dirs(s.runs, s.embeddings, embed):
+        row, split, model = evaluate_embeddings(name, emb_dir, out / name, s)
+        row.update(baseline_columns(split, model, s, out / "baselines", notes, results))
         rows.append(row)
         print(run_line(row))
-        run_visuals(name, emb_dir, out / name, split, model, row, args)  # notes, never fails
+        run_visuals(name, emb_dir, out / name, split, model, row, s)  # notes, never fails
     for note in notes.values():
         print(note)
     table = upsert_rows(out / "evaluation.csv", rows)

@@ -40,21 +40,21 @@ def _note(name: str, what: str, error: Exception) -> None:
     print(f"note: {name}: {what} not drawn ({reason})")
 
 
-def imagenet_features(split, model: dict, args: EvalSettings) -> tuple[np.ndarray, np.ndarray] | None:
+def imagenet_features(split, model: dict, s: EvalSettings) -> tuple[np.ndarray, np.ndarray] | None:
     """The frozen ImageNet backbone's features of the run's images, when that baseline ran."""
     from .baselines import baseline_features, parse_baselines
 
-    if "imagenet" not in parse_baselines(args.baselines):
+    if "imagenet" not in parse_baselines(s.baselines):
         return None
-    return baseline_features("imagenet", model, split, args.pixel_size, args.seed, args.device,
-                             args.num_workers)
+    return baseline_features("imagenet", model, split, s.pixel_size, s.seed, s.device,
+                             s.num_workers)
 
 
-def query_rows(split, args: EvalSettings, name: str) -> np.ndarray:
+def query_rows(split, s: EvalSettings, name: str) -> np.ndarray:
     """Rows of ``--query`` images, or a seeded few per class (validation images first)."""
     from .neighbours import match_queries, pick_queries
 
-    wanted = list(args.query)
+    wanted = list(s.query)
     if wanted:
         rows, missing = match_queries(split.images, wanted)
         if missing:
@@ -62,47 +62,47 @@ def query_rows(split, args: EvalSettings, name: str) -> np.ndarray:
         return rows
     classes = len(set(split.y) - {""})
     per_class = 2 if classes * 2 <= MAX_QUERIES else 1
-    rows = pick_queries(split.y, per_class, args.seed, prefer=split.val)
+    rows = pick_queries(split.y, per_class, s.seed, prefer=split.val)
     if len(rows) > MAX_QUERIES:
-        rng = np.random.default_rng(args.seed)
+        rng = np.random.default_rng(s.seed)
         rows = np.sort(rng.choice(rows, MAX_QUERIES, replace=False))
     return rows
 
 
 def run_visuals(name: str, emb_dir: Path, out_dir: Path, split, model: dict, row: dict,
-                args: EvalSettings) -> list[Path]:
+                s: EvalSettings) -> list[Path]:
     """Draw one run's pictures into ``out_dir`` (see the module doc); returns the files written.
 
     Args:
         split: the run's :class:`~wingclr.evaluate.baselines.SplitData` (rows as in embeddings.csv).
         model: the run's model metadata (stage 4 manifest's ``model``).
         row: its evaluation.csv row (``probe_C``; ``imagenet_accuracy`` says the baseline ran).
-        args: stage 5's settings (``neighbours``, ``gradcam``, ``query``, ``seed``, ...).
+        s: stage 5's settings (``neighbours``, ``gradcam``, ``query``, ``seed``, ...).
     """
     try:
-        return _run_visuals(name, Path(emb_dir), Path(out_dir), split, model, row, args)
+        return _run_visuals(name, Path(emb_dir), Path(out_dir), split, model, row, s)
     except Exception as e:  # noqa: BLE001 - pictures never fail the stage
         _note(name, "pictures", e)
         return []
 
 
 def _run_visuals(name: str, emb_dir: Path, out_dir: Path, split, model: dict, row: dict,
-                 args: EvalSettings) -> list[Path]:
+                 s: EvalSettings) -> list[Path]:
     from .inputs import load_embeddings
     from ..outputs import read_manifest, write_text
 
     manifest = read_manifest(emb_dir) or {}
-    k, n_cam = args.neighbours, args.gradcam
+    k, n_cam = s.neighbours, s.gradcam
     stamp = {"embedded": manifest.get("finished"), "dataset": split.key(), "neighbours": k,
-             "gradcam": n_cam, "query": list(args.query), "seed": args.seed,
-             "baselines": args.baselines, "imagenet": row.get("imagenet_accuracy") == row.get(
+             "gradcam": n_cam, "query": list(s.query), "seed": s.seed,
+             "baselines": s.baselines, "imagenet": row.get("imagenet_accuracy") == row.get(
                  "imagenet_accuracy")}
     old = out_dir / STAMP
     previous = json.loads(old.read_text(encoding="utf-8")) if old.exists() else {}
     same_data = all(previous.get(key) == stamp[key] for key in ("embedded", "dataset"))
     if n_cam == 0 and same_data:  # without --gradcam, earlier Grad-CAM figures stay valid
         stamp["gradcam"] = previous.get("gradcam", 0)
-    if not args.overwrite and previous == stamp:
+    if not s.overwrite and previous == stamp:
         return []
     stale = [out_dir / "neighbours.png"] if k == 0 else []
     if not same_data or n_cam > 0:
@@ -122,19 +122,19 @@ def _run_visuals(name: str, emb_dir: Path, out_dir: Path, split, model: dict, ro
     try:
         from ..contact_sheets import write_contact_sheets
 
-        outliers = ("-1", args.outliers_folder)
+        outliers = ("-1", s.outliers_folder)
         written += write_contact_sheets(feats, split.y, images, out_dir / "sheets", name, model,
                                         outliers=outliers, what="class")
     except Exception as e:  # noqa: BLE001 - pictures never fail the stage
         _note(name, "contact sheets", e)
     if k > 0:
         try:
-            written += _neighbours(name, feats, split, images, model, row, args, out_dir, k)
+            written += _neighbours(name, feats, split, images, model, row, s, out_dir, k)
         except Exception as e:  # noqa: BLE001
             _note(name, "neighbours.png", e)
     if n_cam > 0:
         try:
-            written += _gradcam(name, feats, split, images, model, row, args, out_dir, n_cam, manifest)
+            written += _gradcam(name, feats, split, images, model, row, s, out_dir, n_cam, manifest)
         except Exception as e:  # noqa: BLE001
             _note(name, "Grad-CAM", e)
     write_text(old, json.dumps(stamp, indent=2) + "\n")
@@ -142,28 +142,28 @@ def _run_visuals(name: str, emb_dir: Path, out_dir: Path, split, model: dict, ro
     return written
 
 
-def _neighbours(name, feats, split, images, model, row, args, out_dir, k) -> list[Path]:
+def _neighbours(name, feats, split, images, model, row, s, out_dir, k) -> list[Path]:
     from ..cli import UserError
     from .neighbours import write_neighbours
 
     baseline, pool = None, None
     if row.get("imagenet_accuracy") == row.get("imagenet_accuracy"):  # scored (not NaN)
         try:
-            found = imagenet_features(split, model, args)
+            found = imagenet_features(split, model, s)
         except UserError as e:
             found = None
             _note(name, "ImageNet neighbours", e)
         if found is not None:
             baseline, pool = ("frozen ImageNet", found[0]), found[1]
-    queries = query_rows(split, args, name)
-    path = write_neighbours(feats, split.y, images, out_dir / "neighbours.png", k, seed=args.seed,
+    queries = query_rows(split, s, name)
+    path = write_neighbours(feats, split.y, images, out_dir / "neighbours.png", k, seed=s.seed,
                             queries=queries, baseline=baseline, name="this run (SimCLR)",
                             title=f"{name}: nearest neighbours of {len(queries)} specimens "
                                   "(validation images first, seeded)", meta=model, pool=pool)
     return [path] if path else []
 
 
-def _gradcam(name, feats, split, images, model, row, args, out_dir, n, manifest) -> list[Path]:
+def _gradcam(name, feats, split, images, model, row, s, out_dir, n, manifest) -> list[Path]:
     from ..checkpoints import load_backbone
     from ..features import pick_device
     from .gradcam import write_gradcam
@@ -173,8 +173,8 @@ def _gradcam(name, feats, split, images, model, row, args, out_dir, n, manifest)
         raise FileNotFoundError(f"the run's checkpoint {ckpt} is not there")
     backbone, meta = load_backbone(Path(ckpt))
     return write_gradcam(backbone, meta, feats, split.y, images, split.train, split.val,
-                         float(row.get("probe_C", 1.0)), out_dir / "gradcam", n, args.seed,
-                         str(pick_device(args.device)))
+                         float(row.get("probe_C", 1.0)), out_dir / "gradcam", n, s.seed,
+                         str(pick_device(s.device)))
 
 
 def write_report_note(out: Path) -> Path | None:
