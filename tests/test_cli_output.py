@@ -101,22 +101,20 @@ def test_each_stage_lists_its_run_only_flags_in_one_place(stage, script):
 
 
 def test_run_only_flags_are_ignored_on_both_sides_of_the_settings_check(tmp_path):
-    from argparse import Namespace
-
     from wingclr.cli import UserError
     from wingclr.outputs import check_finished, read_manifest, write_manifest
 
-    args = Namespace(input="photos", min_cluster_size=10, batch_size=64, device="cpu", overwrite=False)
+    args = dict(input="photos", min_cluster_size=10, batch_size=64, device="cpu", overwrite=False)
     write_manifest(tmp_path, "1-clustering", args, counts={})
     assert read_manifest(tmp_path)["args"] == {"input": "photos", "min_cluster_size": 10}
-    assert check_finished(tmp_path, Namespace(**{**vars(args), "batch_size": 8, "device": "cuda"}),
+    assert check_finished(tmp_path, {**args, "batch_size": 8, "device": "cuda"},
                           False, "clustering")
     old = read_manifest(tmp_path)  # a manifest that recorded a run-only flag still matches
     old["args"]["batch_size"] = 64
     (tmp_path / "manifest.json").write_text(__import__("json").dumps(old))
     assert check_finished(tmp_path, args, False, "clustering")
     with pytest.raises(UserError, match="min_cluster_size"):
-        check_finished(tmp_path, Namespace(**{**vars(args), "min_cluster_size": 5}), False, "clustering")
+        check_finished(tmp_path, {**args, "min_cluster_size": 5}, False, "clustering")
 
 
 def test_segment_keeps_no_progress_as_a_hidden_alias():

@@ -5,13 +5,14 @@ finished outputs made by earlier versions are still recognised as finished.
 """
 
 import argparse
+import ast
 import dataclasses
 import json
 from dataclasses import dataclass
 
 import pytest
 
-from conftest import load_stage
+from conftest import REPO, load_stage
 from wingclr import cli
 from wingclr.outputs import settings
 
@@ -92,3 +93,24 @@ def test_train_maskrcnn_records_the_default_wing_classes_as_before():
     module.main(args)
     assert seen["s"].classes == tuple(WING_CLASSES)
     assert settings(seen["s"], "0-train-maskrcnn")["classes"] == list(WING_CLASSES)
+
+
+# Modules that are command lines themselves (their own parser, nothing passed on) and the converter.
+OWN_NAMESPACE = {"cli.py", "weights_cli.py", "isnet.py", "lite0.py"}
+
+
+def test_no_stage_module_takes_or_writes_a_namespace():
+    found = []
+    for path in sorted((REPO / "wingclr").rglob("*.py")):
+        if path.name in OWN_NAMESPACE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                names = [a.arg for a in node.args.args + node.args.kwonlyargs]
+                found += [f"{path.name}:{node.lineno} {node.name}(args)" for n in names if n == "args"]
+            if isinstance(node, ast.Attribute) and node.attr == "Namespace":
+                found.append(f"{path.name}:{node.lineno} argparse.Namespace")
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "setattr"
+                    and getattr(node.args[0], "id", "") in ("args", "s")):
+                found.append(f"{path.name}:{node.lineno} setattr")
+    assert not found, found

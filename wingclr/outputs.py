@@ -7,7 +7,6 @@ work is never replaced by accident.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -98,8 +97,6 @@ def write_csv(path: Path | str, df) -> None:
 
 
 def jsonable(value: Any) -> Any:
-    if isinstance(value, argparse.Namespace):
-        value = vars(value)
     if isinstance(value, Settings):
         value = value.as_dict()
     if isinstance(value, dict):
@@ -138,10 +135,10 @@ def versions(packages: Iterable[str] = ()) -> dict[str, str]:
     return found
 
 
-def settings(args: Settings | argparse.Namespace | dict, stage: str) -> dict:
-    """The arguments that define ``stage``'s output (its :data:`RUN_ONLY` flags dropped)."""
+def settings(values: Settings | dict, stage: str) -> dict:
+    """The settings that define ``stage``'s output (its :data:`RUN_ONLY` flags dropped), as JSON values."""
     run_only = RUN_ONLY.get(stage, ())
-    return {k: v for k, v in jsonable(args).items() if k not in run_only}
+    return {k: v for k, v in jsonable(values).items() if k not in run_only}
 
 
 def read_manifest(out_dir: Path | str) -> dict | None:
@@ -160,14 +157,19 @@ def command_line() -> str:
     return shlex.join(["python", *argv] if argv and argv[0].endswith(".py") else argv)
 
 
-def write_manifest(out_dir: Path | str, stage: str, args, counts: dict, seed: int | None = None,
-                   packages: Iterable[str] = (), **extra) -> dict:
-    """Write ``manifest.json`` (the stage's last file) and return its content."""
+def write_manifest(out_dir: Path | str, stage: str, values: Settings | dict, counts: dict,
+                   seed: int | None = None, packages: Iterable[str] = (), **extra) -> dict:
+    """Write ``manifest.json`` (the stage's last file) and return its content.
+
+    Args:
+        values: the stage's settings (or a dict of them); recorded under "args" without the
+            stage's :data:`RUN_ONLY` flags.
+    """
     manifest = {
         "stage": stage,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": command_line(),
-        "args": settings(args, stage),
+        "args": settings(values, stage),
         "counts": jsonable(counts),
         "seed": seed,
         "git_sha": git_sha(),
@@ -184,11 +186,12 @@ def changed_keys(old: dict, new: dict, keys=None) -> list[str]:
     return sorted(k for k in keys if old.get(k) != new.get(k))
 
 
-def check_finished(out_dir: Path | str, args, overwrite: bool, what: str,
+def check_finished(out_dir: Path | str, wanted: Settings | dict, overwrite: bool, what: str,
                    compare: Callable[[dict, dict], list[str]] | None = None) -> bool:
     """Guard a stage's output folder.
 
     Args:
+        wanted: this command's settings (or a dict of them).
         compare: ``compare(recorded, wanted)`` -> names of the settings that differ (default:
             every setting, compared as recorded).
 
@@ -203,7 +206,7 @@ def check_finished(out_dir: Path | str, args, overwrite: bool, what: str,
     if manifest is None or overwrite:
         return False
     stage = manifest.get("stage", "")
-    old, new = settings(manifest.get("args", {}), stage), settings(args, stage)
+    old, new = settings(manifest.get("args", {}), stage), settings(wanted, stage)
     changed = (compare or changed_keys)(old, new)
     if not changed:
         return True
