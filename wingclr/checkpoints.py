@@ -98,4 +98,3 @@ def weights_misfit(expected: dict, state: dict) -> str:
         return (f"lack {len(missing)} and add {len(extra)} of that model's tensors (e.g. "
                 f"{sorted(missing or extra)[0]}){seen}")
     return ""
-

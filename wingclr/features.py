@@ -41,7 +41,6 @@ def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
-
 def pick_device(device: str = "auto") -> torch.device:
     """``"auto"``: the GPU when there is one, else the CPU."""
     if device == "auto":

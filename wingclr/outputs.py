@@ -22,7 +22,6 @@ from typing import Any, Callable, Iterable, Iterator
 from .cli import Settings, UserError, write_errors
 
 MANIFEST = "manifest.json"
-# Arguments that change how a stage runs, not what it produces.
 # Per stage (the manifest's "stage"), the flags that change how it runs but never what it writes.
 # They are left out of manifest.json's "args" and ignored when a re-run compares its settings with a
 # finished output (on both sides, so a manifest that recorded one still matches). Every other flag

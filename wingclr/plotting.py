@@ -32,7 +32,6 @@ def pyplot(show: bool = False):
     return plt
 
 
-
 def save_figure(fig, path: Path | str, dpi: int = 120, close: bool = True) -> None:
     """Save ``fig`` atomically; ``close=False`` keeps it open (to show it in a window after)."""
     import matplotlib.pyplot as plt
@@ -41,7 +40,6 @@ def save_figure(fig, path: Path | str, dpi: int = 120, close: bool = True) -> No
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix.lstrip("."))
     if close:
         plt.close(fig)
-
 
 
 def _palette() -> list[tuple]:
@@ -55,12 +53,12 @@ def _palette() -> list[tuple]:
             + [tuple(light[i]) for i in (0, 1, 2, 3, 5, 6, 8)] + extra)
 
 
-
 def class_colours(n: int) -> list[tuple]:
     """``n`` RGBA colours for categories, neighbours in the list clearly different.
 
-    The first 20 are a fixed list (:func:`_palette`; no grey, which is kept for outliers), so a class keeps its colour when more classes are added. Beyond 20,
-    colours step round the hue circle by the golden angle, alternating dark and light.
+    The first 20 are a fixed list (:func:`_palette`; no grey, which is kept for outliers), so a
+    class keeps its colour when more classes are added. Beyond 20, colours step round the hue
+    circle by the golden angle, alternating dark and light.
     """
     base = _palette()
     out = [(*c, 1.0) for c in base[:n]]
@@ -70,11 +68,9 @@ def class_colours(n: int) -> list[tuple]:
     return out
 
 
-
 def natural_key(name: str) -> list:
     """Sort key putting ``cluster_2`` before ``cluster_10``."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
 
 
 def group_colours(groups: Sequence, grey: Sequence[str] = GREY_NAMES) -> dict[str, tuple]:
@@ -85,14 +81,12 @@ def group_colours(groups: Sequence, grey: Sequence[str] = GREY_NAMES) -> dict[st
     return {n: colours.get(n, OUTLIER_COLOUR) for n in names}
 
 
-
 def legend_outside(ax, title: str | None = None, n: int | None = None, **kw):
     """Legend to the right of ``ax`` (outside the points); none when ``n`` > :data:`MAX_LEGEND`."""
     if n is not None and n > MAX_LEGEND:
         return None
     return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=7,
                      markerscale=1.5, title=title, title_fontsize=7, frameon=False, **kw)
-
 
 
 def scatter_groups(ax, xy: np.ndarray, groups, grey: Sequence[str] = GREY_NAMES, s: float = 12,
@@ -106,4 +100,3 @@ def scatter_groups(ax, xy: np.ndarray, groups, grey: Sequence[str] = GREY_NAMES,
         ax.scatter(*xy[m].T, s=s * (0.7 if name in grey else 1), color=colours[name],
                    label=f"{name} ({int(m.sum())})", **kw)
     return colours
-

@@ -174,7 +174,7 @@ def read_split_table(out: Path) -> pd.DataFrame | None:
 
 
 def create_dataset(s: DatasetSettings) -> dict | None:
-    """Run stage 2 (see ``2-create_dataset/create_dataset.py`` for the s).
+    """Run stage 2 (see ``2-create_dataset/create_dataset.py`` for the flags).
 
     Args:
         s: every stage 2 flag, as parsed (``DatasetSettings.from_args``).

@@ -232,8 +232,7 @@ def run_clustering(s: ClusterSettings, *, stdin_is_tty: bool | None = None,
         The manifest, or None when skipped (same finished output) or after a sweep-only run.
     """
     from ..data import dataset_channels
-    from ..features import FeatureConfig, compute_features
-    from ..features import default_workers
+    from ..features import FeatureConfig, compute_features, default_workers
     from ..models import build_backbone
 
     if stdin_is_tty is None:

@@ -2,8 +2,8 @@
 
 Stage 5 draws, per run, the confusion matrix of the linear probe and a 2-D UMAP of the
 embeddings; stage 4 draws the PCA scatter (pca.png). Categorical colours come from
-:func:`wingclr.plotting.class_colours` (also used by :mod:`wingclr.cluster.plots` and :mod:`wingclr.morphospace`),
-and legends sit outside the axes so they never cover points.
+:func:`wingclr.plotting.class_colours` (also used by :mod:`wingclr.cluster.plots` and
+:mod:`wingclr.morphospace`), and legends sit outside the axes so they never cover points.
 
 ``umap`` is imported inside :func:`umap_2d`: its first import in a fresh environment compiles
 numba code (~25 s), and the first fit in each process costs another ~8-14 s.
@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..plotting import (legend_outside,
-                        pyplot, save_figure, scatter_groups)
+from ..plotting import legend_outside, pyplot, save_figure, scatter_groups
 
 
 def confusion_figure(y_true, y_pred, labels, run: str, labels_from: str):
