@@ -145,6 +145,25 @@ def check_readable(root: Path, images: list[Path], workers: int = 4) -> list[str
         return list(pool.map(lambda rel: try_read(root / rel)[1], images))
 
 
+def readable_images(found, reasons: list[str]) -> tuple[list[Path], list[str], list, int]:
+    """The readable images of a scan (``reasons[i]`` is '' for a readable ``found.images[i]``).
+
+    Returns:
+        ``(images, their clusters, skipped (path, reason) pairs, channels of the dataset)``.
+
+    Raises:
+        UserError: no image can be read.
+    """
+    skipped = [(str(p), r) for p, r in found.skipped]
+    skipped += [(str(p), r) for p, r in zip(found.images, reasons) if r]
+    keep = [i for i, r in enumerate(reasons) if not r]
+    if not keep:
+        raise UserError(f"none of the {len(found.images)} images under {found.root} can be read")
+    images = [found.images[i] for i in keep]
+    clusters = [found.clusters[i] for i in keep]
+    return images, clusters, skipped, dataset_channels(found.root, images)  # one band layout
+
+
 def dataset_settings(s: DatasetSettings) -> dict:
     """The settings that define the output (``--update`` says how to run, not what)."""
     return settings(s, "2-create_dataset")
@@ -218,14 +237,7 @@ def create_dataset(s: DatasetSettings) -> dict | None:
     if s.update:
         print(f"note: --update: {out} holds no split.csv yet; making the dataset")
     reasons = check_readable(found.root, found.images, s.num_workers)
-    skipped = [(str(p), r) for p, r in found.skipped]
-    skipped += [(str(p), r) for p, r in zip(found.images, reasons) if r]
-    keep = [i for i, r in enumerate(reasons) if not r]
-    if not keep:
-        raise UserError(f"none of the {len(found.images)} images under {found.root} can be read")
-    images = [found.images[i] for i in keep]
-    clusters = [found.clusters[i] for i in keep]
-    channels = dataset_channels(found.root, images)  # one band layout per dataset
+    images, clusters, skipped, channels = readable_images(found, reasons)
     splits = assign_splits(clusters, s.val_fraction, s.seed, s.outliers_folder)
 
     (out / "manifest.json").unlink(missing_ok=True)  # from here on the output is unfinished
@@ -287,15 +299,8 @@ def _update(s: DatasetSettings, out: Path, found, stamps: pd.DataFrame, old: pd.
     for i, reason in zip(check, check_readable(found.root, [found.images[i] for i in check],
                                                s.num_workers)):
         reasons[i] = reason
-    skipped = [(str(p), r) for p, r in found.skipped]
-    skipped += [(str(found.images[i]), r) for i, r in enumerate(reasons) if r]
-    keep = [i for i, r in enumerate(reasons) if not r]
-    if not keep:
-        raise UserError(f"none of the {len(found.images)} images under {found.root} can be read")
-    images = [found.images[i] for i in keep]
-    clusters = [found.clusters[i] for i in keep]
-    kept_names = [names[i] for i in keep]
-    channels = dataset_channels(found.root, images)
+    images, clusters, skipped, channels = readable_images(found, reasons)
+    kept_names = [p.as_posix() for p in images]
     splits = update_splits(kept_names, clusters, previous, s.val_fraction, s.seed,
                            s.outliers_folder)
     present = set(kept_names)
