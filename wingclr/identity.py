@@ -27,6 +27,8 @@ from typing import Callable, Iterable, Sequence
 
 import pandas as pd
 
+from .outputs import read_manifest, write_csv
+
 SPECIMEN, SOURCE = "specimen", "source_image"
 COLUMNS = [SPECIMEN, SOURCE]
 INPUTS = "inputs.csv"
@@ -180,8 +182,6 @@ def stamp_files(root: Path | str, images: Sequence) -> pd.DataFrame:
 
 def write_inputs(out: Path | str, stamps: pd.DataFrame) -> None:
     """Record the input images a finished output was made of (``inputs.csv``)."""
-    from .outputs import write_csv
-
     write_csv(Path(out) / INPUTS, stamps)
 
 
@@ -206,24 +206,30 @@ class Changes:
                          if items)
 
 
-def input_changes(out: Path | str, stamps: pd.DataFrame, listed: Iterable[str] = (),
-                  kept: Iterable[str] = ()) -> Changes:
+def input_changes(out: Path | str, stamps: pd.DataFrame, table: str) -> Changes:
     """How the input images (``stamps`` of :func:`stamp_files`) differ from ``out``'s record.
 
     Args:
-        listed, kept: for an output finished before ``inputs.csv`` existed: every image it knew
-            of (clustered or skipped), and those it holds (a missing one counts as removed).
-            Changed images cannot be told from its files; only new and removed ones are counted.
+        table: ``out``'s own CSV with an ``image`` column (``clusters.csv``, ``split.csv``). An
+            output finished before ``inputs.csv`` existed was made of the images it lists and the
+            files its manifest lists as skipped (a listed image now missing counts as removed);
+            changed images cannot be told from its files, so only new and removed ones count.
     """
+    out = Path(out)
     now = dict(zip(stamps["image"], zip(stamps["size"], stamps["mtime_ns"])))
-    record = _read_csv(Path(out) / INPUTS, ["image", "size", "mtime_ns"]) \
-        if (Path(out) / INPUTS).is_file() else None
-    if record is not None and {"image", "size", "mtime_ns"} <= set(record.columns):
-        before = {i: (_int(s), _int(m)) for i, s, m in
-                  zip(record["image"], record["size"], record["mtime_ns"])}
-        return Changes(new=sorted(set(now) - set(before)), removed=sorted(set(before) - set(now)),
-                       changed=sorted(i for i in set(now) & set(before) if now[i] != before[i]))
-    listed, kept = {posix(p) for p in listed} | {posix(p) for p in kept}, {posix(p) for p in kept}
+    listed, kept = set(), set()
+    if (out / INPUTS).is_file():
+        record = _read_csv(out / INPUTS, ["image", "size", "mtime_ns"])
+        if record is not None and {"image", "size", "mtime_ns"} <= set(record.columns):
+            before = {i: (_int(s), _int(m)) for i, s, m in
+                      zip(record["image"], record["size"], record["mtime_ns"])}
+            return Changes(new=sorted(set(now) - set(before)), removed=sorted(set(before) - set(now)),
+                           changed=sorted(i for i in set(now) & set(before) if now[i] != before[i]))
+    else:
+        old = _read_csv(out / table, ["image"]) if (out / table).is_file() else None
+        kept = {posix(p) for p in old["image"]} if old is not None and "image" in old else set()
+        skipped = (read_manifest(out) or {}).get("skipped_files", [])
+        listed = kept | {posix(str(p)) for p, *_ in skipped}
     return Changes(new=sorted(set(now) - listed), removed=sorted(kept - set(now)))
 
 

@@ -26,10 +26,10 @@ import pandas as pd
 from .cli import (Settings, UserError, check_minimum, progress, require_output_folder,
                   write_error)
 from .data import dataset_channels, scan_clusters
-from .identity import (COLUMNS, INPUTS, Changes, below_cluster, clusters_identity, identify,
+from .identity import (COLUMNS, Changes, below_cluster, clusters_identity, identify,
                        input_changes, stamp_files, write_inputs)
 from .imageio import try_read
-from .outputs import check_finished, read_manifest, settings, write_csv, write_manifest
+from .outputs import check_finished, settings, write_csv, write_manifest
 
 SUBSETS = ("unlabeled", "train", "validation")
 
@@ -169,20 +169,6 @@ def dataset_settings(s: DatasetSettings) -> dict:
     return settings(s, "2-create_dataset")
 
 
-def dataset_changes(out: Path, stamps: pd.DataFrame) -> Changes:
-    """How the input images differ from those of the dataset in ``out`` (:mod:`wingclr.identity`).
-
-    A dataset finished before ``inputs.csv`` existed is compared by the images its split.csv and
-    manifest list.
-    """
-    listed, kept = [], []
-    if not (out / INPUTS).is_file():
-        old = read_split_table(out)
-        kept = [] if old is None else old["image"].tolist()
-        listed = [str(p) for p, *_ in (read_manifest(out) or {}).get("skipped_files", [])]
-    return input_changes(out, stamps, listed, kept)
-
-
 def read_split_table(out: Path) -> pd.DataFrame | None:
     """``out``'s split.csv (image, cluster, split, ...), or None when missing or unreadable."""
     try:
@@ -222,7 +208,7 @@ def create_dataset(s: DatasetSettings) -> dict | None:
                         "folder outside the cluster folders")
     found = scan_clusters(s.input)
     stamps = stamp_files(found.root, found.images)  # recorded at the end: what the dataset is made of
-    changes = dataset_changes(out, stamps) if finished or s.update else None
+    changes = input_changes(out, stamps, "split.csv") if finished or s.update else None
     if finished and not changes:
         print(f"skip: {out} already holds this dataset (manifest.json); pass --overwrite to redo it")
         return None

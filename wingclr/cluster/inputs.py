@@ -87,15 +87,7 @@ def input_changed_error(out: Path, stamps: pd.DataFrame) -> UserError | None:
     Compared with the ``inputs.csv`` the clustering recorded; an output finished before that
     file existed is compared by the images its ``clusters.csv`` and manifest list.
     """
-    listed, kept = [], []
-    if not (Path(out) / "inputs.csv").is_file():
-        try:
-            kept = pd.read_csv(Path(out) / "clusters.csv", dtype=str, keep_default_na=False,
-                               usecols=["image"])["image"].tolist()
-        except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
-            kept = []
-        listed = [str(p) for p, *_ in (read_manifest(out) or {}).get("skipped_files", [])]
-    changes = input_changes(out, stamps, listed, kept)
+    changes = input_changes(out, stamps, "clusters.csv")
     if not changes:
         return None
     return UserError(f"{out}: input changed since this clustering ({changes}; {changes.examples()}); "
