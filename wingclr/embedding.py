@@ -75,12 +75,18 @@ def embedded_other_weights(out: Path, ckpt: Path) -> bool:
     return old != checkpoint_stamp(ckpt)
 
 
+def split_digest(data: Path) -> str | None:
+    """Digest of ``data``'s split.csv (None: not a stage 2 output), recorded in the manifest."""
+    split_csv = Path(data) / "split.csv"
+    return file_digest(split_csv) if split_csv.is_file() else None
+
+
 def embedded_other_split(out: Path, data: Path) -> bool:
     """True when ``data``'s split.csv differs from the one ``out``'s finished embeddings were made
     from (stage 2 re-run with --update or --overwrite); False when either was not recorded."""
     old = (read_manifest(out) or {}).get("split_csv")
-    split_csv = Path(data) / "split.csv"
-    return bool(old) and split_csv.is_file() and old != file_digest(split_csv)
+    new = split_digest(data) if old else None
+    return new is not None and old != new
 
 
 def image_table(data: Path) -> tuple[Path, pd.DataFrame]:
@@ -195,8 +201,7 @@ def embed_run(name: str, ckpt: Path, *, data: Path, output: Path, batch_size: in
             return None
     # stamped before reading, so a checkpoint replaced meanwhile is embedded again next time
     stamp = checkpoint_stamp(ckpt) if Path(ckpt).is_file() else None
-    split_csv = Path(data) / "split.csv"
-    split_stamp = file_digest(split_csv) if split_csv.is_file() else None
+    split_stamp = split_digest(data)
     backbone, meta = load_backbone(ckpt)
     root, table = image_table(data)
     feats, ok = embed_images(backbone, meta, root, table["image"].tolist(), batch_size, num_workers,

@@ -166,10 +166,7 @@ def attach_labels(ids: pd.DataFrame, labels_csv: Path | None, allow_partial: boo
     if labels_csv is None:
         return ids["cluster"]
     index = ids.index
-    ids = ids.reset_index(drop=True)
-    if not set(IDENTITY) <= set(ids.columns):  # a table without them: from the image paths
-        ids = pd.concat([ids.drop(columns=[c for c in IDENTITY if c in ids]),
-                         identify(ids["image"].tolist(), None)], axis=1)
+    ids = with_identity(ids)  # identities a table lacks come from the image paths
     user, _ = read_table(labels_csv, ["label"], optional=LABEL_KEYS,
                          hint=" and one of specimen, source_image or image (as in embeddings.csv)")
     key = next((k for k in LABEL_KEYS if k in user.columns), None)
