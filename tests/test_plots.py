@@ -41,11 +41,16 @@ def test_palette_beyond_twenty_stays_distinct():
     assert dist.min() > 0.02 and np.linalg.norm(np.diff(c, axis=0), axis=1).min() > 0.2
 
 
-def test_every_categorical_plot_uses_the_shared_palette():
-    from wingclr.cluster.plots import cluster_colours as stage1_colours
+def test_every_categorical_plot_uses_the_shared_palette(tmp_path):
+    from wingclr.cluster.clustering import Clustering
+    from wingclr.cluster.plots import plot_silhouette
     from wingclr.morphospace import cluster_colours as morpho_colours
 
-    assert stage1_colours(None, 12) == class_colours(12)
+    labels = np.repeat(np.arange(12), 3)
+    result = Clustering(5, 0.0, labels, np.ones(36), 0.1, np.linspace(-0.2, 0.6, 36),
+                        sizes={k: 3 for k in range(12)})
+    bands = plot_silhouette(result, tmp_path / "silhouette.png").axes[0].collections
+    assert [tuple(b.get_facecolor()[0][:3]) for b in bands] == [c[:3] for c in class_colours(12)]
     names = [f"cluster_{i}" for i in range(12)] + ["outliers"]
     morpho = morpho_colours(names)
     assert [morpho[f"cluster_{i}"] for i in range(12)] == class_colours(12)

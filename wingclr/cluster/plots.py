@@ -29,11 +29,6 @@ def display_available() -> bool:
     return backend not in {"agg", "pdf", "ps", "svg", "cairo", "template"} and "inline" not in backend
 
 
-def cluster_colours(plt, n: int) -> list:
-    """``n`` cluster colours: the palette of every categorical plot (:func:`wingclr.plotting.class_colours`)."""
-    return class_colours(n)
-
-
 def plot_umap_3d(embedding: np.ndarray, result: Clustering, path: Path, show: bool = False):
     """Scatter ``(N, 3)`` UMAP points coloured by cluster (outliers grey) and save it to ``path``."""
     plt = pyplot(show)
@@ -43,7 +38,7 @@ def plot_umap_3d(embedding: np.ndarray, result: Clustering, path: Path, show: bo
     if out.any():
         ax.scatter(*embedding[out].T, s=6, color=OUTLIER_COLOUR, label=f"outliers ({out.sum()})")
     ids = sorted(result.sizes)
-    for colour, k in zip(cluster_colours(plt, len(ids)), ids):
+    for colour, k in zip(class_colours(len(ids)), ids):
         m = result.labels == k
         ax.scatter(*embedding[m].T, s=10, color=colour, label=f"cluster_{k} ({m.sum()})")
     if len(ids) <= 20:
@@ -74,7 +69,7 @@ def plot_silhouette(result: Clustering, path: Path, show: bool = False):
     ids = sorted(result.sizes)
     gap = max(2, len(labels) // 50)
     y_lower = gap
-    for colour, k in zip(cluster_colours(plt, len(ids)), ids):
+    for colour, k in zip(class_colours(len(ids)), ids):
         vals = np.sort(result.silhouette_values[(labels == k) & ~np.isnan(result.silhouette_values)])
         ax.fill_betweenx(np.arange(y_lower, y_lower + len(vals)), 0, vals, facecolor=colour,
                          edgecolor=colour, alpha=0.7)
