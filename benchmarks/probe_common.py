@@ -36,8 +36,8 @@ def stage(script: str, *argv) -> None:
 # The short-CPU-run recipe (same as `make demo`): a few hundred steps from random initialisation
 # learn little with the ImageNet-style defaults (SGD, T=0.5, crops down to 8 % of a 64 px image,
 # blur); Adam, T=0.2 and crops of >= 30 % without blur learn wing patterns within that budget.
-# The recipe's values live in wingclr/recipes.py (RECIPES["cpu"]); only the temperature is a grid value.
-CPU_RECIPE = {"temperature": 0.2, "lr": 2e-3, "train": "--recipe cpu"}
+# The recipe's values live in wingclr/ssl/recipes.py (RECIPES["cpu"]); only the temperature is a grid value.
+CPU_RECIPE = {"temperature": 0.2, "train": "--recipe cpu"}
 
 
 def add_budget_args(p, epochs: int, input_size: int, batch_size: int, splits: int) -> None:
@@ -45,8 +45,9 @@ def add_budget_args(p, epochs: int, input_size: int, batch_size: int, splits: in
     p.add_argument("--input-size", type=int, default=input_size, help="training/embedding size (px)")
     p.add_argument("--batch-size", type=int, default=batch_size, help="SimCLR batch size")
     p.add_argument("--temperature", type=float, default=CPU_RECIPE["temperature"], help="NT-Xent temperature")
-    p.add_argument("--lr", type=float, default=CPU_RECIPE["lr"],
-                   help="base learning rate at batch 256 (stage 3 scales it by sqrt(batch / 256))")
+    p.add_argument("--lr", type=float, default=None,
+                   help="base learning rate at batch 256 (default: the recipe's; stage 3 scales it "
+                        "by sqrt(batch / 256))")
     p.add_argument("--splits", type=int, default=splits,
                    help="train/validation splits (stage 2 seeds) the probes are averaged over")
     p.add_argument("--pixel-size", type=int, default=32, help="pixel-PCA baseline size (px)")
@@ -62,7 +63,8 @@ def run_benchmark(clusters: Path, work: Path, args) -> pd.DataFrame:
     t0 = time.perf_counter()
     train_args = ["--backbone", "resnet18", "--pretrained", "none", "--input-size", args.input_size,
                   "--batch-size", args.batch_size, "--epochs", args.epochs,
-                  "--temperature", args.temperature, "--lr", args.lr, *args.extra_train_args.split()]
+                  "--temperature", args.temperature, *(["--lr", args.lr] if args.lr is not None else []),
+                  *args.extra_train_args.split()]
     datasets = [work / f"2-dataset-split{s}" for s in range(args.splits)]
     for s, d in enumerate(datasets):
         stage("2-create_dataset/create_dataset.py", "--input", clusters, "--output", d,
