@@ -106,7 +106,6 @@ def fake_meta(backbone="resnet18", in_chans=3):
             "scale16": "full", "settings": {"batch_size": 8, "epochs": 1, "temperature": 0.5}}
 
 
-
 def fake_checkpoint(path, seed=0, meta=None, in_chans=3):
     """A stage 3 checkpoint as stage 4 reads it: ``wingclr`` metadata plus backbone weights."""
     import torch
@@ -118,7 +117,6 @@ def fake_checkpoint(path, seed=0, meta=None, in_chans=3):
     state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
     torch.save({"wingclr": meta or fake_meta(), "state_dict": state}, path)
     return path
-
 
 
 def fake_embeddings(out, dataset_dir, seed=0):
