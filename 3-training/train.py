@@ -76,6 +76,17 @@ def get_args_parser():
                    help="channels_last memory format (faster convolutions on GPUs and CPUs)")
     m.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
     add_recipe_args(p)
+    mo = p.add_argument_group("monitor (kNN accuracy of stage 2's validation images during training)")
+    mo.add_argument("--monitor-every", type=int, default=None,
+                    help="score the backbone every N epochs and before training (epoch 0); 0 = off "
+                         "(default: epochs / 10, at least 1; needs stage 2's split.csv in --data)")
+    mo.add_argument("--labels", type=Path, default=None,
+                    help="CSV of classes for the monitor, as stage 5's --labels (default: the clusters, "
+                         "a sanity check only)")
+    mo.add_argument("--label-column", default="label", help="column of --labels holding the class")
+    mo.add_argument("--select", choices=["last", "best"], default="last",
+                    help="the run's checkpoint: the last epoch's weights, or the best-scoring epoch's "
+                         "(epoch 0, the starting weights, included)")
     d = p.add_argument_group("data")
     d.add_argument("--augment-on", choices=["auto", "workers", "device"], default="auto",
                    help="augment per image in DataLoader workers or batched on the device "

@@ -54,13 +54,30 @@ def link_folders(data: Path, table: pd.DataFrame, cluster: str, out: Path) -> No
             os.symlink((data / row.filename).resolve(), link)
 
 
-def load_sets() -> dict:
+CLUSTERINGS = {
+    "genus": "4 genera (94-299 photos): the benign case",
+    "species": "93 species (2-16 photos): many small clusters",
+    "skewed": "Parnassius as one cluster (299 photos, 43 %%), the other genera by species (50 clusters "
+              "of 2-16): one big cluster and many tiny ones, as stage 1 gives on a real drawer",
+}
+
+
+def papilionidae_clusters(t: pd.DataFrame, how: str) -> pd.Series:
+    """The cluster folders SimCLR trains on (they matter only to ``--balance``)."""
+    if how == "genus":
+        return t["genus"]
+    if how == "species":
+        return t["species"]
+    return t["genus"].where(t["genus"] == "Parnassius", t["species"])
+
+
+def load_sets(clusters: str = "genus") -> dict:
     """``{name: (data folder, table with filename, group, cluster and label columns, tasks)}``."""
     sets = {}
     pap = SHARED / "papilionidae"
     if (pap / "labels.csv").exists():
         t = pd.read_csv(pap / "labels.csv", dtype=str, keep_default_na=False)
-        t["group"], t["cluster"] = t["id"], t["genus"]
+        t["group"], t["cluster"] = t["id"], papilionidae_clusters(t, clusters)
         t["sex_dorsal"] = np.where(t["view"] == "D", t["sex"], "")
         counts = t["species"].value_counts()
         t["species5"] = np.where(t["species"].map(counts) >= 5, t["species"], "")
@@ -75,13 +92,13 @@ def load_sets() -> dict:
     return sets
 
 
-def train(work: Path, name: str, args, *flags) -> Path:
+def train(work: Path, name: str, args, *flags, seed: int = 0) -> Path:
     """Stage 3 through its command line; returns the finished run folder."""
     out = work / "3-training"
     cmd = [sys.executable, str(REPO / "3-training/train.py"), "--data", work, "--output", out,
            "--run-name", name, "--backbone", args.backbone, "--input-size", args.input_size,
            "--batch-size", args.batch_size, "--epochs", args.epochs, "--temperature", args.temperature,
-           "--seed", args.seed, *flags]
+           "--seed", seed, *flags]
     t0 = time.perf_counter()
     proc = subprocess.run([str(c) for c in cmd], cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True,
                           text=True)
@@ -173,8 +190,20 @@ METHODS = {
 }
 
 
+def pooled(per_seed: list[dict]) -> dict:
+    """Mean and sd over every (fold, seed) score from each seed's fold mean and (population) sd."""
+    out = dict(per_seed[0])
+    for key in ("linear", "knn"):
+        means = np.array([r[key] for r in per_seed])
+        sds = np.array([r[f"{key}_sd"] for r in per_seed])
+        out[key], out[f"{key}_sd"] = means.mean(), float(np.sqrt(np.mean(sds ** 2 + (means - means.mean()) ** 2)))
+        out[f"{key}_seeds"] = ";".join(f"{m:.4f}" for m in means)
+    out["seeds"] = len(per_seed)
+    return out
+
+
 def run_set(name: str, data: Path, table: pd.DataFrame, tasks: dict, args) -> list[dict]:
-    work = args.work / name
+    work = args.work / (name if name != "papilionidae" or args.clusters == "genus" else f"{name}-{args.clusters}")
     link_folders(data, table, "cluster", work)
     root = work / "unlabeled"
     images = [f"{re.sub(r'[^0-9A-Za-z_]+', '_', c)}/{Path(f).name}" for c, f in zip(table["cluster"], table["filename"])]
@@ -182,25 +211,31 @@ def run_set(name: str, data: Path, table: pd.DataFrame, tasks: dict, args) -> li
     runs = {"simclr_scratch": ("--pretrained", "none"),
             "simclr_imagenet_phenotype": ("--recipe", "phenotype"),
             "simclr_imagenet_simclr": ("--recipe", "simclr")}
+    runs = {k: v for k, v in runs.items() if k.split("_")[-1] in args.runs.split(",")}
     for extra in args.extra:  # NAME=FLAGS: more stage 3 runs from ImageNet
         key, _, flags = extra.partition("=")
         runs[key] = tuple(shlex.split(flags))
         METHODS[key] = f"SimCLR from ImageNet, {flags}"
-    feats = {m: features(m, root, images, args) for m in ("pixel", "random", "imagenet")}
+    feats = {m: [features(m, root, images, args)] for m in ("pixel", "random", "imagenet")}
     for method, flags in runs.items():
-        run = work / "3-training" / method
-        if not (run / "manifest.json").exists():
-            run = train(work, method, args, *flags)
-        feats[method] = features(method, root, images, args, run)
+        feats[method] = []
+        for seed in args.seeds:
+            run_id = method if seed == 0 else f"{method}_seed{seed}"
+            run = work / "3-training" / run_id
+            if not (run / "manifest.json").exists():
+                run = train(work, run_id, args, *flags, seed=seed)
+            feats[method].append(features(run_id, root, images, args, run))
     if name == "papilionidae":
         pub = pd.read_csv(data / "seed_embeddings.csv").set_index("filename")
-        feats["published"] = pub.loc[table["filename"], [f"coord{i}" for i in range(20)]].to_numpy(np.float32)
+        feats["published"] = [pub.loc[table["filename"], [f"coord{i}" for i in range(20)]].to_numpy(np.float32)]
     rows = []
     for task, column in tasks.items():
         y, groups = table[column].to_numpy(), table["group"].to_numpy()
-        for method, x in feats.items():
-            rows.append({"set": name, "task": task, "method": METHODS[method],
-                         **score(x, y, groups, args.seed, method == "pixel")})
+        for method, xs in feats.items():  # the same folds (args.seed) for every method and seed
+            rows.append({"set": name, "clusters": args.clusters if name == "papilionidae" else "labels",
+                         "task": task, "method": METHODS[method],
+                         **pooled([score(x, y, groups, args.seed, method == "pixel") for x in xs])})
+    feats = {k: v[0] for k, v in feats.items()}
     if args.ari:
         vgg = features("random_vgg16", root, images, args)
         for task, column in tasks.items():
@@ -223,8 +258,9 @@ def report(rows: pd.DataFrame) -> str:
             if "ARI" in task:
                 lines.append(f"  {r.method:<58} ARI {r.linear:.3f} ({r.classes} clusters)")
             else:
+                seeds = f"   ({r.seeds} seeds: {r.linear_seeds})" if r.seeds > 1 else ""
                 lines.append(f"  {r.method:<58} linear {r.linear:.3f} +- {r.linear_sd:.3f}   "
-                             f"kNN {r.knn:.3f} +- {r.knn_sd:.3f}")
+                             f"kNN {r.knn:.3f} +- {r.knn_sd:.3f}{seeds}")
     return "\n".join(lines)
 
 
@@ -243,9 +279,15 @@ def main(argv=None) -> None:
                    help="another stage 3 run, e.g. gray0='--recipe phenotype --gray-prob 0' (repeatable; "
                         "flags override the ones above)")
     p.add_argument("--no-ari", dest="ari", action="store_false", help="skip the stage 1 ARI part")
-    p.add_argument("--seed", type=int, default=0, help="seed of training, folds and UMAP")
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds and UMAP")
+    p.add_argument("--seeds", default="0", help="training seeds, e.g. 0,1,2 (scores pooled over folds x seeds)")
+    p.add_argument("--clusters", choices=sorted(CLUSTERINGS), default="genus",
+                   help="papilionidae cluster folders: " + "; ".join(f"{k}: {v}" for k, v in CLUSTERINGS.items()))
+    p.add_argument("--runs", default="scratch,phenotype,simclr",
+                   help="built-in stage 3 runs to train (scratch, phenotype, simclr; '' for --extra only)")
     args = p.parse_args(argv)
-    sets = load_sets()
+    args.seeds = [int(v) for v in args.seeds.split(",")]
+    sets = load_sets(args.clusters)
     if not sets:
         print(f"skipped: no data under {SHARED} (the shared specimen photos are not on this machine)")
         return

@@ -71,7 +71,8 @@ def test_training_writes_run_and_skips_when_finished(dataset_dir, tmp_path):
     assert {"simclr_bs_8_nepochs_2_temp_0.5.ckpt", "metrics.csv", "loss.png", "manifest.json"} <= names
     assert "last.ckpt" not in names  # only with --keep-last
     metrics = pd.read_csv(run / "metrics.csv")
-    assert metrics.epoch.tolist() == [1, 2] and metrics.train_loss.notna().all()
+    assert metrics.epoch.tolist() == [0, 1, 2]  # epoch 0: the monitor's score of the start
+    assert metrics.train_loss.isna().tolist() == [True, False, False] and metrics.knn_accuracy.notna().all()
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["model"]["backbone"] == "resnet18" and manifest["counts"]["images"] == 30
     stamp = (run / "simclr_bs_8_nepochs_2_temp_0.5.ckpt").stat().st_mtime_ns
@@ -80,14 +81,58 @@ def test_training_writes_run_and_skips_when_finished(dataset_dir, tmp_path):
     assert (run / "simclr_bs_8_nepochs_2_temp_0.5.ckpt").stat().st_mtime_ns == stamp
 
 
-def test_balanced_sampling_draws_clusters_equally():
+def test_balanced_sampling_draws_clusters_equally_or_by_square_root():
     from wingclr.ssl.loaders import EpochBatchSampler, cluster_weights
 
     clusters = ["big"] * 900 + ["small"] * 100
-    sampler = EpochBatchSampler(range(1000), 50, weights=cluster_weights(clusters))
+    sampler = EpochBatchSampler(range(1000), 50, weights=cluster_weights(clusters, "clusters"))
     drawn = [clusters[i] for batch in sampler for i in batch]
     assert len(drawn) == 1000
     assert 0.45 < drawn.count("small") / len(drawn) < 0.55  # ~0.5 instead of 0.1
+    sampler = EpochBatchSampler(range(1000), 50, weights=cluster_weights(clusters, "sqrt"))
+    drawn = [clusters[i] for batch in sampler for i in batch]
+    assert 0.2 < drawn.count("small") / len(drawn) < 0.3  # sqrt(100) / (sqrt(900) + sqrt(100)) = 0.25
+    assert cluster_weights(clusters, "none") is None
+
+
+def skewed_clusters() -> list[str]:
+    """5 062 images in 40 clusters of very unequal size (3 to ~1 000 images)."""
+    import numpy as np
+
+    sizes = np.round(np.geomspace(3, 600, 40)).astype(int)
+    sizes[-1] += 5062 - sizes.sum()
+    return [f"c{k}" for k, n in enumerate(sizes) for _ in range(n)]
+
+
+@pytest.mark.parametrize("balance", ["clusters", "sqrt"])
+@pytest.mark.parametrize("batch", [64, 256, 1024])
+def test_balanced_batches_never_repeat_an_image(balance, batch):
+    from wingclr.ssl.loaders import EpochBatchSampler, cluster_weights
+
+    clusters = skewed_clusters()
+    assert len(clusters) == 5062
+    sampler = EpochBatchSampler(range(len(clusters)), batch, seed=1, weights=cluster_weights(clusters, balance))
+    batches = list(sampler)
+    assert len(batches) == 5062 // batch
+    assert all(len(set(b)) == len(b) == batch for b in batches)
+    smallest = sum(1 for b in batches for i in b if clusters[i] == "c0")
+    assert smallest > 0  # the 3-image cluster still comes back
+
+
+def test_balanced_batches_never_repeat_an_image_across_ranks(monkeypatch):
+    import torch.distributed as dist
+
+    from wingclr.ssl.loaders import EpochBatchSampler, cluster_weights
+
+    clusters = skewed_clusters()
+    weights = cluster_weights(clusters, "clusters")
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    per_rank = []
+    for rank in (0, 1):
+        monkeypatch.setattr(dist, "get_rank", lambda r=rank: r)
+        per_rank.append(list(EpochBatchSampler(range(len(clusters)), 128, world_size=2, seed=2, weights=weights)))
+    for b0, b1 in zip(*per_rank):  # one global batch of 256 = the two ranks' batches
+        assert len(set(b0) | set(b1)) == 256
 
 
 def test_epoch_sampler_shards_ranks_and_skips_trained_batches(monkeypatch):

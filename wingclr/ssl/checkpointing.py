@@ -79,6 +79,7 @@ class EpochCheckpoint(pl.Callback):
     def __init__(self, run_dir: Path, epochs: int = 0, log_epochs: bool = False):
         self.run_dir, self.history, self.epochs, self.log_epochs = run_dir, [], epochs, log_epochs
         self.sampler = None  # set by train(): the loader's EpochBatchSampler
+        self.extra = {}  # more columns for this epoch's row (the monitor's score), set before epoch end
         self.stop_requested, self.stop_signal = False, None
         self._reset_epoch()
         self._start = 0.0
@@ -134,8 +135,9 @@ class EpochCheckpoint(pl.Callback):
             return  # saved mid-epoch already; the epoch is not complete
         seconds = self._seconds + time.perf_counter() - self._start
         row = {"epoch": trainer.current_epoch + 1, "train_loss": self.epoch_loss(trainer),
-               "lr": trainer.optimizers[0].param_groups[0]["lr"],
-               "images_per_s": self._images / max(seconds, 1e-9), "seconds": seconds}
+               "lr": trainer.optimizers[0].param_groups[-1]["lr"],
+               "images_per_s": self._images / max(seconds, 1e-9), "seconds": seconds, **self.extra}
+        self.extra = {}
         self.history.append(row)
         self._reset_epoch()
         save_checkpoint(trainer, self.run_dir / "last.ckpt")
@@ -167,8 +169,14 @@ class EpochCheckpoint(pl.Callback):
             set_rng_states(rng)  # epoch end: the next epoch's loader draws its seed from here
 
 
+def trained_epochs(history: list[dict]) -> int:
+    """Finished epochs in a history (the monitor's epoch-0 row is the start, not an epoch)."""
+    return sum(1 for h in history if h.get("epoch", 0) >= 1)
+
+
 def loss_figure(history: list[dict], title: str):
-    """The loss curve, one tick per whole epoch (never 1.5)."""
+    """The loss curve, one tick per whole epoch (never 1.5); the monitor's kNN accuracy (epoch 0 =
+    the starting weights) on a second axis when the run was monitored."""
     from matplotlib.ticker import MaxNLocator
 
     from ..plotting import pyplot
@@ -176,10 +184,21 @@ def loss_figure(history: list[dict], title: str):
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([h["epoch"] for h in history], [h["train_loss"] for h in history], marker=".")
+    trained = [h for h in history if h.get("epoch", 0) >= 1]
+    ax.plot([h["epoch"] for h in trained], [h["train_loss"] for h in trained], marker=".", label="loss")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="epoch", ylabel="NT-Xent loss", title=title)
     ax.grid(alpha=0.3)
+    scored = [h for h in history if isinstance(h.get("knn_accuracy"), float) and h["knn_accuracy"] == h["knn_accuracy"]]
+    if scored:
+        ax2 = ax.twinx()
+        ax2.plot([h["epoch"] for h in scored], [h["knn_accuracy"] for h in scored], marker="s",
+                 color="tab:orange", label="kNN accuracy (monitor)")
+        ax2.axhline(scored[0]["knn_accuracy"] if scored[0]["epoch"] == 0 else float("nan"),
+                    color="tab:orange", linestyle=":", linewidth=1, label="kNN at the start")
+        ax2.set_ylabel("monitor kNN accuracy", color="tab:orange")
+        lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+        ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right", fontsize=8)
     return fig
 
 

@@ -62,18 +62,33 @@ class TwoViews:
         return views
 
 
-def cluster_weights(clusters: Sequence[str]) -> torch.Tensor:
-    """Sampling weight 1 / cluster size per image: every cluster is drawn equally often."""
+BALANCE = ("none", "sqrt", "clusters")
+
+
+def cluster_weights(clusters: Sequence[str], balance: str = "clusters") -> torch.Tensor | None:
+    """Per-image sampling weights that balance the clusters.
+
+    Args:
+        clusters: each image's cluster.
+        balance: ``clusters``: 1 / cluster size (every cluster drawn equally often); ``sqrt``:
+            1 / sqrt(cluster size) (a cluster is drawn in proportion to the square root of its size);
+            ``none``: uniform (returns None).
+    """
+    if balance == "none":
+        return None
     counts = Counter(clusters)
-    return torch.tensor([1.0 / counts[c] for c in clusters], dtype=torch.double)
+    power = {"clusters": 1.0, "sqrt": 0.5}[balance]
+    return torch.tensor([counts[c] ** -power for c in clusters], dtype=torch.double)
 
 
 class EpochBatchSampler(Sampler):
     """Yields this process's batches of an epoch; deterministic in ``(seed, epoch)``.
 
-    The epoch's order is a permutation (or, with ``weights``, draws with replacement); with several
-    processes each takes its own contiguous share, so no image is seen twice in an epoch across
-    GPUs. ``skip`` batches are left out at the start of the next epoch iterated: a run stopped
+    Without ``weights`` the epoch's order is a permutation; with several processes each takes its
+    own contiguous share, so no image is seen twice in an epoch across GPUs. With ``weights``
+    (balanced clusters) each global batch is drawn by weight *without replacement*: an image is
+    never twice in one batch (on any GPU), so it is never its own negative, while small clusters
+    still come back in later batches. ``skip`` batches are left out at the start of the next epoch iterated: a run stopped
     mid-epoch resumes with exactly the batches it had not trained on.
     """
 
@@ -98,11 +113,14 @@ class EpochBatchSampler(Sampler):
         epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         if self.weights is not None:
-            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+            draws = [torch.multinomial(self.weights, self.batch_size * self.world_size, replacement=False,
+                                       generator=g) for _ in range(len(self))]
+            batches = torch.stack(draws).view(len(self), self.world_size, self.batch_size)
+            mine = batches[:, rank]
         else:
             order = torch.randperm(self.n, generator=g)
-        per_rank = len(self) * self.batch_size
-        mine = order[rank * per_rank:(rank + 1) * per_rank].view(len(self), self.batch_size)
+            per_rank = len(self) * self.batch_size
+            mine = order[rank * per_rank:(rank + 1) * per_rank].view(len(self), self.batch_size)
         skip, self.skip = self.skip, 0
         for batch in mine[skip:]:
             yield self.indices[batch].tolist()
@@ -203,7 +221,7 @@ def build_data(s: TrainSettings, trainer, images: ImageSet | None = None) -> Tra
         dataset = FolderDataset(images.root, images.images, spec,
                                 transform=TwoViews(cfgs, plan.bands, plan.in_chans))
         valid = list(range(len(images)))
-    weights = cluster_weights([images.clusters[i] for i in valid]) if s.balance == "clusters" else None
+    weights = cluster_weights([images.clusters[i] for i in valid], s.balance)
     sampler = EpochBatchSampler(valid, per_device, world, s.seed, weights,
                                 epoch_fn=lambda: trainer.current_epoch)
     if on_device and s.num_workers is None:

@@ -25,11 +25,11 @@ RECIPES = {
     "phenotype": {"min_scale": 0.5, "cj_prob": 0.0, "gray_prob": 0.2, "blur_prob": 0.0,
                   "vf_prob": 0.5, "rr_prob": 0.5, "optimizer": "sgd", "lr": 0.01,
                   "lr_scaling": "none", "weight_decay": 5e-4, "warmup_epochs": 0,
-                  "balance": "clusters"},
+                  "balance": "clusters", "backbone_lr_scale": 1.0, "bn": "train"},
     "simclr": {"min_scale": 0.08, "cj_prob": 0.8, "gray_prob": 0.2, "blur_prob": 0.5,
                "vf_prob": 0.0, "rr_prob": 0.0, "optimizer": "sgd", "lr": None,
                "lr_scaling": "sqrt", "weight_decay": None, "warmup_epochs": 10,
-               "balance": "none"},
+               "balance": "none", "backbone_lr_scale": 1.0, "bn": "train"},
 }
 RECIPES["cpu"] = {**RECIPES["simclr"], "min_scale": 0.3, "blur_prob": 0.0, "optimizer": "adam", "lr": 2e-3}
 DEFAULT_RECIPE = "phenotype"
@@ -67,8 +67,18 @@ def add_recipe_args(p) -> None:
                    help="weight decay (phenotype 5e-4; simclr: sgd 5e-4, lars/adam 1e-6)")
     g.add_argument("--warmup-epochs", type=int, default=None,
                    help=f"linear learning-rate warm-up, at most 10 %% of the run ({r['warmup_epochs']})")
-    g.add_argument("--balance", choices=["none", "clusters"], default=None,
-                   help=f"'clusters' samples every cluster equally often ({r['balance']})")
+    g.add_argument("--balance", choices=["none", "sqrt", "clusters"], default=None,
+                   help="clusters: every cluster drawn equally often (1 / size); sqrt: in proportion to "
+                        "the square root of its size; none: every image equally often; an image is "
+                        f"never drawn twice into one batch ({r['balance']})")
+    g.add_argument("--backbone-lr-scale", type=float, default=None,
+                   help="the backbone's learning rate as a fraction of --lr (the projection head "
+                        "trains at --lr); used when starting from --pretrained imagenet, 1 from "
+                        f"random init ({r['backbone_lr_scale']})")
+    g.add_argument("--bn", choices=["train", "frozen"], default=None,
+                   help="backbone BatchNorm: train (batch statistics, running averages updated) or "
+                        "frozen (the pretrained statistics kept; affine weights still train) "
+                        f"({r['bn']})")
 
 
 def recipe_values(s) -> dict:
@@ -92,6 +102,8 @@ def recipe_values(s) -> dict:
     for key in PROBABILITIES:
         if not 0 <= v[key] <= 1:
             raise UserError(f"--{key.replace('_', '-')} must be in [0, 1], got {v[key]}")
+    if not 0 <= v["backbone_lr_scale"] <= 10:
+        raise UserError(f"--backbone-lr-scale must be in [0, 10], got {v['backbone_lr_scale']}")
     if not 0 < v["min_scale"] <= 1:
         raise UserError(f"--min-scale must be in (0, 1], got {v['min_scale']}")
     if not v["lr"] > 0 or not v["weight_decay"] >= 0 or v["warmup_epochs"] < 0:

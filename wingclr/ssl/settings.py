@@ -20,7 +20,7 @@ from .recipes import recipe_values
 class TrainSettings(Settings):
     """Every stage 3 flag, in ``3-training/train.py``'s order (see its ``--help``).
 
-    The recipe flags (``min_scale`` .. ``balance``) are None until :func:`resolve` fills them.
+    The recipe flags (``min_scale`` .. ``bn``) are None until :func:`resolve` fills them.
     """
 
     data: Path
@@ -53,6 +53,12 @@ class TrainSettings(Settings):
     weight_decay: float | None
     warmup_epochs: int | None
     balance: str | None
+    backbone_lr_scale: float | None
+    bn: str | None
+    monitor_every: int | None
+    labels: Path | None
+    label_column: str
+    select: str
     augment_on: str
     cache_size: int | None
     cache_dir: Path

@@ -14,11 +14,11 @@ import math
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 
 from ..models import build_backbone
 from .augment import AugmentConfig, BatchAugment
+from .loss import IndexedNTXentLoss
 
 BASE_LR = {"sgd": 0.06, "lars": 1.2, "adam": 1e-3}
 WEIGHT_DECAY = {"sgd": 5e-4, "lars": 1e-6, "adam": 1e-6}
@@ -39,7 +39,12 @@ class SimCLR(pl.LightningModule):
     Batches are ``([view0, view1], index)`` with views ``(B, K, S, S)`` float (augmented in
     DataLoader workers), or ``(images, index)`` with ``(B, C, S, S)`` uint8 images that are
     augmented here, on the device, when ``augment`` (one config per view) is given; view ``v``
-    then takes the bands ``view_bands[v]`` (cross-modal views) or all of them.
+    then takes the bands ``view_bands[v]`` (cross-modal views) or all of them. ``index`` is each
+    image's dataset index: rows of one image are never each other's negatives.
+
+    Fine-tuning from pretrained weights: the backbone trains at ``lr * backbone_lr_scale`` while
+    the new projection head trains at ``lr``; ``bn_frozen`` keeps the backbone's BatchNorm
+    statistics (running mean and variance) at their pretrained values.
     """
 
     def __init__(self, backbone: str = "resnet50", in_chans: int = 3, rgb_bands=(0, 1, 2),
@@ -48,14 +53,14 @@ class SimCLR(pl.LightningModule):
                  gather_distributed: bool = False, augment: list[dict] | None = None,
                  view_bands: list[list[int]] | None = None,
                  channels_last: bool = False, compile: bool = False, pretrained: bool = False,
-                 meta: dict | None = None):
+                 backbone_lr_scale: float = 1.0, bn_frozen: bool = False, meta: dict | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["pretrained", "meta"])
         self.meta = dict(meta or {})  # saved in every checkpoint (``wingclr``), read by stage 4
         self.backbone, dim = build_backbone(backbone, pretrained, in_chans, rgb_bands, input_size)
         self.embedding_dim = dim
         self.projection_head = SimCLRProjectionHead(dim, dim, 128)
-        self.criterion = NTXentLoss(temperature=temperature, gather_distributed=gather_distributed)
+        self.criterion = IndexedNTXentLoss(temperature=temperature, gather_distributed=gather_distributed)
         self.augment = nn.ModuleList(BatchAugment(AugmentConfig(**cfg), in_chans)
                                      for cfg in augment) if augment else None
         if channels_last:
@@ -74,6 +79,14 @@ class SimCLR(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["wingclr"] = self.checkpoint_meta()
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.hparams.bn_frozen:  # pretrained statistics stay; affine weights train
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, S, S)`` -> projections ``(B, 128)``."""
         if self.hparams.channels_last:
@@ -91,7 +104,7 @@ class SimCLR(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x0, x1 = self.views(batch)
-        loss = self.criterion(self(x0), self(x1))
+        loss = self.criterion(self(x0), self(x1), batch[1])
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"loss became {loss.item()} at epoch {self.current_epoch}, "
                                      f"step {batch_idx}")
@@ -103,7 +116,9 @@ class SimCLR(pl.LightningModule):
         from lightly.utils.scheduler import CosineWarmupScheduler
 
         hp = self.hparams
-        params = list(self.parameters())
+        head = [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
+        params = [{"params": list(self.backbone.parameters()), "lr": hp.lr * hp.backbone_lr_scale},
+                  {"params": head, "lr": hp.lr}]
         if hp.optimizer == "adam":
             opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
         elif hp.optimizer == "lars":

@@ -27,9 +27,10 @@ from ..checkpoints import checkpoint_damage, read_checkpoint
 from ..cli import (Stopped, UserError, check_gpu_request, check_input_size, check_minimum,
                    require_output_folder, stdout_is_terminal)
 from ..outputs import MANIFEST, check_finished, read_manifest, write_manifest
-from .checkpointing import EpochCheckpoint, plot_loss, save_checkpoint
+from .checkpointing import EpochCheckpoint, plot_loss, save_checkpoint, trained_epochs
 from .grid import fit_point_to_data, run_name
 from .loaders import build_data, training_images
+from .monitor import KnnMonitor, monitor_set
 from .run_folder import (RunLock, changed_settings, finish_replacement, is_rank_zero, run_settings,
                          staging_dir)
 from .settings import TrainSettings, resolve
@@ -43,6 +44,8 @@ def check_settings(s: TrainSettings) -> None:
     check_input_size(s.input_size)
     check_input_size(s.cache_size, "--cache-size")
     check_minimum(("--num-workers", s.num_workers, 0), ("--num-nodes", s.num_nodes, 1))
+    if s.monitor_every is not None and s.monitor_every < 0:
+        raise UserError(f"--monitor-every must be >= 0 (0 = off), got {s.monitor_every}")
     check_hardware(accelerator=s.accelerator, devices=s.devices)
 
 
@@ -178,6 +181,28 @@ def start_work_dir(run_dir: Path, work: Path, resume: Path | None) -> None:
     work.mkdir(parents=True, exist_ok=True)
 
 
+def select_weights(module: SimCLR, monitor: KnnMonitor | None, s: TrainSettings, work: Path) -> dict | None:
+    """Load the best-scoring epoch's weights into ``module`` for ``--select best``.
+
+    Returns:
+        What the manifest records of the monitor (classes, start, best and last scores, the epoch
+        whose weights the checkpoint holds), or None when the run was not monitored.
+    """
+    if monitor is None:
+        return None
+    scores = {h["epoch"]: h["knn_accuracy"] for h in monitor.ckpt.history if "knn_accuracy" in h}
+    selected = s.epochs
+    if s.select == "best" and monitor.best["epoch"] != s.epochs:
+        selected = monitor.best["epoch"]
+        module.load_state_dict(read_checkpoint(work / "best.ckpt")["state_dict"])
+        print(f"--select best: the checkpoint holds epoch {selected}'s weights (kNN "
+              f"{monitor.best['knn_accuracy']:.3f}; last epoch {scores.get(s.epochs, float('nan')):.3f})")
+    return {"classes": monitor.mset.source, "every": monitor.every, "start": scores.get(0),
+            "last": scores.get(s.epochs), "best_epoch": monitor.best["epoch"],
+            "best": monitor.best["knn_accuracy"], "selected_epoch": selected,
+            "validation_images": len(monitor.mset.images) - monitor.mset.n_train}
+
+
 def nan_message(error: Exception, s: TrainSettings, work: Path, epochs_saved: int) -> str:
     """The stop message for a non-finite loss, worded for what is on disk."""
     fix = f"lower --lr (now {s.lr:g}) or raise --temperature (now {s.temperature:g})"
@@ -211,6 +236,7 @@ def train(s: TrainSettings) -> dict | None:
             return None  # another grid point trains the clamped batch size
         if batch_size != s.batch_size:
             s, requested = replace(s, batch_size=batch_size), s.batch_size
+    mset = check_monitor(s)
     name = s.run_name or run_name(s.batch_size, s.epochs, s.temperature)
     run_dir = Path(s.output) / name
     wanted = run_settings(s, images, batch_size_requested=requested)
@@ -223,11 +249,35 @@ def train(s: TrainSettings) -> dict | None:
                   f"again{pending}")
             return None
         work, resume = plan
-        return fit_run(s, name, run_dir, work, resume, images, wanted)
+        return fit_run(s, name, run_dir, work, resume, images, wanted, mset)
+
+
+def monitor_epochs(s: TrainSettings) -> int:
+    """Epochs between monitor scores: ``--monitor-every``, by default a tenth of the run."""
+    return max(1, s.epochs // 10) if s.monitor_every is None else s.monitor_every
+
+
+def check_monitor(s: TrainSettings):
+    """The monitor's images and classes (:func:`~wingclr.ssl.monitor.monitor_set`), or None when
+    it is off or ``--data`` has no stage 2 split (a note says so when it was asked for)."""
+    if monitor_epochs(s) == 0:
+        if s.select == "best":
+            raise UserError("--select best needs the monitor's scores: drop --monitor-every 0")
+        return None
+    mset = monitor_set(s.data, labels=s.labels, label_column=s.label_column)
+    if mset is None:
+        why = (f"{s.data} has no stage 2 split.csv with train and validation images (the monitor scores "
+               "validation images against train images)")
+        if s.select == "best" or s.labels is not None:
+            flag = "--select best" if s.select == "best" else "--labels"
+            raise UserError(f"{flag} needs the monitor, but {why}; run stage 2 and pass its folder as --data")
+        if s.monitor_every:
+            print(f"note: no monitor: {why}")
+    return mset
 
 
 def fit_run(s: TrainSettings, name: str, run_dir: Path, work: Path, resume: Path | None, images,
-            wanted: dict) -> dict | None:
+            wanted: dict, mset=None) -> dict | None:
     """Train in ``work`` (the run folder or its replacement's), then finish the run."""
     # ============ trainer: devices, precision, per-epoch checkpoints ============
     pl.seed_everything(s.seed, workers=True, verbose=False)
@@ -261,8 +311,15 @@ def fit_run(s: TrainSettings, name: str, run_dir: Path, work: Path, resume: Path
         view_bands=data.plan.bands if data.plan.cross_modal else None,
         channels_last=s.channels_last == "on", compile=s.compile,
         pretrained=resume is None and s.pretrained == "imagenet",  # a resume loads its own weights
+        backbone_lr_scale=s.backbone_lr_scale if s.pretrained == "imagenet" else 1.0,
+        bn_frozen=s.bn == "frozen",
         meta={**data.meta, "lr": lr, "run_name": name, "settings": wanted, "precision": precision})
     meta = module.checkpoint_meta()
+    monitor = None
+    if mset is not None:  # scores before the checkpoint callback writes the epoch's row
+        monitor = KnnMonitor(mset, meta, checkpointing, monitor_epochs(s),
+                             work / "best.ckpt" if s.select == "best" else None, log=not s.quiet)
+        trainer.callbacks.insert(0, monitor)
 
     # ============ fit: resume mid-epoch, stop signals save after the current batch ============
     if is_rank_zero():
@@ -280,7 +337,7 @@ def fit_run(s: TrainSettings, name: str, run_dir: Path, work: Path, resume: Path
         if is_rank_zero() and work.is_dir() and not any(work.iterdir()):
             work.rmdir()  # nothing was saved: no empty run folder stays behind
         if isinstance(e, NonFiniteLossError):
-            raise UserError(nan_message(e, s, work, len(checkpointing.history))) from None
+            raise UserError(nan_message(e, s, work, trained_epochs(checkpointing.history))) from None
         raise
     finally:
         for sig, handler in handlers.items():
@@ -292,7 +349,8 @@ def fit_run(s: TrainSettings, name: str, run_dir: Path, work: Path, resume: Path
         print(f"stopped at epoch {trainer.current_epoch}; re-run the same command to resume")
         return None
 
-    # ============ save: final weights, loss plot, manifest (last), then tidy up ============
+    # ============ save: final (or best) weights, loss plot, manifest (last), then tidy up ============
+    monitored = select_weights(module, monitor, s, work)
     ckpt = work / f"{name}.ckpt"
     save_checkpoint(trainer, ckpt, weights_only=True)  # every rank: a barrier
     if not trainer.is_global_zero:
@@ -303,9 +361,11 @@ def fit_run(s: TrainSettings, name: str, run_dir: Path, work: Path, resume: Path
         work, "3-training", wanted, seed=s.seed, packages=("pytorch-lightning", "lightly", "kornia"),
         counts={"images": len(data.loader.dataset), "epochs": s.epochs,
                 "final_loss": last.get("train_loss")},
-        run_name=name, checkpoint=ckpt.name, checkpoint_size=ckpt.stat().st_size, model=meta)
+        run_name=name, checkpoint=ckpt.name, checkpoint_size=ckpt.stat().st_size, model=meta,
+        monitor=monitored)
     if not s.keep_last:  # the finished run needs only its weights (--keep-last keeps it)
         (work / "last.ckpt").unlink(missing_ok=True)
+    (work / "best.ckpt").unlink(missing_ok=True)
     if work != run_dir:
         finish_replacement(run_dir)
         print(f"replaced {run_dir} with the newly trained run")
