@@ -73,6 +73,16 @@ def dataset_dir(demo_set, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def lite0_weights(tmp_path_factory) -> Path:
+    """A weights folder holding the lite0 package's real ImageNet weights converted for timm."""
+    from wingclr.lite0 import convert
+
+    folder = tmp_path_factory.mktemp("weights")
+    convert(folder)
+    return folder
+
+
 TINY_TRAIN = ("--backbone", "resnet18", "--pretrained", "none", "--input-size", "32",
               "--batch-size", "8", "--num-workers", "0", "--warmup-epochs", "0")
 

@@ -60,3 +60,39 @@ def test_loss_is_float32_under_bf16_autocast():
         loss = IndexedNTXentLoss(0.1)(z0, z1, torch.arange(6))
     assert loss.dtype == torch.float32
     assert loss.item() == pytest.approx(reference_loss(z0.float(), z1.float(), torch.arange(6), 0.1), rel=1e-5)
+
+
+def _ddp_worker(rank, port, z0, z1, index, out):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    n = len(z0) // 2
+    a = z0[rank * n:(rank + 1) * n].clone().requires_grad_(True)
+    b = z1[rank * n:(rank + 1) * n].clone().requires_grad_(True)
+    loss = IndexedNTXentLoss(0.5, gather_distributed=True)(a, b, index[rank * n:(rank + 1) * n])
+    loss.backward()
+    out[rank] = (loss.detach(), a.grad)
+    dist.destroy_process_group()
+
+
+def test_two_processes_mask_an_image_drawn_on_both_and_equal_one_process():
+    import torch.multiprocessing as mp
+
+    from test_ddp import free_port
+
+    g = torch.Generator().manual_seed(2)
+    z0, z1 = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g)
+    index = torch.tensor([0, 1, 2, 3, 4, 0, 6, 7])  # image 0 on rank 0 and on rank 1
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_ddp_worker, args=(free_port(), z0, z1, index, out), nprocs=2, join=True)
+        results = dict(out)
+    a = z0.clone().requires_grad_(True)
+    single = IndexedNTXentLoss(0.5)(a, z1, index)
+    single.backward()
+    torch.testing.assert_close(torch.stack([results[r][0] for r in (0, 1)]).mean(), single.detach())
+    torch.testing.assert_close(torch.cat([results[r][1] for r in (0, 1)]) / 2, a.grad)
+    assert single.item() == pytest.approx(reference_loss(z0, z1, index, 0.5), rel=1e-6)

@@ -14,16 +14,6 @@ LITE0 = "timm/efficientnet_lite0"
 MONARCH = SHARED_DATA / "leeds" / "images" / "0010018.jpg"
 
 
-@pytest.fixture(scope="module")
-def lite0_weights(tmp_path_factory):
-    """A weights folder holding the lite0 package's ImageNet weights converted for timm."""
-    from wingclr.lite0 import convert
-
-    folder = tmp_path_factory.mktemp("weights")
-    convert(folder)
-    return folder
-
-
 def test_converter_maps_every_key_onto_timm_lite0():
     import timm
 

@@ -7,7 +7,7 @@ classes are ``--labels`` (the meaningful score) or else the stage 1 clusters (a 
 stage 1 made them from ImageNet-like features, so the start is favoured). The score goes into
 ``metrics.csv`` (``knn_accuracy``) and ``loss.png``, and a one-line warning says when the current
 weights score below the start. ``--select best`` makes the run's checkpoint the best-scoring
-epoch's weights (kept in ``best.ckpt`` while training) instead of the last epoch's.
+epoch's weights (kept in ``.best.ckpt`` while training) instead of the last epoch's.
 lightly's benchmarks monitor training the same way (their kNN callback).
 """
 
@@ -23,6 +23,7 @@ import pytorch_lightning as pl
 from ..cli import UserError
 
 KNN_K = 20
+BEST_WEIGHTS = ".best.ckpt"  # the best-scoring weights while training (--select best); never a run's name
 
 
 @dataclass(frozen=True)
@@ -112,11 +113,16 @@ class KnnMonitor(pl.Callback):
         self.best = {"epoch": None, "knn_accuracy": -1.0}
 
     def _score(self, trainer, pl_module) -> float:
-        was_training = pl_module.training
-        try:
-            return knn_score(pl_module.backbone, self.meta, self.mset, str(pl_module.device))
-        finally:
-            pl_module.train(was_training)
+        """Rank 0 scores; under DDP the others take its score (their BatchNorm running statistics
+        may differ, and every rank must take the same --select decision)."""
+        score = float("nan")
+        if trainer.is_global_zero:
+            was_training = pl_module.training
+            try:
+                score = knn_score(pl_module.backbone, self.meta, self.mset, str(pl_module.device))
+            finally:
+                pl_module.train(was_training)
+        return float(trainer.strategy.broadcast(score, src=0)) if trainer.world_size > 1 else score
 
     def _record(self, trainer, epoch: int, score: float) -> None:
         from .checkpointing import save_checkpoint

@@ -30,7 +30,7 @@ from ..outputs import MANIFEST, check_finished, read_manifest, write_manifest
 from .checkpointing import EpochCheckpoint, plot_loss, save_checkpoint, trained_epochs
 from .grid import fit_point_to_data, run_name
 from .loaders import build_data, training_images
-from .monitor import KnnMonitor, monitor_set
+from .monitor import BEST_WEIGHTS, KnnMonitor, monitor_set
 from .run_folder import (RunLock, changed_settings, finish_replacement, is_rank_zero, run_settings,
                          staging_dir)
 from .settings import TrainSettings, resolve
@@ -194,7 +194,7 @@ def select_weights(module: SimCLR, monitor: KnnMonitor | None, s: TrainSettings,
     selected = s.epochs
     if s.select == "best" and monitor.best["epoch"] != s.epochs:
         selected = monitor.best["epoch"]
-        module.load_state_dict(read_checkpoint(work / "best.ckpt")["state_dict"])
+        module.load_state_dict(read_checkpoint(work / BEST_WEIGHTS)["state_dict"])
         print(f"--select best: the checkpoint holds epoch {selected}'s weights (kNN "
               f"{monitor.best['knn_accuracy']:.3f}; last epoch {scores.get(s.epochs, float('nan')):.3f})")
     return {"classes": monitor.mset.source, "every": monitor.every, "start": scores.get(0),
@@ -318,7 +318,7 @@ def fit_run(s: TrainSettings, name: str, run_dir: Path, work: Path, resume: Path
     monitor = None
     if mset is not None:  # scores before the checkpoint callback writes the epoch's row
         monitor = KnnMonitor(mset, meta, checkpointing, monitor_epochs(s),
-                             work / "best.ckpt" if s.select == "best" else None, log=not s.quiet)
+                             work / BEST_WEIGHTS if s.select == "best" else None, log=not s.quiet)
         trainer.callbacks.insert(0, monitor)
 
     # ============ fit: resume mid-epoch, stop signals save after the current batch ============
@@ -365,7 +365,7 @@ def fit_run(s: TrainSettings, name: str, run_dir: Path, work: Path, resume: Path
         monitor=monitored)
     if not s.keep_last:  # the finished run needs only its weights (--keep-last keeps it)
         (work / "last.ckpt").unlink(missing_ok=True)
-    (work / "best.ckpt").unlink(missing_ok=True)
+    (work / BEST_WEIGHTS).unlink(missing_ok=True)
     if work != run_dir:
         finish_replacement(run_dir)
         print(f"replaced {run_dir} with the newly trained run")
