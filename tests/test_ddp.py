@@ -67,6 +67,7 @@ def test_two_process_ddp_training_on_cpu(dataset_dir, tmp_path, augment_on):
     run = tmp_path / "runs" / "ddp"
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["model"]["world_size"] == 2
+    assert manifest["model"]["sync_batchnorm"] is True  # the default with several processes
     ckpt = torch.load(run / "ddp.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 30 // 8  # global batch 8 = 2 processes x 4
     backbone, meta = load_backbone(run / "ddp.ckpt")
@@ -142,7 +143,7 @@ def _bn_worker(rank: int, port: int, x0: torch.Tensor, x1: torch.Tensor, out: di
     for sync in (True, False):
         torch.manual_seed(0)
         model = SimCLR(backbone="resnet18", input_size=32, temperature=0.5, gather_distributed=True)
-        model = sync_batchnorm(model) if sync else model
+        model = sync_batchnorm(model, cuda=False) if sync else model
         loss = model.criterion(model(x0[rank * n:(rank + 1) * n]), model(x1[rank * n:(rank + 1) * n]))
         loss.backward()
         grads = [model.backbone.conv1.weight.grad, model.projection_head.layers[0].weight.grad]
@@ -173,6 +174,23 @@ def test_global_batchnorm_makes_two_processes_of_8_train_as_one_of_16():
     for got, want in zip(results[True], single):  # loss, gradients and running statistics
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert abs(float(results[False][0]) - float(single[0])) > 1e-3  # per-process BN: another loss
+
+
+@pytest.mark.parametrize("cuda", [True, False])
+def test_sync_batchnorm_keeps_timm_activation_and_state_keys(cuda):
+    from timm.layers import BatchNormAct2d
+
+    from wingclr.ssl.batchnorm import sync_batchnorm
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), BatchNormAct2d(4, act_layer=torch.nn.ReLU),
+                                torch.nn.BatchNorm2d(4)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    want, keys = model(x), list(model.state_dict())
+    converted = sync_batchnorm(model, cuda=cuda)
+    assert list(converted.state_dict()) == keys  # checkpoints load into either
+    torch.testing.assert_close(converted(x), want)
+    assert (converted[1](converted[0](x)) >= 0).all()  # the ReLU is kept (torch's converter drops it)
 
 
 def test_a_refusal_on_rank_0_ends_every_rank(dataset_dir, tmp_path):

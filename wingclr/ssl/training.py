@@ -324,7 +324,7 @@ def fit_run(s: TrainSettings, trainer: pl.Trainer, checkpointing: EpochCheckpoin
         meta={**data.meta, "lr": lr, "run_name": name, "settings": wanted, "precision": precision,
               "sync_batchnorm": sync})
     if sync:  # global BN (the SimCLR paper, lightly): the same model on any number of GPUs
-        module = sync_batchnorm(module)
+        module = sync_batchnorm(module, cuda=trainer.strategy.root_device.type == "cuda")
     meta = module.checkpoint_meta()
 
     # ============ fit: resume mid-epoch, stop signals save after the current batch ============
