@@ -193,32 +193,49 @@ def test_sync_batchnorm_keeps_timm_activation_and_state_keys(cuda):
     assert (converted[1](converted[0](x)) >= 0).all()  # the ReLU is kept (torch's converter drops it)
 
 
-def test_a_refusal_on_rank_0_ends_every_rank(dataset_dir, tmp_path):
+def start_together(dataset_dir, out, *extra) -> list[subprocess.Popen]:
+    """Both ranks of a 2-process CPU run started at once, as torchrun or srun start them."""
     from conftest import REPO
 
-    out = tmp_path / "runs"
-    out.mkdir()
-    lock = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": None, "started": "now"}
-    (out / ".ddp.lock").write_text(json.dumps(lock))  # another live process trains the run
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM")}
-    procs = [subprocess.Popen(
+    return [subprocess.Popen(
         [sys.executable, str(REPO / "3-training" / "train.py"), "--data", str(dataset_dir), "--output",
          str(out), "--epochs", "1", "--run-name", "ddp", "--accelerator", "cpu", "--devices", "2",
-         "--augment-on", "workers", *TINY_TRAIN],
+         "--augment-on", "workers", *TINY_TRAIN, *extra],
         env={**env, "TORCHELASTIC_RUN_ID": "test", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
              "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0", "RANK": str(r),
              "LOCAL_RANK": str(r)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-        for r in range(WORLD)]  # torchrun's way: both ranks start at once
+        for r in range(WORLD)]
+
+
+def finish(procs, timeouts) -> list[tuple[str, str]]:
     try:
-        first = procs[0].communicate(timeout=300)
-        second = procs[1].communicate(timeout=60)  # before: waited 30 min for rank 0's rendezvous
+        return [p.communicate(timeout=t) for p, t in zip(procs, timeouts)]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for proc, (stdout, stderr) in zip(procs, (first, second)):
+
+
+def test_ranks_started_together_train_one_run(dataset_dir, tmp_path):
+    procs = start_together(dataset_dir, tmp_path / "runs")
+    for proc, (stdout, stderr) in zip(procs, finish(procs, (600, 60))):
+        assert proc.returncode == 0, stderr[-3000:]
+    manifest = json.loads((tmp_path / "runs" / "ddp" / "manifest.json").read_text())
+    assert manifest["model"]["world_size"] == 2 and manifest["model"]["sync_batchnorm"] is True
+    assert not (tmp_path / "runs" / ".ddp.lock").exists()
+
+
+def test_a_refusal_on_rank_0_ends_every_rank(dataset_dir, tmp_path):
+    out = tmp_path / "runs"
+    out.mkdir()
+    lock = {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": None, "started": "now"}
+    (out / ".ddp.lock").write_text(json.dumps(lock))  # another live process trains the run
+    procs = start_together(dataset_dir, out)
+    # rank 1 ends within a minute of rank 0 (before: it waited 30 min for rank 0's rendezvous)
+    for proc, (stdout, stderr) in zip(procs, finish(procs, (300, 60))):
         assert proc.returncode == 2, stderr[-3000:]
         assert "is being trained by" in stderr and "Traceback" not in stderr, stderr[-3000:]
     assert not (out / "ddp").exists()
