@@ -239,3 +239,14 @@ def test_a_refusal_on_rank_0_ends_every_rank(dataset_dir, tmp_path):
         assert proc.returncode == 2, stderr[-3000:]
         assert "is being trained by" in stderr and "Traceback" not in stderr, stderr[-3000:]
     assert not (out / "ddp").exists()
+
+
+def test_local_rank_0_of_a_second_node_is_not_rank_zero(monkeypatch):
+    from wingclr.ssl.run_folder import is_rank_zero
+
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    assert is_rank_zero()
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("RANK", "4")  # torchrun on node 2 of 2 x 4 GPUs: never takes the lock
+    assert not is_rank_zero()

@@ -304,6 +304,7 @@ def fit_run(s: TrainSettings, trainer: pl.Trainer, checkpointing: EpochCheckpoin
             run_dir: Path, work: Path, resume: Path | None, images, wanted: dict) -> dict | None:
     """Train in ``work`` (the run folder or its replacement's), then finish the run."""
     precision = trainer.precision
+
     # ============ data: cached or decoded images, two augmented views, balanced sampler ============
     data = build_data(s, trainer, images)
     checkpointing.sampler = data.sampler  # a mid-epoch resume skips the batches already trained
