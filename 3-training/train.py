@@ -22,6 +22,7 @@ Examples:
         --batch-size 64 --epochs 20                             # laptop CPU, no weights needed
 """
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -117,7 +118,10 @@ def get_args_parser():
     h.add_argument("--num-nodes", type=int, default=1, help="nodes (SLURM multi-node)")
     h.add_argument("--precision", default="auto",
                    help="auto (bf16-mixed on GPU, 32-true on CPU), 32-true, 16-mixed, bf16-mixed")
-    h.add_argument("--sync-batchnorm", action="store_true", help="SyncBatchNorm across GPUs")
+    h.add_argument("--sync-batchnorm", action=argparse.BooleanOptionalAction, default=True,
+                   help="with several processes (GPUs), BatchNorm statistics over the global batch, "
+                        "as on one GPU (SimCLR's global BN; default); --no-sync-batchnorm: each "
+                        "process normalises by its own share of the batch")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     cli.add_quiet_arg(p, help="no progress bar and no line per epoch")
     p.add_argument("--overwrite", action="store_true",

@@ -39,6 +39,7 @@ def test_grid_array_feeds_param_i(fake_slurm):
     out = subprocess.run(["bash", "3-training/grid.sbatch", "--backbone", "resnet18"], cwd=REPO, env=env,
                          capture_output=True, text=True, check=True).stdout
     assert "train.py --param-i 14 --devices 1 --num-nodes 1 --num-workers 6 --backbone resnet18" in out
+    assert "srun --kill-on-bad-exit=1 python 3-training/train.py" in out  # a refusal ends every task
 
 
 def test_multinode_flags_follow_the_allocation(fake_slurm):
@@ -51,6 +52,7 @@ def test_multinode_flags_follow_the_allocation(fake_slurm):
     out = subprocess.run(["bash", "3-training/train_multinode.sbatch", "--param-i", "27"], cwd=REPO,
                          env=env, capture_output=True, text=True, check=True).stdout
     assert f"--num-nodes {nodes} --devices {per_node} --num-workers 8 --sync-batchnorm --param-i 27" in out
+    assert "srun --kill-on-bad-exit=1 python 3-training/train.py" in out  # a refusal ends every rank
 
 
 SBATCH_FILES = ["1-clustering/cluster.sbatch", "3-training/grid.sbatch", "3-training/train_multinode.sbatch",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import signal
 from collections import Counter
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 
 from torch.utils.data import DataLoader, Sampler
@@ -147,15 +149,50 @@ def model_meta(s: TrainSettings, channels: int, plan) -> dict:
 
 
 def training_worker_init(worker_id: int | None = None) -> None:
-    """``worker_init_fn`` of training loaders: stop signals are left to the main process.
+    """``worker_init_fn`` of training loaders: stop signals are left to the main process, and
+    each worker of each process draws its own augmentations.
 
     A SIGTERM or SIGUSR1 sent to the whole process group (``kill -TERM -<pgid>``, SLURM) would
     otherwise kill the workers mid-batch and the main process would die on a DataLoader
-    traceback; instead it saves after the current batch and shuts them down.
+    traceback; instead it saves after the current batch and shuts them down. A custom
+    ``worker_init_fn`` replaces Lightning's, so its seeding from (base seed, worker, global rank)
+    is called here: the base seed alone is the same on every rank (each runs ``seed_everything``).
     """
+    from lightning_fabric.utilities.seed import pl_worker_init_function
+
     for signum in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(signum, signal.SIG_IGN)
+    if worker_id is not None:
+        pl_worker_init_function(worker_id)
     worker_init(worker_id)
+
+
+def seed_rank(seed: int, *, rank: int, step: int) -> None:
+    """Seed torch (every device), numpy and random from ``(seed, rank, step)``."""
+    state = np.random.SeedSequence([seed, rank, step]).generate_state(4, np.uint64)
+    torch.manual_seed(int(state[0]))
+    np.random.seed(state[1:3].view(np.uint32))
+    random.seed(int(state[3]))
+
+
+class RankSeeds(pl.Callback):
+    """Each process of a multi-process run draws its own augmentations.
+
+    Every rank runs ``seed_everything(seed)`` (Lightning re-seeds them alike again when the
+    process group starts) and a resume restores rank 0's random states on every rank, so the
+    ranks would draw the same crops, flips and jitter: on the device, and in the main process
+    when there are no loader workers (workers: :func:`training_worker_init`). At the start of fit
+    each rank is re-seeded from ``(seed, rank, step)``: different per rank, and the same again when
+    the run resumes from the same step. A single process is left alone: its resume repeats the
+    uninterrupted run's random numbers exactly (:class:`~wingclr.ssl.checkpointing.EpochCheckpoint`).
+    """
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_start(self, trainer, pl_module):
+        if trainer.world_size > 1:
+            seed_rank(self.seed, rank=trainer.global_rank, step=trainer.global_step)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 
+from ..checkpoints import read_checkpoint
 from ..cli import UserError
 
 KNN_K = 20
@@ -162,3 +163,49 @@ class KnnMonitor(pl.Callback):
 
     def load_state_dict(self, state_dict):
         self.best = dict(state_dict.get("best", self.best))
+
+
+def monitor_epochs(s) -> int:
+    """Epochs between monitor scores: ``--monitor-every``, by default a tenth of the run."""
+    return max(1, s.epochs // 10) if s.monitor_every is None else s.monitor_every
+
+
+def check_monitor(s) -> MonitorSet | None:
+    """The monitor's images and classes (:func:`~wingclr.ssl.monitor.monitor_set`), or None when
+    it is off or ``--data`` has no stage 2 split (a note says so when it was asked for)."""
+    if monitor_epochs(s) == 0:
+        if s.select == "best":
+            raise UserError("--select best needs the monitor's scores: drop --monitor-every 0")
+        return None
+    mset = monitor_set(s.data, labels=s.labels, label_column=s.label_column)
+    if mset is None:
+        why = (f"{s.data} has no stage 2 split.csv with train and validation images (the monitor scores "
+               "validation images against train images)")
+        if s.select == "best" or s.labels is not None:
+            flag = "--select best" if s.select == "best" else "--labels"
+            raise UserError(f"{flag} needs the monitor, but {why}; run stage 2 and pass its folder as --data")
+        if s.monitor_every:
+            print(f"note: no monitor: {why}")
+    return mset
+
+
+def select_weights(module, monitor: KnnMonitor | None, s, work: Path) -> dict | None:
+    """Load the best-scoring epoch's weights into ``module`` for ``--select best``.
+
+    Returns:
+        What the manifest records of the monitor (classes, start, best and last scores, the epoch
+        whose weights the checkpoint holds), or None when the run was not monitored.
+    """
+    if monitor is None:
+        return None
+    scores = {h["epoch"]: h["knn_accuracy"] for h in monitor.ckpt.history if "knn_accuracy" in h}
+    selected = s.epochs
+    if s.select == "best" and monitor.best["epoch"] != s.epochs:
+        selected = monitor.best["epoch"]
+        module.load_state_dict(read_checkpoint(work / BEST_WEIGHTS)["state_dict"])
+        print(f"--select best: the checkpoint holds epoch {selected}'s weights (kNN "
+              f"{monitor.best['knn_accuracy']:.3f}; last epoch {scores.get(s.epochs, float('nan')):.3f})")
+    return {"classes": monitor.mset.source, "every": monitor.every, "start": scores.get(0),
+            "last": scores.get(s.epochs), "best_epoch": monitor.best["epoch"],
+            "best": monitor.best["knn_accuracy"], "selected_epoch": selected,
+            "validation_images": len(monitor.mset.images) - monitor.mset.n_train}

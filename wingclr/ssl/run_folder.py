@@ -35,7 +35,7 @@ def staging_dir(run_dir: Path) -> Path:
 
 def is_rank_zero() -> bool:
     """False in the extra processes of a multi-GPU run (they never lock or move folders)."""
-    return all(os.environ.get(k, "0") == "0" for k in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 def run_settings(s, images, *, batch_size_requested: int | None = None) -> dict:

@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import subprocess
-from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,8 +28,9 @@ from ..cli import (Stopped, UserError, check_gpu_request, check_input_size, chec
 from ..outputs import MANIFEST, check_finished, read_manifest, write_manifest
 from .checkpointing import EpochCheckpoint, plot_loss, save_checkpoint, trained_epochs
 from .grid import fit_point_to_data, run_name
-from .loaders import build_data, training_images
-from .monitor import BEST_WEIGHTS, KnnMonitor, monitor_set
+from .batchnorm import sync_batchnorm
+from .loaders import RankSeeds, build_data, training_images
+from .monitor import BEST_WEIGHTS, KnnMonitor, check_monitor, monitor_epochs, select_weights
 from .run_folder import (RunLock, changed_settings, finish_replacement, is_rank_zero, run_settings,
                          staging_dir)
 from .settings import TrainSettings, resolve
@@ -181,28 +181,6 @@ def start_work_dir(run_dir: Path, work: Path, resume: Path | None) -> None:
     work.mkdir(parents=True, exist_ok=True)
 
 
-def select_weights(module: SimCLR, monitor: KnnMonitor | None, s: TrainSettings, work: Path) -> dict | None:
-    """Load the best-scoring epoch's weights into ``module`` for ``--select best``.
-
-    Returns:
-        What the manifest records of the monitor (classes, start, best and last scores, the epoch
-        whose weights the checkpoint holds), or None when the run was not monitored.
-    """
-    if monitor is None:
-        return None
-    scores = {h["epoch"]: h["knn_accuracy"] for h in monitor.ckpt.history if "knn_accuracy" in h}
-    selected = s.epochs
-    if s.select == "best" and monitor.best["epoch"] != s.epochs:
-        selected = monitor.best["epoch"]
-        module.load_state_dict(read_checkpoint(work / BEST_WEIGHTS)["state_dict"])
-        print(f"--select best: the checkpoint holds epoch {selected}'s weights (kNN "
-              f"{monitor.best['knn_accuracy']:.3f}; last epoch {scores.get(s.epochs, float('nan')):.3f})")
-    return {"classes": monitor.mset.source, "every": monitor.every, "start": scores.get(0),
-            "last": scores.get(s.epochs), "best_epoch": monitor.best["epoch"],
-            "best": monitor.best["knn_accuracy"], "selected_epoch": selected,
-            "validation_images": len(monitor.mset.images) - monitor.mset.n_train}
-
-
 def nan_message(error: Exception, s: TrainSettings, work: Path, epochs_saved: int) -> str:
     """The stop message for a non-finite loss, worded for what is on disk."""
     fix = f"lower --lr (now {s.lr:g}) or raise --temperature (now {s.temperature:g})"
@@ -240,8 +218,16 @@ def train(s: TrainSettings) -> dict | None:
     name = s.run_name or run_name(s.batch_size, s.epochs, s.temperature)
     run_dir = Path(s.output) / name
     wanted = run_settings(s, images, batch_size_requested=requested)
-    with RunLock(run_dir) if is_rank_zero() else nullcontext():
-        plan = prepare_run_dir(run_dir, wanted=wanted, overwrite=s.overwrite)
+    trainer, checkpointing = make_trainer(s, Path(s.output))
+    lock = RunLock(run_dir) if is_rank_zero() else None
+
+    def decide():
+        if lock is not None:
+            lock.acquire()
+        return prepare_run_dir(run_dir, wanted=wanted, overwrite=s.overwrite)
+
+    try:
+        plan = rank_zero_decides(trainer, decide)
         if plan is None:
             pending = " (an unfinished --overwrite is in {}; pass --overwrite to go on with it)".format(
                 staging_dir(run_dir)) if staging_dir(run_dir).exists() else ""
@@ -249,51 +235,79 @@ def train(s: TrainSettings) -> dict | None:
                   f"again{pending}")
             return None
         work, resume = plan
-        return fit_run(s, name, run_dir, work, resume, images, wanted, mset)
+        checkpointing.run_dir = work
+        return fit_run(s, trainer, checkpointing, name, run_dir, work, resume, images, wanted, mset)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
-def monitor_epochs(s: TrainSettings) -> int:
-    """Epochs between monitor scores: ``--monitor-every``, by default a tenth of the run."""
-    return max(1, s.epochs // 10) if s.monitor_every is None else s.monitor_every
-
-
-def check_monitor(s: TrainSettings):
-    """The monitor's images and classes (:func:`~wingclr.ssl.monitor.monitor_set`), or None when
-    it is off or ``--data`` has no stage 2 split (a note says so when it was asked for)."""
-    if monitor_epochs(s) == 0:
-        if s.select == "best":
-            raise UserError("--select best needs the monitor's scores: drop --monitor-every 0")
-        return None
-    mset = monitor_set(s.data, labels=s.labels, label_column=s.label_column)
-    if mset is None:
-        why = (f"{s.data} has no stage 2 split.csv with train and validation images (the monitor scores "
-               "validation images against train images)")
-        if s.select == "best" or s.labels is not None:
-            flag = "--select best" if s.select == "best" else "--labels"
-            raise UserError(f"{flag} needs the monitor, but {why}; run stage 2 and pass its folder as --data")
-        if s.monitor_every:
-            print(f"note: no monitor: {why}")
-    return mset
-
-
-def fit_run(s: TrainSettings, name: str, run_dir: Path, work: Path, resume: Path | None, images,
-            wanted: dict, mset=None) -> dict | None:
-    """Train in ``work`` (the run folder or its replacement's), then finish the run."""
-    # ============ trainer: devices, precision, per-epoch checkpoints ============
+def make_trainer(s: TrainSettings, root: Path) -> tuple[pl.Trainer, EpochCheckpoint]:
+    """The trainer (devices, precision) and its per-epoch checkpoint callback (its ``run_dir``
+    is set once the run folder is decided). Nothing is written yet."""
     pl.seed_everything(s.seed, workers=True, verbose=False)
     cuda = torch.cuda.is_available() and s.accelerator in ("auto", "gpu", "cuda")
     precision = s.precision if s.precision != "auto" else ("bf16-mixed" if cuda else "32-true")
     distributed = s.num_nodes > 1 or (str(s.devices) not in ("1", "auto") and s.devices != 1)
     terminal = stdout_is_terminal()  # else one line per epoch instead of a progress bar
-    checkpointing = EpochCheckpoint(work, s.epochs, log_epochs=not terminal and not s.quiet)
+    checkpointing = EpochCheckpoint(root, s.epochs, log_epochs=not terminal and not s.quiet)
     trainer = pl.Trainer(
         max_epochs=s.epochs, accelerator=s.accelerator, devices=s.devices,
         num_nodes=s.num_nodes, strategy="ddp" if distributed else "auto",
-        precision=precision, sync_batchnorm=s.sync_batchnorm and distributed, logger=False,
+        precision=precision, logger=False,
         enable_checkpointing=False, enable_model_summary=False, benchmark=cuda,
-        callbacks=[checkpointing], default_root_dir=work, log_every_n_steps=10,
+        callbacks=[checkpointing, RankSeeds(s.seed)], default_root_dir=root, log_every_n_steps=10,
         num_sanity_val_steps=0, use_distributed_sampler=False, plugins=slurm_plugins(),
         enable_progress_bar=terminal and not s.quiet)
+    return trainer, checkpointing
+
+
+def started_together(trainer: pl.Trainer) -> bool:
+    """True when SLURM, torchrun or another launcher started every process of a multi-process
+    run at once. (Lightning itself starts the other processes only when ``fit`` begins.)"""
+    from lightning_fabric.plugins.environments import LightningEnvironment
+
+    env = getattr(trainer.strategy, "cluster_environment", None)
+    return (trainer.world_size > 1 and env is not None and env.creates_processes_externally
+            and not isinstance(env, LightningEnvironment))
+
+
+def rank_zero_decides(trainer: pl.Trainer, step):
+    """``step()`` on rank 0 (the lock, the folder checks), its result or refusal on every rank.
+
+    When every process started at once, the others would otherwise go on to wait for rank 0
+    at the start of training until the rendezvous times out (30 minutes) after rank 0 refused:
+    the process group is started here, rank 0 broadcasts what ``step`` returned or the error it
+    raised, and every process raises the same :class:`UserError`. Elsewhere (one process, or
+    Lightning starting the others in ``fit``) each process runs ``step`` itself.
+    """
+    import torch.distributed as dist
+
+    if not started_together(trainer):
+        return step()
+    trainer.strategy.setup_environment()  # the process group, as fit would start it
+    outcome, failure = [None], None
+    if trainer.global_rank == 0:
+        try:
+            outcome = [("ok", step())]
+        except Exception as e:  # noqa: BLE001 (re-raised below, after the others heard of it)
+            failure = e
+            why = str(e) if isinstance(e, UserError) else f"rank 0 failed ({type(e).__name__}: {e})"
+            outcome = [("error", why)]
+    dist.broadcast_object_list(outcome, src=0)
+    dist.barrier()  # rank 0 exits only after every process has its answer
+    if failure is not None:
+        raise failure
+    kind, value = outcome[0]
+    if kind == "error":
+        raise UserError(value)
+    return value
+
+
+def fit_run(s: TrainSettings, trainer: pl.Trainer, checkpointing: EpochCheckpoint, name: str,
+            run_dir: Path, work: Path, resume: Path | None, images, wanted: dict, mset=None) -> dict | None:
+    """Train in ``work`` (the run folder or its replacement's), then finish the run."""
+    precision = trainer.precision
 
     # ============ data: cached or decoded images, two augmented views, balanced sampler ============
     data = build_data(s, trainer, images)
@@ -302,6 +316,7 @@ def fit_run(s: TrainSettings, name: str, run_dir: Path, work: Path, resume: Path
     # ============ model: backbone + projection head, NT-Xent across all processes ============
     # lightly's rule: lr x sqrt(batch / 256) (--lr-scaling sqrt); the phenotype recipe uses lr as given
     lr = scaled_lr(s.optimizer, s.batch_size, s.lr) if s.lr_scaling == "sqrt" else s.lr
+    sync = s.sync_batchnorm and trainer.world_size > 1  # the trainer's: --devices auto counts too
     module = SimCLR(
         backbone=s.backbone, in_chans=data.plan.in_chans, rgb_bands=data.plan.rgb[0],
         input_size=s.input_size, temperature=s.temperature, optimizer=s.optimizer, lr=lr,
@@ -313,7 +328,10 @@ def fit_run(s: TrainSettings, name: str, run_dir: Path, work: Path, resume: Path
         pretrained=resume is None and s.pretrained == "imagenet",  # a resume loads its own weights
         backbone_lr_scale=s.backbone_lr_scale if s.pretrained == "imagenet" else 1.0,
         bn_frozen=s.bn == "frozen",
-        meta={**data.meta, "lr": lr, "run_name": name, "settings": wanted, "precision": precision})
+        meta={**data.meta, "lr": lr, "run_name": name, "settings": wanted, "precision": precision,
+              "sync_batchnorm": sync})
+    if sync:  # global BN (the SimCLR paper, lightly): the same model on any number of GPUs
+        module = sync_batchnorm(module, cuda=trainer.strategy.root_device.type == "cuda")
     meta = module.checkpoint_meta()
     monitor = None
     if mset is not None:  # scores before the checkpoint callback writes the epoch's row
