@@ -53,11 +53,10 @@ class Grouping:
 
     def summary(self) -> str:
         """``groups: N photos in M groups; largest group G photos (name)`` (+ who is alone)."""
-        sizes = pd.Series(self.groups).value_counts(sort=False)
-        largest = sizes.max() if len(sizes) else 0
-        name = sizes.index[list(sizes).index(largest)] if len(sizes) else ""
-        line = (f"groups: {len(self.groups)} photos in {len(sizes)} groups; largest group "
-                f"{largest} photo{'s' * (largest != 1)} ({name})")
+        counts = self.counts()
+        largest = counts["largest"]
+        line = (f"groups: {counts['photos']} photos in {counts['groups']} groups; largest group "
+                f"{largest} photo{'s' * (largest != 1)} ({counts['largest_group']})")
         if self.alone:
             what = "match no --group-by pattern" if self.how == "group-by" else \
                 f"have no group in {self.record.get('groups')}"
@@ -66,11 +65,13 @@ class Grouping:
         return line
 
     def counts(self) -> dict:
-        sizes = pd.Series(self.groups).value_counts()
-        return {"photos": len(self.groups), "groups": int(len(sizes)),
-                "largest": int(sizes.max()) if len(sizes) else 0,
-                "largest_group": str(sizes.index[0]) if len(sizes) else "",
-                "own_group": len(self.alone)}
+        """Photos, groups, the largest group (the first in name order among equals) and how many
+        photos form a group of their own because nothing named their group."""
+        sizes = pd.Series(self.groups, dtype=str).value_counts()
+        largest = int(sizes.max()) if len(sizes) else 0
+        name = min(sizes.index[sizes == largest]) if len(sizes) else ""
+        return {"photos": len(self.groups), "groups": int(len(sizes)), "largest": largest,
+                "largest_group": name, "own_group": len(self.alone)}
 
 
 def check_flags(*, group_by: str | None, groups: Path | None, group_column: str | None,
