@@ -222,6 +222,13 @@ def write_clusters(out: Path, root: Path, images: list[str], result: Clustering,
     return table
 
 
+def wrote_line(result: Clustering, out: Path) -> str:
+    """What :func:`write_clusters` wrote, naming only the folders it made."""
+    outliers = f", {OUTLIERS}/ ({result.n_outliers} images)" if result.n_outliers else ""
+    return (f"wrote {result.n_clusters} cluster folder{'s' * (result.n_clusters != 1)} "
+            f"(cluster_0 the largest){outliers} and clusters.csv to {out}")
+
+
 def run_clustering(s: ClusterSettings, *, stdin_is_tty: bool | None = None,
                    builder=None) -> dict | None:
     """Run stage 1 (``ClusterSettings.from_args`` of ``1-clustering/cluster.py``'s arguments).
@@ -320,9 +327,7 @@ def run_clustering(s: ClusterSettings, *, stdin_is_tty: bool | None = None,
     known = segmentation_identity(root)
     identity = identify(readable, known, source="stage 0's segmentation.csv" if known else "")
     write_clusters(out, root, readable, result, embedding, s.link, identity)
-    outliers = f", {OUTLIERS}/ ({result.n_outliers} images)" if result.n_outliers else ""
-    print(f"wrote {result.n_clusters} cluster folders (cluster_0 the largest){outliers} and "
-          f"clusters.csv to {out}")
+    print(wrote_line(result, out))
     if warning:
         print(warning)
     write_inputs(out, stamps)
