@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import assert_one_line_error, run_cli, run_stage
+from conftest import assert_one_line_error, load_stage, run_cli, run_stage
 from wingclr.split import assign_splits
 
 SCRIPT = "2-create_dataset/create_dataset.py"
@@ -281,3 +281,13 @@ def test_a_hand_edited_clusters_csv_claiming_one_photo_twice_is_refused(tmp_path
     proc = run_cli(SCRIPT, "--input", src, "--output", tmp_path / "o")
     assert_one_line_error(proc, f"{src / 'clusters.csv'} {needle}", "delete or correct one")
     assert not (tmp_path / "o" / "split.csv").exists()
+
+
+def test_real_specimens_keep_both_views_together_only_when_grouped(tmp_path):
+    bench = load_stage("benchmarks/specimen_groups.py")
+    data = bench.shared_data() / "papilionidae"
+    if not (data / "labels.csv").is_file():
+        pytest.skip(f"shared specimen photos not on this machine ({data})")
+    found = bench.split_specimens(data, tmp_path, specimens=60)
+    assert found["specimens"] == 60 and found["photos"] == 120
+    assert found["none"] > 5 and found["group-by"] == 0 and found["groups"] == 0
