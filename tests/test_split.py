@@ -232,7 +232,7 @@ def test_groups_from_a_csv_matched_by_file_name(tmp_path, capsys):
 def test_bad_grouping_is_a_one_line_error(tmp_path):
     src = make_views(tmp_path / "in", 4)
     base = ("--input", src, "--output", tmp_path / "o")
-    assert_one_line_error(run_cli(SCRIPT, *base, "--group-by", "(["), "--group-by", "not a regular expression")
+    assert_one_line_error(run_cli(SCRIPT, *base, "--group-by", "(["), "not a regular expression")
     assert_one_line_error(run_cli(SCRIPT, *base, "--group-by", "^XYZ"), "matches none of the 8 file names")
     pd.DataFrame({"image": ["a/ACC0000D.png", "a/ACC0000D.png"], "id": ["1", "2"]}).to_csv(
         tmp_path / "g.csv", index=False)

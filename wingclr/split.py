@@ -321,7 +321,10 @@ def _report(summary: dict, singletons: list[str], skipped: list, out: Path) -> N
     for c, n in summary.items():
         print(f"{c:<24}{n['train']:>8}{n['validation']:>8}{n['unlabeled']:>8}")
     for c in singletons:
-        print(f"note: cluster {c} has 1 image; it stays in train/ (nothing to validate on)")
+        if summary[c]["validation"]:  # its group was placed in another cluster
+            print(f"note: cluster {c} has 1 image; it is in validation/ with the rest of its group")
+        else:
+            print(f"note: cluster {c} has 1 image; it stays in train/ (nothing to validate on)")
     for path, reason in skipped:
         print(f"skipped: {path}: {reason}")
     print(f"wrote {out}/unlabeled, train, validation and split.csv")
