@@ -140,6 +140,8 @@ def test_hand_made_folders_and_older_csvs_get_identities_from_paths(tmp_path):
     ids = identify(["groupA/IMG 1.JPG", "groupB/sub/y.tar.gz"], None)
     assert ids.values.tolist() == [["groupA/IMG 1", "groupA/IMG 1.JPG", "groupA/IMG 1"],
                                    ["groupB/sub/y.tar", "groupB/sub/y.tar.gz", "groupB/sub/y.tar"]]
+    # two photos that differ only in extension keep it, so they never share a specimen
+    assert identify(["a/x.jpg", "a/x.tif"], None).specimen.tolist() == ["a/x.jpg", "a/x.tif"]
 
     # stage 2 on hand-made cluster folders: source_image is the path below --input
     src = tmp_path / "groups"

@@ -192,16 +192,23 @@ def identify(images: Sequence[str], known: Identity | None, key: Callable[[str],
         key: image path -> lookup key in ``known`` (default: the path itself).
         source: the previous CSV's name; images it does not list are named in one printed note.
 
-    Images ``known`` does not hold are identified by their path (:func:`from_path`).
+    Images ``known`` does not hold are identified by their path (:func:`from_path`); two of them
+    that differ only in their extension (``x.jpg``, ``x.tif``) keep it in ``specimen``, as stage
+    0's names do, so no two images share a specimen.
     """
-    rows, missing = [], []
+    rows, missing, derived = [], [], []
     for image in images:
         hit = known.get(key(image) if key else posix(image)) if known else None
         if hit is None:
             if known:
                 missing.append(posix(image))
             hit = from_path(image)
+            derived.append(len(rows))
         rows.append(hit)
+    taken = pd.Series([r[0] for r in rows], dtype=str).value_counts()
+    for i in derived:
+        if taken.get(rows[i][0], 0) > 1:
+            rows[i] = (rows[i][1], rows[i][1], rows[i][1])
     if missing and source:
         print(f"note: {len(missing)} image{'s' * (len(missing) != 1)} not listed in {source} "
               f"(added by hand?) are identified by their path here: {shorten(missing)}")
