@@ -42,7 +42,7 @@ class Grouping:
     Attributes:
         groups: ``(N,)`` group name per photo, in the order of the photos given.
         how: ``group-by``, ``groups`` (a CSV) or ``clusters.csv`` (copied: no grouping given).
-        alone: photos the expression or CSV left in a group of their own.
+        alone: photos (``image``) the expression or CSV left in a group of their own.
         record: settings and counts for the manifest.
     """
 
@@ -131,8 +131,8 @@ def photo_groups(ids: pd.DataFrame, *, group_by: str | None = None, groups: Path
 
 def _by_pattern(ids: pd.DataFrame, text: str) -> Grouping:
     rx = pattern(text)
-    out, alone = [], []
-    for specimen, source in zip(ids[SPECIMEN], ids[SOURCE]):
+    out, alone, stems = [], [], []
+    for image, specimen, source in zip(ids["image"], ids[SPECIMEN], ids[SOURCE]):
         stem = PurePosixPath(posix(source)).stem
         m = rx.search(stem)
         value = (m.group(1) if rx.groups else m.group(0)) if m else None
@@ -140,10 +140,11 @@ def _by_pattern(ids: pd.DataFrame, text: str) -> Grouping:
             out.append(value)
         else:
             out.append(specimen)
-            alone.append(stem)
+            alone.append(image)
+            stems.append(stem)
     if len(alone) == len(out):
         raise UserError(f"--group-by {text!r} matches none of the {len(out)} file names (e.g. "
-                        f"{alone[0]}); the expression is searched in the file name without its "
+                        f"{stems[0]}); the expression is searched in the file name without its "
                         f"extension, e.g. {EXAMPLE}")
     return Grouping(out, "group-by", alone, {"by": "group-by", "group_by": text})
 

@@ -18,7 +18,7 @@ import hashlib
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -187,9 +187,10 @@ def create_dataset(s: DatasetSettings) -> dict | None:
         return _update(s, out, found, stamps, old, changes)
     if s.update:
         print(f"note: --update: {out} holds no split.csv yet; making the dataset")
+    ids, grouping = identities(s, found.root, found.images)  # a bad grouping stops before decoding
     reasons = check_readable(found.root, found.images, s.num_workers)
     images, clusters, skipped, channels = readable_images(found, reasons)
-    ids, grouping = identities(s, found.root, images)
+    ids, grouping = readable_only(ids, grouping, reasons)
     splits = assign_splits(clusters, s.val_fraction, s.seed, s.outliers_folder, grouping.groups)
 
     (out / "manifest.json").unlink(missing_ok=True)  # from here on the output is unfinished
@@ -206,8 +207,11 @@ def create_dataset(s: DatasetSettings) -> dict | None:
 
 def identities(s: DatasetSettings, root: Path, images: list[Path]) -> tuple[pd.DataFrame, Grouping]:
     """``image`` (``<cluster>/...``), ``specimen``, ``source_image`` and ``group`` per image, and
-    the grouping the split keeps together (``--group-by`` / ``--groups``, else ``clusters.csv``'s);
-    prints the groups' one-line summary when photos were grouped."""
+    the grouping the split keeps together (``--group-by`` / ``--groups``, else ``clusters.csv``'s).
+
+    Raises:
+        UserError: a ``clusters.csv`` edited into ambiguity, or a grouping that cannot be used.
+    """
     names = [p.as_posix() for p in images]
     known = clusters_identity(root)
     ids = identify(names, known, key=below_cluster, source="clusters.csv" if known else "")
@@ -215,6 +219,18 @@ def identities(s: DatasetSettings, root: Path, images: list[Path]) -> tuple[pd.D
     grouping = photo_groups(ids, group_by=s.group_by, groups=s.groups, group_column=s.group_column,
                             group_id_column=s.group_id_column)
     ids[GROUP] = grouping.groups
+    return ids, grouping
+
+
+def readable_only(ids: pd.DataFrame, grouping: Grouping,
+                  reasons: list[str]) -> tuple[pd.DataFrame, Grouping]:
+    """The rows of the readable images (``reasons[i] == ''``); prints the groups' one-line
+    summary when photos were grouped."""
+    keep = [i for i, reason in enumerate(reasons) if not reason]
+    ids = ids.iloc[keep].reset_index(drop=True)
+    names = set(ids["image"])
+    grouping = replace(grouping, groups=[grouping.groups[i] for i in keep],
+                       alone=[a for a in grouping.alone if a in names])
     if grouping.how != "clusters.csv" or ids[GROUP].nunique() < len(ids):
         print(grouping.summary())
     return ids, grouping
@@ -273,7 +289,7 @@ def _update(s: DatasetSettings, out: Path, found, stamps: pd.DataFrame, old: pd.
         reasons[i] = reason
     images, clusters, skipped, channels = readable_images(found, reasons)
     kept_names = [p.as_posix() for p in images]
-    ids, grouping = identities(s, found.root, images)
+    ids, grouping = readable_only(*identities(s, found.root, found.images), reasons)
     splits = update_splits(kept_names, clusters, previous, s.val_fraction, s.seed,
                            s.outliers_folder, grouping.groups)
     present = set(kept_names)
