@@ -247,6 +247,15 @@ def test_bad_grouping_is_a_one_line_error(tmp_path):
     assert not (tmp_path / "o" / "manifest.json").exists()
 
 
+def test_a_bad_grouping_stops_before_any_image_is_decoded(tmp_path, monkeypatch):
+    from wingclr.cli import UserError
+
+    src = make_views(tmp_path / "in", 4)
+    monkeypatch.setattr("wingclr.split.check_readable", lambda *a, **k: pytest.fail("decoded"))
+    with pytest.raises(UserError, match="matches none"):
+        run_stage(SCRIPT, "--input", src, "--output", tmp_path / "o", "--group-by", "^XYZ")
+
+
 def test_a_copied_dataset_folder_is_the_same_finished_dataset(tmp_path):
     src = make_views(tmp_path / "in", 6)
     pd.DataFrame({"specimen": [f"ACC{i:04d}{v}" for i in range(6) for v in "DV"],
