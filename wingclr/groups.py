@@ -168,9 +168,11 @@ def _by_csv(ids: pd.DataFrame, path: Path, column: str, id_column: str | None) -
     table = table[(table[column].str.strip() != "") & (table[key].str.strip() != "")]
     names = [posix(v) for v in table[key]]
     values = table[column].str.strip().tolist()
-    rows, _ = match_rows(ids, names, key if key in LABEL_KEYS else SPECIMEN)
+    rows, how = match_rows(ids, names, key if key in LABEL_KEYS else SPECIMEN)
     given: dict[int, tuple[str, str]] = {}
-    for name, value, hits in zip(names, values, rows):
+    for name, value, hits, matched in zip(names, values, rows, how):
+        if matched == "ambiguous":  # a file name several specimens share names none of them
+            continue
         for r in hits:
             if r in given and given[r][0] != value:
                 raise UserError(f"{path} gives photo {ids['image'].iloc[r]} two groups "
@@ -183,7 +185,7 @@ def _by_csv(ids: pd.DataFrame, path: Path, column: str, id_column: str | None) -
         raise UserError(f"no row of {path} names a photo of this dataset (its {key} column, e.g. "
                         f"{names[0] if names else 'empty'!r}); it must hold specimen, source_image "
                         "or image as in clusters.csv, or the file names")
-    nowhere = sum(1 for hits in rows if not hits)
+    nowhere = sum(1 for hits, matched in zip(rows, how) if not hits or matched == "ambiguous")
     if nowhere:
         print(f"note: {nowhere} row{'s' * (nowhere != 1)} of {path} name{'s' * (nowhere == 1)} "
               "no photo of this dataset (left out)")
