@@ -30,12 +30,13 @@ def ari_report(out_dir: Path, labels_csv: Path) -> dict:
     """ARI of ``out_dir/clusters.csv`` against ``labels_csv`` (columns image, phenotype)."""
     from sklearn.metrics import adjusted_rand_score
 
-    clusters = pd.read_csv(Path(out_dir) / "clusters.csv", dtype={"image": str})
+    clusters = pd.read_csv(Path(out_dir) / "clusters.csv", dtype={"image": str, "cluster": str})
     labels = pd.read_csv(labels_csv, dtype={"image": str})[["image", "phenotype"]]
     table = clusters.merge(labels, on="image", how="inner")
-    kept = table[table.cluster >= 0]
+    outlier = table.cluster.isin(["outliers", "-1"])  # stage 1 wrote -1 before the folder name
+    kept = table[~outlier]
     return {"images": len(table), "clusters": int(kept.cluster.nunique()),
-            "outliers": int((table.cluster < 0).sum()),
+            "outliers": int(outlier.sum()),
             "ari_all": adjusted_rand_score(table.phenotype, table.cluster),
             "ari_clustered": adjusted_rand_score(kept.phenotype, kept.cluster) if len(kept) else float("nan")}
 

@@ -72,18 +72,23 @@ def test_batch_run_writes_folders_csv_plots_and_manifest(clustered, specimens):
     out, manifest, counter = clustered
     table = pd.read_csv(out / "clusters.csv", dtype={"image": str})
     assert list(table.columns) == ["image", "cluster", "probability", "umap_1", "umap_2", "umap_3",
-                                   "specimen", "source_image"]
+                                   "specimen", "source_image", "group"]
     readable = sorted(p.relative_to(specimens).as_posix() for p in specimens.rglob("specimen_*.png"))
     assert sorted(table.image) == readable and len(readable) == 31
-    for image, k in zip(table.image, table.cluster):  # each image in exactly its cluster's folder
-        folder = f"cluster_{k}" if k >= 0 else "outliers"
+    for image, folder in zip(table.image, table.cluster):  # cluster is the image's folder
         assert (out / folder / image).read_bytes() == (specimens / image).read_bytes()
     placed = [p for p in out.rglob("*.png") if p.parent != out]
     assert len(placed) == 31  # same-named files in different subfolders both kept
-    assert (out / "cluster_0").is_dir() and table.cluster.max() == manifest["counts"]["clusters"] - 1
+    k = manifest["counts"]["clusters"]
+    sizes = table.cluster.value_counts()
+    assert set(sizes.index) - {"outliers"} == {f"cluster_{i}" for i in range(k)}
+    assert [sizes[f"cluster_{i}"] for i in range(k)] == sorted(sizes.drop("outliers", errors="ignore"),
+                                                              reverse=True)  # largest first
+    assert manifest["cluster_sizes"] == {f"cluster_{i}": int(sizes[f"cluster_{i}"]) for i in range(k)}
+    assert {p.name for p in out.glob("sheet_*.png")} >= {f"sheet_cluster_{i}.png" for i in range(k)}
     for plot in ("umap_3d.png", "silhouette.png"):
         assert Image.open(out / plot).size[0] > 300
-    assert manifest["counts"]["outliers"] == int((table.cluster < 0).sum())
+    assert manifest["counts"]["outliers"] == int((table.cluster == "outliers").sum())
     assert manifest["args"]["min_cluster_size"] == 3 and manifest["stage"] == "1-clustering"
     skipped = dict(manifest["skipped_files"])
     assert set(skipped) == {"notes.txt", "broken.png"} and "not an image" in skipped["notes.txt"]
@@ -116,11 +121,52 @@ def test_stage2_reads_stage1_output(clustered, tmp_path):
     run_stage("2-create_dataset/create_dataset.py", "--input", out, "--output", ds)
     split = pd.read_csv(ds / "split.csv", dtype={"image": str})
     table = pd.read_csv(out / "clusters.csv", dtype={"image": str})
-    folder = {img: (f"cluster_{k}" if k >= 0 else "outliers") for img, k in zip(table.image, table.cluster)}
-    assert sorted(split.image) == sorted(f"{f}/{img}" for img, f in folder.items())
+    assert sorted(split.image) == sorted(f"{f}/{img}" for img, f in zip(table.image, table.cluster))
+    # one spelling of the cluster: clusters.csv and split.csv join on (specimen, cluster)
+    joined = split.merge(table, on=["specimen", "cluster"], validate="one_to_one")
+    assert len(joined) == len(split) == len(table)
     assert (split[split.cluster == "outliers"].split == "unlabeled").all()
     stage2 = json.loads((ds / "manifest.json").read_text())
     assert stage2["skipped_files"] == []  # plots and features.npy are not reported as stray images
+
+
+def test_stage2_still_reads_a_clusters_csv_with_numbered_clusters(clustered, tmp_path):
+    out, _, _ = clustered
+    old = tmp_path / "1-clusters"
+    shutil.copytree(out, old, symlinks=True)
+    table = pd.read_csv(old / "clusters.csv", dtype=str, keep_default_na=False)
+    table["cluster"] = [name.removeprefix("cluster_") if name != "outliers" else "-1"
+                        for name in table.cluster]  # as stage 1 wrote it before, without group
+    table.drop(columns="group").to_csv(old / "clusters.csv", index=False)
+    run_stage("2-create_dataset/create_dataset.py", "--input", old, "--output", tmp_path / "2")
+    split = pd.read_csv(tmp_path / "2" / "split.csv", dtype=str)
+    assert (split.group == split.specimen).all() and set(split.specimen) == set(table.specimen)
+
+
+def test_clusters_are_numbered_by_size_whatever_hdbscan_called_them():
+    from wingclr.cluster.clustering import by_size, folder_name
+
+    labels = np.array([2, 2, 0, 1, 1, 1, -1, 0, 0, 0, 3, 3])
+    assert by_size(labels).tolist() == [2, 2, 0, 1, 1, 1, -1, 0, 0, 0, 3, 3]
+    renamed = np.array([-1, 4, 9, 2, 5])[labels + 1]  # the same grouping, other numbers
+    assert by_size(renamed).tolist() == by_size(labels).tolist()
+    assert by_size(np.array([5, 5, 3, 3, -1])).tolist() == [0, 0, 1, 1, -1]  # tie: first image first
+    assert by_size(np.array([-1, -1])).tolist() == [-1, -1]
+    assert [folder_name(k) for k in (0, 3, -1)] == ["cluster_0", "cluster_3", "outliers"]
+
+
+def test_the_summary_names_no_outliers_folder_when_none_is_written(tmp_path):
+    from wingclr.cluster.clustering import cluster
+    from wingclr.cluster.stage import wrote_line
+
+    points = np.concatenate([np.zeros((6, 3)), np.ones((4, 3)) * 10]) + \
+        np.random.default_rng(0).normal(0, 0.01, (10, 3))
+    result = cluster(points.astype(np.float32), 3)
+    assert result.n_outliers == 0 and result.sizes == {0: 6, 1: 4}
+    line = wrote_line(result, tmp_path)
+    assert "outliers" not in line and "2 cluster folders" in line
+    result.labels[0] = -1
+    assert "outliers/ (1 images)" in wrote_line(result, tmp_path)
 
 
 def test_adjusted_rand_index_is_reported_against_phenotypes(clustered, demo_set):
@@ -179,7 +225,7 @@ def test_rerun_uses_feature_cache_and_recomputes_only_changed_images(clustered, 
 
 
 def test_interactive_loop_through_stdin_retry_then_keep(clustered, specimens, tmp_path):
-    from wingclr.cluster.clustering import run_hdbscan
+    from wingclr.cluster.clustering import by_size, folder_name, run_hdbscan
 
     inp, out = _copy_run(clustered, specimens, tmp_path)
     emb = np.load(out / "umap_3d.npy")
@@ -199,8 +245,8 @@ def test_interactive_loop_through_stdin_retry_then_keep(clustered, specimens, tm
     manifest = json.loads((out / "manifest.json").read_text())
     assert [(t["min_cluster_size"], t["cluster_selection_epsilon"]) for t in manifest["tried"]] == [first, second]
     assert (manifest["args"]["min_cluster_size"], manifest["args"]["cluster_selection_epsilon"]) == second
-    kept = pd.read_csv(out / "clusters.csv").cluster.to_numpy()
-    np.testing.assert_array_equal(kept, run_hdbscan(emb, *second)[0])  # the second result was kept
+    kept = pd.read_csv(out / "clusters.csv").cluster.tolist()
+    assert kept == [folder_name(k) for k in by_size(run_hdbscan(emb, *second)[0])]  # the second kept
 
 
 def test_without_terminal_or_parameters_it_stops_with_the_flags_to_pass(tmp_path):

@@ -221,7 +221,7 @@ def test_case12_spreadsheet_saved_embeddings_csv(tmp_path, dataset_dir):
     csv = pd.read_csv(emb / "embeddings.csv")
     csv.rename(columns={"cluster": "Cluster"}).to_csv(emb / "embeddings.csv", index=False)
     ids, feats = load_embeddings(emb)
-    assert list(ids.columns) == ["image", "cluster", "split", "specimen", "source_image"]
+    assert list(ids.columns) == ["image", "cluster", "split", "specimen", "source_image", "group"]
     # ;-separated with decimal commas, as a German/French spreadsheet saves it
     csv.to_csv(emb / "embeddings.csv", index=False, sep=";", decimal=",")
     ids, feats = load_embeddings(emb)

@@ -22,7 +22,7 @@ EVALUATE = "5-evaluation/evaluate.py"
 TINY_CLUSTER = ("--pretrained", "none", "--allow-random-features", "--input-size", "32",
                 "--batch-size", "16", "--num-workers", "0", "--quiet", "--no-show",
                 "--min-cluster-size", "3", "--cluster-selection-epsilon", "0", "--yes")
-IDENTITY = ["specimen", "source_image"]
+IDENTITY = ["specimen", "source_image", "group"]
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def test_specimen_and_source_image_reach_every_csv(demo_set, tmp_path, fast_umap
     run_stage(SEGMENT, "--input", photos, "--output", seg, "--method", "threshold", "--no-progress")
     table = pd.read_csv(seg / "segmentation.csv", dtype=str, keep_default_na=False)
     assert list(table.columns[:3]) == ["image", "output", "status"]  # old columns first
-    assert list(table.columns[-2:]) == IDENTITY
+    assert list(table.columns[-3:]) == IDENTITY
     row = table.set_index("image").loc["drawer1/specimen_00000.jpg"]
     assert (row.output, row.specimen, row.source_image) == (
         "drawer1/specimen_00000.png", "drawer1/specimen_00000", "drawer1/specimen_00000.jpg")
@@ -66,9 +66,13 @@ def test_specimen_and_source_image_reach_every_csv(demo_set, tmp_path, fast_umap
     assert (table.specimen + ".png" == table.image).all()
     assert all(truth[s] == src for s, src in zip(table.specimen, table.source_image))
 
-    run_stage(DATASET, "--input", clusters, "--output", data, "--outliers-folder", "none")
+    assert (table.group == table.specimen).all()  # stage 1 groups nothing
+    # stage 2 groups the photos by their last digit (3 photos a group): copied to every later CSV
+    run_stage(DATASET, "--input", clusters, "--output", data, "--outliers-folder", "none",
+              "--group-by", r"(\d)$")
     split = pd.read_csv(data / "split.csv", dtype=str, keep_default_na=False)
     assert list(split.columns) == ["image", "cluster", "split", "unlabeled_path", *IDENTITY]
+    assert (split.group == split.specimen.str[-1]).all()
     assert len(split) == len(table) and set(split.specimen) == set(table.specimen)
     assert all(truth[s] == src for s, src in zip(split.specimen, split.source_image))
     assert all(image.split("/", 1)[1] == s + ".png" for image, s in zip(split.image, split.specimen))
@@ -80,12 +84,13 @@ def test_specimen_and_source_image_reach_every_csv(demo_set, tmp_path, fast_umap
     assert list(emb.columns) == ["image", "cluster", "split", *[f"emb_{i}" for i in range(512)],
                                  *IDENTITY]
     pca = pd.read_csv(tmp_path / "4" / "run" / "embeddings_pca.csv")
-    assert list(pca.columns[:3]) == ["image", "cluster", "split"] and list(pca.columns[-2:]) == IDENTITY
+    assert list(pca.columns[:3]) == ["image", "cluster", "split"] and list(pca.columns[-3:]) == IDENTITY
     assert pca.columns[3] == "PC1"
     by_image = split.set_index("image")
     for frame in (emb, pca):
         assert (frame.specimen.to_numpy() == by_image.loc[frame.image, "specimen"].to_numpy()).all()
         assert (frame.source_image.to_numpy() == by_image.loc[frame.image, "source_image"].to_numpy()).all()
+        assert (frame.group.astype(str).to_numpy() == by_image.loc[frame.image, "group"].to_numpy()).all()
 
     # labels (the phenotypes) keyed by specimen: all but two, one by file name only, one unknown
     phenotype = pd.read_csv(demo_set / "labels.csv").set_index("image").phenotype
@@ -108,6 +113,7 @@ def test_specimen_and_source_image_reach_every_csv(demo_set, tmp_path, fast_umap
     assert list(pred.columns) == ["image", "label", "linear", "knn", *IDENTITY]
     assert (pred.specimen.to_numpy() == by_image.loc[pred.image, "specimen"].to_numpy()).all()
     assert all(truth[s] == src for s, src in zip(pred.specimen, pred.source_image))
+    assert (pred.group.to_numpy() == by_image.loc[pred.image, "group"].to_numpy()).all()
 
 
 def test_hand_made_folders_and_older_csvs_get_identities_from_paths(tmp_path):
@@ -120,8 +126,9 @@ def test_hand_made_folders_and_older_csvs_get_identities_from_paths(tmp_path):
                   "output": ["a/x.jpg.png", "a/x.tif.png", "b/y.png", ""],
                   "status": ["ok", "ok", "ok", "no_wings"]}).to_csv(seg / "segmentation.csv", index=False)
     known = segmentation_identity(seg / "images")
-    assert known == {"a/x.jpg.png": ("a/x.jpg", "a/x.jpg"), "a/x.tif.png": ("a/x.tif", "a/x.tif"),
-                     "b/y.png": ("b/y", "b/y.jpeg")}
+    assert known == {"a/x.jpg.png": ("a/x.jpg", "a/x.jpg", "a/x.jpg"),  # group = specimen
+                     "a/x.tif.png": ("a/x.tif", "a/x.tif", "a/x.tif"),
+                     "b/y.png": ("b/y", "b/y.jpeg", "b/y")}
     assert segmentation_identity(tmp_path / "elsewhere" / "images") is None
     # clusters.csv of an older stage 1 is completed through its input's segmentation.csv
     one = tmp_path / "one"
@@ -131,8 +138,10 @@ def test_hand_made_folders_and_older_csvs_get_identities_from_paths(tmp_path):
     assert clusters_identity(one) == known
     assert clusters_identity(tmp_path / "hand-made") is None
     ids = identify(["groupA/IMG 1.JPG", "groupB/sub/y.tar.gz"], None)
-    assert ids.values.tolist() == [["groupA/IMG 1", "groupA/IMG 1.JPG"],
-                                   ["groupB/sub/y.tar", "groupB/sub/y.tar.gz"]]
+    assert ids.values.tolist() == [["groupA/IMG 1", "groupA/IMG 1.JPG", "groupA/IMG 1"],
+                                   ["groupB/sub/y.tar", "groupB/sub/y.tar.gz", "groupB/sub/y.tar"]]
+    # two photos that differ only in extension keep it, so they never share a specimen
+    assert identify(["a/x.jpg", "a/x.tif"], None).specimen.tolist() == ["a/x.jpg", "a/x.tif"]
 
     # stage 2 on hand-made cluster folders: source_image is the path below --input
     src = tmp_path / "groups"
@@ -144,6 +153,7 @@ def test_hand_made_folders_and_older_csvs_get_identities_from_paths(tmp_path):
     split = pd.read_csv(tmp_path / "ds" / "split.csv", dtype=str)
     assert (split.source_image == split.image).all()
     assert (split.specimen == split.image.str.removesuffix(".png")).all()
+    assert (split.group == split.specimen).all()  # no grouping: one photo, one group
 
 
 def test_labels_match_on_any_key_and_report_what_did_not(tmp_path, capsys):
@@ -202,7 +212,7 @@ def test_old_embeddings_csv_without_identity_is_still_evaluated(dataset_dir, tmp
               "--no-baselines", "--no-umap", "--num-workers", "0", "--neighbours", "0")
     pred = pd.read_csv(tmp_path / "5" / "run" / "predictions.csv", dtype=str)
     assert list(pred.columns) == ["image", "label", "linear", "knn", *IDENTITY]
-    assert (pred.source_image == pred.image).all()
+    assert (pred.source_image == pred.image).all() and (pred.group == pred.specimen).all()
 
 
 def test_other_dataset_is_refused_in_one_line_and_a_failed_run_is_not_finished(dataset_dir, demo_set,
@@ -345,4 +355,4 @@ def test_stage2_update_keeps_every_split_and_places_new_images(tmp_path, capsys)
     assert "skip:" in capsys.readouterr().out
     _image(src / "b" / "b99.png", 99)
     assert_one_line_error(run_cli(DATASET, *args), "(1 new, 0 removed, 0 changed images; new: b/b99.png)")
-    assert list(after.columns[-2:]) == IDENTITY and after.loc["z/z0.png", "specimen"] == "z/z0"
+    assert list(after.columns[-3:]) == IDENTITY and after.loc["z/z0.png", "specimen"] == "z/z0"

@@ -28,7 +28,7 @@ def test_embeddings_csv_contract(pipeline, dataset_dir):
         d = pipeline / "4-embeddings" / run
         emb = pd.read_csv(d / "embeddings.csv")
         assert list(emb.columns) == (["image", "cluster", "split"] + [f"emb_{i}" for i in range(512)]
-                                     + ["specimen", "source_image"])
+                                     + ["specimen", "source_image", "group"])
         assert len(emb) == len(split) == 30
         assert sorted(emb.image) == sorted(split.image)
         assert set(emb.split) == {"train", "validation"}
@@ -36,7 +36,7 @@ def test_embeddings_csv_contract(pipeline, dataset_dir):
         kept = variance[variance.explained_variance_ratio > 0.005]
         pca = pd.read_csv(d / "embeddings_pca.csv")
         assert list(pca.columns) == (["image", "cluster", "split"] + [f"PC{i + 1}" for i in range(len(kept))]
-                                     + ["specimen", "source_image"])
+                                     + ["specimen", "source_image", "group"])
         assert len(pca) == 30 and variance.kept.sum() == len(kept)
         np.testing.assert_allclose(np.load(d / "embeddings.npy"), emb.filter(like="emb_").to_numpy(), rtol=1e-5, atol=1e-5)
         assert (d / "pca.png").stat().st_size > 0

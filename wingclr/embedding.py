@@ -90,7 +90,7 @@ def embedded_other_split(out: Path, data: Path) -> bool:
 
 
 def image_table(data: Path) -> tuple[Path, pd.DataFrame]:
-    """Image root and ``(image, cluster, split, specimen, source_image)`` rows: stage 2's split.csv
+    """Image root and ``(image, cluster, split, specimen, source_image, group)`` rows: stage 2's split.csv
     or a folder scan (identities from stage 1's clusters.csv there, else from the paths)."""
     data = Path(data)
     split_csv = data / "split.csv"
@@ -213,7 +213,7 @@ def embed_run(name: str, ckpt: Path, *, data: Path, output: Path, batch_size: in
     (out / MANIFEST).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "embeddings.npy", feats)  # fast reload for stage 5; the CSV is for people
-    # image, cluster, split first (as before the identity columns), specimen, source_image last
+    # image, cluster, split first (as before the identity columns), specimen, source_image, group last
     first, last = table[["image", "cluster", "split"]], table[IDENTITY]
     write_matrix_csv(out / "embeddings.csv", first, feats,
                      [f"emb_{i}" for i in range(feats.shape[1])], tail=last)

@@ -1,17 +1,22 @@
-"""Which image is which across the stages: the ``specimen`` / ``source_image`` columns, and the
-record of a stage's input files.
+"""Which image is which across the stages: the ``specimen`` / ``source_image`` / ``group`` columns,
+and the record of a stage's input files.
 
 **Identity.** Every stage renames the image (``drawer1/x.jpg`` becomes stage 0's
 ``images/drawer1/x.png``, stage 1's ``cluster_2/drawer1/x.png``), so every CSV also carries
 
 * ``source_image``: the original photo's path below stage 0's ``--input`` (``drawer1/x.jpg``);
-* ``specimen``: that path without its extension (``drawer1/x``), the same in every CSV. Two photos
-  that differ only in their extension keep it (``x.jpg``, ``x.tif``), as stage 0's names do.
+* ``specimen``: that path without its extension (``drawer1/x``), the same in every CSV: one
+  identity per photo. Two photos that differ only in their extension keep it (``x.jpg``,
+  ``x.tif``), as stage 0's names do;
+* ``group``: the specimen (animal) the photo shows; several photos (dorsal and ventral views) share
+  it. Stage 2 sets it (``--group-by`` / ``--groups``, :mod:`wingclr.groups`); until then, and
+  without grouping, it equals ``specimen`` (one photo, one group).
 
-Each stage copies both from the previous stage's CSV (``segmentation.csv`` -> ``clusters.csv`` ->
+Each stage copies all three from the previous stage's CSV (``segmentation.csv`` -> ``clusters.csv`` ->
 ``split.csv`` -> ``embeddings.csv`` -> ``predictions.csv``). Where there is none (folders made by
 hand, or a CSV written before these columns existed), ``source_image`` is the image's path below
-that stage's input folder and ``specimen`` that path without its extension.
+that stage's input folder and ``specimen`` that path without its extension; a CSV written before
+``group`` existed reads as ``group = specimen``.
 
 **Input record.** Stages 1 and 2 write ``inputs.csv`` (``image, size, mtime_ns`` of every input
 image, stamped when the run started) just before their manifest, so a re-run can tell new, removed
@@ -25,15 +30,17 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
+from .cli import UserError
 from .outputs import read_manifest, write_csv
 
-SPECIMEN, SOURCE = "specimen", "source_image"
-COLUMNS = [SPECIMEN, SOURCE]
+SPECIMEN, SOURCE, GROUP = "specimen", "source_image", "group"
+COLUMNS = [SPECIMEN, SOURCE, GROUP]
 INPUTS = "inputs.csv"
 
-Identity = dict  # lookup key -> (specimen, source_image)
+Identity = dict  # lookup key -> (specimen, source_image, group)
 
 
 def posix(path) -> str:
@@ -50,10 +57,11 @@ def without_extension(path: str) -> str:
     return p.with_suffix("").as_posix() if p.suffix else p.as_posix()
 
 
-def from_path(rel) -> tuple[str, str]:
-    """``(specimen, source_image)`` of an image known only by its path below an input folder."""
+def from_path(rel) -> tuple[str, str, str]:
+    """``(specimen, source_image, group)`` of an image known only by its path below an input
+    folder (its own group)."""
     source = posix(PurePosixPath(Path(rel).as_posix()))
-    return without_extension(source), source
+    return without_extension(source), source, without_extension(source)
 
 
 def below_cluster(rel) -> str:
@@ -72,21 +80,53 @@ def _read_csv(path: Path, columns: Iterable[str]) -> pd.DataFrame | None:
         return None  # a damaged table only costs the identity: paths stand in
 
 
-def read_identity(csv: Path | str, key: str = "image") -> Identity | None:
-    """``key`` value -> ``(specimen, source_image)`` from a stage CSV that has both columns.
+def read_identity(csv: Path | str, key: str = "image", check: bool = False) -> Identity | None:
+    """``key`` value -> ``(specimen, source_image, group)`` from a stage CSV that has the
+    ``specimen`` and ``source_image`` columns (``group`` defaults to ``specimen``).
+
+    Args:
+        check: refuse a table edited into ambiguity (:func:`check_unique`).
 
     Returns:
         None when the file is missing, unreadable or lacks a column (written by an older
         version); rows with a blank identity are left out.
+
+    Raises:
+        UserError: with ``check``, one image listed twice or one specimen claimed by two images.
     """
     path = Path(csv)
     if not path.is_file():
         return None
     table = _read_csv(path, [key, *COLUMNS])
-    if table is None or not {key, *COLUMNS} <= set(table.columns):
+    if table is None or not {key, SPECIMEN, SOURCE} <= set(table.columns):
         return None
-    return {k: (s, src) for k, s, src in zip(table[key], table[SPECIMEN], table[SOURCE])
-            if k and s and src}
+    if check:
+        check_unique(table, path, key)
+    groups = table[GROUP] if GROUP in table else table[SPECIMEN]
+    return {k: (s, src, g or s) for k, s, src, g in
+            zip(table[key], table[SPECIMEN], table[SOURCE], groups) if k and s and src}
+
+
+def check_unique(table: pd.DataFrame, path: Path, key: str = "image") -> None:
+    """Refuse a stage CSV that lists one image twice or gives two images one specimen (a hand
+    edit): copied on, it would pair a photo with another photo's identity.
+
+    Raises:
+        UserError: naming the file, the row (the header is row 1, as a spreadsheet shows it) and
+            the fix.
+    """
+    for column, what in ((key, "lists {column} {value} again"),
+                         (SPECIMEN, "gives {column} {value} to a second image")):
+        values = table[column]
+        twice = values.duplicated() & (values != "")
+        if twice.any():
+            row = int(np.flatnonzero(twice.to_numpy())[0])
+            first = int(np.flatnonzero((values == values.iloc[row]).to_numpy())[0])
+            other = f" ({table[key].iloc[row]})" if column != key else ""
+            said = what.format(column=column, value=values.iloc[row])
+            raise UserError(f"{path} row {row + 2}{other} {said} (first at row {first + 2}); "
+                            "delete or correct one of the two rows (or re-run the stage that "
+                            "wrote it with --overwrite)")
 
 
 def segmentation_identity(images_dir: Path | str) -> Identity | None:
@@ -107,10 +147,15 @@ def segmentation_identity(images_dir: Path | str) -> Identity | None:
         if (top / "segmentation.csv").is_file() else None
     if table is None or not {"image", "output"} <= set(table.columns):
         return None
-    spec = table[SPECIMEN] if SPECIMEN in table else pd.Series("", index=table.index)
-    src = table[SOURCE] if SOURCE in table else pd.Series("", index=table.index)
-    return {out: ((s, so) if s and so else (without_extension(out), posix(image)))
-            for image, out, s, so in zip(table["image"], table["output"], spec, src) if out}
+    blank = pd.Series("", index=table.index)
+    spec, src = (table[c] if c in table else blank for c in (SPECIMEN, SOURCE))
+    group = table[GROUP] if GROUP in table else spec
+    found = {}
+    for image, out, s, so, g in zip(table["image"], table["output"], spec, src, group):
+        if out:
+            s, so = (s, so) if s and so else (without_extension(out), posix(image))
+            found[out] = (s, so, g or s)
+    return found
 
 
 def clusters_identity(root: Path | str) -> Identity | None:
@@ -121,9 +166,12 @@ def clusters_identity(root: Path | str) -> Identity | None:
 
     Returns:
         None when ``root`` holds no ``clusters.csv`` (cluster folders made by hand).
+
+    Raises:
+        UserError: ``clusters.csv`` lists an image twice or gives two images one specimen.
     """
     root = Path(root)
-    known = read_identity(root / "clusters.csv")
+    known = read_identity(root / "clusters.csv", check=True)
     if known is not None or not (root / "clusters.csv").is_file():
         return known
     try:
@@ -136,7 +184,7 @@ def clusters_identity(root: Path | str) -> Identity | None:
 
 def identify(images: Sequence[str], known: Identity | None, key: Callable[[str], str] | None = None,
              source: str = "") -> pd.DataFrame:
-    """``specimen`` and ``source_image`` per image, in order.
+    """``specimen``, ``source_image`` and ``group`` per image, in order.
 
     Args:
         images: the images' paths below this stage's input folder.
@@ -144,16 +192,23 @@ def identify(images: Sequence[str], known: Identity | None, key: Callable[[str],
         key: image path -> lookup key in ``known`` (default: the path itself).
         source: the previous CSV's name; images it does not list are named in one printed note.
 
-    Images ``known`` does not hold are identified by their path (:func:`from_path`).
+    Images ``known`` does not hold are identified by their path (:func:`from_path`); two of them
+    that differ only in their extension (``x.jpg``, ``x.tif``) keep it in ``specimen``, as stage
+    0's names do, so no two images share a specimen.
     """
-    rows, missing = [], []
+    rows, missing, derived = [], [], []
     for image in images:
         hit = known.get(key(image) if key else posix(image)) if known else None
         if hit is None:
             if known:
                 missing.append(posix(image))
             hit = from_path(image)
+            derived.append(len(rows))
         rows.append(hit)
+    taken = pd.Series([r[0] for r in rows], dtype=str).value_counts()
+    for i in derived:
+        if taken.get(rows[i][0], 0) > 1:
+            rows[i] = (rows[i][1], rows[i][1], rows[i][1])
     if missing and source:
         print(f"note: {len(missing)} image{'s' * (len(missing) != 1)} not listed in {source} "
               f"(added by hand?) are identified by their path here: {shorten(missing)}")

@@ -1,8 +1,9 @@
 """Stage 2: cluster folders -> ``unlabeled/`` (all), ``train/`` and ``validation/`` (per cluster).
 
 The split is drawn per cluster with a generator seeded by ``(seed, cluster name)``, so adding or
-removing a cluster never reshuffles the others. Outliers go to ``unlabeled/`` only; a cluster with
-one image stays in ``train/`` and is reported.
+removing a cluster never reshuffles the others (:mod:`wingclr.draw_split`). Photos of one specimen
+(``--group-by``, ``--groups``: :mod:`wingclr.groups`) are drawn together and never split. Outliers
+go to ``unlabeled/`` only; a cluster with one image stays in ``train/`` and is reported.
 
 A finished dataset records its input images (``inputs.csv``). A re-run whose input images changed
 (new, removed, or changed size or modification time) refuses to skip; ``--update`` then keeps every
@@ -13,25 +14,30 @@ only (:func:`update_splits`), while ``--overwrite`` draws the whole split again.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
-import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .cli import (Settings, UserError, check_minimum, progress, require_output_folder,
                   write_error)
 from .data import dataset_channels, scan_clusters
-from .identity import (COLUMNS, Changes, below_cluster, clusters_identity, identify,
-                       input_changes, stamp_files, write_inputs)
+from .draw_split import assign_splits, update_splits  # noqa: F401 (stage 2 API)
+from .groups import Grouping, check_flags, photo_groups, split_across
+from .identity import (COLUMNS, GROUP, Changes, below_cluster, clusters_identity, identify,
+                       input_changes, shorten, stamp_files, write_inputs)
 from .imageio import try_read
-from .outputs import check_finished, settings, write_csv, write_manifest
+from .outputs import changed_keys, check_finished, settings, write_csv, write_manifest
 
 SUBSETS = ("unlabeled", "train", "validation")
+# Compared by content, not by path: the input images by inputs.csv, the --groups CSV by its
+# digest, so a copied or moved dataset (or work folder) is still the same dataset.
+PATH_KEYS = ("input", "output", "groups")
+GROUPS_DIGEST = "groups_sha256"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,73 +48,16 @@ class DatasetSettings(Settings):
     output: Path
     val_fraction: float
     seed: int
+    group_by: str | None
+    groups: Path | None
+    group_column: str | None
+    group_id_column: str | None
     link: str
     outliers_folder: str
     num_workers: int
     quiet: bool
     overwrite: bool
     update: bool
-
-
-def assign_splits(clusters: list[str], val_fraction: float, seed: int,
-                  outliers: str = "outliers") -> list[str]:
-    """Split label per image: ``train``, ``validation`` or ``unlabeled`` (outliers).
-
-    Per cluster of n images, ``round(n * val_fraction)`` go to validation, clipped so that both
-    sides keep at least one image when n >= 2; a single image stays in train.
-    """
-    splits = ["train"] * len(clusters)
-    by_cluster: dict[str, list[int]] = {}
-    for i, c in enumerate(clusters):
-        by_cluster.setdefault(c, []).append(i)
-    for name, idx in by_cluster.items():
-        if name == outliers:
-            for i in idx:
-                splits[i] = "unlabeled"
-            continue
-        n = len(idx)
-        n_val = min(max(round(n * val_fraction), 1), n - 1) if n >= 2 and val_fraction > 0 else 0
-        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-        for i in rng.permutation(idx)[:n_val]:
-            splits[i] = "validation"
-    return splits
-
-
-def update_splits(images: list[str], clusters: list[str], old: dict[str, str], val_fraction: float,
-                  seed: int, outliers: str = "outliers") -> list[str]:
-    """Split labels after images were added to a finished split: every image of ``old`` keeps its.
-
-    A cluster none of whose images is in ``old`` is split as :func:`assign_splits` splits it (the
-    same images go to validation as in a fresh run). In the others the new images are drawn
-    (seeded by ``seed``, the cluster and how many images it kept) so that the cluster's validation
-    share comes as close to ``val_fraction`` as it can without moving a kept image.
-
-    Args:
-        images: image paths (``<cluster>/...``); ``old`` maps such paths to their split.
-    """
-    splits = [old.get(image, "") for image in images]
-    by_cluster: dict[str, list[int]] = {}
-    for i, c in enumerate(clusters):
-        by_cluster.setdefault(c, []).append(i)
-    for name, idx in by_cluster.items():
-        new = [i for i in idx if not splits[i]]
-        kept = [i for i in idx if splits[i]]
-        if not new:
-            continue
-        if name == outliers or not kept:
-            for i, split in zip(idx, assign_splits([name] * len(idx), val_fraction, seed, outliers)):
-                splits[i] = split
-            continue
-        n = len(idx)
-        target = min(max(round(n * val_fraction), 1), n - 1) if n >= 2 and val_fraction > 0 else 0
-        have = sum(splits[i] == "validation" for i in kept)
-        spare = 0 if any(splits[i] == "train" for i in kept) else 1  # train keeps >= 1 image
-        need = max(0, min(target - have, len(new) - spare))
-        rng = np.random.default_rng([seed, zlib.crc32(name.encode()), len(kept)])
-        chosen = set(rng.permutation(new)[:need].tolist())
-        for i in new:
-            splits[i] = "validation" if i in chosen else "train"
-    return splits
 
 
 def place_file(src: Path, dst: Path, link: str) -> None:
@@ -165,8 +114,18 @@ def readable_images(found, reasons: list[str]) -> tuple[list[Path], list[str], l
 
 
 def dataset_settings(s: DatasetSettings) -> dict:
-    """The settings that define the output (``--update`` says how to run, not what)."""
-    return settings(s, "2-create_dataset")
+    """The settings that define the output (``--update`` says how to run, not what), with the
+    digest of the ``--groups`` CSV when one is given."""
+    found = settings(s, "2-create_dataset")
+    if s.groups is not None and Path(s.groups).is_file():
+        found[GROUPS_DIGEST] = hashlib.sha256(Path(s.groups).read_bytes()).hexdigest()
+    return found
+
+
+def changed_settings(stored: dict, wanted: dict) -> list[str]:
+    """Names of the settings that differ between a finished dataset's record and this command;
+    folder paths (:data:`PATH_KEYS`) are left out."""
+    return changed_keys(stored, wanted, (set(stored) | set(wanted)) - set(PATH_KEYS))
 
 
 def read_split_table(out: Path) -> pd.DataFrame | None:
@@ -197,11 +156,17 @@ def create_dataset(s: DatasetSettings) -> dict | None:
         raise UserError(f"--val-fraction must be in [0, 1), got {s.val_fraction}")
     check_minimum(("--num-workers", s.num_workers, 0))
     require_output_folder(out)
+    check_flags(group_by=s.group_by, groups=s.groups, group_column=s.group_column,
+                group_id_column=s.group_id_column)
+    if s.groups is not None and not Path(s.groups).is_file():
+        raise UserError(f"--groups {s.groups} not found; give the CSV that names each photo's "
+                        "group")
     if s.update and s.overwrite:
         raise UserError("--update and --overwrite exclude each other: --update keeps every "
                         "image's split and adds the new images, --overwrite draws the whole split "
                         "again; pass one of them")
-    finished = check_finished(out, dataset_settings(s), s.overwrite, "dataset")
+    finished = check_finished(out, dataset_settings(s), s.overwrite, "dataset",
+                              compare=changed_settings)
     inp = Path(s.input).resolve()
     if out.resolve() == inp or inp in out.resolve().parents:
         raise UserError(f"--output {out} lies inside --input {s.input}; choose an output "
@@ -222,9 +187,11 @@ def create_dataset(s: DatasetSettings) -> dict | None:
         return _update(s, out, found, stamps, old, changes)
     if s.update:
         print(f"note: --update: {out} holds no split.csv yet; making the dataset")
+    ids, grouping = identities(s, found.root, found.images)  # a bad grouping stops before decoding
     reasons = check_readable(found.root, found.images, s.num_workers)
     images, clusters, skipped, channels = readable_images(found, reasons)
-    splits = assign_splits(clusters, s.val_fraction, s.seed, s.outliers_folder)
+    ids, grouping = readable_only(ids, grouping, reasons)
+    splits = assign_splits(clusters, s.val_fraction, s.seed, s.outliers_folder, grouping.groups)
 
     (out / "manifest.json").unlink(missing_ok=True)  # from here on the output is unfinished
     for subset in SUBSETS:  # our own folders only; unfinished or --overwrite
@@ -235,21 +202,55 @@ def create_dataset(s: DatasetSettings) -> dict | None:
         place_file(src, out / "unlabeled" / rel, s.link)
         if split in ("train", "validation"):
             place_file(src, out / split / rel, s.link)
-    return _finish(s, out, found, stamps, images, clusters, splits, skipped, channels)
+    return _finish(s, out, stamps, images, clusters, splits, skipped, channels, ids, grouping)
 
 
-def _finish(s: DatasetSettings, out: Path, found, stamps: pd.DataFrame, images: list[Path],
-            clusters: list[str], splits: list[str], skipped: list, channels: int, **extra) -> dict:
+def identities(s: DatasetSettings, root: Path, images: list[Path]) -> tuple[pd.DataFrame, Grouping]:
+    """``image`` (``<cluster>/...``), ``specimen``, ``source_image`` and ``group`` per image, and
+    the grouping the split keeps together (``--group-by`` / ``--groups``, else ``clusters.csv``'s).
+
+    Raises:
+        UserError: a ``clusters.csv`` edited into ambiguity, or a grouping that cannot be used.
+    """
+    names = [p.as_posix() for p in images]
+    known = clusters_identity(root)
+    ids = identify(names, known, key=below_cluster, source="clusters.csv" if known else "")
+    ids.insert(0, "image", names)
+    grouping = photo_groups(ids, group_by=s.group_by, groups=s.groups, group_column=s.group_column,
+                            group_id_column=s.group_id_column)
+    ids[GROUP] = grouping.groups
+    return ids, grouping
+
+
+def readable_only(ids: pd.DataFrame, grouping: Grouping,
+                  reasons: list[str]) -> tuple[pd.DataFrame, Grouping]:
+    """The rows of the readable images (``reasons[i] == ''``); prints the groups' one-line
+    summary when photos were grouped."""
+    keep = [i for i, reason in enumerate(reasons) if not reason]
+    ids = ids.iloc[keep].reset_index(drop=True)
+    names = set(ids["image"])
+    grouping = replace(grouping, groups=[grouping.groups[i] for i in keep],
+                       alone=[a for a in grouping.alone if a in names])
+    if grouping.how != "clusters.csv" or ids[GROUP].nunique() < len(ids):
+        print(grouping.summary())
+    return ids, grouping
+
+
+def _finish(s: DatasetSettings, out: Path, stamps: pd.DataFrame, images: list[Path],
+            clusters: list[str], splits: list[str], skipped: list, channels: int,
+            ids: pd.DataFrame, grouping: Grouping, **extra) -> dict:
     """split.csv, the summary, ``inputs.csv`` and the manifest (last) of a placed dataset."""
     names = [p.as_posix() for p in images]
     table = pd.DataFrame({
         "image": names, "cluster": clusters, "split": splits,
         "unlabeled_path": [f"unlabeled/{name}" for name in names],
     })
-    known = clusters_identity(found.root)
-    ids = identify(names, known, key=below_cluster, source="clusters.csv" if known else "")
     for column in COLUMNS:
         table[column] = ids[column].to_numpy()
+    across = split_across(grouping.groups, splits)
+    if across:  # only a dataset split before its photos were grouped, then --update'd
+        print(f"note: {len(across)} groups have photos in both train and validation (split "
+              f"before they were grouped; --overwrite draws the split again): {shorten(across)}")
     write_csv(out / "split.csv", table)
     counts = table.groupby("cluster")["split"].value_counts().unstack(fill_value=0)
     singletons = [c for c in counts.index if c != s.outliers_folder and
@@ -261,11 +262,12 @@ def _finish(s: DatasetSettings, out: Path, found, stamps: pd.DataFrame, images: 
     return write_manifest(
         out, "2-create_dataset", dataset_settings(s), seed=s.seed,
         counts={"images": len(images), "clusters": len(summary), "skipped": len(skipped),
-                "channels": channels,
+                "channels": channels, "groups": int(ids[GROUP].nunique()),
                 "train": int((table.split == "train").sum()),
                 "validation": int((table.split == "validation").sum()),
                 "per_cluster": summary},
         singleton_clusters=singletons, skipped_files=skipped,
+        grouping={**grouping.record, **grouping.counts(), "split_across": len(across)},
         input=str(Path(s.input).resolve()), **extra)
 
 
@@ -287,8 +289,9 @@ def _update(s: DatasetSettings, out: Path, found, stamps: pd.DataFrame, old: pd.
         reasons[i] = reason
     images, clusters, skipped, channels = readable_images(found, reasons)
     kept_names = [p.as_posix() for p in images]
+    ids, grouping = readable_only(*identities(s, found.root, found.images), reasons)
     splits = update_splits(kept_names, clusters, previous, s.val_fraction, s.seed,
-                           s.outliers_folder)
+                           s.outliers_folder, grouping.groups)
     present = set(kept_names)
     removed = [name for name in previous if name not in present]
     new = [i for i, name in enumerate(kept_names) if name not in previous]
@@ -310,7 +313,7 @@ def _update(s: DatasetSettings, out: Path, found, stamps: pd.DataFrame, old: pd.
           f"{added.get('validation', 0)} validation, {added.get('unlabeled', 0)} unlabeled only), "
           f"{len(removed)} removed, {len(redo) - len(new)} copied again; every other image "
           "keeps its split")
-    return _finish(s, out, found, stamps, images, clusters, splits, skipped, channels,
+    return _finish(s, out, stamps, images, clusters, splits, skipped, channels, ids, grouping,
                    updated={"new": [kept_names[i] for i in new], "removed": removed,
                             "copied_again": [kept_names[i] for i in redo if i not in is_new]})
 
@@ -334,7 +337,10 @@ def _report(summary: dict, singletons: list[str], skipped: list, out: Path) -> N
     for c, n in summary.items():
         print(f"{c:<24}{n['train']:>8}{n['validation']:>8}{n['unlabeled']:>8}")
     for c in singletons:
-        print(f"note: cluster {c} has 1 image; it stays in train/ (nothing to validate on)")
+        if summary[c]["validation"]:  # its group was placed in another cluster
+            print(f"note: cluster {c} has 1 image; it is in validation/ with the rest of its group")
+        else:
+            print(f"note: cluster {c} has 1 image; it stays in train/ (nothing to validate on)")
     for path, reason in skipped:
         print(f"skipped: {path}: {reason}")
     print(f"wrote {out}/unlabeled, train, validation and split.csv")

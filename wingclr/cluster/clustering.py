@@ -20,6 +20,29 @@ SILHOUETTE_MAX_POINTS = 10_000  # silhouette is O(N^2): larger sets use a random
 FEATURE_SILHOUETTE_POINTS = 2_000  # ... times the feature size (4096 for VGG16)
 SWEEP_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)
 SWEEP_EPSILONS = (0.0, 0.1, 0.25, 0.5, 1.0)
+OUTLIERS = "outliers"
+
+
+def folder_name(label: int) -> str:
+    """A cluster's one spelling in every folder and CSV: ``cluster_<k>``, ``outliers`` for -1."""
+    return f"cluster_{int(label)}" if label >= 0 else OUTLIERS
+
+
+def by_size(labels: np.ndarray) -> np.ndarray:
+    """``labels`` renumbered so that cluster 0 is the largest, 1 the next, ... (-1 stays).
+
+    Ties go to the cluster whose first image comes first, so the same grouping of the same images
+    gets the same numbers whatever HDBSCAN called them (every try, every run).
+    """
+    labels = np.asarray(labels, int)
+    ids, first, counts = np.unique(labels[labels >= 0], return_index=True, return_counts=True)
+    if not len(ids):
+        return labels
+    first = np.flatnonzero(labels >= 0)[first]  # index among all images
+    order = np.lexsort((first, -counts))  # size descending, then first image
+    new = np.full(ids.max() + 1, -1, int)
+    new[ids[order]] = np.arange(len(ids))
+    return np.where(labels >= 0, new[np.maximum(labels, 0)], -1)
 
 
 def identical_rows(features: np.ndarray) -> bool:
@@ -151,7 +174,7 @@ def cluster(embedding: np.ndarray, min_cluster_size: int, epsilon: float = 0.0,
             min_samples: int | None = None, seed: int = 0, degenerate: bool = False,
             max_points: int = SILHOUETTE_MAX_POINTS, features: np.ndarray | None = None,
             metric: str = "euclidean") -> Clustering:
-    """HDBSCAN plus silhouette on ``(N, 3)`` points.
+    """HDBSCAN plus silhouette on ``(N, 3)`` points; clusters numbered by size (:func:`by_size`).
 
     With ``degenerate`` (all images gave identical features) everything forms one cluster: there
     is nothing to separate, and the silhouette is undefined. With ``features`` (``(N, D)``, the
@@ -161,6 +184,7 @@ def cluster(embedding: np.ndarray, min_cluster_size: int, epsilon: float = 0.0,
         labels, probs = np.zeros(len(embedding), int), np.ones(len(embedding), np.float32)
     else:
         labels, probs = run_hdbscan(embedding, min_cluster_size, epsilon, min_samples)
+        labels = by_size(labels)
     score, values, note = silhouette(embedding, labels, seed, max_points)
     if degenerate:
         note = ("silhouette undefined: all images give identical features (duplicate images?); "

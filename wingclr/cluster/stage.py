@@ -35,7 +35,8 @@ from ..identity import COLUMNS, identify, segmentation_identity, stamp_files, wr
 from ..imageio import list_files
 from ..outputs import MANIFEST, atomic_path, write_csv, write_manifest, write_text
 from ..split import place_file
-from .clustering import Clustering, cluster, identical_rows, project_umap, sweep, sweep_grid
+from .clustering import (OUTLIERS, Clustering, cluster, folder_name, identical_rows, project_umap,
+                         sweep, sweep_grid)
 from .inputs import (check_random_features, guard_output, input_changed_error,
                      random_features_warning, resolve_input, stage_settings,
                      with_weights_advice)
@@ -44,7 +45,6 @@ from .settings import ClusterSettings
 
 DEFAULT_MIN_CLUSTER_SIZE, DEFAULT_EPSILON = 20, 0.0
 MIN_IMAGES = 5  # UMAP needs a few points to build a neighbour graph
-OUTLIERS = "outliers"
 UMAP_KEYS = ("n_neighbors", "min_dist", "seed", "metric", "pca_dims")
 BATCH_HINT = "--min-cluster-size N --cluster-selection-epsilon E --yes"
 
@@ -144,7 +144,7 @@ def choose(embedding: np.ndarray, s: ClusterSettings, *, mode: str, out: Path,
     mode (the ones used in batch mode). ``features`` (the rows of ``embedding``) add the
     feature-space silhouette; ``warning`` is printed after every result (random features); with
     ``images`` (the files of the rows), every try also draws a contact sheet per cluster,
-    ``out/sheet_<k>.png`` (beside the plots, not in a folder: stage 2 reads every folder of
+    ``out/sheet_cluster_<k>.png`` (beside the plots, not in a folder: stage 2 reads every folder of
     ``out`` as a cluster).
 
     Returns:
@@ -189,7 +189,7 @@ def draw_sheets(features: np.ndarray, labels: np.ndarray, images: list[Path], fo
 
         for old in folder.glob("sheet_*.png"):
             old.unlink()
-        files = write_contact_sheets(features, [str(k) for k in labels], images, folder)
+        files = write_contact_sheets(features, [folder_name(k) for k in labels], images, folder)
         print(f"contact sheets (nearest the cluster centre first, outliers apart): {folder}/ "
               f"({len(files)} files)")
     except Exception as e:  # noqa: BLE001
@@ -200,16 +200,18 @@ def write_clusters(out: Path, root: Path, images: list[str], result: Clustering,
                    embedding: np.ndarray, link: str, identity: pd.DataFrame | None = None) -> pd.DataFrame:
     """``cluster_<k>/<rel>``, ``outliers/<rel>`` and ``clusters.csv``; returns the table.
 
-    ``identity``: ``specimen`` and ``source_image`` per image (:mod:`wingclr.identity`), the last
-    columns of ``clusters.csv`` (default: from the paths).
+    ``cluster`` in ``clusters.csv`` is the image's folder (``cluster_0``, ``outliers``), the
+    spelling of ``split.csv``, ``embeddings.csv`` and ``predictions.csv``, so the tables join.
+    ``identity``: ``specimen``, ``source_image`` and ``group`` per image (:mod:`wingclr.identity`),
+    the last columns of ``clusters.csv`` (default: from the paths).
     """
     for old in [*out.glob("cluster_*"), out / OUTLIERS]:  # our own folders of an unfinished run
         if old.is_dir():
             shutil.rmtree(old)
-    folders = [f"cluster_{k}" if k >= 0 else OUTLIERS for k in result.labels]
+    folders = [folder_name(k) for k in result.labels]
     for rel, folder in zip(images, folders):
         place_file(root / rel, out / folder / rel, link)
-    table = pd.DataFrame({"image": images, "cluster": result.labels,
+    table = pd.DataFrame({"image": images, "cluster": folders,
                           "probability": np.round(result.probabilities, 4)})
     for i in range(3):
         table[f"umap_{i + 1}"] = np.round(embedding[:, i], 5)
@@ -218,6 +220,13 @@ def write_clusters(out: Path, root: Path, images: list[str], result: Clustering,
         table[column] = ids[column].to_numpy()
     write_csv(out / "clusters.csv", table)
     return table
+
+
+def wrote_line(result: Clustering, out: Path) -> str:
+    """What :func:`write_clusters` wrote, naming only the folders it made."""
+    outliers = f", {OUTLIERS}/ ({result.n_outliers} images)" if result.n_outliers else ""
+    return (f"wrote {result.n_clusters} cluster folder{'s' * (result.n_clusters != 1)} "
+            f"(cluster_0 the largest){outliers} and clusters.csv to {out}")
 
 
 def run_clustering(s: ClusterSettings, *, stdin_is_tty: bool | None = None,
@@ -318,8 +327,7 @@ def run_clustering(s: ClusterSettings, *, stdin_is_tty: bool | None = None,
     known = segmentation_identity(root)
     identity = identify(readable, known, source="stage 0's segmentation.csv" if known else "")
     write_clusters(out, root, readable, result, embedding, s.link, identity)
-    print(f"wrote {result.n_clusters} cluster folders, {OUTLIERS}/ ({result.n_outliers} images) "
-          f"and clusters.csv to {out}")
+    print(wrote_line(result, out))
     if warning:
         print(warning)
     write_inputs(out, stamps)
@@ -331,6 +339,7 @@ def run_clustering(s: ClusterSettings, *, stdin_is_tty: bool | None = None,
                 "skipped": len(skipped), "features_computed": computed},
         silhouette=result.silhouette, silhouette_note=result.note, silhouette_umap=result.silhouette,
         silhouette_features=result.feature_silhouette, silhouette_metric=s.metric,
-        random_features=random_features, cluster_sizes=result.sizes,
+        random_features=random_features,
+        cluster_sizes={folder_name(k): n for k, n in result.sizes.items()},
         tried=tried, skipped_files=skipped, input=str(root.resolve()),
         features={**config.key(), "dim": int(values.shape[1])})

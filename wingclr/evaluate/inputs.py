@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..cli import UserError
 from ..identity import COLUMNS as IDENTITY
-from ..identity import SPECIMEN, identify, posix, shorten
+from ..identity import GROUP, SPECIMEN, identify, posix, shorten
 
 ID_COLUMNS = ["image", "cluster", "split"]
 LABEL_KEYS = ("specimen", "source_image", "image")  # a labels CSV's key column, preferred first
@@ -95,14 +95,16 @@ def to_numbers(table: pd.DataFrame, columns: list[str], decimal: str, path: Path
 
 
 def with_identity(table: pd.DataFrame) -> pd.DataFrame:
-    """``image, cluster, split, specimen, source_image`` of an embeddings table; identities an
-    older ``embeddings.csv`` lacks (or leaves blank) come from the image paths."""
+    """``image, cluster, split, specimen, source_image, group`` of an embeddings table; identities
+    an older ``embeddings.csv`` lacks (or leaves blank) come from the image paths, and a missing
+    ``group`` is the ``specimen`` (one photo, one group)."""
     ids = table[ID_COLUMNS].reset_index(drop=True)
     derived = identify(ids["image"].tolist(), None)
     for column in IDENTITY:
         given = (table[column].reset_index(drop=True) if column in table
                  else pd.Series("", index=ids.index))
-        ids[column] = given.where(given.str.strip() != "", derived[column])
+        fallback = ids[SPECIMEN] if column == GROUP else derived[column]
+        ids[column] = given.where(given.str.strip() != "", fallback)
     return ids
 
 

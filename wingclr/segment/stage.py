@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ..cli import UserError, require_folder
-from ..identity import SOURCE, SPECIMEN, posix, without_extension
+from ..identity import GROUP, SOURCE, SPECIMEN, posix, without_extension
 from ..imageio import ImageReadError, list_files, match_channels, read_image, write_png
 from ..outputs import (MANIFEST, changed_keys, check_finished, jsonable, settings, write_csv,
                        write_manifest, write_text)
@@ -165,13 +165,16 @@ def _row(rel: Path, name: str, classes, status: str, reason: str = "", shape=Non
 
 
 def with_identity(row: dict, name: str) -> dict:
-    """``row`` with ``specimen`` and ``source_image`` (last; a row of an older table gets them).
+    """``row`` with ``specimen``, ``source_image`` and ``group`` (last; a row of an older table
+    gets them).
 
     ``specimen`` is the output name without ``.png``: the photo's path without its extension, or
-    with it where two photos collide (``x.jpg``, ``x.tif``), so it is unique.
+    with it where two photos collide (``x.jpg``, ``x.tif``), so it is unique. ``group`` is the
+    specimen until stage 2 groups photos (``--group-by``).
     """
     row[SPECIMEN] = row.get(SPECIMEN) or without_extension(name)
     row[SOURCE] = row.get(SOURCE) or posix(row["image"])
+    row[GROUP] = row.get(GROUP) or row[SPECIMEN]
     return row
 
 
