@@ -55,9 +55,10 @@ def get_args_parser():
     p.add_argument("--score-threshold", type=float, default=0.5,
                    help="ignore Mask R-CNN detections scoring lower; the best one per wing class "
                         "is kept")
-    p.add_argument("--rembg-model", default="u2net",
+    p.add_argument("--rembg-model", default=None,
                    help=f"rembg model ({', '.join(REMBG_MODELS)}) whose <name>.onnx is in "
-                        "weights/, or the path of a U^2-Net-style .onnx file")
+                        "weights/, or the path of a U^2-Net-style .onnx file (default: u2net; "
+                        "when u2net.onnx is missing, the best installed model, with a note)")
     p.add_argument("--dilate", type=float, default=0.03,
                    help="maskrcnn+rembg: how far beyond a Mask R-CNN mask rembg's edge may "
                         "extend the wing, as a fraction of the wings' bounding box")

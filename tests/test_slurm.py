@@ -129,3 +129,14 @@ def test_flags_the_scripts_pass_exist(relpath, flags):
     from conftest import load_stage
 
     load_stage(relpath).get_args_parser().parse_args(flags)
+
+
+def test_slurm_env_switches_downloads_off_unless_the_user_set_it(fake_slurm):
+    env = {k: v for k, v in fake_slurm.items() if k != "WINGCLR_OFFLINE"}
+    show = "source slurm_env.sh >/dev/null; echo offline=$WINGCLR_OFFLINE"
+    out = subprocess.run(["bash", "-c", show], cwd=REPO, env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert "offline=1" in out
+    out = subprocess.run(["bash", "-c", show], cwd=REPO, env={**env, "WINGCLR_OFFLINE": "0"},
+                         capture_output=True, text=True, check=True).stdout
+    assert "offline=0" in out

@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from ..cli import UserError
-from ..weights import fetch_advice, weights_dir
+from ..weights import fetch_advice, installed_rembg_models, instead, weights_dir
 
 RELEASES = "https://github.com/danielgatis/rembg/releases/download/v0.0.0/"
 # rembg model name -> published file (saved by `rembg d <name>` as <name>.onnx)
@@ -50,11 +50,17 @@ def _env(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def model_path(name: str, home: Path | None = None) -> Path:
+def model_path(name: str, home: Path | None = None, *, alternatives: bool = True) -> Path:
     """Where the rembg model ``name`` (or an ``.onnx`` path) lies.
 
+    Args:
+        name: a key of :data:`REMBG_MODELS` or the path of an ``.onnx`` file.
+        home: the weights folder (default :func:`~wingclr.weights.weights_dir`).
+        alternatives: name the installed models' flags in the error.
+
     Raises:
-        UserError: the file is missing; the message names it and how to get it.
+        UserError: the file is missing; the message names the installed models' flags first,
+            then how to get the file.
     """
     if name.endswith(".onnx"):
         path = Path(name)
@@ -70,7 +76,8 @@ def model_path(name: str, home: Path | None = None) -> Path:
     for candidate in (home / "models" / name / f"{name}.onnx", home / f"{name}.onnx"):
         if candidate.is_file():
             return candidate
-    raise UserError(f"rembg model file {name}.onnx not found in {home}/; {fetch_advice(name)} "
+    installed = instead("--rembg-model", installed_rembg_models(exclude=name)) if alternatives else ""
+    raise UserError(f"rembg model file {name}.onnx not found in {home}/; {installed}{fetch_advice(name)} "
                     f"(or download {RELEASES}{REMBG_MODELS[name]}; `rembg d {name}` needs "
                     f"pip install \"rembg[cli]\") and copy the file into {home}/ as {name}.onnx, "
                     "or use --method threshold|maskrcnn which need no rembg model")

@@ -19,7 +19,7 @@ class SegmentSettings(Settings):
     method: str | None
     checkpoint: Path | None
     score_threshold: float
-    rembg_model: str
+    rembg_model: str | None
     dilate: float
     min_coverage: float
     max_coverage: float

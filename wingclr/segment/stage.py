@@ -39,7 +39,7 @@ from ..imageio import ImageReadError, list_files, match_channels, read_image, wr
 from ..outputs import (MANIFEST, changed_keys, check_finished, jsonable, settings, write_csv,
                        write_manifest, write_text)
 from .masks import cutout, downscale, to_full_resolution, write_label_png
-from .methods import Segmenter, choose_method
+from .methods import Segmenter, choose_method, choose_rembg_model
 from .settings import SegmentSettings
 from .sheet import SHEET_GLOB, write_contact_sheets
 
@@ -233,10 +233,13 @@ def segment(s: SegmentSettings) -> dict:
     if not 0 <= s.min_coverage < s.max_coverage <= 1:
         raise UserError("--min-coverage and --max-coverage must satisfy 0 <= min < max <= 1 "
                         f"(got {s.min_coverage:g} and {s.max_coverage:g})")
-    method, checkpoint, note = choose_method(s.method, s.checkpoint, s.rembg_model)
-    if note:
-        print(note)
-    s = replace(s, method=method)  # the manifest records the method used (no --method: the default)
+    rembg_model, rembg_note = choose_rembg_model(s.rembg_model)
+    method, checkpoint, note = choose_method(s.method, s.checkpoint, rembg_model)
+    notes = [n for n in (note, rembg_note if "rembg" in method else "") if n]
+    for line in notes:
+        print(line)
+    # the manifest records the method and rembg model used (not given: what was chosen)
+    s = replace(s, method=method, rembg_model=rembg_model)
     semantic = run_settings(s)
     _guard(out, semantic, s.overwrite)
     images, not_images = list_files(inp)
@@ -281,7 +284,7 @@ def segment(s: SegmentSettings) -> dict:
         packages=("opencv-python-headless", "rembg", "onnxruntime"),
         classes=list(segmenter.classes), model=segmenter.info, input=str(inp.resolve()),
         **{f"{s}_files": v for s, v in listed.items()}, removed_outputs=removed,
-        contact_sheets=[p.name for p in sheets],
+        contact_sheets=[p.name for p in sheets], notes=notes,
         not_image_files=[(str(p), r) for p, r in not_images])
 
 
