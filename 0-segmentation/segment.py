@@ -17,6 +17,10 @@ Examples:
     python 0-segmentation/segment.py --input photos --checkpoint weights/my_wings.pth \\
         --rembg-model isnet-general-use --device cuda --batch-size 4
 
+Many photos: run N processes (or a SLURM array, 0-segmentation/segment.sbatch) with
+--shard K/N; the last one to finish merges the parts into one output:
+    python 0-segmentation/segment.py --input photos --method threshold --shard 1/4   # ... 4/4
+
 Outputs: images/<rel>.png (RGBA), masks/<rel>.png (palette PNG: value 0 background, 1..K = the
 checkpoint's wing classes, or 1 = specimen; coloured in a viewer), segmentation.csv (one row per
 photo: status ok | low_coverage | high_coverage | no_wings | unreadable | error, method,
@@ -76,6 +80,15 @@ def get_args_parser():
     p.add_argument("--num-workers", type=int, default=2, help="threads that read photos ahead")
     p.add_argument("--flush-every", type=int, default=25,
                    help="rewrite segmentation.csv after this many photos (resume granularity)")
+    p.add_argument("--shard", default="auto",
+                   help="K/N: segment only the K-th of N parts of the sorted photo list (1 <= K <= "
+                        "N; parts/ holds each part's table; the last shard to finish merges them "
+                        "into the single-process output); auto: the SLURM array task "
+                        "($SLURM_ARRAY_TASK_ID of $SLURM_ARRAY_TASK_COUNT) under an array, else "
+                        "one process; none: one process")
+    p.add_argument("--merge", action="store_true",
+                   help="only merge the finished shards' parts in --output (done automatically "
+                        "by the last shard)")
     cli.add_quiet_arg(p, dest="progress")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help=argparse.SUPPRESS)  # the old name of --quiet

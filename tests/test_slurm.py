@@ -53,7 +53,8 @@ def test_multinode_flags_follow_the_allocation(fake_slurm):
     assert f"--num-nodes {nodes} --devices {per_node} --num-workers 8 --sync-batchnorm --param-i 27" in out
 
 
-SBATCH_FILES = ["1-clustering/cluster.sbatch", "3-training/grid.sbatch", "3-training/train_multinode.sbatch",
+SBATCH_FILES = ["0-segmentation/segment.sbatch", "0-segmentation/segment_gpu.sbatch",
+                "1-clustering/cluster.sbatch", "3-training/grid.sbatch", "3-training/train_multinode.sbatch",
                 "4-embed/embed.sbatch", "5-evaluation/evaluate.sbatch"]
 
 
@@ -140,3 +141,12 @@ def test_slurm_env_switches_downloads_off_unless_the_user_set_it(fake_slurm):
     out = subprocess.run(["bash", "-c", show], cwd=REPO, env={**env, "WINGCLR_OFFLINE": "0"},
                          capture_output=True, text=True, check=True).stdout
     assert "offline=0" in out
+
+
+@pytest.mark.parametrize("name", ["segment.sbatch", "segment_gpu.sbatch"])
+def test_segment_scripts_run_one_shard_per_array_task(fake_slurm, name):
+    text = "\n".join(directives(REPO / "0-segmentation" / name))
+    assert "--array=" in text and ("--gres=gpu:1" in text) == (name == "segment_gpu.sbatch")
+    out = run_sbatch(f"0-segmentation/{name}", {**fake_slurm, "SLURM_CPUS_PER_TASK": "8"},
+                     "--input", "photos")
+    assert "srun python 0-segmentation/segment.py --quiet" in out and out.rstrip().endswith("--input photos")

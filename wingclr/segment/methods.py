@@ -162,6 +162,10 @@ class Segmenter:
 
             self.session = load_session(rembg_model)
             self.info["rembg_model"] = rembg_model
+            # onnxruntime-gpu installed: CUDAExecutionProvider first, else the CPU
+            inner = getattr(self.session, "inner_session", None)
+            if inner is not None:
+                self.info["onnx_provider"] = inner.get_providers()[0]
 
     def __call__(self, images: list[np.ndarray]) -> list[Result]:
         """Segment ``(h, w, 3)`` uint8 RGB images (one batch)."""

@@ -29,6 +29,8 @@ class SegmentSettings(Settings):
     device: str
     num_workers: int
     flush_every: int
+    shard: str
+    merge: bool
     progress: bool
     overwrite: bool
 
