@@ -130,3 +130,23 @@ def test_weights_check_names_the_lite0_command(tmp_path, monkeypatch, capsys):
     weights_cli.main(["check", "--backbone", "timm/efficientnet_lite0"])
     line = [x for x in capsys.readouterr().out.splitlines() if "efficientnet_lite0" in x][0]
     assert line.startswith("missing") and "`python -m wingclr.lite0`" in line
+
+
+def test_make_weights_isnet_says_in_one_line_that_npm_is_needed(monkeypatch):
+    import subprocess
+
+    from conftest import REPO
+    from wingclr import isnet
+
+    proc = subprocess.run(["make", "-s", "weights-isnet", "NPM=no-such-npm"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0 and len(errors) == 1 and "needs npm (Node.js)" in errors[0]
+    assert "--tarball" in errors[0]
+
+    def no_npm(*args, **kwargs):
+        raise FileNotFoundError("npm")
+
+    monkeypatch.setattr(subprocess, "run", no_npm)
+    with pytest.raises(UserError, match="npm is not installed.*--tarball"):
+        isnet.npm_pack(REPO)
