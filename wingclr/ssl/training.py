@@ -27,7 +27,7 @@ from ..checkpoints import checkpoint_damage, read_checkpoint
 from ..cli import (Stopped, UserError, check_gpu_request, check_input_size, check_minimum,
                    require_output_folder, stdout_is_terminal)
 from ..outputs import MANIFEST, check_finished, read_manifest, write_manifest
-from .checkpointing import EpochCheckpoint, plot_loss, save_checkpoint
+from .checkpointing import EpochCheckpoint, plot_loss, save_checkpoint, start_line
 from .grid import fit_point_to_data, run_name
 from .loaders import build_data, training_images
 from .run_folder import (RunLock, changed_settings, finish_replacement, is_rank_zero, run_settings,
@@ -235,6 +235,13 @@ def fit_run(s: TrainSettings, name: str, run_dir: Path, work: Path, resume: Path
     precision = s.precision if s.precision != "auto" else ("bf16-mixed" if cuda else "32-true")
     distributed = s.num_nodes > 1 or (str(s.devices) not in ("1", "auto") and s.devices != 1)
     terminal = stdout_is_terminal()  # else one line per epoch instead of a progress bar
+    if is_rank_zero() and not s.quiet:  # at once: building the cache or the first batch is slow
+        nodes = f" x {s.num_nodes} nodes" if s.num_nodes > 1 else ""
+        device = f"{'GPU' if cuda else 'CPU'} (--devices {s.devices}{nodes})"
+        print(start_line(name=name, device=device, precision=precision, images=len(images),
+                         clusters=len(set(images.clusters)), batch_size=s.batch_size,
+                         recipe=s.recipe, epochs=s.epochs, checkpoint=run_dir / f"{name}.ckpt"),
+              flush=True)
     checkpointing = EpochCheckpoint(work, s.epochs, log_epochs=not terminal and not s.quiet)
     trainer = pl.Trainer(
         max_epochs=s.epochs, accelerator=s.accelerator, devices=s.devices,
