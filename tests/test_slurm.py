@@ -150,3 +150,14 @@ def test_segment_scripts_run_one_shard_per_array_task(fake_slurm, name):
     out = run_sbatch(f"0-segmentation/{name}", {**fake_slurm, "SLURM_CPUS_PER_TASK": "8"},
                      "--input", "photos")
     assert "srun python 0-segmentation/segment.py --quiet" in out and out.rstrip().endswith("--input photos")
+
+
+def test_requests_are_sized_per_1000_photos_and_stage_1_runs_on_cpus():
+    for relpath in ("0-segmentation/segment.sbatch", "1-clustering/cluster.sbatch",
+                    "3-training/grid.sbatch"):
+        text = (REPO / relpath).read_text()
+        assert "per 1 000" in text.lower() and "sizing" in text.lower(), relpath
+    assert not any("--gres" in line for line in directives(REPO / "1-clustering" / "cluster.sbatch"))
+    for relpath in ("1-clustering/cluster.sbatch", "3-training/grid.sbatch"):
+        hours = int(re.search(r"#SBATCH --time=(\d+):", (REPO / relpath).read_text()).group(1))
+        assert hours <= 4, relpath
