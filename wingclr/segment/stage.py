@@ -76,7 +76,7 @@ def _guard(out: Path, semantic: dict, overwrite: bool) -> None:
     if overwrite:
         for name in ("images", "masks", REJECTED):
             shutil.rmtree(out / name, ignore_errors=True)
-        for name in (TABLE, MANIFEST, PARTIAL, "evaluation.csv"):
+        for name in (TABLE, MANIFEST, PARTIAL, "evaluation.csv", "evaluation_summary.csv"):
             (out / name).unlink(missing_ok=True)
         for sheet in out.glob(SHEET_GLOB):
             sheet.unlink()
