@@ -78,3 +78,13 @@ def test_class_table_with_an_empty_cell_keeps_three_decimals(tmp_path):
                   "support": [29, 20, 49, 49]}).to_csv(path, index=False)
     html = class_table(path)
     assert "0.862069" not in html and "0.862" in html and "0.781" not in html
+
+
+def test_gradcam_title_tells_to_run_stage_0_on_photos_without_transparency():
+    from wingclr.evaluate.gradcam import transparency_note
+
+    opaque = np.full((8, 8, 4), 255, np.uint8)
+    assert "run stage 0 first" in transparency_note(opaque)
+    cut_out = opaque.copy()
+    cut_out[0, 0, 3] = 0
+    assert transparency_note(cut_out) == ""
