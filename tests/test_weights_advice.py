@@ -73,6 +73,7 @@ def test_errors_lead_from_lite0_and_isnet_alone_to_a_trained_run(lite0_and_isnet
     again = run_stage("0-segmentation/segment.py", *common, "--output", tmp_path / "0b",
                       "--method", "rembg", *flags)
     assert again["counts"]["ok"] == 30 and not again["notes"]
+    assert again["model"]["onnx_provider"] == "CPUExecutionProvider"  # onnxruntime, not -gpu
 
     # stage 1, default vgg16: the error names Lite0, and random features only with the flag stage 1
     # needs for them
