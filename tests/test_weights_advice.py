@@ -70,6 +70,10 @@ def test_errors_lead_from_lite0_and_isnet_alone_to_a_trained_run(lite0_and_isnet
                        "--method", "rembg", "--rembg-model", "u2net")
     flags = advised(message, "--rembg-model")
     assert flags == ["--rembg-model", "isnet-general-use"]
+    message = error_of("0-segmentation/segment.py", *common, "--output", tmp_path / "0c",
+                       "--method", "maskrcnn")  # no wing model: the installed rembg is named
+    assert "`--method rembg --rembg-model isnet-general-use`" in message
+    assert message.index("isnet") < message.index("train_maskrcnn.py")
     again = run_stage("0-segmentation/segment.py", *common, "--output", tmp_path / "0b",
                       "--method", "rembg", *flags)
     assert again["counts"]["ok"] == 30 and not again["notes"]

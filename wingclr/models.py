@@ -188,7 +188,8 @@ def build_backbone(name: str, pretrained: bool, in_chans: int = 3,
     from .weights import RANDOM_ADVICE, installed_backbones, instead, torchvision_state_dict
 
     advice = RANDOM_ADVICE if advice is None else advice
-    installed = instead("--backbone", installed_backbones(exclude=name)) if pretrained and alternatives else ""
+    installed = (instead("--backbone", installed_backbones(exclude=name))
+                 if pretrained and alternatives else "")
     rgb_bands = [b for b in rgb_bands if b < in_chans]
     if is_timm(name):
         model = timm_model(name, pretrained, image_size=image_size, advice=advice, installed=installed)

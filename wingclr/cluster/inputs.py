@@ -39,10 +39,10 @@ def check_random_features(*, pretrained: str, allow_random_features: bool, backb
     if not allow_random_features:
         from ..weights import installed_backbones, instead
 
+        installed = instead("--pretrained imagenet --backbone", installed_backbones())
         raise UserError(f"--pretrained none clusters random (untrained) {backbone} features, "
                         "which group images by colour and pose rather than pattern and still give "
-                        "a convincing silhouette; "
-                        f"{instead('--pretrained imagenet --backbone', installed_backbones())}get the ImageNet weights (`python -m "
+                        f"a convincing silhouette; {installed}get the ImageNet weights (`python -m "
                         f"wingclr.weights fetch {backbone}` on a machine with internet, see "
                         f"weights/README.md), {BY_HAND}; add --allow-random-features only to "
                         "test the pipeline")

@@ -1,8 +1,8 @@
 """Contact sheets of stage 0: every photo's cut-out as a thumbnail, so a person checks 200 in one look.
 
 ``contact_sheet.png`` (then ``contact_sheet_2.png``, ...) holds up to :data:`PER_SHEET` tiles in
-rows of at most :data:`COLUMNS` (fewer tiles: a near-square grid), each a cut-out on a checkerboard (transparent = background) with its
-file name below. Photos that need a look come first, framed red with their status: implausible
+rows of at most :data:`COLUMNS` (fewer tiles: a near-square grid), each a cut-out on a
+checkerboard (transparent = background) with its file name below (cut in the middle when long). Photos that need a look come first, framed red with their status: implausible
 coverage (the cut-out from ``rejected/``), no wings found and failures (the photo itself, or an
 empty tile when it cannot be read). At most :data:`MAX_SHEETS` sheets are written; for larger sets
 the last one says how many ``ok`` photos were left out.
