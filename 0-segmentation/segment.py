@@ -76,7 +76,9 @@ def get_args_parser():
                         "scaled back to the full photo")
     cli.add_background_arg(p)
     p.add_argument("--batch-size", type=int, default=1, help="photos per Mask R-CNN batch")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (Mask R-CNN)")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu or cuda[:i]: Mask R-CNN, and rembg when onnxruntime-gpu is "
+                        "installed (manifest.json: model.onnx_provider)")
     p.add_argument("--num-workers", type=int, default=2, help="threads that read photos ahead")
     p.add_argument("--flush-every", type=int, default=25,
                    help="rewrite segmentation.csv after this many photos (resume granularity)")

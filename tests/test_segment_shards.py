@@ -92,3 +92,15 @@ def test_overwrite_with_a_shard_is_refused(photos, tmp_path):
     with pytest.raises(UserError, match="--overwrite with --shard 1/2"):
         run_stage(SEGMENT, "--input", photos, "--output", tmp_path / "o", "--method", "threshold",
                   "--shard", "1/2", "--overwrite")
+
+
+def test_rembg_device_picks_the_onnxruntime_provider_or_says_why_not():
+    from wingclr.segment.rembg import onnx_providers
+
+    cpu_only = ["CPUExecutionProvider"]
+    gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert onnx_providers("auto", gpu) == (None, "")  # rembg's choice: CUDA when it is there
+    assert onnx_providers("cpu", gpu) == (["CPUExecutionProvider"], "")
+    assert onnx_providers("cuda:1", gpu)[0][0] == ("CUDAExecutionProvider", {"device_id": 1})
+    providers, note = onnx_providers("cuda", cpu_only)
+    assert providers == ["CPUExecutionProvider"] and "pip install onnxruntime-gpu" in note

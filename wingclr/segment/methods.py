@@ -135,7 +135,11 @@ class Segmenter:
         score_threshold: Mask R-CNN detections scoring lower are ignored.
         dilate: how far outside a Mask R-CNN mask rembg's foreground may still belong to the wing,
             as a fraction of the longer side of the wings' bounding box.
-        device: ``auto``, ``cpu`` or ``cuda[:i]`` (Mask R-CNN).
+        device: ``auto``, ``cpu`` or ``cuda[:i]`` (Mask R-CNN, and rembg through onnxruntime's
+            CUDA provider when onnxruntime-gpu is installed).
+
+    Attributes:
+        notes: lines to print and record (e.g. rembg left on the CPU).
 
     Raises:
         UserError: a weights file is missing (raised here, before any image is processed).
@@ -147,6 +151,7 @@ class Segmenter:
         self.model = self.session = None
         self.classes: tuple[str, ...] = WHOLE_SPECIMEN
         self.info: dict = {"method": method}
+        self.notes: list[str] = []
         if method.startswith("maskrcnn"):
             from .maskrcnn import keep_best_per_class, load_checkpoint, set_score_threshold
 
@@ -158,9 +163,13 @@ class Segmenter:
             self.classes = spec.classes
             self.info.update(checkpoint=str(checkpoint), arch=spec.arch)
         if method in ("maskrcnn+rembg", "rembg"):
-            from .rembg import load_session
+            import onnxruntime
 
-            self.session = load_session(rembg_model)
+            from .rembg import load_session, onnx_providers
+
+            providers, note = onnx_providers(device, onnxruntime.get_available_providers())
+            self.notes += [note] if note else []
+            self.session = load_session(rembg_model, providers=providers)
             self.info["rembg_model"] = rembg_model
             # onnxruntime-gpu installed: CUDAExecutionProvider first, else the CPU
             inner = getattr(self.session, "inner_session", None)

@@ -83,8 +83,37 @@ def model_path(name: str, home: Path | None = None, *, alternatives: bool = True
                     "or use --method threshold|maskrcnn which need no rembg model")
 
 
-def load_session(name: str, home: Path | None = None):
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+GPU_ADVICE = "pip uninstall -y onnxruntime && pip install onnxruntime-gpu"
+
+
+def onnx_providers(device: str, available) -> tuple[list | None, str]:
+    """onnxruntime providers for ``--device`` and a note when a GPU was asked for in vain.
+
+    Args:
+        device: ``auto`` (rembg's own choice: CUDA when onnxruntime-gpu is installed and sees a
+            GPU), ``cpu`` or ``cuda[:i]``.
+        available: ``onnxruntime.get_available_providers()``.
+
+    Returns:
+        ``(providers or None for rembg's choice, note)``.
+    """
+    if device == "cpu":
+        return [CPU], ""
+    if device.startswith("cuda"):
+        if CUDA not in available:
+            return [CPU], (f"rembg runs on the CPU: onnxruntime has no CUDA provider here "
+                           f"({GPU_ADVICE} to use the GPU)")
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        return [(CUDA, {"device_id": index}), CPU], ""
+    return None, ""
+
+
+def load_session(name: str, home: Path | None = None, providers: list | None = None):
     """A rembg session for model ``name`` whose file is taken from ``home`` (default weights/).
+
+    Args:
+        providers: onnxruntime providers (:func:`onnx_providers`); None: rembg's choice.
 
     Returns:
         rembg ``BaseSession``; pass it to :func:`foreground`.
@@ -92,11 +121,12 @@ def load_session(name: str, home: Path | None = None):
     path = model_path(name, home)
     import rembg
 
+    extra = {} if providers is None else {"providers": providers}
     if name.endswith(".onnx"):
         with _env(U2NET_HOME=str(path.parent)):
-            return rembg.new_session("u2net_custom", model_path=str(path))
+            return rembg.new_session("u2net_custom", model_path=str(path), **extra)
     with _env(U2NET_HOME=str(path.parent if path.parent.name != name else path.parents[2])):
-        return rembg.new_session(name)
+        return rembg.new_session(name, **extra)
 
 
 def foreground(session, rgb: np.ndarray) -> np.ndarray:

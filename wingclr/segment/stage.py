@@ -269,6 +269,9 @@ def segment(s: SegmentSettings) -> dict:
         return read_manifest(out)
     segmenter = Segmenter(s.method, checkpoint, s.rembg_model, s.score_threshold, s.dilate,
                           s.device)
+    for line in segmenter.notes:
+        print(line)
+    notes += segmenter.notes
     removed = remove_orphans(out, set(names.values()))
     if removed:
         print(f"removed {len(removed)} outputs whose photo is no longer in {inp} (from images/, "
