@@ -18,7 +18,7 @@ SEGMENT = "0-segmentation/segment.py"
 
 @pytest.fixture
 def photos(tmp_path):
-    """11 small photos in nested folders (a name collision, a fragment, an unreadable file)."""
+    """12 small photo files in nested folders (a name collision, a fragment, an unreadable file)."""
     root = tmp_path / "photos"
     rng = np.random.default_rng(0)
     for i in range(10):
@@ -86,6 +86,16 @@ def test_shard_spec_from_flag_or_slurm_array_and_split_covers_every_photo():
     parts = [shard_images(images, k, 4) for k in range(1, 5)]
     assert sorted(p for part in parts for p in part) == sorted(images)
     assert [len(p) for p in parts] == [3, 3, 2, 2]
+
+
+def test_one_process_takes_over_an_abandoned_split_without_redoing_its_photos(photos, tmp_path,
+                                                                               capsys):
+    common = ("--input", photos, "--output", tmp_path / "o", "--method", "threshold", "--quiet")
+    run_stage(SEGMENT, *common, "--shard", "1/3")
+    capsys.readouterr()
+    manifest = run_stage(SEGMENT, *common, "--shard", "none")
+    assert "4 already done, 8 to segment" in capsys.readouterr().out
+    assert manifest["counts"]["images"] == 12 and not (tmp_path / "o" / "parts").exists()
 
 
 def test_overwrite_with_a_shard_is_refused(photos, tmp_path):

@@ -258,7 +258,8 @@ def segment(s: SegmentSettings) -> dict:
     mine = images if shard is None else shard_images(images, *shard)
     table = out / TABLE if shard is None else part_table(out, *shard)
     previous = _previous_rows(out / TABLE)
-    previous.update(_previous_rows(table))
+    for part in sorted((out / PARTS).glob("segmentation_*_of_*.csv")):  # any split's work counts
+        previous.update(_previous_rows(part))
     rows = {rel: with_identity(previous[rel.as_posix()], names[rel]) for rel in mine
             if _finished(out, previous.get(rel.as_posix()))}
     todo = [rel for rel in mine if rel not in rows]
@@ -285,7 +286,9 @@ def segment(s: SegmentSettings) -> dict:
     info = {"settings": semantic, "classes": list(segmenter.classes), "model": segmenter.info,
             "notes": notes, "removed": removed}
     if shard is None:
-        return finish(out, inp, info, [rows[rel] for rel in images], not_images)
+        manifest = finish(out, inp, info, [rows[rel] for rel in images], not_images)
+        shutil.rmtree(out / PARTS, ignore_errors=True)  # an abandoned split's parts: all used
+        return manifest
     mark_done(out, *shard, info)
     n, markers = finished_shards(out, shard[1])
     if len(markers) < n:
