@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 from ..cli import UserError
@@ -109,3 +110,27 @@ def check_complete(out: Path, n: int, markers: dict[int, dict]) -> dict:
             raise UserError(f"shards 1/{n} and {k}/{n} in {Path(out) / PARTS}/ ran with other "
                             f"settings ({', '.join(changed[:4])} differ); re-run the odd one")
     return first
+
+
+def merge(out: Path, n: int | None = None) -> dict:
+    """Merge the parts of a finished split (:mod:`.shards`) into the single-process output."""
+    from ..imageio import list_files
+    from .stage import TABLE, _previous_rows, finish
+
+    n, markers = finished_shards(out, n)
+    info = check_complete(out, n, markers)
+    inp = Path(info["settings"]["input"])
+    images, not_images = list_files(inp)
+    rows: dict[str, dict] = {}
+    for k in range(1, n + 1):
+        rows.update(_previous_rows(part_table(out, k, n)))
+    missing = [rel.as_posix() for rel in images if rel.as_posix() not in rows]
+    if missing:
+        raise UserError(f"the shards' tables in {out / PARTS}/ lack {len(missing)} photo(s) of "
+                        f"{inp} ({', '.join(missing[:3])}); re-run the shards with the same photos")
+    info = {**info, "notes": list(dict.fromkeys(x for m in markers.values() for x in m["notes"])),
+            "removed": sorted({x for m in markers.values() for x in m["removed"]})}
+    print(f"merging {n} shards into {out / TABLE}")
+    manifest = finish(out, inp, info, [rows[rel.as_posix()] for rel in images], not_images)
+    shutil.rmtree(out / PARTS, ignore_errors=True)
+    return manifest

@@ -41,8 +41,7 @@ from ..outputs import (MANIFEST, changed_keys, check_finished, jsonable, read_ma
 from .masks import cutout, downscale, to_full_resolution, write_label_png
 from .methods import Segmenter, choose_method, choose_rembg_model
 from .settings import SegmentSettings
-from .shards import (PARTS, check_complete, finished_shards, mark_done, parse_shard, part_table,
-                     shard_images)
+from .shards import PARTS, finished_shards, mark_done, merge, parse_shard, part_table, shard_images
 from .sheet import SHEET_GLOB, write_contact_sheets
 
 TABLE = "segmentation.csv"
@@ -296,27 +295,6 @@ def segment(s: SegmentSettings) -> dict:
               f"merges (or run segment.py --output {out} --merge)")
         return info
     return merge(out, n)
-
-
-def merge(out: Path, n: int | None = None) -> dict:
-    """Merge the parts of a finished split (:mod:`.shards`) into the single-process output."""
-    n, markers = finished_shards(out, n)
-    info = check_complete(out, n, markers)
-    inp = Path(info["settings"]["input"])
-    images, not_images = list_files(inp)
-    rows: dict[str, dict] = {}
-    for k in range(1, n + 1):
-        rows.update(_previous_rows(part_table(out, k, n)))
-    missing = [rel.as_posix() for rel in images if rel.as_posix() not in rows]
-    if missing:
-        raise UserError(f"the shards' tables in {out / PARTS}/ lack {len(missing)} photo(s) of "
-                        f"{inp} ({', '.join(missing[:3])}); re-run the shards with the same photos")
-    info = {**info, "notes": list(dict.fromkeys(x for m in markers.values() for x in m["notes"])),
-            "removed": sorted({x for m in markers.values() for x in m["removed"]})}
-    print(f"merging {n} shards into {out / TABLE}")
-    manifest = finish(out, inp, info, [rows[rel.as_posix()] for rel in images], not_images)
-    shutil.rmtree(out / PARTS, ignore_errors=True)
-    return manifest
 
 
 def finish(out: Path, inp: Path, info: dict, rows: list[dict], not_images: list) -> dict:
