@@ -68,6 +68,7 @@ def test_four_shards_then_merge_equal_one_process_byte_for_byte(photos, tmp_path
     # a requeued shard of a merged output changes nothing
     again = run_stage(SEGMENT, *common, "--output", out, "--shard", "2/4")
     assert again["finished"] == merged["finished"] and files(out) == files(tmp_path / "single")
+    assert run_stage(SEGMENT, "--output", out, "--merge")["finished"] == merged["finished"]
 
 
 def test_shard_spec_from_flag_or_slurm_array_and_split_covers_every_photo():

@@ -113,9 +113,14 @@ def check_complete(out: Path, n: int, markers: dict[int, dict]) -> dict:
 
 
 def merge(out: Path, n: int | None = None) -> dict:
-    """Merge the parts of a finished split (:mod:`.shards`) into the single-process output."""
+    """Merge the parts of a finished split (see above) into the single-process output."""
     from ..imageio import list_files
+    from ..outputs import read_manifest
     from .stage import TABLE, _previous_rows, finish
+
+    if not (Path(out) / PARTS).is_dir() and read_manifest(out) is not None:
+        print(f"skip: {out} is merged already (manifest.json, no {PARTS}/)")
+        return read_manifest(out)
 
     n, markers = finished_shards(out, n)
     info = check_complete(out, n, markers)
