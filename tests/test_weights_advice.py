@@ -1,12 +1,13 @@
 """Issue 24 item 1: every missing-weights error names the installed alternatives (exact flags)
 before the download advice and never a flag the same stage refuses; following the messages alone
-from a weights folder holding only Lite0 and ISNet runs stages 0-3."""
+from a weights folder holding only Lite0 and ISNet runs stages 0-5 (report.html)."""
 
 from __future__ import annotations
 
 import json
 import re
 
+import pandas as pd
 import pytest
 
 from conftest import load_stage, run_stage
@@ -51,7 +52,7 @@ def error_of(script: str, *argv) -> str:
     return str(e.value)
 
 
-def test_errors_lead_from_lite0_and_isnet_alone_to_a_trained_run(lite0_and_isnet, demo_set, tmp_path,
+def test_errors_lead_from_lite0_and_isnet_alone_to_report_html(lite0_and_isnet, demo_set, tmp_path,
                                                                    capsys):
     from wingclr.weights import installed_backbones, installed_rembg_models
 
@@ -101,6 +102,20 @@ def test_errors_lead_from_lite0_and_isnet_alone_to_a_trained_run(lite0_and_isnet
     assert flags == ["--backbone", "timm/efficientnet_lite0"]
     run_stage("3-training/train.py", *stage3, *flags)
     assert list(runs.glob("*/manifest.json"))
+
+    # stages 4 and 5 need no flag: the ImageNet baseline uses the run's backbone, installed
+    cache = tmp_path / "cache"
+    run_stage("4-embed/embed.py", "--training-dir", runs, "--data", data, "--output", tmp_path / "4",
+              "--num-workers", "0", "--cache-dir", cache, "--quiet")
+    labels = pd.read_csv(demo_set / "labels.csv")  # the phenotypes: random Lite0 finds one cluster
+    labels.rename(columns={"image": "source_image", "phenotype": "label"})[
+        ["source_image", "label"]].to_csv(tmp_path / "labels.csv", index=False)
+    run_stage("5-evaluation/evaluate.py", "--embeddings", tmp_path / "4", "--output", tmp_path / "5",
+              "--labels", tmp_path / "labels.csv", "--no-umap", "--num-workers", "0",
+              "--cache-dir", cache, "--quiet")
+    assert (tmp_path / "5" / "report.html").is_file()
+    evaluation = pd.read_csv(tmp_path / "5" / "evaluation.csv")
+    assert evaluation["imagenet_accuracy"].notna().all()  # the installed Lite0 was found
 
 
 def test_timm_and_stage5_errors_name_only_flags_the_stage_has(lite0_and_isnet):
