@@ -73,7 +73,7 @@ def run_settings(s: SegmentSettings) -> dict:
 
 def _guard(out: Path, semantic: dict, overwrite: bool) -> None:
     if overwrite:
-        for name in ("images", "masks", REJECTED):
+        for name in ("images", "masks", REJECTED, PARTS):
             shutil.rmtree(out / name, ignore_errors=True)
         for name in (TABLE, MANIFEST, PARTIAL, "evaluation.csv", "evaluation_summary.csv"):
             (out / name).unlink(missing_ok=True)
