@@ -55,7 +55,7 @@ def test_neighbours_title_counts_one_specimen_in_the_singular():
 
 def test_summary_and_report_show_every_score_with_three_decimals():
     from wingclr.evaluate.gridplot import summary_table
-    from wingclr.evaluate.report import _fmt, class_table
+    from wingclr.evaluate.report import _fmt
 
     table = pd.DataFrame([{"run": "a", "batch_size": 64, "epochs": 10, "temperature": 0.5,
                            "accuracy": 1.0, "balanced_accuracy": 0.983, "knn_accuracy": 0.9,
