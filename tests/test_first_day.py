@@ -42,7 +42,9 @@ def test_weights_catalogue_matches_the_stages_defaults_and_published_files():
     with pytest.raises(UserError, match="unknown weights"):
         w.entry("resnet51")
     # --stage N fetches what the stage parsers use by default
-    defaults = {0: load_stage(SEGMENT).get_args_parser().get_default("rembg_model"),
+    from wingclr.segment.methods import DEFAULT_REMBG
+
+    defaults = {0: load_stage(SEGMENT).get_args_parser().get_default("rembg_model") or DEFAULT_REMBG,
                 1: load_stage(CLUSTER).get_args_parser().get_default("backbone"),
                 3: load_stage("3-training/train.py").get_args_parser().get_default("backbone")}
     arch = load_stage("0-segmentation/train_maskrcnn.py").get_args_parser().get_default("arch")

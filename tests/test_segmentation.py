@@ -195,8 +195,13 @@ def test_evaluation_per_image_per_class_and_mean(tmp_path):
     assert rows.loc["p.png", "fr_iou"] == 1.0
     assert rows.loc["p.png", "union_iou"] == pytest.approx(75 / 100)
     assert rows.loc["q.png", "union_iou"] == 0 and "r.png" not in rows.index  # r has no ground truth
-    assert rows.loc["MEAN", "union_iou"] == pytest.approx(0.375)
-    assert (tmp_path / "pred" / "evaluation.csv").is_file()
+    assert "MEAN" not in rows.index  # the means have their own file: integer columns stay integers
+    written = pd.read_csv(tmp_path / "pred" / "evaluation.csv")
+    assert written.image.tolist() == ["p.png", "q.png"]
+    summary = pd.read_csv(tmp_path / "pred" / "evaluation_summary.csv")
+    assert len(summary) == 1 and summary.loc[0, "images"] == 2
+    assert summary.loc[0, "union_iou"] == pytest.approx(0.375)
+    assert pd.api.types.is_integer_dtype(summary["images"])
     # ground truth with the classes in another order is remapped by name
     swapped = np.where(gt == 1, 2, np.where(gt == 2, 1, 0)).astype(np.uint8)
     Image.fromarray(swapped).save(tmp_path / "gt" / "p.png")

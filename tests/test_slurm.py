@@ -55,7 +55,8 @@ def test_multinode_flags_follow_the_allocation(fake_slurm):
     assert "srun --kill-on-bad-exit=1 python 3-training/train.py" in out  # a refusal ends every rank
 
 
-SBATCH_FILES = ["1-clustering/cluster.sbatch", "3-training/grid.sbatch", "3-training/train_multinode.sbatch",
+SBATCH_FILES = ["0-segmentation/segment.sbatch", "0-segmentation/segment_gpu.sbatch",
+                "1-clustering/cluster.sbatch", "3-training/grid.sbatch", "3-training/train_multinode.sbatch",
                 "4-embed/embed.sbatch", "5-evaluation/evaluate.sbatch"]
 
 
@@ -131,3 +132,34 @@ def test_flags_the_scripts_pass_exist(relpath, flags):
     from conftest import load_stage
 
     load_stage(relpath).get_args_parser().parse_args(flags)
+
+
+def test_slurm_env_switches_downloads_off_unless_the_user_set_it(fake_slurm):
+    env = {k: v for k, v in fake_slurm.items() if k != "WINGCLR_OFFLINE"}
+    show = "source slurm_env.sh >/dev/null; echo offline=$WINGCLR_OFFLINE"
+    out = subprocess.run(["bash", "-c", show], cwd=REPO, env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert "offline=1" in out
+    out = subprocess.run(["bash", "-c", show], cwd=REPO, env={**env, "WINGCLR_OFFLINE": "0"},
+                         capture_output=True, text=True, check=True).stdout
+    assert "offline=0" in out
+
+
+@pytest.mark.parametrize("name", ["segment.sbatch", "segment_gpu.sbatch"])
+def test_segment_scripts_run_one_shard_per_array_task(fake_slurm, name):
+    text = "\n".join(directives(REPO / "0-segmentation" / name))
+    assert "--array=" in text and ("--gres=gpu:1" in text) == (name == "segment_gpu.sbatch")
+    out = run_sbatch(f"0-segmentation/{name}", {**fake_slurm, "SLURM_CPUS_PER_TASK": "8"},
+                     "--input", "photos")
+    assert "srun python 0-segmentation/segment.py --quiet" in out and out.rstrip().endswith("--input photos")
+
+
+def test_requests_are_sized_per_1000_photos_and_stage_1_runs_on_cpus():
+    for relpath in ("0-segmentation/segment.sbatch", "1-clustering/cluster.sbatch",
+                    "3-training/grid.sbatch"):
+        text = (REPO / relpath).read_text()
+        assert "per 1 000" in text.lower() and "sizing" in text.lower(), relpath
+    assert not any("--gres" in line for line in directives(REPO / "1-clustering" / "cluster.sbatch"))
+    for relpath in ("1-clustering/cluster.sbatch", "3-training/grid.sbatch"):
+        hours = int(re.search(r"#SBATCH --time=(\d+):", (REPO / relpath).read_text()).group(1))
+        assert hours <= 4, relpath

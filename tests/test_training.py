@@ -274,3 +274,21 @@ def test_crop_scale_and_blur_flags_reach_the_augmentation(dataset_dir, tmp_path)
                    "--min-scale", "0", *TINY_TRAIN)
     assert_one_line_error(proc, "--min-scale must be in (0, 1]")
     assert sorted(tmp_path.iterdir()) == before  # refused before any run folder is made
+
+
+def test_log_shows_start_line_first_and_an_epoch_estimate_without_a_terminal(dataset_dir, tmp_path,
+                                                                             capsys):
+    args = list(TINY_TRAIN)
+    args[args.index("--batch-size") + 1] = "4"  # 30 images: 7 batches, the estimate after 1 + 5
+    run_stage("3-training/train.py", "--data", dataset_dir, "--output", tmp_path, "--epochs", "2",
+              *args)
+    lines = capsys.readouterr().out.splitlines()
+    start = lines[0]
+    assert start.startswith("training simclr_bs_4_nepochs_2_temp_0.5 on CPU (--devices auto) (32-true)")
+    for part in ("30 images in 5 clusters", "batch 4", "recipe ", "2 epochs",
+                 str(tmp_path / "simclr_bs_4_nepochs_2_temp_0.5" / "simclr_bs_4_nepochs_2_temp_0.5.ckpt")):
+        assert part in start, part
+    estimates = [line for line in lines if line.startswith("estimate:")]
+    assert len(estimates) == 1 and "s per epoch of 7 batches" in estimates[0]
+    assert "min for 2 epochs" in estimates[0]
+    assert lines.index(estimates[0]) < next(i for i, x in enumerate(lines) if x.startswith("epoch 1/2"))

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .thumbnails import Mosaic, short_name, thumbnail
+from .thumbnails import Mosaic, grid_columns, short_name, thumbnail
 
 OUTLIER_NAMES = ("-1", "outliers")
 MAX_PER_SHEET = 48
@@ -63,7 +63,7 @@ def safe_name(name: str) -> str:
 def plot_sheet(images: Sequence[Path], captions: Sequence[str], path: Path, title: str,
                meta: dict | None = None, columns: int = COLUMNS, cell: int = 104) -> Path:
     """A grid of thumbnails (row by row) with a caption under each and a title on top."""
-    cols = max(4, min(columns, len(images)))  # >= 4 columns: room for the title
+    cols = grid_columns(len(images), columns, least=4)  # near-square; >= 4: room for the title
     rows = max(1, -(-len(images) // cols))
     sheet = Mosaic(rows, cols, cell, title=title)
     for k, (image, caption) in enumerate(zip(images, captions)):

@@ -163,7 +163,8 @@ def _weights_enum(spec: BackboneSpec):
 
 def build_backbone(name: str, pretrained: bool, in_chans: int = 3,
                    rgb_bands: Sequence[int] = (0, 1, 2), image_size: int = 224,
-                   state_loader: Callable | None = None) -> tuple[nn.Module, int]:
+                   state_loader: Callable | None = None, *, advice: str | None = None,
+                   alternatives: bool = True) -> tuple[nn.Module, int]:
     """Build a feature extractor.
 
     Args:
@@ -173,6 +174,10 @@ def build_backbone(name: str, pretrained: bool, in_chans: int = 3,
         rgb_bands: which of the C inputs are R, G, B (for first-layer adaptation).
         image_size: input size (ViT position embeddings are interpolated to it).
         state_loader: override for loading the weights enum (tests).
+        advice: last clause of a missing-weights error: what else the calling stage accepts
+            (default: ``--pretrained none``).
+        alternatives: name the installed backbones (``--backbone ...``) in that error; False
+            for callers without a ``--backbone`` flag.
 
     Returns:
         ``(module, D)``: module maps ``(B, C, H, W)`` float to ``(B, D)``.
@@ -180,11 +185,14 @@ def build_backbone(name: str, pretrained: bool, in_chans: int = 3,
     import torchvision.models as tvm
 
     from .cli import UserError
-    from .weights import torchvision_state_dict
+    from .weights import RANDOM_ADVICE, installed_backbones, instead, torchvision_state_dict
 
+    advice = RANDOM_ADVICE if advice is None else advice
+    installed = (instead("--backbone", installed_backbones(exclude=name))
+                 if pretrained and alternatives else "")
     rgb_bands = [b for b in rgb_bands if b < in_chans]
     if is_timm(name):
-        model = timm_model(name, pretrained, image_size=image_size)
+        model = timm_model(name, pretrained, image_size=image_size, advice=advice, installed=installed)
         first = timm_cfg(name).first_conv
         if in_chans != 3 or list(rgb_bands) != [0, 1, 2]:
             _set(model, first, adapt_first_conv(_get(model, first), in_chans, rgb_bands))
@@ -196,8 +204,10 @@ def build_backbone(name: str, pretrained: bool, in_chans: int = 3,
     kwargs = {"image_size": image_size} if name.startswith("vit") else {}
     model = getattr(tvm, spec.builder)(weights=None, **kwargs)
     if pretrained:
-        loader = state_loader or torchvision_state_dict
-        state = loader(_weights_enum(spec), hint="or pass --pretrained none for random initialisation")
+        if state_loader is None:
+            state = torchvision_state_dict(_weights_enum(spec), advice, installed=installed)
+        else:
+            state = state_loader(_weights_enum(spec), hint=advice)
         if name.startswith("vit") and image_size != 224:
             from torchvision.models.vision_transformer import interpolate_embeddings
 
@@ -210,7 +220,8 @@ def build_backbone(name: str, pretrained: bool, in_chans: int = 3,
     return model, spec.dim
 
 
-def timm_model(name: str, pretrained: bool, num_classes: int = 0, image_size: int | None = None) -> nn.Module:
+def timm_model(name: str, pretrained: bool, num_classes: int = 0, image_size: int | None = None, *,
+               advice: str | None = None, installed: str = "") -> nn.Module:
     """A timm network, its ImageNet weights found by :func:`wingclr.weights.timm_weights`.
 
     Args:
@@ -219,18 +230,20 @@ def timm_model(name: str, pretrained: bool, num_classes: int = 0, image_size: in
         num_classes: 0 drops the classifier (``(B, C, H, W)`` -> ``(B, num_features)``).
         image_size: for fixed-size models (ViTs): build for this side, position embeddings
             resampled from the pretrained ones.
+        advice, installed: clauses of the missing-weights error (:func:`build_backbone`).
     """
     import timm
 
-    from .weights import timm_weights
+    from .weights import RANDOM_ADVICE, timm_weights
 
+    advice = RANDOM_ADVICE if advice is None else advice
     cfg = timm_cfg(name)
     kwargs = {"num_classes": num_classes}
     if image_size and getattr(cfg, "fixed_input_size", False):
         kwargs["img_size"] = image_size
     if not pretrained:
         return timm.create_model(timm_arch(name), pretrained=False, **kwargs)
-    path = timm_weights(name, cfg)
+    path = timm_weights(name, cfg, advice=advice, installed=installed)
     overlay = {"file": str(path)} if path is not None else None  # None: timm downloads (online)
     try:
         return timm.create_model(timm_arch(name), pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
@@ -241,6 +254,6 @@ def timm_model(name: str, pretrained: bool, num_classes: int = 0, image_size: in
         if path is None:
             raise UserError(f"could not download the weights of {name} ({why}); on a machine without "
                             f"internet put {timm_arch(name).split('.')[0]}.safetensors into "
-                            "weights/timm/ (see weights/README.md) or pass --pretrained none") from None
+                            "weights/timm/ (see weights/README.md)" + (f", {advice}" if advice else "")) from None
         raise UserError(f"{path}: weights do not fit timm's {timm_arch(name)} ({why}); "
                         "replace the file") from None

@@ -27,7 +27,8 @@ MANIFEST = "manifest.json"
 # finished output (on both sides, so a manifest that recorded one still matches). Every other flag
 # defines the output. tests/test_cli_output.py checks each name is a flag of its stage.
 RUN_ONLY = {
-    "0-segmentation": {"overwrite", "progress", "device", "num_workers", "batch_size", "flush_every"},
+    "0-segmentation": {"overwrite", "progress", "device", "num_workers", "batch_size", "flush_every",
+                       "shard", "merge"},
     "0-train-maskrcnn": {"overwrite", "quiet", "device", "num_workers"},
     "1-clustering": {"overwrite", "quiet", "yes", "interactive", "sweep", "no_show", "batch_size",
                      "device", "num_workers", "allow_random_features"},

@@ -145,7 +145,9 @@ def wrap(text: str, width_px: int, px_per_char: float = 6.4) -> str:
     import textwrap
 
     chars = max(20, int(width_px / px_per_char))
-    return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
+    # at spaces only: a run name or path is never cut in two (a longer one gets its own line)
+    return "\n".join(textwrap.fill(line, chars, break_long_words=False, break_on_hyphens=False)
+                     for line in text.split("\n"))
 
 
 class Mosaic:
@@ -229,6 +231,23 @@ def clip(text: str, width: int = 18) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def middle_clip(text: str, width: int = 18) -> str:
+    """``text`` cut to ``width`` characters by an ellipsis in the middle, keeping more of the end
+    (a specimen name's subspecies, year or number are at its end)."""
+    text = str(text)
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 3
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+
+
+def grid_columns(n: int, most: int, least: int = 1) -> int:
+    """Columns for ``n`` tiles: near-square (ceil(sqrt(n))), between ``least`` and ``most``."""
+    import math
+
+    return max(least, min(most, math.ceil(math.sqrt(max(n, 1)))))
+
+
 def short_name(image: str, width: int = 18) -> str:
-    """File stem of an image path, cut to ``width`` characters (captions)."""
-    return clip(Path(str(image)).stem, width)
+    """File stem of an image path, cut in the middle to ``width`` characters (captions)."""
+    return middle_clip(Path(str(image)).stem, width)

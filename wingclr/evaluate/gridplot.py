@@ -112,11 +112,13 @@ def write_grid_summary(table: pd.DataFrame, path: Path) -> bool:
 
 
 def _fmt(value, spec: str = ".3f") -> str:
+    """A cell of summary.txt: ``spec`` for every number of a column (``1.000`` beside ``0.983``,
+    never ``1``); ``g`` columns (batch, epochs, temperature) as short as they go."""
     if isinstance(value, str):
         return value
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "-"
-    return f"{value:g}" if float(value).is_integer() else f"{value:{spec}}"
+    return f"{value:g}" if spec == "g" else f"{float(value):{spec}}"
 
 
 def summary_table(table: pd.DataFrame, baselines: list[dict] = ()) -> str:

@@ -58,7 +58,17 @@ dl{font-size:.88em;columns:2} dt{font-weight:600} dd{margin:0 0 .4em 0}
 """
 
 
+TEXT_COLUMNS = {"run", "class", "backbone", "dataset", "baseline", "name"}
+
+
 def _fmt(value, column: str = "") -> str:
+    """A table cell: 3 decimals for every fraction and score (numbers read back as text too, as
+    in a report.csv column with an empty cell), integers for counts, temperatures as given."""
+    if isinstance(value, str) and column not in TEXT_COLUMNS:
+        try:
+            value = float(value)
+        except ValueError:
+            return value
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "–"
     if isinstance(value, (int, np.integer)) or (isinstance(value, float) and value.is_integer()

@@ -50,6 +50,12 @@ def imagenet_features(split, model: dict, s: EvalSettings) -> tuple[np.ndarray, 
                              s.num_workers)
 
 
+def neighbours_title(name: str, n: int) -> str:
+    """The title of neighbours.png (one specimen, or several)."""
+    return (f"{name}: nearest neighbours of {n} specimen{'s' * (n != 1)} (validation images "
+            "first, seeded)")
+
+
 def query_rows(split, s: EvalSettings, name: str) -> np.ndarray:
     """Rows of ``--query`` images, or a seeded few per class (validation images first)."""
     from .neighbours import match_queries, pick_queries
@@ -158,8 +164,7 @@ def _neighbours(name, feats, split, images, model, row, s, out_dir, k) -> list[P
     queries = query_rows(split, s, name)
     path = write_neighbours(feats, split.y, images, out_dir / "neighbours.png", k, seed=s.seed,
                             queries=queries, baseline=baseline, name="this run (SimCLR)",
-                            title=f"{name}: nearest neighbours of {len(queries)} specimens "
-                                  "(validation images first, seeded)", meta=model, pool=pool)
+                            title=neighbours_title(name, len(queries)), meta=model, pool=pool)
     return [path] if path else []
 
 

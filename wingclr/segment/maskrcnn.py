@@ -141,7 +141,10 @@ def read_checkpoint(path: Path | str) -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"Mask R-CNN checkpoint {path} not found; train one with "
+        from ..weights import installed_rembg_models, instead
+
+        installed = instead("--method rembg --rembg-model", installed_rembg_models())
+        raise UserError(f"Mask R-CNN checkpoint {path} not found; {installed}train one with "
                         "0-segmentation/train_maskrcnn.py, pass --checkpoint, or use "
                         "--method threshold (or rembg), which needs no Mask R-CNN")
     try:

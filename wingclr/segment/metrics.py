@@ -85,6 +85,19 @@ def _label_remap(gt_classes: Sequence[str] | None, classes: Sequence[str] | None
     return table
 
 
+def summary_path(output: Path) -> Path:
+    """Where the means of the per-photo table ``output`` go: ``<stem>_summary.csv`` beside it."""
+    return output.with_name(f"{output.stem}_summary.csv")
+
+
+def summarise(table: pd.DataFrame) -> pd.Series:
+    """``images`` (photos scored) and the mean of every ``*_iou`` / ``*_dice`` column (a photo
+    without a class in its ground truth does not count for that class)."""
+    scores = [c for c in table.columns if c.endswith(("_iou", "_dice"))]
+    return pd.Series({"images": len(table), **{c: table[c].mean(skipna=True) for c in scores}},
+                     dtype=object)
+
+
 def evaluate_folder(pred_dir: Path | str, gt_dir: Path | str, output: Path | str | None = None,
                     gt_suffix: str = "", gt_type: str = "auto",
                     gt_classes: Sequence[str] | None = None) -> pd.DataFrame:
@@ -93,14 +106,15 @@ def evaluate_folder(pred_dir: Path | str, gt_dir: Path | str, output: Path | str
     Args:
         pred_dir: stage 0 output (``masks/``, ``segmentation.csv``, ``manifest.json``).
         gt_dir: folder of ground-truth masks, ``<rel minus extension><gt_suffix>.png``.
-        output: CSV path (default ``<pred_dir>/evaluation.csv``); the last row is the mean.
+        output: CSV path (default ``<pred_dir>/evaluation.csv``), one row per photo; the means
+            go to ``<output stem>_summary.csv`` beside it (:func:`summarise`).
         gt_suffix: e.g. ``_mask`` for ``<id>_mask.png``.
         gt_type: ``auto`` (0/255 masks are binary), ``labels`` or ``binary``.
         gt_classes: class names of the ground-truth labels 1..K when they differ from the
             prediction's order.
 
     Returns:
-        The table written (per image rows, then a ``MEAN`` row).
+        The per-photo table written.
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     if not (pred_dir / "masks").is_dir():
@@ -128,11 +142,9 @@ def evaluate_folder(pred_dir: Path | str, gt_dir: Path | str, output: Path | str
         raise UserError(f"no ground-truth mask found in {gt_dir} for the images of {pred_dir} "
                         f"(looked for <name>{gt_suffix}.png; see --gt-suffix)")
     table = pd.DataFrame(rows)
-    scores = [c for c in table.columns if c.endswith(("_iou", "_dice"))]
-    mean = {"image": "MEAN", "status": f"{len(rows)} images",
-            **{c: table[c].mean(skipna=True) for c in scores}}
-    table = pd.concat([table, pd.DataFrame([mean])], ignore_index=True)
-    write_csv(output or pred_dir / "evaluation.csv", table)
+    output = Path(output or pred_dir / "evaluation.csv")
+    write_csv(output, table)
+    write_csv(summary_path(output), summarise(table).to_frame().T)
     for rel in no_gt:
         print(f"no ground truth: {rel} (not scored)")
     return table

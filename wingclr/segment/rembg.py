@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from ..cli import UserError
-from ..weights import fetch_advice, weights_dir
+from ..weights import fetch_advice, installed_rembg_models, instead, weights_dir
 
 RELEASES = "https://github.com/danielgatis/rembg/releases/download/v0.0.0/"
 # rembg model name -> published file (saved by `rembg d <name>` as <name>.onnx)
@@ -50,11 +50,17 @@ def _env(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def model_path(name: str, home: Path | None = None) -> Path:
+def model_path(name: str, home: Path | None = None, *, alternatives: bool = True) -> Path:
     """Where the rembg model ``name`` (or an ``.onnx`` path) lies.
 
+    Args:
+        name: a key of :data:`REMBG_MODELS` or the path of an ``.onnx`` file.
+        home: the weights folder (default :func:`~wingclr.weights.weights_dir`).
+        alternatives: name the installed models' flags in the error.
+
     Raises:
-        UserError: the file is missing; the message names it and how to get it.
+        UserError: the file is missing; the message names the installed models' flags first,
+            then how to get the file.
     """
     if name.endswith(".onnx"):
         path = Path(name)
@@ -70,14 +76,44 @@ def model_path(name: str, home: Path | None = None) -> Path:
     for candidate in (home / "models" / name / f"{name}.onnx", home / f"{name}.onnx"):
         if candidate.is_file():
             return candidate
-    raise UserError(f"rembg model file {name}.onnx not found in {home}/; {fetch_advice(name)} "
+    installed = instead("--rembg-model", installed_rembg_models(exclude=name)) if alternatives else ""
+    raise UserError(f"rembg model file {name}.onnx not found in {home}/; {installed}{fetch_advice(name)} "
                     f"(or download {RELEASES}{REMBG_MODELS[name]}; `rembg d {name}` needs "
                     f"pip install \"rembg[cli]\") and copy the file into {home}/ as {name}.onnx, "
                     "or use --method threshold|maskrcnn which need no rembg model")
 
 
-def load_session(name: str, home: Path | None = None):
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+GPU_ADVICE = "pip uninstall -y onnxruntime && pip install onnxruntime-gpu"
+
+
+def onnx_providers(device: str, available) -> tuple[list | None, str]:
+    """onnxruntime providers for ``--device`` and a note when a GPU was asked for in vain.
+
+    Args:
+        device: ``auto`` (rembg's own choice: CUDA when onnxruntime-gpu is installed and sees a
+            GPU), ``cpu`` or ``cuda[:i]``.
+        available: ``onnxruntime.get_available_providers()``.
+
+    Returns:
+        ``(providers or None for rembg's choice, note)``.
+    """
+    if device == "cpu":
+        return [CPU], ""
+    if device.startswith("cuda"):
+        if CUDA not in available:
+            return [CPU], (f"rembg runs on the CPU: onnxruntime has no CUDA provider here "
+                           f"({GPU_ADVICE} to use the GPU)")
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        return [(CUDA, {"device_id": index}), CPU], ""
+    return None, ""
+
+
+def load_session(name: str, home: Path | None = None, providers: list | None = None):
     """A rembg session for model ``name`` whose file is taken from ``home`` (default weights/).
+
+    Args:
+        providers: onnxruntime providers (:func:`onnx_providers`); None: rembg's choice.
 
     Returns:
         rembg ``BaseSession``; pass it to :func:`foreground`.
@@ -85,11 +121,12 @@ def load_session(name: str, home: Path | None = None):
     path = model_path(name, home)
     import rembg
 
+    extra = {} if providers is None else {"providers": providers}
     if name.endswith(".onnx"):
         with _env(U2NET_HOME=str(path.parent)):
-            return rembg.new_session("u2net_custom", model_path=str(path))
+            return rembg.new_session("u2net_custom", model_path=str(path), **extra)
     with _env(U2NET_HOME=str(path.parent if path.parent.name != name else path.parents[2])):
-        return rembg.new_session(name)
+        return rembg.new_session(name, **extra)
 
 
 def foreground(session, rgb: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ class SegmentSettings(Settings):
     method: str | None
     checkpoint: Path | None
     score_threshold: float
-    rembg_model: str
+    rembg_model: str | None
     dilate: float
     min_coverage: float
     max_coverage: float
@@ -29,6 +29,8 @@ class SegmentSettings(Settings):
     device: str
     num_workers: int
     flush_every: int
+    shard: str
+    merge: bool
     progress: bool
     overwrite: bool
 

@@ -1,8 +1,8 @@
 """Contact sheets of stage 0: every photo's cut-out as a thumbnail, so a person checks 200 in one look.
 
 ``contact_sheet.png`` (then ``contact_sheet_2.png``, ...) holds up to :data:`PER_SHEET` tiles in
-rows of :data:`COLUMNS`, each a cut-out on a checkerboard (transparent = background) with its
-file name below. Photos that need a look come first, framed red with their status: implausible
+rows of at most :data:`COLUMNS` (fewer tiles: a near-square grid), each a cut-out on a
+checkerboard (transparent = background) with its file name below (cut in the middle when long). Photos that need a look come first, framed red with their status: implausible
 coverage (the cut-out from ``rejected/``), no wings found and failures (the photo itself, or an
 empty tile when it cannot be read). At most :data:`MAX_SHEETS` sheets are written; for larger sets
 the last one says how many ``ok`` photos were left out.
@@ -15,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from ..thumbnails import grid_columns
 
 TILE, CAPTION, COLUMNS, PER_SHEET, MAX_SHEETS = 96, 14, 20, 200, 5
 SHEET_GLOB = "contact_sheet*.png"
@@ -57,9 +59,18 @@ def tile(thumb: Image.Image | None, caption: str, status: str) -> Image.Image:
                    width=3 if flagged else 1)
     if flagged:
         draw.text((4, 4), status, fill=RED, font=font)
-    draw.text((2, TILE + 1), caption if len(caption) <= 15 else caption[:6] + "~" + caption[-8:],
-              fill=(0, 0, 0), font=font)
+    draw.text((2, TILE + 1), fit_caption(caption, font, TILE - 4), fill=(0, 0, 0), font=font)
     return out
+
+
+def fit_caption(caption: str, font, width_px: int) -> str:
+    """``caption`` with characters taken out of its middle (an ellipsis instead) until it fits."""
+    from ..thumbnails import middle_clip
+
+    chars = len(caption)
+    while chars > 4 and font.getlength(middle_clip(caption, chars)) > width_px:
+        chars -= 1
+    return middle_clip(caption, chars)
 
 
 def _source(row: dict, out: Path, photos: Path, rejected: str) -> Path | None:
@@ -90,16 +101,17 @@ def write_contact_sheets(out: Path, rows: Sequence[dict], photos: Path,
     ordered = sorted(rows, key=lambda r: r["status"] == "ok")  # stable: names stay in order
     shown, left_out = ordered[:PER_SHEET * MAX_SHEETS], len(ordered) - PER_SHEET * MAX_SHEETS
     sheets = []
+    cols = grid_columns(len(shown[:PER_SHEET]), COLUMNS)  # few tiles: near-square, not a strip
     for i in range(0, len(shown), PER_SHEET):
         part = shown[i:i + PER_SHEET]
-        n_rows = -(-len(part) // COLUMNS)
+        n_rows = -(-len(part) // cols)
         footer = CAPTION + 4 if left_out > 0 and i + PER_SHEET >= len(shown) else 0
-        sheet = Image.new("RGB", (min(len(part), COLUMNS) * TILE, n_rows * (TILE + CAPTION) + footer),
+        sheet = Image.new("RGB", (min(len(part), cols) * TILE, n_rows * (TILE + CAPTION) + footer),
                           "white")
         for j, row in enumerate(part):
             thumb = _thumbnail(_source(row, out, photos, rejected))
             sheet.paste(tile(thumb, Path(row["image"]).name, row["status"]),
-                        ((j % COLUMNS) * TILE, (j // COLUMNS) * (TILE + CAPTION)))
+                        ((j % cols) * TILE, (j // cols) * (TILE + CAPTION)))
         if footer:
             ImageDraw.Draw(sheet).text((4, sheet.height - footer + 2), f"+{left_out} more photos "
                                        "not shown (see segmentation.csv)", fill=(0, 0, 0))

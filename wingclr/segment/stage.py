@@ -36,11 +36,12 @@ import pandas as pd
 from ..cli import UserError, require_folder
 from ..identity import GROUP, SOURCE, SPECIMEN, posix, without_extension
 from ..imageio import ImageReadError, list_files, match_channels, read_image, write_png
-from ..outputs import (MANIFEST, changed_keys, check_finished, jsonable, settings, write_csv,
-                       write_manifest, write_text)
+from ..outputs import (MANIFEST, changed_keys, check_finished, jsonable, read_manifest, settings,
+                       write_csv, write_manifest, write_text)
 from .masks import cutout, downscale, to_full_resolution, write_label_png
-from .methods import Segmenter, choose_method
+from .methods import Segmenter, choose_method, choose_rembg_model
 from .settings import SegmentSettings
+from .shards import PARTS, finished_shards, mark_done, merge, parse_shard, part_table, shard_images
 from .sheet import SHEET_GLOB, write_contact_sheets
 
 TABLE = "segmentation.csv"
@@ -72,9 +73,9 @@ def run_settings(s: SegmentSettings) -> dict:
 
 def _guard(out: Path, semantic: dict, overwrite: bool) -> None:
     if overwrite:
-        for name in ("images", "masks", REJECTED):
+        for name in ("images", "masks", REJECTED, PARTS):
             shutil.rmtree(out / name, ignore_errors=True)
-        for name in (TABLE, MANIFEST, PARTIAL, "evaluation.csv"):
+        for name in (TABLE, MANIFEST, PARTIAL, "evaluation.csv", "evaluation_summary.csv"):
             (out / name).unlink(missing_ok=True)
         for sheet in out.glob(SHEET_GLOB):
             sheet.unlink()
@@ -90,8 +91,8 @@ def _guard(out: Path, semantic: dict, overwrite: bool) -> None:
                             "to resume, or pass --overwrite to start again")
 
 
-def _previous_rows(out: Path) -> dict[str, dict]:
-    path = out / TABLE
+def _previous_rows(path: Path) -> dict[str, dict]:
+    """Rows of a segmentation table by photo (empty when missing or damaged)."""
     if not path.is_file():
         return {}
     try:
@@ -225,8 +226,11 @@ def _segment_batch(segmenter: Segmenter, batch, names, out: Path,
 
 
 def segment(s: SegmentSettings) -> dict:
-    """Run stage 0 (settings: see ``0-segmentation/segment.py``). Returns the manifest."""
+    """Run stage 0 (settings: see ``0-segmentation/segment.py``). Returns the manifest
+    (a shard that leaves the merge to others: its marker)."""
     inp, out = Path(s.input), Path(s.output)
+    if s.merge:
+        return merge(out)
     require_folder(inp, "input folder", "pass your photos folder with --input")
     if out.resolve() == inp.resolve() or inp.resolve() in out.resolve().parents:
         raise UserError(f"--output {out} lies inside --input {inp}; choose an output folder "
@@ -236,35 +240,71 @@ def segment(s: SegmentSettings) -> dict:
     if not 0 <= s.min_coverage < s.max_coverage <= 1:
         raise UserError("--min-coverage and --max-coverage must satisfy 0 <= min < max <= 1 "
                         f"(got {s.min_coverage:g} and {s.max_coverage:g})")
-    method, checkpoint, note = choose_method(s.method, s.checkpoint, s.rembg_model)
-    if note:
-        print(note)
-    s = replace(s, method=method)  # the manifest records the method used (no --method: the default)
+    shard = parse_shard(s.shard)
+    if shard and s.overwrite:
+        raise UserError(f"--overwrite with --shard {shard[0]}/{shard[1]} would let each shard delete "
+                        f"the others' work; delete {out} first (or run one process with --overwrite)")
+    rembg_model, rembg_note = choose_rembg_model(s.rembg_model)
+    method, checkpoint, note = choose_method(s.method, s.checkpoint, rembg_model)
+    notes = [n for n in (note, rembg_note if "rembg" in method else "") if n]
+    for line in notes:
+        print(line)
+    # the manifest records the method and rembg model used (not given: what was chosen)
+    s = replace(s, method=method, rembg_model=rembg_model)
     semantic = run_settings(s)
     _guard(out, semantic, s.overwrite)
     images, not_images = list_files(inp)
     if not images:
         raise UserError(f"no images found in {inp} (looked for JPEG, PNG, TIFF, BMP, WebP, .npy)")
+    names = output_names(images)  # on the whole list: shards never collide
+    mine = images if shard is None else shard_images(images, *shard)
+    table = out / TABLE if shard is None else part_table(out, *shard)
+    previous = _previous_rows(out / TABLE)
+    for part in sorted((out / PARTS).glob("segmentation_*_of_*.csv")):  # any split's work counts
+        previous.update(_previous_rows(part))
+    rows = {rel: with_identity(previous[rel.as_posix()], names[rel]) for rel in mine
+            if _finished(out, previous.get(rel.as_posix()))}
+    todo = [rel for rel in mine if rel not in rows]
+    if shard and (out / MANIFEST).is_file() and all(rel.as_posix() in previous for rel in mine):
+        # a requeued shard of a merged output: re-running it would unfinish the whole output
+        print(f"skip: shard {shard[0]}/{shard[1]} is done and {out} merged (manifest.json); run "
+              "once without --shard to retry unreadable or failed photos")
+        return read_manifest(out)
     segmenter = Segmenter(s.method, checkpoint, s.rembg_model, s.score_threshold, s.dilate,
                           s.device)
-    names = output_names(images)
+    for line in segmenter.notes:
+        print(line)
+    notes += segmenter.notes
     removed = remove_orphans(out, set(names.values()))
     if removed:
         print(f"removed {len(removed)} outputs whose photo is no longer in {inp} (from images/, "
               f"masks/ and {TABLE}): {', '.join(removed[:3])}{' ...' if len(removed) > 3 else ''}")
-    previous = _previous_rows(out)
-    rows = {rel: with_identity(previous[rel.as_posix()], names[rel]) for rel in images
-            if _finished(out, previous.get(rel.as_posix()))}
-    todo = [rel for rel in images if rel not in rows]
-    print(f"{len(images)} images in {inp}: {len(rows)} already done, {len(todo)} to segment "
+    which = "" if shard is None else f" (shard {shard[0]}/{shard[1]}: {len(mine)} of them)"
+    print(f"{len(images)} images in {inp}{which}: {len(rows)} already done, {len(todo)} to segment "
           f"({s.method})")
     write_text(out / PARTIAL, json.dumps(jsonable(semantic), indent=2) + "\n")
     (out / MANIFEST).unlink(missing_ok=True)  # from here on the output is unfinished
-    _run(segmenter, s, todo=todo, names=names, rows=rows, images=images)
+    _run(segmenter, s, todo=todo, names=names, rows=rows, images=mine, table=table)
+    info = {"settings": semantic, "classes": list(segmenter.classes), "model": segmenter.info,
+            "notes": notes, "removed": removed}
+    if shard is None:
+        manifest = finish(out, inp, info, [rows[rel] for rel in images], not_images)
+        shutil.rmtree(out / PARTS, ignore_errors=True)  # an abandoned split's parts: all used
+        return manifest
+    mark_done(out, *shard, info)
+    n, markers = finished_shards(out, shard[1])
+    if len(markers) < n:
+        print(f"shard {shard[0]}/{n} done; {len(markers)} of {n} shards finished, the last one "
+              f"merges (or run segment.py --output {out} --merge)")
+        return info
+    return merge(out, n)
 
-    table = pd.DataFrame([rows[rel] for rel in images])
-    by = table["status"].value_counts().to_dict()
-    listed = {s: [(r["image"], r["reason"]) for r in rows.values() if r["status"] == s]
+
+def finish(out: Path, inp: Path, info: dict, rows: list[dict], not_images: list) -> dict:
+    """The table, summary lines, contact sheets and manifest of every photo's ``rows``."""
+    write_csv(out / TABLE, pd.DataFrame(rows))
+    by = pd.Series([r["status"] for r in rows]).value_counts().to_dict()
+    listed = {s: [(r["image"], r["reason"]) for r in rows if r["status"] == s]
               for s in STATUSES[1:]}
     for status, items in listed.items():
         for image, reason in items:
@@ -274,17 +314,17 @@ def segment(s: SegmentSettings) -> dict:
           f"({flagged} with implausible coverage in {out / REJECTED}/, {by.get('no_wings', 0)} "
           f"without wings, {by.get('unreadable', 0)} unreadable, {by.get('error', 0)} failed; "
           f"see {TABLE})")
-    sheets = write_contact_sheets(out, [rows[rel] for rel in images], inp, REJECTED)
+    sheets = write_contact_sheets(out, rows, inp, REJECTED)
     if sheets:
         print(f"contact sheet: {', '.join(str(p) for p in sheets)} (flagged photos first, framed red)")
     return write_manifest(
-        out, "0-segmentation", semantic,
-        counts={"images": len(images), **{s: int(by.get(s, 0)) for s in STATUSES},
+        out, "0-segmentation", info["settings"],
+        counts={"images": len(rows), **{s: int(by.get(s, 0)) for s in STATUSES},
                 "not_images": len(not_images)},
         packages=("opencv-python-headless", "rembg", "onnxruntime"),
-        classes=list(segmenter.classes), model=segmenter.info, input=str(inp.resolve()),
-        **{f"{s}_files": v for s, v in listed.items()}, removed_outputs=removed,
-        contact_sheets=[p.name for p in sheets],
+        classes=info["classes"], model=info["model"], input=str(inp.resolve()),
+        **{f"{s}_files": v for s, v in listed.items()}, removed_outputs=info["removed"],
+        contact_sheets=[p.name for p in sheets], notes=info["notes"],
         not_image_files=[(str(p), r) for p, r in not_images])
 
 
@@ -307,14 +347,15 @@ def remove_orphans(out: Path, expected: set[str]) -> list[str]:
 
 
 def _run(segmenter: Segmenter, s: SegmentSettings, *, todo: list[Path], names: dict[Path, str],
-         rows: dict[Path, dict], images: list[Path]) -> None:
-    """Segment ``todo`` into ``rows`` (by photo), flushing ``segmentation.csv`` as it goes."""
+         rows: dict[Path, dict], images: list[Path], table: Path) -> None:
+    """Segment ``todo`` into ``rows`` (by photo), flushing ``table`` (the photos ``images``) as
+    it goes."""
     from tqdm import tqdm
 
     inp, out = Path(s.input), Path(s.output)
 
     def flush():
-        write_csv(out / TABLE, pd.DataFrame([rows[rel] for rel in images if rel in rows]))
+        write_csv(table, pd.DataFrame([rows[rel] for rel in images if rel in rows]))
 
     start, since_flush = time.perf_counter(), 0
     bar = tqdm(total=len(todo), unit="img", disable=None if s.progress else True)

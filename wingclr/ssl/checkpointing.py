@@ -57,6 +57,17 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def start_line(*, name: str, device: str, precision: str, images: int, clusters: int,
+               batch_size: int, recipe: str, epochs: int, checkpoint: Path) -> str:
+    """The line stage 3 prints before anything slow (a log file shows at once what runs where)."""
+    return (f"training {name} on {device} ({precision}): {images} images in {clusters} "
+            f"cluster{'s' * (clusters != 1)}, batch {batch_size}, recipe {recipe}, {epochs} "
+            f"epoch{'s' * (epochs != 1)}; checkpoint {checkpoint}")
+
+
+ESTIMATE_AFTER = 5  # batches timed (after the first, which pays for warm-up) before the estimate
+
+
 class EpochCheckpoint(pl.Callback):
     """Saves ``last.ckpt`` and ``metrics.csv`` after each epoch, and mid-epoch on a stop signal.
 
@@ -73,7 +84,8 @@ class EpochCheckpoint(pl.Callback):
         run_dir: where ``last.ckpt`` and ``metrics.csv`` go.
         epochs: the run's epochs (for the epoch lines).
         log_epochs: print one line per finished epoch (when stdout is not a terminal and the
-            progress bar is off).
+            progress bar is off), and once, after the first few batches, the estimated time per
+            epoch.
     """
 
     def __init__(self, run_dir: Path, epochs: int = 0, log_epochs: bool = False):
@@ -84,6 +96,7 @@ class EpochCheckpoint(pl.Callback):
         self._reset_epoch()
         self._start = 0.0
         self._pending_rng = None  # restored before the first batch of a run resumed mid-epoch
+        self._timed, self._timer = 0, 0.0  # batches of this process, for the epoch estimate
 
     def _reset_epoch(self) -> None:
         self.consumed = 0  # batches trained in the current epoch
@@ -117,11 +130,27 @@ class EpochCheckpoint(pl.Callback):
         if trainer.world_size > 1:  # every rank must stop after the same batch
             self.stop_requested = trainer.strategy.reduce_boolean_decision(self.stop_requested, all=False)
         last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if self.log_epochs and trainer.is_global_zero:
+            self._estimate(trainer)
         if self.stop_requested and not trainer.should_stop and not last_batch:
             self._seconds += time.perf_counter() - self._start
             self._start = time.perf_counter()
             save_checkpoint(trainer, self.run_dir / "last.ckpt")
             trainer.should_stop = True
+
+    def _estimate(self, trainer) -> None:
+        """Print the estimated time per epoch once, from the batches after the first."""
+        self._timed += 1
+        total = trainer.num_training_batches
+        after = min(ESTIMATE_AFTER, int(total) - 1) if math.isfinite(total) else ESTIMATE_AFTER
+        if self._timed == 1:
+            self._timer = time.perf_counter()
+        elif after >= 1 and self._timed == 1 + after:
+            per_batch = (time.perf_counter() - self._timer) / after
+            epoch = per_batch * total
+            print(f"estimate: {per_batch:.2f} s per batch, ~{epoch:.0f} s per epoch of {total} "
+                  f"batches, ~{epoch * self.epochs / 60:.1f} min for {self.epochs} epochs",
+                  flush=True)
 
     def epoch_loss(self, trainer) -> float:
         """Mean loss of the epoch's batches (over every process)."""

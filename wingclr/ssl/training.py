@@ -26,7 +26,7 @@ from ..checkpoints import checkpoint_damage, read_checkpoint
 from ..cli import (Stopped, UserError, check_gpu_request, check_input_size, check_minimum,
                    require_output_folder, stdout_is_terminal)
 from ..outputs import MANIFEST, check_finished, read_manifest, write_manifest
-from .checkpointing import EpochCheckpoint, plot_loss, save_checkpoint, trained_epochs
+from .checkpointing import EpochCheckpoint, plot_loss, save_checkpoint, start_line, trained_epochs
 from .grid import fit_point_to_data, run_name
 from .batchnorm import sync_batchnorm
 from .loaders import RankSeeds, build_data, training_images
@@ -308,6 +308,14 @@ def fit_run(s: TrainSettings, trainer: pl.Trainer, checkpointing: EpochCheckpoin
             run_dir: Path, work: Path, resume: Path | None, images, wanted: dict, mset=None) -> dict | None:
     """Train in ``work`` (the run folder or its replacement's), then finish the run."""
     precision = trainer.precision
+    if is_rank_zero() and not s.quiet:  # at once: building the cache or the first batch is slow
+        nodes = f" x {s.num_nodes} nodes" if s.num_nodes > 1 else ""
+        cuda = trainer.strategy.root_device.type == "cuda"
+        device = f"{'GPU' if cuda else 'CPU'} (--devices {s.devices}{nodes})"
+        print(start_line(name=name, device=device, precision=precision, images=len(images),
+                         clusters=len(set(images.clusters)), batch_size=s.batch_size,
+                         recipe=s.recipe, epochs=s.epochs, checkpoint=run_dir / f"{name}.ckpt"),
+              flush=True)
 
     # ============ data: cached or decoded images, two augmented views, balanced sampler ============
     data = build_data(s, trainer, images)
