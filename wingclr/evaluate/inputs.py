@@ -261,8 +261,9 @@ def read_labels(ids: pd.DataFrame, labels_csv: Path, *, columns: Sequence[str] =
                 continue
             for r in hits:
                 if r in given and given[r][0] != label:
+                    what = "" if column == "label" else f"{column} "
                     raise UserError(f"{labels_csv} gives image {ids['image'][r]} two different "
-                                    f"{column} labels ({given[r][0]!r} for {given[r][1]}, {label!r} "
+                                    f"{what}labels ({given[r][0]!r} for {given[r][1]}, {label!r} "
                                     f"for {name}); keep one row per image")
                 given[r] = (label, name)
         out[column] = [given[r][0] if r in given else "" for r in range(len(ids))]
@@ -318,7 +319,9 @@ def match_rows(ids: pd.DataFrame, names: list[str], key: str) -> tuple[list[list
     for name in names:
         hit = next(((c, exact[c][name]) for c in columns if name in exact[c]), None)
         if hit is None:
-            found = by_file.get(name.rsplit("/", 1)[-1].lower(), [])
+            file = name.rsplit("/", 1)[-1].lower()
+            # x.jpg also names stage 0's x.png: the photo's extension may be gone
+            found = by_file.get(file) or by_file.get(file.rsplit(".", 1)[0] if "." in file[1:] else file, [])
             hit = (("file name" if len({specimens[r] for r in found}) == 1 else "ambiguous"), found) \
                 if found else ("", [])
         how.append(hit[0])

@@ -25,10 +25,10 @@ from ..outputs import MANIFEST, check_finished, read_manifest, write_csv, write_
 from .baselines import BASELINES, SplitData, parse_baselines, run_baseline, score_features
 from .folds import paired, split_scores
 from .gridplot import summary_table, write_grid_summary
-from .inputs import (attach_labels, check_data, identity_columns, load_embeddings, read_labels,
-                     specimen_groups)
+from .inputs import check_data, identity_columns, load_embeddings
 from .probe import collapse_note, is_collapsed
 from .settings import EvalSettings
+from .traits import check_queries, load_split, make_split, safe_name, trait_splits  # noqa: F401
 from .visuals import run_visuals, write_report_note
 
 EVAL_COLUMNS = ["run", "backbone", "batch_size", "epochs", "temperature", "n_train", "n_val",
@@ -62,51 +62,6 @@ def image_root(manifest: dict, data: Path | None) -> Path | None:
         return image_table(Path(data))[0] if data else None
     except UserError:
         return None
-
-
-def load_split(ids: pd.DataFrame, labels_csv: Path | None, root: Path | None,
-               allow_partial: bool = False) -> SplitData:
-    """Stage 2's train/validation split (``--protocol split``) of the clusters or a ``label``."""
-    y = attach_labels(ids, labels_csv, allow_partial).to_numpy(str)
-    return make_split(ids, y, root, protocol="split")
-
-
-def make_split(ids: pd.DataFrame, y: np.ndarray, root: Path | None, *, protocol: str = "split",
-               folds: int = 0, groups: np.ndarray | None = None) -> SplitData:
-    """The rows scored for labels ``y``: labelled train and validation images (outliers never).
-
-    ``split``: train/ fits, validation/ scores; ``cv``: every such image is scored once, out of
-    fold (``train`` = ``val`` = those rows).
-    """
-    y = np.asarray(y).astype(str)
-    labelled = y != ""
-    train = (ids["split"] == "train").to_numpy() & labelled
-    val = (ids["split"] == "validation").to_numpy() & labelled
-    groups = specimen_groups(ids) if groups is None else np.asarray(groups).astype(str)
-    if protocol == "cv":
-        train = val = train | val
-    return SplitData(root, ids["image"].to_numpy(str), y, train, val, groups, protocol, folds)
-
-
-def trait_splits(ids: pd.DataFrame, root: Path | None, s: EvalSettings) -> list[tuple[str, SplitData, str]]:
-    """``(trait, split, where the groups come from)`` per scored trait of one run."""
-    if not s.labels:
-        table, groups = pd.DataFrame({"cluster": ids["cluster"].to_numpy(str)}), None
-        groups_from = "group" if "group" in ids else "specimen"
-    else:
-        table = read_labels(ids, s.labels, columns=s.traits, id_column=s.id_column,
-                            group_column=s.group_column, allow_partial=s.allow_partial_labels)
-        groups = specimen_groups(ids)
-        groups_from = "group" if "group" in ids else "specimen"
-        if s.group_column:
-            groups = np.where(table["group"].to_numpy(str) != "", table["group"].to_numpy(str), groups)
-            groups_from = f"{s.labels_from}: {s.group_column}"
-    out = []
-    for trait in s.traits:
-        split = make_split(ids, table[trait].to_numpy(str), root, protocol=s.protocol,
-                           folds=s.folds, groups=groups)
-        out.append((trait, split, groups_from if s.protocol == "cv" else ""))
-    return out
 
 
 def write_reports(out_dir: Path, split: SplitData, pred: dict, ids: pd.DataFrame | None = None) -> None:
@@ -217,16 +172,6 @@ def evaluate_trait(name: str, emb_dir: Path, out_dir: Path, data: tuple, trait: 
         write_manifest(out_dir, "5-evaluation", settings, seed=s.seed, packages=("scikit-learn",),
                        counts={"train": row["n_train"], "validation": row["n_val"]}, row=row)
     return row
-
-
-def check_queries(ids: pd.DataFrame, queries, emb_dir: Path) -> None:
-    """``--query`` names none of the embedded images: a one-line error before any work."""
-    from .neighbours import match_queries
-
-    if queries and not len(match_queries(ids["image"].to_numpy(str), list(queries))[0]):
-        raise UserError(f"--query: none of {', '.join(list(queries)[:3])}"
-                        f"{' ...' if len(queries) > 3 else ''} is among the {len(ids)} images "
-                        f"embedded in {emb_dir}; name images as in its embeddings.csv, or by file name")
 
 
 def baseline_columns(split: SplitData, model: dict, s: EvalSettings, cache_dir: Path, notes: dict,
@@ -420,10 +365,3 @@ def evaluate_runs(s: EvalSettings) -> pd.DataFrame:
     print(f"wrote {out / 'evaluation.csv'}")
     write_report_note(out)
     return table
-
-
-def safe_name(trait: str) -> str:
-    """A trait (label column) as a folder or file name part."""
-    import re
-
-    return re.sub(r"[^0-9A-Za-z_.-]+", "_", str(trait)).strip("._") or "trait"
