@@ -93,12 +93,18 @@ def score_features(feats: np.ndarray, split: SplitData, seed: int = 0, k: int = 
     if split.protocol == "cv":
         from .folds import score_cv
 
-        y = np.where(split.train, split.y, "")
-        metrics, r = score_cv(feats, y, split.groups, folds=split.folds, seed=seed, k=k,
-                              pixel_pca=pixel_pca)
-        rows = np.flatnonzero(r.fold >= 0)
-        return metrics, {"rows": rows, "linear": r.pred_linear[rows], "knn": r.pred_knn[rows],
-                         "fold": r.fold[rows], "C": metrics["probe_C"]}
+        # rows in image order: the probe's inner folds (and so C) must not depend on how a
+        # spreadsheet sorted embeddings.csv
+        order = np.argsort(np.asarray(split.images, str), kind="stable")
+        y = np.where(split.train, split.y, "")[order]
+        metrics, r = score_cv(np.asarray(feats)[order], y, np.asarray(split.groups)[order],
+                              folds=split.folds, seed=seed, k=k, pixel_pca=pixel_pca)
+        scored = np.flatnonzero(r.fold >= 0)
+        rows = order[scored]
+        keep = np.argsort(rows, kind="stable")  # back to the table's order
+        return metrics, {"rows": rows[keep], "linear": r.pred_linear[scored][keep],
+                         "knn": r.pred_knn[scored][keep], "fold": r.fold[scored][keep],
+                         "C": metrics["probe_C"]}
     metrics, probe, knn = score_split(feats, split.y, split.train, split.val, seed, k)
     return metrics, {"rows": np.flatnonzero(split.val), "linear": probe.predictions, "knn": knn,
                      "fold": None, "C": probe.C}

@@ -301,7 +301,7 @@ def match_rows(ids: pd.DataFrame, names: list[str], key: str) -> tuple[list[list
 
     In order: the same column (``key``, when the embeddings have it), another identity column
     (image, specimen, source_image), then the file name (case ignored; with or without
-    extension), which must point to one specimen.
+    extension; ``x.jpg`` also names stage 0's ``x.png``), which must point to one specimen.
 
     Returns:
         ``(rows per name, how per name)``; how is ``key``, another column's name, ``file name``,
