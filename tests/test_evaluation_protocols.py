@@ -117,7 +117,7 @@ def test_labels_spreadsheet_with_several_traits_scores_each_with_groups_from_a_c
                               "--group-column", "id", "--no-baselines", "--num-workers", "0",
                               "--neighbours", "0")
     assert "labels: 30 of 30 images matched (by file name)" in printed
-    assert "2 matched rows of" in printed and "leave sex empty" in printed
+    assert f"labels: 2 rows of {tmp_path / 'labels.csv'} leave sex empty: left out of sex" in printed
     csv = pd.read_csv(out / "evaluation.csv").set_index("trait")
     assert sorted(csv.index) == ["genus", "sex"] and (csv.labels == "labels.csv").all()
     assert csv.loc["sex", "n_val"] == 28 and csv.loc["genus", "n_val"] == 30
@@ -186,3 +186,24 @@ def test_query_naming_no_embedded_image_is_refused(dataset_dir, tmp_path):
 def test_group_and_id_columns_need_a_labels_file(tmp_path):
     with pytest.raises(UserError, match="--group-column id names a column of --labels"):
         evaluate("--runs", tmp_path, "--output", tmp_path / "5", "--group-column", "id")
+
+
+def test_imagenet_line_and_verdict_say_beats_only_when_the_paired_folds_do():
+    from wingclr.evaluate.gridplot import verdict
+    from wingclr.evaluate.stage import imagenet_beside
+
+    row = {"run": "r1", "accuracy": 0.72, "accuracy_sd": 0.02, "knn_accuracy": 0.7,
+           "imagenet_accuracy": 0.70, "imagenet_knn_accuracy": 0.6, "imagenet_probe_collapsed": False,
+           "fold_scores": "0.70;0.74;0.72;0.70;0.74", "imagenet_fold_scores": "0.72;0.70;0.70;0.72;0.66",
+           "protocol": "cv", "n_val": 300, "folds": 5}
+    line = imagenet_beside(row)
+    assert "SimCLR +0.020 +- 0.042 over 5 folds, higher in 3 of 5" in line
+    assert line.endswith("no clear difference), kNN 0.600")
+    base = {"label": "ImageNet x", "metrics": {"accuracy": 0.70, "accuracy_sd": 0.02,
+                                               "fold_scores": row["imagenet_fold_scores"]}}
+    text = verdict(row, [base])
+    assert "shows no clear difference to the best baseline" in text and " beats " not in text
+    assert text.endswith("on 300 images in 5 grouped folds")
+    row["fold_scores"] = "0.75;0.73;0.72;0.74;0.70"  # higher in every fold
+    assert "r1 (linear 0.720 +- 0.020) beats the best baseline" in verdict(row, [base])
+    assert ": beats)" in imagenet_beside(row)

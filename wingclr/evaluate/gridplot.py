@@ -72,8 +72,12 @@ def draw_baselines(ax, levels: dict[str, float]) -> None:
                 bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7})
 
 
-def grid_figure(table: pd.DataFrame):
-    """The grid summary figure (matplotlib Figure), or None when no row has grid values."""
+def grid_figure(table: pd.DataFrame, title: str = ""):
+    """The grid summary figure (matplotlib Figure), or None when no row has grid values.
+
+    Args:
+        title: above the panels (which labels were scored, e.g. ``labels: labels.csv: sex``).
+    """
     from ..plotting import pyplot
 
     grid = grid_runs(table)
@@ -100,14 +104,17 @@ def grid_figure(table: pd.DataFrame):
         ax.set(title=f"{e:g} epochs", xlabel="temperature", ylim=(0, 1.02),
                xticks=sorted(grid["temperature"].unique()))
         ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("linear-probe accuracy (validation)")
+    cv = "protocol" in grid.columns and (grid["protocol"].astype(str) == "cv").any()
+    axes[0, 0].set_ylabel("linear-probe accuracy (" + ("mean over folds" if cv else "validation") + ")")
+    if title:
+        fig.suptitle(title, fontsize=9)
     axes[0, -1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return fig
 
 
-def write_grid_summary(table: pd.DataFrame, path: Path) -> bool:
+def write_grid_summary(table: pd.DataFrame, path: Path, title: str = "") -> bool:
     """Save :func:`grid_figure` to ``path``; False when there is nothing to draw."""
-    fig = grid_figure(table)
+    fig = grid_figure(table, title)
     if fig is None:
         return False
     save_figure(fig, path)

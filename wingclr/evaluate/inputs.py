@@ -210,8 +210,7 @@ def read_labels(ids: pd.DataFrame, labels_csv: Path, *, columns: Sequence[str] =
     ``source_image``, or by file name (``x.jpg`` or ``x`` for ``drawer1/x.jpg``; case ignored; a
     file name shared by several specimens is ambiguous and matches none of them). Prints one line:
     how many images matched and how, which did not, which names match no image and which are
-    ambiguous; and per trait how many matched rows leave it empty (those images are not scored
-    for that trait).
+    ambiguous; and per trait how many rows leave it empty (left out of that trait).
 
     Args:
         ids: the embeddings' ``image, cluster, split, specimen, source_image`` table.
@@ -243,7 +242,9 @@ def read_labels(ids: pd.DataFrame, labels_csv: Path, *, columns: Sequence[str] =
                         f"image (as in embeddings.csv, or its file name) beside {columns[0]}, but has "
                         f"{found}; rename its header row or name the column with --id-column")
     user = user[user[key].str.strip() != ""]
-    user = user[(user[columns].apply(lambda col: col.str.strip()) != "").any(axis=1)]
+    blank = user[columns].apply(lambda col: col.str.strip()) == ""
+    empty = {c: int(blank[c].sum()) for c in columns}  # rows left out of each trait
+    user = user[~blank.all(axis=1)]
     names = [posix(v) for v in user[key]]
     rows, how = match_rows(ids, names, key)
     ambiguous = sorted({f"{name} ({len(hits)} images share this name)"
@@ -251,13 +252,11 @@ def read_labels(ids: pd.DataFrame, labels_csv: Path, *, columns: Sequence[str] =
     rows = [[] if h == "ambiguous" else hits for hits, h in zip(rows, how)]
     out = pd.DataFrame({c: [""] * len(ids) for c in columns}, index=index)
     matched: set[int] = set()
-    empty = dict.fromkeys(columns, 0)
     for column in columns:
         given: dict[int, tuple[str, str]] = {}  # row -> (label, the name it came from)
         for name, label, hits in zip(names, user[column].str.strip(), rows):
             matched.update(hits)
-            if hits and not label:
-                empty[column] += 1
+            if not label:
                 continue
             for r in hits:
                 if r in given and given[r][0] != label:
@@ -286,8 +285,8 @@ def read_labels(ids: pd.DataFrame, labels_csv: Path, *, columns: Sequence[str] =
              else ""))
     for column, count in empty.items():
         if count:
-            print(f"labels: {count} matched row{'s' * (count != 1)} of {labels_csv} leave "
-                  f"{column} empty: those images are not scored for {column}")
+            print(f"labels: {count} row{'s' * (count != 1)} of {labels_csv} leave {column} "
+                  f"empty: left out of {column}")
     if len(matched) < MIN_LABELLED * n and not allow_partial:
         raise UserError(f"only {len(matched)} of {n} embedded images have a label in {labels_csv} "
                         f"(e.g. none for {unmatched[0]}); its {key} column must name the embedded "

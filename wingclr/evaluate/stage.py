@@ -317,7 +317,8 @@ def evaluate_runs(s: EvalSettings) -> pd.DataFrame:
     if s.labels is not None and not Path(s.labels).is_file():
         raise UserError(f"--labels {s.labels} does not exist; pass a CSV with a label column and "
                         "an image, specimen or source_image column")
-    for flag, value in (("--id-column", s.id_column), ("--group-column", s.group_column)):
+    for flag, value in (("--id-column", s.id_column), ("--group-column", s.group_column),
+                        ("--label-column", None if s.label_column == "label" else s.label_column)):
         if value and not s.labels:
             raise UserError(f"{flag} {value} names a column of --labels; pass --labels <file.csv>")
     out = Path(s.output)
@@ -355,7 +356,9 @@ def evaluate_runs(s: EvalSettings) -> pd.DataFrame:
         datasets = set(part["dataset"].astype(str))
         mine = [b for b in baselines if str(b["settings"]["dataset"]) in datasets]
         png = out / ("grid_summary.png" if len(traits) == 1 else f"grid_summary_{safe_name(trait)}.png")
-        if write_grid_summary(part, png):
+        labels = str(part["labels"].iloc[0]) if "labels" in part and part["labels"].notna().any() else ""
+        said = f"labels: {labels}: {trait}" if labels and labels != "clusters" else "labels: clusters"
+        if write_grid_summary(part, png, said):
             print(f"wrote {png}")
         text = summary_table(part, mine)
         texts.append(text if len(traits) == 1 else f"== {trait} ==\n{text}")
