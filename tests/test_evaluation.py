@@ -163,3 +163,12 @@ def test_every_method_is_scored_on_the_same_folds_and_paired_differences_decide(
     assert same.verdict == "beats" and same.better == 2 and same.mean == pytest.approx(0.1)
     assert paired([0.5], []) is None
 
+
+
+def test_a_fold_left_with_one_training_class_answers_it_instead_of_failing():
+    from wingclr.evaluate.folds import cross_validate
+
+    x = np.arange(8, dtype=float).reshape(4, 2)
+    r = cross_validate(x, np.array(["a", "a", "b", "b"]), np.array(["g1", "g1", "g2", "g2"]), folds=5)
+    assert len(r.linear) == 2 and (r.linear == 0).all()  # each fold trains on the other class only
+    assert set(r.pred_linear) == {"a", "b"}
