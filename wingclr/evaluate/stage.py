@@ -82,7 +82,7 @@ def write_reports(out_dir: Path, split: SplitData, pred: dict, ids: pd.DataFrame
     folds = {} if pred["fold"] is None else {"fold": pred["fold"], "group": split.groups[rows]}
     write_csv(out_dir / "predictions.csv", pd.DataFrame({
         "image": split.images[rows], "label": yv, "linear": linear, "knn": pred["knn"], **folds,
-        **identity_columns(ids, rows)}))
+        **{k: v for k, v in identity_columns(ids, rows).items() if k not in folds}}))
 
 
 def umap_colouring(ids: pd.DataFrame, split: SplitData, *, labels: Path | None,
