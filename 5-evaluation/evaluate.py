@@ -1,4 +1,5 @@
-"""Stage 5: evaluate frozen embeddings on stage 2's split: trained on train/, scored on validation/.
+"""Stage 5: evaluate frozen embeddings: cross-validated over the labelled images (default), or
+fitted on stage 2's train/ and scored on validation/ (--protocol split).
 
 Per run, in <output>/<run>/: linear probe (standardised features, L2-regularised multinomial
 logistic regression, strength chosen by cross-validation on train only), weighted kNN accuracy
@@ -9,14 +10,18 @@ ImageNet weights (needs the file in weights/) and, on request, at random initial
 adds (or replaces) its row in evaluation.csv; grid_summary.png and summary.txt compare the grid.
 Pictures per run: neighbours.png, sheets/ (contact sheet per class), gradcam/ (--gradcam N) and
 stage 4's morphospace; report.html in the output folder shows everything on one page.
-Classes are the clusters, or your own labels with --labels (CSV: a label column and an image,
-specimen or source_image column).
+Classes are the clusters, or your own labels with --labels (CSV: label columns and an image,
+specimen or source_image column, or --id-column); --label-column sex,genus scores each trait.
+Folds (--protocol cv, --folds 5) keep the photos of one specimen together (the embeddings' group
+column, or --group-column of --labels) and are the same for every run and baseline.
 
 Examples:
     python 5-evaluation/evaluate.py                               # every run in work/4-embeddings
     python 5-evaluation/evaluate.py --runs work/3-training/*      # the grid; embeds where needed
     python 5-evaluation/evaluate.py --baselines pixel,imagenet,random --no-umap
     python 5-evaluation/evaluate.py --labels species.csv --output work/5-evaluation-species
+    python 5-evaluation/evaluate.py --labels labels.csv --label-column sex,genus \\
+        --id-column filename --group-column id
     python 5-evaluation/evaluate.py --gradcam 8 --neighbours 6      # then open report.html
 """
 
@@ -42,8 +47,24 @@ def get_args_parser():
                         f"{cli.STAGE_DIRS['dataset']})")
     p.add_argument("--output", type=Path, default=cli.STAGE_DIRS["evaluation"], help="output folder")
     p.add_argument("--labels", type=Path, default=None,
-                   help="CSV with a label column and an image, specimen or source_image column, used "
-                        "instead of the clusters")
+                   help="CSV with label column(s) (--label-column) and a column naming the images "
+                        "(image, specimen, source_image or --id-column), used instead of the "
+                        "clusters")
+    p.add_argument("--label-column", default="label",
+                   help="the --labels column(s) scored, comma-separated (e.g. sex,genus: one "
+                        "block per trait); header names are matched ignoring case")
+    p.add_argument("--id-column", default=None,
+                   help="the --labels column naming the images (default: the first of specimen, "
+                        "source_image, image it has; e.g. filename: file names match too)")
+    p.add_argument("--group-column", default=None,
+                   help="the --labels column giving each photo's specimen (e.g. id): the folds "
+                        "keep a group together (default: the embeddings' group column, else "
+                        "specimen)")
+    p.add_argument("--protocol", choices=("cv", "split"), default="cv",
+                   help="cv: stratified k-fold grouped by specimen over the labelled train and "
+                        "validation images, mean +- sd over folds; split: fit on stage 2's "
+                        "train/, score once on validation/")
+    p.add_argument("--folds", type=int, default=5, help="folds of --protocol cv")
     p.add_argument("--allow-partial-labels", action="store_true",
                    help="evaluate even when fewer than half the embedded images have a label in "
                         "--labels (only the labelled ones are used)")

@@ -140,34 +140,21 @@ def features(method: str, root: Path, images: list[str], args, run: Path | None 
     return x
 
 
-C_GRID = np.logspace(-4, 1, 6)  # stage 5's probe on a coarser grid: strong C never wins here, costs most
+def fold_scores(x, y, groups, seed: int, pixel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-fold linear-probe and kNN accuracy: stage 5's ``--protocol cv``, the one place it is
+    done (:func:`wingclr.evaluate.folds.cross_validate`; 5 grouped folds, stage 5's probe)."""
+    from wingclr.evaluate.folds import cross_validate
 
-
-def fold_scores(x, y, tr, va, seed: int, pixel: bool) -> tuple[float, float]:
-    from sklearn.decomposition import PCA
-
-    from wingclr.evaluate.probe import knn_predict, linear_probe
-
-    xt, xv = x[tr], x[va]
-    if pixel:  # PCA fitted on the training fold only
-        pca = PCA(min(100, len(tr) - 1), random_state=seed).fit(xt)
-        xt, xv = pca.transform(xt), pca.transform(xv)
-    lin = np.mean(linear_probe(xt, y[tr], xv, seed, C_GRID).predictions == y[va])
-    return lin, np.mean(knn_predict(xt, y[tr], xv, k=20) == y[va])
+    result = cross_validate(x, y, groups, folds=5, seed=seed, pixel_pca=pixel, k=20, n_jobs=2)
+    return result.linear, result.knn
 
 
 def score(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, pixel: bool) -> dict:
     """Linear probe and kNN accuracy over 5 grouped, stratified folds of the labelled rows."""
-    from joblib import Parallel, delayed
-    from sklearn.model_selection import StratifiedGroupKFold
-
     keep = y != ""
-    x, y, groups = x[keep], y[keep], groups[keep]
-    folds = StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(x, y, groups)
-    lin, knn = np.array(Parallel(n_jobs=2)(delayed(fold_scores)(x, y, tr, va, seed, pixel)
-                                           for tr, va in folds)).T
+    lin, knn = fold_scores(x, y, groups, seed, pixel)
     return {"linear": lin.mean(), "linear_sd": lin.std(), "knn": knn.mean(), "knn_sd": knn.std(),
-            "n": int(keep.sum()), "classes": len(set(y))}
+            "n": int(keep.sum()), "classes": len(set(y[keep]))}
 
 
 def cluster_ari(x: np.ndarray, truth: np.ndarray, seed: int) -> tuple[float, int]:

@@ -225,7 +225,8 @@ def test_report_accuracy_row_has_the_validation_count_as_support(tmp_path):
     val[[0, 1, 2, 10, 11, 12, 20, 21]] = True
     pred = np.array(["a", "a", "b", "b", "b", "b", "c", "c"])
     split = SimpleNamespace(y=y, train=~val, val=val, images=np.array([f"{i}.png" for i in range(26)]))
-    write_reports(tmp_path, "run", split, SimpleNamespace(predictions=pred), pred)
+    write_reports(tmp_path, split, {"rows": np.flatnonzero(val), "linear": pred, "knn": pred,
+                                    "fold": None})
     text = (tmp_path / "report.csv").read_text()
     report = pd.read_csv(tmp_path / "report.csv").set_index("class")
     row = report.loc["accuracy"]

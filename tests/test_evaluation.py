@@ -112,3 +112,63 @@ def test_score_split_excludes_unlabelled_rows_from_cluster_quality():
     assert (metrics["n_train"], metrics["n_val"]) == (16, 4)
     assert metrics["accuracy"] == 1.0 and metrics["knn_accuracy"] == 1.0
     assert set(probe.predictions) | set(knn) <= {"p", "q"}
+
+
+# --- cross-validated scores (--protocol cv) ---------------------------------------------------
+
+def grouped_problem(seed=0, n_groups=24, photos=2):
+    """``n_groups`` specimens of 3 classes, ``photos`` photos each (dorsal/ventral-like twins)."""
+    rng = np.random.default_rng(seed)
+    groups = np.repeat([f"s{g:02d}" for g in range(n_groups)], photos)
+    y = np.repeat(np.array(["a", "b", "c"])[np.arange(n_groups) % 3], photos)
+    centres = {"a": [2, 0, 0, 0], "b": [0, 2, 0, 0], "c": [0, 0, 2, 0]}
+    x = np.array([centres[c] for c in y], float) + rng.normal(0, 1.0, (len(y), 4))
+    return x, y, groups
+
+
+def test_folds_keep_each_specimen_together_and_ignore_row_order_and_features():
+    from wingclr.evaluate.folds import make_folds
+
+    x, y, groups = grouped_problem()
+    y = y.copy()
+    y[:2] = ""  # an unlabelled specimen takes no part
+    fold = make_folds(y, groups, folds=5, seed=3)
+    assert (fold[:2] == -1).all() and set(fold[2:]) == set(range(5))
+    for g in np.unique(groups[2:]):  # every photo of a specimen in one fold
+        assert len(set(fold[groups == g])) == 1
+    for f in range(5):  # stratified: every class in every fold's test part
+        assert set(y[fold == f]) == {"a", "b", "c"}
+    order = np.random.default_rng(1).permutation(len(y))  # another run lists its rows otherwise
+    again = make_folds(y[order], groups[order], folds=5, seed=3)
+    assert (again == fold[order]).all()
+    assert not (make_folds(y, groups, folds=5, seed=4) == fold).all()  # the seed draws them
+
+
+def test_every_method_is_scored_on_the_same_folds_and_paired_differences_decide():
+    from wingclr.evaluate.folds import cross_validate, paired
+
+    x, y, groups = grouped_problem()
+    good = cross_validate(x, y, groups, folds=4, seed=0, k=5)
+    rng = np.random.default_rng(5)
+    noise = cross_validate(rng.normal(size=x.shape), y, groups, folds=4, seed=0, k=5)
+    assert (good.fold == noise.fold).all() and len(good.linear) == 4
+    assert (good.pred_linear != "").all()  # each image predicted once, out of fold
+    for f in range(4):  # the accuracy of a fold is that of its own images' predictions
+        assert good.linear[f] == pytest.approx(np.mean((good.pred_linear == y)[good.fold == f]))
+    assert good.n_train.tolist() == [int((good.fold != f).sum()) for f in range(4)]
+    assert paired(good.linear, noise.linear).verdict == "beats"
+    assert paired(noise.linear, good.linear).verdict == "is worse than"
+    assert paired([0.7, 0.6, 0.8, 0.7], [0.68, 0.65, 0.75, 0.71]).verdict == "no clear difference"
+    same = paired([0.5, 0.6], [0.4, 0.5])  # every fold agrees: beats, even with 2 folds
+    assert same.verdict == "beats" and same.better == 2 and same.mean == pytest.approx(0.1)
+    assert paired([0.5], []) is None
+
+
+
+def test_a_fold_left_with_one_training_class_answers_it_instead_of_failing():
+    from wingclr.evaluate.folds import cross_validate
+
+    x = np.arange(8, dtype=float).reshape(4, 2)
+    r = cross_validate(x, np.array(["a", "a", "b", "b"]), np.array(["g1", "g1", "g2", "g2"]), folds=5)
+    assert len(r.linear) == 2 and (r.linear == 0).all()  # each fold trains on the other class only
+    assert set(r.pred_linear) == {"a", "b"}

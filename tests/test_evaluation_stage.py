@@ -202,7 +202,7 @@ def test_training_runs_without_embeddings_are_embedded_first(dataset_dir, tmp_pa
                           "--no-baselines", "--num-workers", "0", "--cache-dir", cache)
     assert (tmp_path / "4-embeddings" / run.name / "embeddings.csv").exists()
     assert "reading images from the cache" in stdout.getvalue()  # stage 3's cache, not decoded again
-    assert table.run.tolist() == [run.name] and table.n_val.iloc[0] == 5
+    assert table.run.tolist() == [run.name] and table.n_val.iloc[0] == 30  # cv: every labelled image
 
 
 def test_images_gone_since_stage4_leave_the_baseline_empty_not_the_stage_unfinished(dataset_dir, tmp_path):

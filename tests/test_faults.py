@@ -368,7 +368,7 @@ def test_case10_bad_flags_are_refused_before_any_work(dataset_dir, tmp_path):
                                                "--data", dataset_dir, "--output", out, flag, value), flag)
     emb, _ = fake_embeddings(tmp_path / "4" / "run", dataset_dir)
     for extra in (("--knn-k", "0"), ("--knn-k", "-1"), ("--num-workers", "-1"),
-                  ("--labels", tmp_path / "missing.csv")):
+                  ("--folds", "1"), ("--labels", tmp_path / "missing.csv")):
         _one_line_user_error(lambda: _evaluate(emb, out, *extra), extra[0])
     assert not out.exists()  # refused before anything was written
 

@@ -183,7 +183,8 @@ def test_labels_match_on_any_key_and_report_what_did_not(tmp_path, capsys):
     assert out == ["p", "q", "", "", "r"]  # "c" names two specimens (d1/c, d2/c): neither
     assert line.startswith("labels: 3 of 5 images matched (by image: 1, by file name: 2); "
                            "unmatched: c1/d1/c.png, c1/d2/c.png")
-    assert line.endswith("2 labelled names in " + str(path) + " match no image: c, zz")
+    assert line.endswith("1 labelled name in " + str(path) + " match no image: zz; ambiguous: "
+                         "c (2 images share this name); use specimen or source_image")
     # a specimen column naming images (not specimens) still matches them
     out, _ = labels(pd.DataFrame({"specimen": ["c0/d1/a.png", "d1/b", "d2/c", "d1/c"],
                                   "label": ["p", "q", "r", "s"]}))

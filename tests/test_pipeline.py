@@ -59,7 +59,8 @@ def test_evaluation_gains_one_row_per_run(pipeline):
         assert col in table.columns
     row = table.set_index("run").loc["simclr_bs_8_nepochs_1_temp_0.8"]
     assert (row.backbone, row.batch_size, row.epochs, row.temperature) == ("resnet18", 8, 1, 0.8)
-    assert (row.n_train, row.n_val) == (25, 5) and 0 <= row.accuracy <= 1
+    # --protocol cv: all 30 labelled images scored once, 24 training images per fold
+    assert (row.n_train, row.n_val) == (24, 30) and 0 <= row.accuracy <= 1
     for name in ("report.csv", "confusion_matrix.png", "classification_report.txt"):
         assert (out / "simclr_bs_8_nepochs_1_temp_0.8" / name).exists()
 

@@ -214,7 +214,7 @@ def test_stage5_records_probe_collapsed_as_a_last_column(tmp_path):
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         run_stage(EVALUATE, "--runs", run, "--output", out, "--no-baselines", "--no-umap",
-                  "--knn-k", "5", "--neighbours", "0")
+                  "--knn-k", "5", "--neighbours", "0", "--protocol", "split")
     assert "linear probe collapsed to the majority class (a); kNN 1.000" in stdout.getvalue()
     csv = pd.read_csv(out / "evaluation.csv")
     contract = ["run", "backbone", "batch_size", "epochs", "temperature", "n_train", "n_val",

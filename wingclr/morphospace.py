@@ -21,6 +21,7 @@ from .thumbnails import over, thumbnail
 
 GRID_CELLS = 18   # cells along the longer axis: at most ~18 x 18 thumbnails
 CELL_PX = 72      # thumbnail cell size in the figure's canvas
+NO_LABEL = "no label"  # stage 5's name for specimens without a label of the trait (grey)
 
 
 def grid_pick(xy: np.ndarray, cells: int = GRID_CELLS
@@ -53,14 +54,15 @@ def cluster_colours(clusters: Sequence[str]) -> dict[str, tuple]:
     """A colour per cluster name (:func:`wingclr.plotting.group_colours`); outliers opaque gray."""
     from .plotting import GREY_NAMES, group_colours
 
-    return {name: (0.55, 0.55, 0.55, 1.0) if name in GREY_NAMES else colour
-            for name, colour in group_colours(clusters).items()}
+    grey = (*GREY_NAMES, NO_LABEL)
+    return {name: (0.55, 0.55, 0.55, 1.0) if name in grey else colour
+            for name, colour in group_colours(clusters, grey).items()}
 
 
 def plot_morphospace(scores: np.ndarray, images: Sequence[Path], clusters: Sequence[str],
                      ratio: Sequence[float], path: Path, title: str, axes: tuple[int, int] = (0, 1),
                      cells: int = GRID_CELLS, cell_px: int = CELL_PX,
-                     meta: dict | None = None) -> int:
+                     meta: dict | None = None, legend_title: str = "cluster") -> int:
     """Draw one morphospace figure.
 
     Args:
@@ -73,6 +75,7 @@ def plot_morphospace(scores: np.ndarray, images: Sequence[Path], clusters: Seque
         cells: grid cells along the longer side (:func:`grid_pick`).
         cell_px: pixels per cell in the thumbnail canvas.
         meta: the run's model metadata (which bands of a multi-band stack are shown).
+        legend_title: what the dot colours are (``cluster``, or a trait in stage 5).
 
     Returns:
         The number of thumbnails drawn.
@@ -115,7 +118,7 @@ def plot_morphospace(scores: np.ndarray, images: Sequence[Path], clusters: Seque
                  "exact position", fontsize=9)
     if len(colours) <= 20:
         ax.legend(fontsize=7, markerscale=1.6, loc="center left", bbox_to_anchor=(1.01, 0.5),
-                  title="cluster (images)", title_fontsize=7, frameon=False)
+                  title=f"{legend_title} (images)", title_fontsize=7, frameon=False)
     save_figure(fig, path)
     return len(chosen)
 

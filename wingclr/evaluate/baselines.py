@@ -19,6 +19,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,11 @@ class SplitData:
         root: folder the image paths are relative to.
         images: ``(N,)`` relative image paths (all embedded images, outliers included).
         y: ``(N,)`` class per image ('' = no class: excluded from probe and cluster quality).
-        train, val: ``(N,)`` bool masks of the training and validation rows.
+        train, val: ``(N,)`` bool masks of the training and validation rows (``--protocol
+            cv``: both are every scored row, each scored once in its own fold).
+        groups: ``(N,)`` group (specimen) per row: the folds keep each group together.
+        protocol: ``split`` (stage 2's train/validation) or ``cv`` (grouped k-fold).
+        folds: folds asked for (``cv``).
     """
 
     root: Path | None
@@ -46,12 +51,63 @@ class SplitData:
     y: np.ndarray
     train: np.ndarray
     val: np.ndarray
+    groups: np.ndarray | None = None
+    protocol: str = "split"
+    folds: int = 0
 
     def key(self) -> str:
-        """Hash of the labelled rows (image, class, split): equal for runs on the same split."""
-        rows = sorted(f"{i}\t{c}\t{'t' if t else 'v'}" for i, c, t, v in
-                      zip(self.images, self.y, self.train, self.val) if t or v)
+        """Hash of the labelled rows (image, class, split or group): equal for runs on the same
+        split (or the same folds: ``cv`` rows also hash their group and the number of folds)."""
+        if self.protocol == "cv":
+            rows = sorted(f"{i}\t{c}\t{g}" for i, c, g, t in
+                          zip(self.images, self.y, self.groups, self.train) if t)
+            rows.append(f"cv {self.folds}")
+        else:
+            rows = sorted(f"{i}\t{c}\t{'t' if t else 'v'}" for i, c, t, v in
+                          zip(self.images, self.y, self.train, self.val) if t or v)
         return hashlib.sha1("\n".join(rows).encode()).hexdigest()[:12]
+
+    def scored(self, ok: np.ndarray | None = None) -> "SplitData":
+        """The same split without the rows where ``ok`` is False (images unreadable now)."""
+        if ok is None:
+            return self
+        return SplitData(self.root, self.images, self.y, self.train & ok, self.val & ok,
+                         self.groups, self.protocol, self.folds)
+
+
+def score_features(feats: np.ndarray, split: SplitData, seed: int = 0, k: int = 20,
+                   pixel_pca: bool = False) -> tuple[dict, dict[str, Any]]:
+    """Score features on ``split`` by its protocol.
+
+    Args:
+        feats: ``(N, D)`` features of every row of ``split``.
+        pixel_pca: ``cv`` only: PCA fitted inside each training part (the pixel baseline).
+
+    Returns:
+        ``(metrics, predictions)``: metrics as :func:`wingclr.evaluate.probe.score_split` (``cv``:
+        :func:`wingclr.evaluate.folds.score_cv`); predictions ``{"rows", "linear", "knn",
+        "fold", "C"}``: the scored rows (``(M,)`` indices) and their predictions (``split``: the
+        validation rows; ``cv``: every scored row, out of fold), the fold of each (``split``:
+        none) and the probe strength to refit with.
+    """
+    if split.protocol == "cv":
+        from .folds import score_cv
+
+        # rows in image order: the probe's inner folds (and so C) must not depend on how a
+        # spreadsheet sorted embeddings.csv
+        order = np.argsort(np.asarray(split.images, str), kind="stable")
+        y = np.where(split.train, split.y, "")[order]
+        metrics, r = score_cv(np.asarray(feats)[order], y, np.asarray(split.groups)[order],
+                              folds=split.folds, seed=seed, k=k, pixel_pca=pixel_pca)
+        scored = np.flatnonzero(r.fold >= 0)
+        rows = order[scored]
+        keep = np.argsort(rows, kind="stable")  # back to the table's order
+        return metrics, {"rows": rows[keep], "linear": r.pred_linear[scored][keep],
+                         "knn": r.pred_knn[scored][keep], "fold": r.fold[scored][keep],
+                         "C": metrics["probe_C"]}
+    metrics, probe, knn = score_split(feats, split.y, split.train, split.val, seed, k)
+    return metrics, {"rows": np.flatnonzero(split.val), "linear": probe.predictions, "knn": knn,
+                     "fold": None, "C": probe.C}
 
 
 def parse_baselines(text: str) -> tuple[str, ...]:
@@ -131,7 +187,7 @@ def baseline_features(method: str, meta: dict, split: SplitData, pixel_size: int
         raise UserError(f"{int(ok.sum())} of {len(ok)} images in {split.root} can be read now "
                         "(moved or deleted since stage 4?); pass --data <the stage 2 folder they "
                         "were embedded from>")
-    if method == "pixel":
+    if method == "pixel" and split.protocol != "cv":  # cv: PCA fitted inside each fold
         from sklearn.decomposition import PCA
 
         fit = split.train & ok
@@ -168,7 +224,7 @@ def run_baseline(method: str, meta: dict, split: SplitData, cache_dir: Path, pix
     if bad.any():  # read fine in stage 4, not now: score without them, do not cache
         print(f"note: {label}: {int(bad.sum())} image(s) unreadable now, scored without them "
               f"(first: {Path(split.root) / split.images[bad][0]})")
-    metrics, _, _ = score_split(feats, split.y, split.train & ok, split.val & ok, seed, k)
+    metrics, _ = score_features(feats, split.scored(ok), seed, k, pixel_pca=method == "pixel")
     result = {"name": BASELINES[method], "label": label, "settings": settings, "metrics": metrics}
     if not bad.any():
         write_text(cache, json.dumps(result, indent=2) + "\n")

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..plotting import save_figure
+from .folds import paired, split_scores
 from .probe import collapse_note, is_collapsed
 
 GRID_KEYS = ["batch_size", "epochs", "temperature"]
@@ -25,8 +26,10 @@ BASELINE_STYLE = {"pixel_pca": ("0.15", 1.2), "imagenet": ("tab:brown", 2.6),
                   "random_init": ("tab:purple", 1.8)}  # colour, width: each shows under the others
 LABEL_GAP = 0.055  # least vertical distance between two baseline labels (accuracy units)
 TABLE_COLUMNS = {"run": "run", "batch_size": "batch", "epochs": "epochs", "temperature": "temp",
-                 "accuracy": "linear", "balanced_accuracy": "balanced", "knn_accuracy": "kNN",
+                 "accuracy": "linear", "accuracy_sd": "sd", "balanced_accuracy": "balanced",
+                 "knn_accuracy": "kNN", "knn_accuracy_sd": "kNN sd",
                  "silhouette": "silhouette", "davies_bouldin": "DB"}
+SPREAD = ("accuracy_sd", "knn_accuracy_sd")  # shown only under --protocol cv
 
 
 def grid_runs(table: pd.DataFrame) -> pd.DataFrame:
@@ -69,8 +72,12 @@ def draw_baselines(ax, levels: dict[str, float]) -> None:
                 bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7})
 
 
-def grid_figure(table: pd.DataFrame):
-    """The grid summary figure (matplotlib Figure), or None when no row has grid values."""
+def grid_figure(table: pd.DataFrame, title: str = ""):
+    """The grid summary figure (matplotlib Figure), or None when no row has grid values.
+
+    Args:
+        title: above the panels (which labels were scored, e.g. ``labels: labels.csv: sex``).
+    """
     from ..plotting import pyplot
 
     grid = grid_runs(table)
@@ -97,14 +104,17 @@ def grid_figure(table: pd.DataFrame):
         ax.set(title=f"{e:g} epochs", xlabel="temperature", ylim=(0, 1.02),
                xticks=sorted(grid["temperature"].unique()))
         ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("linear-probe accuracy (validation)")
+    cv = "protocol" in grid.columns and (grid["protocol"].astype(str) == "cv").any()
+    axes[0, 0].set_ylabel("linear-probe accuracy (" + ("mean over folds" if cv else "validation") + ")")
+    if title:
+        fig.suptitle(title, fontsize=9)
     axes[0, -1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return fig
 
 
-def write_grid_summary(table: pd.DataFrame, path: Path) -> bool:
+def write_grid_summary(table: pd.DataFrame, path: Path, title: str = "") -> bool:
     """Save :func:`grid_figure` to ``path``; False when there is nothing to draw."""
-    fig = grid_figure(table)
+    fig = grid_figure(table, title)
     if fig is None:
         return False
     save_figure(fig, path)
@@ -132,7 +142,8 @@ def summary_table(table: pd.DataFrame, baselines: list[dict] = ()) -> str:
     rows = [{c: r.get(c) for c in TABLE_COLUMNS} for r in runs.to_dict("records")]
     base = [{"run": f"[baseline] {b['label']}", **{c: b["metrics"].get(c) for c in TABLE_COLUMNS
                                                     if c in b["metrics"]}} for b in baselines]
-    shown = pd.DataFrame(rows + base, columns=list(TABLE_COLUMNS)).rename(columns=TABLE_COLUMNS)
+    shown = pd.DataFrame(rows + base, columns=list(TABLE_COLUMNS))
+    shown = shown.drop(columns=[c for c in SPREAD if shown[c].isna().all()]).rename(columns=TABLE_COLUMNS)
     text = shown.apply(lambda col: col.map(lambda v: _fmt(v, "g" if col.name in ("batch", "epochs", "temp")
                                                          else ".3f"))).to_string(index=False)
     if len(runs) and baselines:
@@ -149,13 +160,24 @@ def verdict(best: dict, baselines: list[dict]) -> str:
     top = max(baselines, key=lambda b: b["metrics"]["accuracy"])
     head = (f"best run {best['run']} (linear {best['accuracy']:.3f}) vs the best baseline, "
             f"{top['label']} ({top['metrics']['accuracy']:.3f})")
-    where = f" on {_fmt(best.get('n_val'))} validation images"
+    cv = str(best.get("protocol")) == "cv"
+    where = (f" on {_fmt(best.get('n_val'))} images in {_fmt(best.get('folds'))} grouped folds"
+             if cv else f" on {_fmt(best.get('n_val'))} validation images")
     collapsed = [(who, collapse_note(m)) for who, m in (("baseline", top["metrics"]), ("run", best))
                  if is_collapsed(m.get("probe_collapsed"))]
     if collapsed:
         return head + ": no difference given, " + "; ".join(
             f"the {who}'s {note}" for who, note in collapsed) + where
     gap = best["accuracy"] - top["metrics"]["accuracy"]
+    compared = paired(split_scores(best.get("fold_scores")),
+                      split_scores(top["metrics"].get("fold_scores")))
+    if compared is not None:  # the same folds: "beats" only when the paired differences say so
+        word = {"beats": "beats", "is worse than": "does worse than",
+                "no clear difference": "shows no clear difference to"}[compared.verdict]
+        return (f"best run {best['run']} (linear {best['accuracy']:.3f} +- "
+                f"{best.get('accuracy_sd', float('nan')):.3f}) {word} the best baseline, "
+                f"{top['label']} ({top['metrics']['accuracy']:.3f} +- "
+                f"{top['metrics'].get('accuracy_sd', float('nan')):.3f}): {compared}{where}")
     word = "beats" if gap > 0 else "does not beat"
     return (f"best run {best['run']} (linear {best['accuracy']:.3f}) {word} the best baseline, "
             f"{top['label']} ({top['metrics']['accuracy']:.3f}): {gap:+.3f}{where}")

@@ -108,6 +108,13 @@ def with_identity(table: pd.DataFrame) -> pd.DataFrame:
     return ids
 
 
+def specimen_groups(ids: pd.DataFrame) -> np.ndarray:
+    """``(N,)`` group per image: the ``group`` column, or ``specimen`` where a table has none."""
+    if GROUP in ids:
+        return ids[GROUP].to_numpy(str)
+    return ids[SPECIMEN].to_numpy(str)
+
+
 def load_embeddings(emb_dir: Path, manifest: dict | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """``(image, cluster, split, specimen, source_image)`` table and ``(N, D)`` float32 features
     of a stage 4 run folder.
@@ -123,7 +130,7 @@ def load_embeddings(emb_dir: Path, manifest: dict | None = None) -> tuple[pd.Dat
         raise UserError(f"{csv} not found; run 4-embed/embed.py for this run first")
     recorded = (manifest or {}).get("embeddings_csv")
     if npy.exists() and recorded and recorded == file_digest(csv):
-        wanted = {*ID_COLUMNS, *IDENTITY}
+        wanted = {*ID_COLUMNS, *IDENTITY, GROUP}
         ids = with_identity(pd.read_csv(csv, usecols=lambda c: c in wanted, dtype=str,
                                         keep_default_na=False))
         feats = np.load(npy)
@@ -132,7 +139,7 @@ def load_embeddings(emb_dir: Path, manifest: dict | None = None) -> tuple[pd.Dat
                             "with --overwrite")
         return ids, feats
     table, decimal = read_table(csv, ID_COLUMNS, prefix="emb_", hint=", emb_0 ... emb_{D-1}",
-                                optional=IDENTITY)
+                                optional=[*IDENTITY, GROUP])
     columns = sorted((c for c in table.columns if c.startswith("emb_") and c[4:].isdigit()),
                      key=lambda c: int(c[4:]))
     if not columns:
@@ -147,62 +154,139 @@ def load_embeddings(emb_dir: Path, manifest: dict | None = None) -> tuple[pd.Dat
         saved = np.load(npy, mmap_mode="r")
         if saved.shape == values.shape and np.allclose(saved, values, rtol=1e-5, atol=1e-6):
             return ids, np.asarray(saved)
-        print(f"note: {csv} no longer matches embeddings.npy (sorted or edited); each image's "
-              "vector is read from its own CSV row")
+        print(edited_note(csv, ids, len(saved)))
     return ids, values
 
 
-def attach_labels(ids: pd.DataFrame, labels_csv: Path | None, allow_partial: bool = False) -> pd.Series:
-    """Class per image: the cluster, or the ``label`` column of a user CSV.
+def edited_note(csv: Path, ids: pd.DataFrame, embedded: int) -> str:
+    """One line on an ``embeddings.csv`` that no longer matches ``embeddings.npy``: how many
+    images (and which) its rows lack or add, and that each vector comes from its own row.
 
-    The CSV names each image in a column ``specimen``, ``source_image`` or ``image`` (the first of
-    these it has is used), as any of the embeddings' ``image``, ``specimen`` or ``source_image``,
-    or by file name (``x.jpg`` or ``x`` for ``drawer1/x.jpg``; case ignored; a file name shared by
-    several specimens matches none of them). Prints one line: how many images matched and how,
-    which did not, and which labelled names match no image.
-
-    Raises:
-        UserError: no key column; fewer than half the images have a label (unless
-            ``allow_partial``); or the CSV gives one image two labels.
+    Args:
+        ids: the CSV's images; embedded: rows of ``embeddings.npy`` (what stage 4 embedded).
     """
+    stage4 = Path(csv).parent / "embeddings_pca.csv"  # stage 4 lists every embedded image there too
+    listed = None
+    if stage4.is_file():
+        try:
+            listed = pd.read_csv(stage4, usecols=["image"], dtype=str, keep_default_na=False)["image"]
+        except (ValueError, OSError, pd.errors.ParserError):
+            listed = None
+    gone = sorted(set(listed) - set(ids["image"])) if listed is not None else []
+    if len(ids) < embedded:
+        which = f": {shorten(gone)}" if gone else ""
+        change = (f"lacks {embedded - len(ids)} of the {embedded} embedded images{which}; "
+                  f"scored on the {len(ids)} it lists")
+    elif len(ids) > embedded:
+        change = f"lists {len(ids) - embedded} more images than the {embedded} embedded"
+    else:
+        change = "was sorted or edited"
+    return (f"note: {csv} {change}; each image's vector is read from its own CSV row "
+            "(re-run 4-embed with --overwrite to restore it)")
+
+
+def attach_labels(ids: pd.DataFrame, labels_csv: Path | None, allow_partial: bool = False) -> pd.Series:
+    """Class per image: the cluster, or the ``label`` column of a user CSV (:func:`read_labels`)."""
     if labels_csv is None:
         return ids["cluster"]
+    return read_labels(ids, labels_csv, allow_partial=allow_partial)["label"]
+
+
+def label_columns(text: str | None) -> list[str]:
+    """``--label-column sex,genus`` -> ``["sex", "genus"]`` (header names are matched ignoring case)."""
+    names = [c.strip().lower() for c in (text or "label").split(",") if c.strip()]
+    return list(dict.fromkeys(names)) or ["label"]
+
+
+def read_labels(ids: pd.DataFrame, labels_csv: Path, *, columns: Sequence[str] = ("label",),
+                id_column: str | None = None, group_column: str | None = None,
+                allow_partial: bool = False) -> pd.DataFrame:
+    """Labels per image from a user's spreadsheet: one column per trait (and ``group``).
+
+    The CSV names each image in ``id_column`` (default: the first of ``specimen``,
+    ``source_image`` or ``image`` it has), as any of the embeddings' ``image``, ``specimen`` or
+    ``source_image``, or by file name (``x.jpg`` or ``x`` for ``drawer1/x.jpg``; case ignored; a
+    file name shared by several specimens is ambiguous and matches none of them). Prints one line:
+    how many images matched and how, which did not, which names match no image and which are
+    ambiguous; and per trait how many rows leave it empty (left out of that trait).
+
+    Args:
+        ids: the embeddings' ``image, cluster, split, specimen, source_image`` table.
+        columns: the label columns (traits), lower case.
+        group_column: a column giving each image's group (specimen); its values come back as
+            ``group`` ('' where an image has none).
+
+    Returns:
+        ``(N,)`` rows aligned with ``ids``: one string column per trait ('' = no label), plus
+        ``group`` when ``group_column`` is given.
+
+    Raises:
+        UserError: a missing column; fewer than half the images matched (unless
+            ``allow_partial``); or the CSV gives one image two labels for a trait.
+    """
     index = ids.index
     ids = with_identity(ids)  # identities a table lacks come from the image paths
-    user, _ = read_table(labels_csv, ["label"], optional=LABEL_KEYS,
-                         hint=" and one of specimen, source_image or image (as in embeddings.csv)")
-    key = next((k for k in LABEL_KEYS if k in user.columns), None)
+    columns = [c.lower() for c in columns]
+    id_column = id_column.strip().lower() if id_column else None
+    group_column = group_column.strip().lower() if group_column else None
+    required = [*columns, *([id_column] if id_column else []), *([group_column] if group_column else [])]
+    user, _ = read_table(labels_csv, required, optional=LABEL_KEYS,
+                         hint=("" if id_column else
+                               " and one of specimen, source_image or image (as in embeddings.csv)"))
+    key = id_column or next((k for k in LABEL_KEYS if k in user.columns), None)
     if key is None:
         found = ", ".join(map(str, user.columns[:6])) + (" ..." if len(user.columns) > 6 else "")
         raise UserError(f"{labels_csv} needs a column specimen, source_image or image naming each "
-                        f"image (as in embeddings.csv, or its file name) beside label, but has "
-                        f"{found}; rename its header row")
-    user = user[(user["label"].str.strip() != "") & (user[key].str.strip() != "")]
-    names, labels = [posix(v) for v in user[key]], user["label"].str.strip().tolist()
+                        f"image (as in embeddings.csv, or its file name) beside {columns[0]}, but has "
+                        f"{found}; rename its header row or name the column with --id-column")
+    user = user[user[key].str.strip() != ""]
+    blank = user[columns].apply(lambda col: col.str.strip()) == ""
+    empty = {c: int(blank[c].sum()) for c in columns}  # rows left out of each trait
+    user = user[~blank.all(axis=1)]
+    names = [posix(v) for v in user[key]]
     rows, how = match_rows(ids, names, key)
-    given: dict[int, tuple[str, str]] = {}  # row -> (label, the name it came from)
-    for name, label, hits in zip(names, labels, rows):
-        for r in hits:
-            if r in given and given[r][0] != label:
-                raise UserError(f"{labels_csv} gives image {ids['image'][r]} two different labels "
-                                f"({given[r][0]!r} for {given[r][1]}, {label!r} for {name}); keep "
-                                "one row per image")
-            given[r] = (label, name)
-    out = pd.Series([given[r][0] if r in given else "" for r in range(len(ids))], index=index)
-    shown = ids[key].tolist()
-    unmatched = [shown[r] for r in range(len(ids)) if r not in given]
-    nowhere = sorted({name for name, hits in zip(names, rows) if not hits})
-    n, matched = len(ids), len(given)
+    ambiguous = sorted({f"{name} ({len(hits)} images share this name)"
+                        for name, hits, h in zip(names, rows, how) if h == "ambiguous"})
+    rows = [[] if h == "ambiguous" else hits for hits, h in zip(rows, how)]
+    out = pd.DataFrame({c: [""] * len(ids) for c in columns}, index=index)
+    matched: set[int] = set()
+    for column in columns:
+        given: dict[int, tuple[str, str]] = {}  # row -> (label, the name it came from)
+        for name, label, hits in zip(names, user[column].str.strip(), rows):
+            matched.update(hits)
+            if not label:
+                continue
+            for r in hits:
+                if r in given and given[r][0] != label:
+                    what = "" if column == "label" else f"{column} "
+                    raise UserError(f"{labels_csv} gives image {ids['image'][r]} two different "
+                                    f"{what}labels ({given[r][0]!r} for {given[r][1]}, {label!r} "
+                                    f"for {name}); keep one row per image")
+                given[r] = (label, name)
+        out[column] = [given[r][0] if r in given else "" for r in range(len(ids))]
+    if group_column:
+        group = {r: g.strip() for g, hits in zip(user[group_column], rows) for r in hits}
+        out["group"] = [group.get(r, "") for r in range(len(ids))]
+    shown = ids[key].tolist() if key in ids else ids["image"].tolist()
+    unmatched = [shown[r] for r in range(len(ids)) if r not in matched]
+    nowhere = sorted({name for name, hits, h in zip(names, rows, how) if not hits and not h})
+    n = len(ids)
     order = [key, *[c for c in LABEL_KEYS if c != key], "file name"]
-    by = {k: how.count(k) for k in order if how.count(k)}
+    by = {k: how.count(k) for k in order if how.count(k)}  # ambiguous names are listed apart
     by_text = (f"by {next(iter(by))}" if len(by) == 1 else
                ", ".join(f"by {k}: {v}" for k, v in by.items()) if by else "none")
-    print(f"labels: {matched} of {n} images matched ({by_text})"
+    print(f"labels: {len(matched)} of {n} images matched ({by_text})"
           + (f"; unmatched: {shorten(unmatched)}" if unmatched else "")
           + (f"; {len(nowhere)} labelled name{'s' * (len(nowhere) != 1)} in {labels_csv} match no "
-             f"image: {shorten(nowhere)}" if nowhere else ""))
-    if matched < MIN_LABELLED * n and not allow_partial:
-        raise UserError(f"only {matched} of {n} embedded images have a label in {labels_csv} "
+             f"image: {shorten(nowhere)}" if nowhere else "")
+          + (f"; ambiguous: {shorten(ambiguous)}; use specimen or source_image" if ambiguous
+             else ""))
+    for column, count in empty.items():
+        if count:
+            print(f"labels: {count} row{'s' * (count != 1)} of {labels_csv} leave {column} "
+                  f"empty: left out of {column}")
+    if len(matched) < MIN_LABELLED * n and not allow_partial:
+        raise UserError(f"only {len(matched)} of {n} embedded images have a label in {labels_csv} "
                         f"(e.g. none for {unmatched[0]}); its {key} column must name the embedded "
                         "images (image, specimen or source_image as in embeddings.csv, or file "
                         "names), or pass --allow-partial-labels to evaluate on the labelled ones")
@@ -212,15 +296,16 @@ def attach_labels(ids: pd.DataFrame, labels_csv: Path | None, allow_partial: boo
 def match_rows(ids: pd.DataFrame, names: list[str], key: str) -> tuple[list[list[int]], list[str]]:
     """Rows of ``ids`` each labelled name stands for, and how it matched.
 
-    In order: the same column (``key``), another identity column (image, specimen, source_image),
-    then the file name (case ignored; with or without extension), which must point to one
-    specimen.
+    In order: the same column (``key``, when the embeddings have it), another identity column
+    (image, specimen, source_image), then the file name (case ignored; with or without
+    extension; ``x.jpg`` also names stage 0's ``x.png``), which must point to one specimen.
 
     Returns:
-        ``(rows per name, how per name)``; how is ``key``, another column's name, ``file name``
-        or '' (no match).
+        ``(rows per name, how per name)``; how is ``key``, another column's name, ``file name``,
+        ``ambiguous`` (a file name several specimens share: its rows are given, but it must not
+        be used) or '' (no match).
     """
-    columns = [key, *[c for c in ("specimen", "source_image", "image") if c != key]]
+    columns = [c for c in dict.fromkeys([key, "specimen", "source_image", "image"]) if c in ids]
     exact = {c: _index(ids[c].map(posix)) for c in columns}
     by_file: dict[str, list[int]] = {}
     for r, values in enumerate(zip(ids["image"], ids["specimen"], ids["source_image"])):
@@ -231,8 +316,11 @@ def match_rows(ids: pd.DataFrame, names: list[str], key: str) -> tuple[list[list
     for name in names:
         hit = next(((c, exact[c][name]) for c in columns if name in exact[c]), None)
         if hit is None:
-            found = by_file.get(name.rsplit("/", 1)[-1].lower(), [])
-            hit = ("file name", found) if len({specimens[r] for r in found}) == 1 else ("", [])
+            file = name.rsplit("/", 1)[-1].lower()
+            # x.jpg also names stage 0's x.png: the photo's extension may be gone
+            found = by_file.get(file) or by_file.get(file.rsplit(".", 1)[0] if "." in file[1:] else file, [])
+            hit = (("file name" if len({specimens[r] for r in found}) == 1 else "ambiguous"), found) \
+                if found else ("", [])
         how.append(hit[0])
         rows.append(hit[1])
     return rows, how

@@ -19,11 +19,13 @@ import numpy as np
 from ..plotting import legend_outside, pyplot, save_figure, scatter_groups
 
 
-def confusion_figure(y_true, y_pred, labels, run: str, labels_from: str):
-    """Confusion matrix of validation labels vs linear-probe predictions (matplotlib Figure).
+def confusion_figure(y_true, y_pred, labels, run: str, labels_from: str,
+                     what: str = "validation images"):
+    """Confusion matrix of true labels vs linear-probe predictions (matplotlib Figure).
 
     Args:
-        run: run name; labels_from: where the classes come from (``clusters`` or a CSV name).
+        run: run name; labels_from: where the classes come from (``clusters`` or a CSV name and
+            column); what: the images scored (``validation images``, or out-of-fold ones).
     """
     from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, balanced_accuracy_score
 
@@ -35,16 +37,17 @@ def confusion_figure(y_true, y_pred, labels, run: str, labels_from: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # predicted classes absent from a small validation set
         balanced = balanced_accuracy_score(y_true, y_pred)
-    ax.set_title(f"linear probe on {run}: {len(y_true)} validation images, labels: {labels_from}\n"
+    ax.set_title(f"linear probe on {run}: {len(y_true)} {what}, labels: {labels_from}\n"
                  f"balanced accuracy {balanced:.3f}, accuracy {accuracy_score(y_true, y_pred):.3f}",
                  fontsize=9)
     ax.set(xlabel="predicted by the linear probe", ylabel="true label")
     return fig
 
 
-def plot_confusion(y_true, y_pred, labels, path: Path, run: str, labels_from: str):
+def plot_confusion(y_true, y_pred, labels, path: Path, run: str, labels_from: str,
+                   what: str = "validation images"):
     """Save :func:`confusion_figure` to ``path`` and return the figure."""
-    fig = confusion_figure(y_true, y_pred, labels, run, labels_from)
+    fig = confusion_figure(y_true, y_pred, labels, run, labels_from, what)
     save_figure(fig, path)
     return fig
 
@@ -81,16 +84,25 @@ def plot_umap(features: np.ndarray, groups, grey: str, path: Path, title: str, s
         grey: the group drawn in grey (stage 2's outliers folder, or images without a label).
         legend_title: what the colours are, e.g. ``cluster`` or ``label (labels.csv)``.
     """
-    save_figure(umap_figure(umap_2d(features, seed), groups, grey, title, legend_title), path)
+    save_umap(umap_2d(features, seed), groups, grey, path, title, legend_title)
 
 
-def pca_figure(scores: np.ndarray, groups, ratio: np.ndarray, title: str):
-    """PC1/PC2 scatter coloured by cluster, legend outside the axes (stage 4's pca.png)."""
+def save_umap(xy: np.ndarray, groups, grey: str, path: Path, title: str,
+              legend_title: str = "cluster") -> None:
+    """:func:`umap_figure` of ready ``(N, 2)`` UMAP points, saved to ``path`` (one UMAP, several
+    colourings: by each trait and by cluster)."""
+    save_figure(umap_figure(xy, groups, grey, title, legend_title), path)
+
+
+def pca_figure(scores: np.ndarray, groups, ratio: np.ndarray, title: str,
+               legend_title: str = "cluster", grey=("-1", "outliers")):
+    """PC1/PC2 scatter coloured by cluster (stage 4's pca.png) or by a trait (stage 5), legend
+    outside the axes."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 5))
     y = scores[:, 1] if scores.shape[1] > 1 else np.zeros(len(scores))
-    colours = scatter_groups(ax, np.c_[scores[:, 0], y], groups, s=10, alpha=0.8)
-    legend_outside(ax, "cluster (images)", len(colours))
+    colours = scatter_groups(ax, np.c_[scores[:, 0], y], groups, grey, s=10, alpha=0.8)
+    legend_outside(ax, f"{legend_title} (images)", len(colours))
     ax.set(xlabel=f"PC1 ({ratio[0]:.1%})", ylabel=f"PC2 ({ratio[1]:.1%})" if len(ratio) > 1 else "",
            title=title)
     return fig

@@ -28,17 +28,22 @@ COLUMNS = [  # evaluation.csv column, header, what it means
     ("batch_size", "batch", "SimCLR batch size"),
     ("epochs", "epochs", "SimCLR epochs"),
     ("temperature", "temp", "NT-Xent temperature"),
-    ("accuracy", "linear", "validation accuracy of a logistic regression on the frozen embeddings"),
+    ("accuracy", "linear", "accuracy of a logistic regression on the frozen embeddings (cv: mean "
+                           "over folds; split: on the validation images)"),
+    ("accuracy_sd", "sd", "standard deviation of the linear accuracy over the folds (cv)"),
     ("balanced_accuracy", "balanced", "the same, each class weighted equally"),
     ("macro_f1", "macro F1", "mean F1 over classes"),
-    ("knn_accuracy", "kNN", "validation accuracy of a weighted k-nearest-neighbour vote (cosine)"),
+    ("knn_accuracy", "kNN", "accuracy of a weighted k-nearest-neighbour vote (cosine)"),
+    ("knn_accuracy_sd", "kNN sd", "standard deviation of the kNN accuracy over the folds (cv)"),
     ("imagenet_accuracy", "ImageNet linear", "linear accuracy of the same backbone with ImageNet "
                                              "weights and no SimCLR training"),
     ("pixel_pca_accuracy", "pixel PCA linear", "linear accuracy on raw pixels reduced by PCA"),
     ("silhouette", "silhouette", "how well the classes separate in embedding space (-1..1, higher "
                                  "is better)"),
-    ("n_train", "train", "training images"),
-    ("n_val", "val", "validation images"),
+    ("n_train", "train", "training images (cv: mean per fold)"),
+    ("n_val", "scored", "images scored (split: validation images; cv: every labelled image, "
+                        "once, by the fold that did not train on it)"),
+    ("n_groups", "specimens", "groups (specimens) the folds keep together (cv)"),
 ]
 HIGHER_BETTER = {"accuracy", "balanced_accuracy", "macro_f1", "knn_accuracy", "silhouette"}
 STYLE = """
@@ -73,7 +78,7 @@ def _fmt(value, column: str = "") -> str:
         return "–"
     if isinstance(value, (int, np.integer)) or (isinstance(value, float) and value.is_integer()
                                                 and column in ("batch_size", "epochs", "n_train",
-                                                               "n_val", "support")):
+                                                               "n_val", "support", "n_groups")):
         return f"{int(value)}"
     if isinstance(value, (float, np.floating)):
         return f"{value:g}" if column == "temperature" else f"{value:.3f}"
@@ -97,7 +102,8 @@ def run_table(evaluation: pd.DataFrame, baselines: pd.DataFrame | None) -> str:
     """The sorted run table with baseline rows below it, as HTML."""
     runs = evaluation.sort_values(["accuracy", "knn_accuracy"], ascending=False, na_position="last")
     cols = [c for c in COLUMNS if c[0] in runs.columns and not
-            (c[0].endswith("_accuracy") and c[0] not in HIGHER_BETTER and runs[c[0]].isna().all())]
+            ((c[0].endswith("_accuracy") and c[0] not in HIGHER_BETTER or c[0].endswith("_sd")
+              or c[0] == "n_groups") and runs[c[0]].isna().all())]
     best = {c: runs[c].max() for c, _, _ in cols if c in HIGHER_BETTER and runs[c].notna().any()}
     head = "".join(f'<th title="{_e(tip)}">{_e(name)}</th>' for _, name, tip in cols)
     body = []
@@ -106,7 +112,7 @@ def run_table(evaluation: pd.DataFrame, baselines: pd.DataFrame | None) -> str:
         for c, _, _ in cols:
             text = _fmt(row.get(c), c)
             if c == "run":
-                text = f'<a href="#run-{_e(quote(str(row[c])))}">{_e(text)}</a>'
+                text = f'<a href="#{_e(_anchor(row))}">{_e(text)}</a>'
             elif c in best and row.get(c) == best[c]:
                 text = f"<b>{_e(text)}</b>"
             else:
@@ -148,22 +154,57 @@ def class_table(report_csv: Path) -> str:
             "images classified correctly.</p>")
 
 
+def _anchor(row: dict) -> str:
+    return f"run-{quote(str(row['run']))}" + (f"-{quote(str(row['folder']))}" if _several(row) else "")
+
+
+def _several(row: dict) -> bool:
+    folder = row.get("folder")
+    return isinstance(folder, str) and folder != str(row["run"])
+
+
+def protocol_text(row: dict) -> str:
+    """How a row was scored, in words (names the labels, the groups and the folds)."""
+    trait = row.get("trait")
+    labels = row.get("labels")
+    what = (f"labels: {labels}, column {trait}" if isinstance(labels, str) and labels != "clusters"
+            else "labels: stage 1 clusters")
+    if str(row.get("protocol")) == "cv":
+        return (f"{what}; {_fmt(row.get('folds'), 'n_val')}-fold cross-validation over "
+                f"{_fmt(row.get('n_val'), 'n_val')} labelled images, stratified and grouped by "
+                f"{row.get('groups')} ({_fmt(row.get('n_groups'), 'n_val')} groups): the same folds "
+                "for every run and baseline; mean +- sd over the folds")
+    return f"{what}; fitted on stage 2's train/, scored once on validation/"
+
+
 def run_section(run: str, folder: Path, root: Path, row: dict, open_: bool) -> str:
     """One run's part of the page."""
-    parts = [f'<h2 id="run-{_e(quote(run))}">{_e(run)}</h2>']
+    trait = f" ({row.get('trait')})" if _several(row) else ""
+    parts = [f'<h2 id="{_e(_anchor(row))}">{_e(run)}{_e(trait)}</h2>']
     numbers = ", ".join(f"{name} {_fmt(row.get(c), c)}" for c, name, _ in COLUMNS
-                        if c in ("accuracy", "knn_accuracy", "imagenet_accuracy", "silhouette")
+                        if c in ("accuracy", "accuracy_sd", "knn_accuracy", "imagenet_accuracy",
+                                 "silhouette")
                         and c in row and _fmt(row.get(c), c) != "–")
-    parts.append(f'<p class="muted">{_e(numbers)} &middot; folder <code>{_e(folder.name)}/</code></p>')
+    folds = row.get("fold_scores")
+    per_fold = (f" &middot; per fold: linear {_e(folds)}, kNN {_e(row.get('knn_fold_scores'))}"
+                if isinstance(folds, str) and folds else "")
+    parts.append(f'<p class="muted">{_e(numbers)}{per_fold} &middot; {_e(protocol_text(row))} '
+                 f'&middot; folder <code>{_e(folder.relative_to(root).as_posix())}/</code></p>')
     left = (class_table(folder / "report.csv") if (folder / "report.csv").exists()
             else "<p>report.csv missing</p>")
     right = (_img(folder / "confusion_matrix.png", root, "confusion matrix")
              if (folder / "confusion_matrix.png").exists() else "")
-    parts.append('<h3>Per class (validation images, linear probe)</h3>'
+    scored = ("every labelled image, out of fold" if str(row.get("protocol")) == "cv"
+              else "validation images")
+    parts.append(f'<h3>Per class ({scored}, linear probe)</h3>'
                  f'<div class="pair"><div>{left}</div><div>{right}</div></div>')
     figures = [("umap.png", "UMAP of the embeddings (2-D), coloured by class"),
+               ("umap_clusters.png", "The same UMAP coloured by stage 1 cluster"),
+               ("pca.png", "PCA of the embeddings, coloured by class"),
                ("morphospace.png", "Morphospace: specimens at their PC1/PC2 scores"),
                ("morphospace_pc3_pc4.png", "Morphospace: PC3/PC4"),
+               ("morphospace_clusters.png", "Morphospace PC1/PC2 coloured by stage 1 cluster"),
+               ("morphospace_clusters_pc3_pc4.png", "Morphospace PC3/PC4 coloured by stage 1 cluster"),
                ("neighbours.png", "Nearest neighbours of a few specimens per class")]
     for name, caption in figures:
         if (folder / name).exists():
@@ -179,6 +220,12 @@ def run_section(run: str, folder: Path, root: Path, row: dict, open_: bool) -> s
     return "\n".join(parts)
 
 
+def _safe(trait: str) -> str:
+    from .traits import safe_name
+
+    return safe_name(trait)
+
+
 def write_report(out: Path) -> Path:
     """Write ``<out>/report.html`` for a stage 5 output folder; returns its path."""
     from ..outputs import write_text
@@ -187,25 +234,43 @@ def write_report(out: Path) -> Path:
     evaluation = pd.read_csv(out / "evaluation.csv", dtype={"run": str, "dataset": str})
     baselines = (pd.read_csv(out / "baselines.csv", dtype={"dataset": str})
                  if (out / "baselines.csv").exists() else None)
+    if "trait" not in evaluation:
+        evaluation["trait"] = ""
+    evaluation["trait"] = evaluation["trait"].fillna("").astype(str)
+    if "folder" not in evaluation:
+        evaluation["folder"] = evaluation["run"].astype(str)
+    evaluation["folder"] = evaluation["folder"].fillna(evaluation["run"].astype(str))
+    traits = list(dict.fromkeys(evaluation["trait"]))
+    verdicts, current = {}, traits[0] if len(traits) == 1 else None
+    if (out / "summary.txt").exists():  # "== trait ==" heads each trait's table when several
+        for ln in (out / "summary.txt").read_text(encoding="utf-8").splitlines():
+            if ln.startswith("== ") and ln.endswith(" =="):
+                current = ln[3:-3]
+            elif ln.startswith("best run") and current is not None:
+                verdicts[current] = ln
     runs = evaluation.sort_values(["accuracy", "knn_accuracy"], ascending=False, na_position="last")
-    present = [r for r in runs.to_dict("records") if (out / str(r["run"])).is_dir()]
-    verdict = ""
-    if (out / "summary.txt").exists():
-        lines = [ln for ln in (out / "summary.txt").read_text(encoding="utf-8").splitlines()
-                 if ln.startswith("best run")]
-        verdict = f"<p><b>{_e(lines[0])}</b></p>" if lines else ""
-    nav = " ".join(f'<a href="#run-{_e(quote(str(r["run"])))}">{_e(r["run"])}</a>' for r in present)
+    present = [r for r in runs.to_dict("records") if (out / str(r["folder"])).is_dir()]
+    nav = " ".join(f'<a href="#{_e(_anchor(r))}">{_e(r["run"])}'
+                   f'{_e(" (" + r["trait"] + ")") if _several(r) else ""}</a>' for r in present)
     body = [f"<h1>wingclr evaluation: {_e(out.resolve().name)}</h1>",
-            f'<p class="muted">{len(evaluation)} run(s), written {time.strftime("%Y-%m-%d %H:%M")}. '
-            "Every run's embeddings were frozen and scored on the same train/validation split. "
-            "The pictures are the files next to this page: keep the folder together.</p>",
-            f"<nav><b>Runs:</b> {nav}</nav>" if nav else "",
-            "<h2>Runs, best first</h2>", verdict, run_table(evaluation, baselines)]
-    if (out / "grid_summary.png").exists() and len(evaluation) > 1:
-        body.append("<h3>Grid summary: accuracy against temperature, one line per batch size</h3>"
-                    f"{_img(out / 'grid_summary.png', out, 'grid summary')}")
+            f'<p class="muted">{len(evaluation)} row(s), written {time.strftime("%Y-%m-%d %H:%M")}. '
+            "Every run's embeddings were frozen; within a trait every run and baseline was scored "
+            "on the same images, split or folds. The pictures are the files next to this page: "
+            "keep the folder together.</p>",
+            f"<nav><b>Runs:</b> {nav}</nav>" if nav else ""]
+    for trait in traits:
+        part = evaluation[evaluation["trait"] == trait]
+        first = part.iloc[0].to_dict()
+        head = (f"Trait {trait}: runs, best first" if len(traits) > 1 else "Runs, best first")
+        verdict = verdicts.get(trait, "")
+        body += [f"<h2>{_e(head)}</h2>", f'<p class="muted">{_e(protocol_text(first))}</p>',
+                 f"<p><b>{_e(verdict)}</b></p>" if verdict else "", run_table(part, baselines)]
+        png = out / ("grid_summary.png" if len(traits) == 1 else f"grid_summary_{_safe(trait)}.png")
+        if png.exists() and len(part) > 1:
+            body.append("<h3>Grid summary: accuracy against temperature, one line per batch size</h3>"
+                        f"{_img(png, out, 'grid summary')}")
     for i, row in enumerate(present):
-        body.append(run_section(str(row["run"]), out / str(row["run"]), out, row, open_=i == 0))
+        body.append(run_section(str(row["run"]), out / str(row["folder"]), out, row, open_=i == 0))
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>wingclr evaluation: {_e(out.resolve().name)}</title>"
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(b for b in body if b)

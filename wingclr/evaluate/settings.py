@@ -18,6 +18,11 @@ class EvalSettings(Settings):
     data: Path | None
     output: Path
     labels: Path | None
+    label_column: str
+    id_column: str | None
+    group_column: str | None
+    protocol: str
+    folds: int
     allow_partial_labels: bool
     knn_k: int
     baselines: str
@@ -38,3 +43,14 @@ class EvalSettings(Settings):
     def labels_from(self) -> str:
         """Where the classes come from, for figure titles: ``clusters`` or the --labels file name."""
         return Path(self.labels).name if self.labels else "clusters"
+
+    @property
+    def traits(self) -> list[str]:
+        """The label columns scored (``["cluster"]`` without --labels)."""
+        from .inputs import label_columns
+
+        return label_columns(self.label_column) if self.labels else ["cluster"]
+
+    def trait_from(self, trait: str) -> str:
+        """``labels.csv: sex`` (``clusters`` without --labels): named in every title."""
+        return f"{self.labels_from}: {trait}" if self.labels else "clusters"

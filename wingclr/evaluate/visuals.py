@@ -76,7 +76,8 @@ def query_rows(split, s: EvalSettings, name: str) -> np.ndarray:
 
 
 def run_visuals(name: str, emb_dir: Path, out_dir: Path, split, model: dict, row: dict,
-                s: EvalSettings) -> list[Path]:
+                s: EvalSettings, *, feats: np.ndarray | None = None, ids=None,
+                trait: str = "cluster") -> list[Path]:
     """Draw one run's pictures into ``out_dir`` (see the module doc); returns the files written.
 
     Args:
@@ -84,16 +85,21 @@ def run_visuals(name: str, emb_dir: Path, out_dir: Path, split, model: dict, row
         model: the run's model metadata (stage 4 manifest's ``model``).
         row: its evaluation.csv row (``probe_C``; ``imagenet_accuracy`` says the baseline ran).
         s: stage 5's settings (``neighbours``, ``gradcam``, ``query``, ``seed``, ...).
+        feats, ids: the run's ``(N, D)`` embeddings and their table (read again when None).
+        trait: the label column scored (``cluster`` without --labels): with --labels the
+            morphospace and PCA are drawn coloured by it, stage 4's cluster-coloured ones kept
+            beside them as ``*_clusters*.png``.
     """
     try:
-        return _run_visuals(name, Path(emb_dir), Path(out_dir), split, model, row, s)
+        return _run_visuals(name, Path(emb_dir), Path(out_dir), split, model, row, s, feats,
+                            ids, trait)
     except Exception as e:  # noqa: BLE001 - pictures never fail the stage
         _note(name, "pictures", e)
         return []
 
 
 def _run_visuals(name: str, emb_dir: Path, out_dir: Path, split, model: dict, row: dict,
-                 s: EvalSettings) -> list[Path]:
+                 s: EvalSettings, feats, ids, trait: str) -> list[Path]:
     from .inputs import load_embeddings
     from ..outputs import read_manifest, write_text
 
@@ -102,7 +108,7 @@ def _run_visuals(name: str, emb_dir: Path, out_dir: Path, split, model: dict, ro
     stamp = {"embedded": manifest.get("finished"), "dataset": split.key(), "neighbours": k,
              "gradcam": n_cam, "query": list(s.query), "seed": s.seed,
              "baselines": s.baselines, "imagenet": row.get("imagenet_accuracy") == row.get(
-                 "imagenet_accuracy")}
+                 "imagenet_accuracy"), "trait": s.trait_from(trait)}
     old = out_dir / STAMP
     previous = json.loads(old.read_text(encoding="utf-8")) if old.exists() else {}
     same_data = all(previous.get(key) == stamp[key] for key in ("embedded", "dataset"))
@@ -119,17 +125,26 @@ def _run_visuals(name: str, emb_dir: Path, out_dir: Path, split, model: dict, ro
         print(f"note: {name}: no pictures (image folder {split.root} not found; pass --data)")
         return []
     start = time.monotonic()
-    ids, feats = load_embeddings(emb_dir, manifest)
+    if feats is None:
+        ids, feats = load_embeddings(emb_dir, manifest)
     images = [Path(split.root) / p for p in split.images]
     written = []
-    for src in sorted(Path(emb_dir).glob("morphospace*.png")):
-        shutil.copy2(src, out_dir / src.name)
-        written.append(out_dir / src.name)
+    for src in sorted(Path(emb_dir).glob("morphospace*.png")):  # stage 4's: by cluster
+        dest = out_dir / (src.name.replace("morphospace", "morphospace_clusters") if s.labels
+                          else src.name)
+        shutil.copy2(src, dest)
+        written.append(dest)
+    if s.labels:
+        try:
+            written += _by_trait(name, feats, split, images, model, s, out_dir, trait)
+        except Exception as e:  # noqa: BLE001 - pictures never fail the stage
+            _note(name, f"morphospace and PCA by {trait}", e)
     try:
         from ..contact_sheets import write_contact_sheets
 
         outliers = ("-1", s.outliers_folder)
-        written += write_contact_sheets(feats, split.y, images, out_dir / "sheets", name, model,
+        written += write_contact_sheets(feats, split.y, images, out_dir / "sheets",
+                                        f"{name} ({s.trait_from(trait)})", model,
                                         outliers=outliers, what="class")
     except Exception as e:  # noqa: BLE001 - pictures never fail the stage
         _note(name, "contact sheets", e)
@@ -164,8 +179,32 @@ def _neighbours(name, feats, split, images, model, row, s, out_dir, k) -> list[P
     queries = query_rows(split, s, name)
     path = write_neighbours(feats, split.y, images, out_dir / "neighbours.png", k, seed=s.seed,
                             queries=queries, baseline=baseline, name="this run (SimCLR)",
-                            title=neighbours_title(name, len(queries)), meta=model, pool=pool)
+                            title=f"{neighbours_title(name, len(queries))}; labels: "
+                                  f"{s.trait_from(row.get('trait') or 'cluster')}",
+                            meta=model, pool=pool)
     return [path] if path else []
+
+
+def _by_trait(name, feats, split, images, model, s, out_dir, trait) -> list[Path]:
+    """``morphospace.png`` (+ ``_pc3_pc4``) and ``pca.png`` coloured by the trait's labels."""
+    from ..embedding import pca_projection
+    from ..morphospace import NO_LABEL, plot_morphospace
+    from ..plotting import save_figure
+    from .plots import pca_figure
+
+    scores, ratio, _ = pca_projection(np.asarray(feats, np.float64))
+    groups = np.where(split.y == "", NO_LABEL, split.y)
+    legend = f"{trait} ({s.labels_from})"
+    title = f"{name}: coloured by {s.trait_from(trait)}"
+    path = out_dir / "pca.png"
+    save_figure(pca_figure(scores, groups, ratio, title, legend, grey=(NO_LABEL,)), path)
+    written = [path]
+    for axes, file in (((0, 1), "morphospace.png"), ((2, 3), "morphospace_pc3_pc4.png")):
+        if scores.shape[1] > axes[1]:
+            plot_morphospace(scores, images, groups, ratio, out_dir / file, title, axes,
+                             meta=model, legend_title=legend)
+            written.append(out_dir / file)
+    return written
 
 
 def _gradcam(name, feats, split, images, model, row, s, out_dir, n, manifest) -> list[Path]:
