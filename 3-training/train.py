@@ -84,7 +84,10 @@ def get_args_parser():
     mo.add_argument("--labels", type=Path, default=None,
                     help="CSV of classes for the monitor, as stage 5's --labels (default: the clusters, "
                          "a sanity check only)")
-    mo.add_argument("--label-column", default="label", help="column of --labels holding the class")
+    mo.add_argument("--label-column", default="label", help="column of --labels holding the class (e.g. sex)")
+    mo.add_argument("--id-column", default=None,
+                    help="column of --labels naming the images (default: the first of specimen, "
+                         "source_image, image it has; e.g. filename)")
     mo.add_argument("--select", choices=["last", "best"], default="last",
                     help="the run's checkpoint: the last epoch's weights, or the best-scoring epoch's "
                          "(epoch 0, the starting weights, included)")

@@ -81,3 +81,19 @@ def test_monitor_flags_need_a_stage2_split(demo_set, tmp_path):
                    "--select", "best", *TINY_TRAIN)
     assert_one_line_error(proc, "--select best", "split.csv")
     assert not any(tmp_path.iterdir())
+
+
+def test_monitor_scores_the_labels_of_a_spreadsheet_column(dataset_dir, tmp_path):
+    from pathlib import PurePosixPath
+
+    split = pd.read_csv(dataset_dir / "split.csv", dtype=str, keep_default_na=False)
+    labels = pd.DataFrame({"filename": [PurePosixPath(p).name for p in split.source_image],
+                           "sex": ["M" if i % 2 else "F" for i in range(len(split))],
+                           "genus": split.cluster})
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    run_stage("3-training/train.py", "--data", dataset_dir, "--output", tmp_path / "runs", "--epochs", "1",
+              "--run-name", "lab", "--labels", tmp_path / "labels.csv", "--label-column", "sex",
+              "--id-column", "filename", *TINY_TRAIN)
+    monitor = json.loads((tmp_path / "runs" / "lab" / "manifest.json").read_text())["monitor"]
+    assert monitor["classes"] == f"labels {tmp_path / 'labels.csv'} (sex)"
+    assert pd.read_csv(tmp_path / "runs" / "lab" / "metrics.csv").knn_accuracy.notna().all()

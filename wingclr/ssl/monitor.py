@@ -46,7 +46,8 @@ class MonitorSet:
     source: str
 
 
-def monitor_set(data: Path, *, labels: Path | None = None, label_column: str = "label") -> MonitorSet | None:
+def monitor_set(data: Path, *, labels: Path | None = None, label_column: str = "label",
+                id_column: str | None = None) -> MonitorSet | None:
     """Stage 2's train and validation images with their classes; None when ``data`` is not a stage 2
     folder with both splits (nothing to monitor).
 
@@ -61,10 +62,12 @@ def monitor_set(data: Path, *, labels: Path | None = None, label_column: str = "
     root, table = image_table(data)
     table = table[table["split"].isin(["train", "validation"])].reset_index(drop=True)
     if labels is not None:
-        from ..evaluate.inputs import attach_labels
+        from ..evaluate.inputs import label_columns, read_labels
 
-        table["class"] = attach_labels(table, labels, label_column=label_column).to_numpy()
-        source = f"labels {labels} ({label_column})"
+        column = label_columns(label_column)[0]
+        table["class"] = read_labels(table, labels, columns=(column,), id_column=id_column,
+                                     allow_partial=True)[column].to_numpy()
+        source = f"labels {labels} ({column})"
     else:
         table["class"] = table["cluster"]
         source = "stage 1 clusters"
@@ -177,7 +180,7 @@ def check_monitor(s) -> MonitorSet | None:
         if s.select == "best":
             raise UserError("--select best needs the monitor's scores: drop --monitor-every 0")
         return None
-    mset = monitor_set(s.data, labels=s.labels, label_column=s.label_column)
+    mset = monitor_set(s.data, labels=s.labels, label_column=s.label_column, id_column=s.id_column)
     if mset is None:
         why = (f"{s.data} has no stage 2 split.csv with train and validation images (the monitor scores "
                "validation images against train images)")

@@ -58,6 +58,7 @@ class TrainSettings(Settings):
     monitor_every: int | None
     labels: Path | None
     label_column: str
+    id_column: str | None
     select: str
     augment_on: str
     cache_size: int | None
