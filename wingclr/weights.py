@@ -72,12 +72,14 @@ def resolve(filename: str, url: str | None = None, hint: str = "") -> Path:
 
 
 def load_state_dict(filename: str, url: str | None = None, hint: str = "") -> dict:
-    """Resolve ``filename`` and load it on the CPU as a state dict."""
-    import torch
+    """Resolve ``filename`` and load it on the CPU as a state dict (no pickled code runs)."""
+    from .untrusted import load_torch
 
     path = resolve(filename, url, hint)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_torch(path, what="weights file")
+    except UserError:
+        raise
     except Exception as e:  # noqa: BLE001 - corrupt files raise many types
         raise UserError(f"{path} could not be loaded ({type(e).__name__}); replace it with a fresh "
                         "download") from None

@@ -1,0 +1,151 @@
+"""Files from elsewhere are data: checkpoints run no pickled code, annotation and CSV paths stay in
+their folders, CSV cells never start a spreadsheet formula, weights are checked, JSON read back
+is validated (README "Files you did not write")."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, TINY_TRAIN, assert_one_line_error, run_cli, run_stage
+from wingclr.cli import UserError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+class Payload:
+    """Pickles as a call of ``os.mkdir(marker)``: loading it unsafely makes the marker folder."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def payload_file(path: Path, marker: Path, **extra) -> Path:
+    """A checkpoint-looking torch file whose metadata runs ``os.mkdir(marker)`` when unpickled."""
+    torch.save({"wingclr": Payload(marker), "state_dict": {}, **extra}, path)
+    return path
+
+
+def assert_refused(excinfo, path: Path, marker: Path) -> None:
+    message = str(excinfo.value)
+    assert "\n" not in message and str(path) in message and "refused" in message, message
+    assert "posix.mkdir" in message, message
+    assert not marker.exists(), "the pickled payload ran"
+
+
+# --- checkpoints: the payload is refused on every route and never runs ---
+
+def test_checkpoint_written_before_safe_loading_still_loads():
+    """Fixtures: a stage 3 run's last.ckpt and final checkpoint as the code wrote them before
+    checkpoints were read with weights_only=True (shrunk to a few KB, same pickled structure)."""
+    from lightning_fabric.utilities.cloud_io import _load as pl_load
+
+    from wingclr.checkpoints import read_checkpoint
+
+    for name in ("old_last.ckpt", "old_final.ckpt"):
+        ckpt = read_checkpoint(FIXTURES / name)
+        assert ckpt["wingclr"]["backbone"] == "resnet18" and ckpt["wingclr"]["run_name"] == "r"
+        assert ckpt["hyper_parameters"]["temperature"] == 0.5
+        assert pl_load(FIXTURES / name, weights_only=True)["epoch"] == ckpt["epoch"]  # Lightning's resume read
+    assert "EpochCheckpoint" in read_checkpoint(FIXTURES / "old_last.ckpt")["callbacks"]
+
+
+def test_pickled_code_in_a_checkpoint_is_refused_by_stage4_in_one_line(tmp_path):
+    marker = tmp_path / "ran"
+    ckpt = payload_file(tmp_path / "evil.ckpt", marker)
+    proc = run_cli("4-embed/embed.py", "--checkpoints", ckpt, "--data", tmp_path / "data",
+                   "--output", tmp_path / "out")
+    assert_one_line_error(proc, str(ckpt), "refused", "posix.mkdir")
+    assert not marker.exists()
+
+
+def test_pickled_code_in_a_run_folder_is_refused_by_stage4_training_dir(dataset_dir, tmp_path):
+    marker = tmp_path / "ran"
+    run = tmp_path / "3-training" / "r"
+    run.mkdir(parents=True)
+    ckpt = payload_file(run / "r.ckpt", marker)
+    (run / "manifest.json").write_text(json.dumps({"stage": "3-training", "checkpoint": "r.ckpt",
+                                                   "args": {}}))
+    with pytest.raises(UserError) as excinfo:
+        run_stage("4-embed/embed.py", "--training-dir", run.parent, "--data", dataset_dir,
+                  "--output", tmp_path / "out", "--num-workers", "0")
+    assert_refused(excinfo, ckpt, marker)
+
+
+def test_pickled_code_in_a_checkpoint_is_refused_by_stage5_runs(dataset_dir, tmp_path):
+    marker = tmp_path / "ran"
+    ckpt = payload_file(tmp_path / "evil.ckpt", marker)
+    with pytest.raises(UserError) as excinfo:
+        run_stage("5-evaluation/evaluate.py", "--runs", ckpt, "--embeddings", tmp_path / "emb",
+                  "--data", dataset_dir, "--output", tmp_path / "eval", "--no-umap",
+                  "--no-baselines", "--num-workers", "0")
+    assert_refused(excinfo, ckpt, marker)
+
+
+def test_pickled_code_in_last_ckpt_is_refused_when_stage3_resumes(dataset_dir, tmp_path):
+    marker = tmp_path / "ran"
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    ckpt = payload_file(tmp_path / "runs" / "r" / "last.ckpt", marker)
+    with pytest.raises(UserError) as excinfo:
+        run_stage("3-training/train.py", "--data", dataset_dir, "--output", tmp_path / "runs",
+                  "--epochs", "1", "--run-name", "r", *TINY_TRAIN)
+    assert_refused(excinfo, ckpt, marker)
+
+
+def test_lightning_resume_reads_last_ckpt_as_data_even_when_the_environment_allows_pickles(
+        dataset_dir, tmp_path, monkeypatch):
+    """Lightning's own read of ``ckpt_path`` is weights_only too (here wingclr's check is skipped
+    and torch is told to default to full unpickling)."""
+    import pickle
+
+    from wingclr.ssl import training
+
+    marker = tmp_path / "ran"
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    payload_file(tmp_path / "runs" / "r" / "last.ckpt", marker)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    monkeypatch.setattr(training, "read_checkpoint", lambda path: {})  # as if it were this run's
+    monkeypatch.setattr(training, "changed_settings", lambda old, new: [])
+    with pytest.raises(pickle.UnpicklingError):
+        run_stage("3-training/train.py", "--data", dataset_dir, "--output", tmp_path / "runs",
+                  "--epochs", "1", "--run-name", "r", *TINY_TRAIN)
+    assert not marker.exists()
+
+
+def test_pickled_code_in_a_mask_rcnn_checkpoint_is_refused(demo_set, tmp_path):
+    marker = tmp_path / "ran"
+    ckpt = tmp_path / "maskrcnn_wings.pth"
+    torch.save({"model": Payload(marker), "classes": ["wing"]}, ckpt)
+    with pytest.raises(UserError) as excinfo:
+        run_stage("0-segmentation/segment.py", "--input", demo_set / "specimens", "--output",
+                  tmp_path / "out", "--method", "maskrcnn", "--checkpoint", ckpt)
+    assert_refused(excinfo, ckpt, marker)
+
+
+def test_pickled_code_in_mask_rcnn_last_pth_is_refused_on_resume(monkeypatch, tmp_path):
+    from wingclr.segment import train
+
+    marker = tmp_path / "ran"
+    torch.save({"settings": Payload(marker)}, tmp_path / train.LAST)
+    with pytest.raises(UserError) as excinfo:
+        train._read_last(tmp_path, None)
+    assert_refused(excinfo, tmp_path / train.LAST, marker)
+
+
+def test_pickled_code_in_a_weights_file_is_refused(tmp_path, monkeypatch):
+    from wingclr.weights import load_state_dict
+
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("WINGCLR_WEIGHTS_DIR", str(tmp_path))
+    torch.save({"state_dict": Payload(marker)}, tmp_path / "my_weights.pth")
+    with pytest.raises(UserError) as excinfo:
+        load_state_dict("my_weights.pth")
+    assert_refused(excinfo, tmp_path / "my_weights.pth", marker)
