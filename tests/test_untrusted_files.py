@@ -149,3 +149,105 @@ def test_pickled_code_in_a_weights_file_is_refused(tmp_path, monkeypatch):
     with pytest.raises(UserError) as excinfo:
         load_state_dict("my_weights.pth")
     assert_refused(excinfo, tmp_path / "my_weights.pth", marker)
+
+
+# --- paths read from files stay inside their folder ---
+
+def coco_file(path: Path, file_name: str) -> Path:
+    path.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": file_name, "height": 8, "width": 8}],
+        "categories": [{"id": 1, "name": "wing"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1,
+                         "segmentation": [[1, 1, 6, 1, 6, 6]]}]}))
+    return path
+
+
+@pytest.mark.parametrize("file_name, why", [("/etc/passwd", "absolute"),
+                                            ("../outside.png", "leads out")])
+def test_coco_file_name_outside_images_is_refused_naming_file_and_entry(tmp_path, file_name, why):
+    from wingclr.segment.annotations import load_coco
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "outside.png").write_bytes(b"not read")
+    coco = coco_file(tmp_path / "wings.json", file_name)
+    with pytest.raises(UserError) as excinfo:
+        load_coco(coco, tmp_path / "images")
+    message = str(excinfo.value)
+    assert "\n" not in message and str(coco) in message and "file_name" in message, message
+    assert repr(file_name) in message and why in message, message
+
+
+def test_coco_file_name_inside_images_still_loads(tmp_path):
+    from PIL import Image
+
+    from wingclr.segment.annotations import load_coco
+
+    (tmp_path / "images" / "a").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a" / "x.png")
+    _, items, skipped = load_coco(coco_file(tmp_path / "wings.json", "a/./b/../x.png"), tmp_path / "images")
+    assert [i.rel for i in items] == ["a/x.png"] and not skipped
+
+
+def labelme_file(path: Path, image_path: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"imagePath": image_path, "imageHeight": 8, "imageWidth": 8,
+                                "shapes": [{"label": "wing", "shape_type": "polygon",
+                                            "points": [[1, 1], [6, 1], [6, 6]]}]}))
+    return path
+
+
+@pytest.mark.parametrize("image_path, why", [("/tmp/elsewhere.png", "absolute"),
+                                             ("../../outside.png", "leads out")])
+def test_labelme_image_path_outside_images_is_refused_naming_file_and_entry(tmp_path, image_path, why):
+    from PIL import Image
+
+    from wingclr.segment.labelme import load_labelme
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "outside.png")
+    ann = labelme_file(tmp_path / "photos" / "sub" / "x.json", image_path)
+    with pytest.raises(UserError) as excinfo:
+        load_labelme(tmp_path / "photos", tmp_path / "photos")
+    message = str(excinfo.value)
+    assert "\n" not in message and str(ann) in message and "imagePath" in message, message
+    assert why in message, message
+
+
+def test_labelme_image_path_relative_to_a_separate_annotation_folder_still_loads(tmp_path):
+    from PIL import Image
+
+    from wingclr.segment.labelme import load_labelme
+
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "photos" / "x.png")
+    labelme_file(tmp_path / "labels" / "x.json", "../photos/x.png")
+    _, items, skipped = load_labelme(tmp_path / "labels", tmp_path / "photos")
+    assert [i.rel for i in items] == ["x.png"] and not skipped
+
+
+def test_clusters_csv_source_image_outside_the_input_is_refused_not_copied_into_split_csv(demo_set, tmp_path):
+    clusters = tmp_path / "clusters"
+    shutil.copytree(demo_set / "clusters", clusters)
+    first = sorted((clusters / "band").iterdir())[0]
+    rows = [f"band/{p.name},band,band/{p.stem},band/{p.name}" for p in sorted((clusters / "band").iterdir())]
+    rows[0] = f"band/{first.name},band,band/{first.stem},../../../etc/passwd"
+    (clusters / "clusters.csv").write_text("image,cluster,specimen,source_image\n" + "\n".join(rows) + "\n")
+    with pytest.raises(UserError) as excinfo:
+        run_stage("2-create_dataset/create_dataset.py", "--input", clusters, "--output", tmp_path / "out")
+    message = str(excinfo.value)
+    assert "\n" not in message and "clusters.csv" in message and "../../../etc/passwd" in message, message
+    assert "row 2 source_image" in message, message
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_split_csv_image_outside_the_dataset_is_refused_by_stage4(dataset_dir, tmp_path):
+    data = tmp_path / "2-dataset"
+    shutil.copytree(dataset_dir, data, symlinks=True)
+    split = (data / "split.csv").read_text().splitlines()
+    split[1] = "../../secret.png" + split[1][split[1].index(","):]
+    (data / "split.csv").write_text("\n".join(split) + "\n")
+    ckpt = tmp_path / "run.ckpt"
+    from conftest import fake_checkpoint
+    fake_checkpoint(ckpt)
+    with pytest.raises(UserError, match=r"split.csv: row 2 image '../../secret.png' climbs out"):
+        run_stage("4-embed/embed.py", "--checkpoints", ckpt, "--data", data, "--output",
+                  tmp_path / "out", "--num-workers", "0")

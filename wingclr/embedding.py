@@ -21,6 +21,7 @@ from .features import default_workers, iter_features
 from .identity import COLUMNS as IDENTITY
 from .identity import below_cluster, clusters_identity, identify, read_identity
 from .outputs import MANIFEST, atomic_path, check_finished, read_manifest, write_csv, write_manifest
+from .untrusted import check_paths
 
 PCA_MIN_VARIANCE = 0.005  # keep principal axes that explain more than 0.5 % of the variance
 
@@ -97,6 +98,7 @@ def image_table(data: Path) -> tuple[Path, pd.DataFrame]:
     if split_csv.exists():
         table = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
         table = table[["image", "cluster", "split"]].reset_index(drop=True)
+        check_paths(table, ["image"], source=split_csv)  # the images are read below unlabeled/
         ids = identify(table["image"].tolist(), read_identity(split_csv))
         return data / "unlabeled", pd.concat([table, ids], axis=1)
     found = scan_clusters(data, what="image")

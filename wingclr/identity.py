@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Sequence
 import pandas as pd
 
 from .outputs import read_manifest, write_csv
+from .untrusted import check_paths
 
 SPECIMEN, SOURCE = "specimen", "source_image"
 COLUMNS = [SPECIMEN, SOURCE]
@@ -85,6 +86,7 @@ def read_identity(csv: Path | str, key: str = "image") -> Identity | None:
     table = _read_csv(path, [key, *COLUMNS])
     if table is None or not {key, *COLUMNS} <= set(table.columns):
         return None
+    check_paths(table, [key, *COLUMNS], source=path)  # never copied on when they leave the folder
     return {k: (s, src) for k, s, src in zip(table[key], table[SPECIMEN], table[SOURCE])
             if k and s and src}
 
@@ -107,6 +109,7 @@ def segmentation_identity(images_dir: Path | str) -> Identity | None:
         if (top / "segmentation.csv").is_file() else None
     if table is None or not {"image", "output"} <= set(table.columns):
         return None
+    check_paths(table, ["image", "output", *COLUMNS], source=top / "segmentation.csv")
     spec = table[SPECIMEN] if SPECIMEN in table else pd.Series("", index=table.index)
     src = table[SOURCE] if SOURCE in table else pd.Series("", index=table.index)
     return {out: ((s, so) if s and so else (without_extension(out), posix(image)))

@@ -30,6 +30,7 @@ from .identity import (COLUMNS, Changes, below_cluster, clusters_identity, ident
                        input_changes, stamp_files, write_inputs)
 from .imageio import try_read
 from .outputs import check_finished, settings, write_csv, write_manifest
+from .untrusted import check_paths
 
 SUBSETS = ("unlabeled", "train", "validation")
 
@@ -175,7 +176,10 @@ def read_split_table(out: Path) -> pd.DataFrame | None:
         table = pd.read_csv(out / "split.csv", dtype=str, keep_default_na=False)
     except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
         return None
-    return table if {"image", "cluster", "split"} <= set(table.columns) else None
+    if not {"image", "cluster", "split"} <= set(table.columns):
+        return None
+    check_paths(table, ["image", *COLUMNS], source=out / "split.csv")  # --update removes by these
+    return table
 
 
 def create_dataset(s: DatasetSettings) -> dict | None:
@@ -207,6 +211,7 @@ def create_dataset(s: DatasetSettings) -> dict | None:
         raise UserError(f"--output {out} lies inside --input {s.input}; choose an output "
                         "folder outside the cluster folders")
     found = scan_clusters(s.input)
+    clusters_identity(found.root)  # refuses paths in clusters.csv that leave their folder, first
     stamps = stamp_files(found.root, found.images)  # recorded at the end: what the dataset is made of
     changes = input_changes(out, stamps, "split.csv") if finished or s.update else None
     if finished and not changes:

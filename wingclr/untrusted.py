@@ -13,6 +13,7 @@ supplements, so wingclr reads them as data (README "Files you did not write"):
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -54,48 +55,79 @@ def refusal(path: Path | str, error: Exception, what: str = "checkpoint") -> str
             "strings) and ran none of it. Use a file written by wingclr, or ask its author for one")
 
 
-def path_inside(root: Path | str, value: str, *, source: Path | str, entry: str) -> Path:
-    """``root / value`` for a path read from a file, refused when it leaves ``root``.
+def path_inside(root: Path | str, value: str, *, source: Path | str, entry: str,
+                base: Path | str | None = None) -> Path:
+    """``base / value`` for a path read from a file, refused when it is absolute or leaves ``root``.
 
     Args:
-        root: the folder the paths are relative to (e.g. ``--images``).
+        root: the folder every path must stay in (e.g. ``--images``).
         value: the path as written in the file (``/`` or ``\\`` separated).
         source: the file it was read from (for the error message).
         entry: which entry of that file (e.g. ``images[3] file_name``).
+        base: the folder ``value`` is relative to (default ``root``; a labelme ``imagePath`` is
+            relative to its JSON file).
 
     Returns:
-        The path below ``root`` (symbolic links the user made inside ``root`` are followed).
+        The path as ``root / <relative path>`` (judged on the names: symbolic links the user
+        made inside ``root`` are followed when the file is read).
 
     Raises:
-        UserError: ``value`` is empty, absolute (``/x``, ``C:\\x``, ``\\\\server\\x``) or
-            climbs out of ``root`` with ``..``.
+        UserError: ``value`` is empty, absolute (``/x``, ``C:\\x``, ``\\\\server\\x``)
+            or climbs out of ``root`` with ``..``.
     """
     text = str(value)
-    why = ""
     if not text.strip():
         why = "is empty"
-    elif (PurePosixPath(text).is_absolute() or PureWindowsPath(text).is_absolute()
-          or PureWindowsPath(text).drive or text.startswith(("\\", "/", "~"))):
+    elif not is_relative(text):
         why = "is absolute"
     else:
         parts = [p for p in re.split(r"[\\/]+", text) if p not in ("", ".")]
-        depth = 0
-        for part in parts:
-            depth += -1 if part == ".." else 1
-            if depth < 0:
-                why = "climbs out of it with '..'"
-                break
-        if not why:
-            return Path(root).joinpath(*parts)
-    raise UserError(f"{source}: {entry} {text!r} {why}; paths in it must be relative to {root} "
-                    "and stay inside it (wingclr reads no file outside that folder): fix the entry "
-                    "or move the image into the folder")
+        top = os.path.abspath(root)
+        target = os.path.normpath(os.path.join(os.path.abspath(base or root), *parts))
+        if os.path.commonpath([top, target]) == top and target != top:
+            return Path(root) / os.path.relpath(target, top)
+        why = f"leads out of {root} (with '..')"
+    raise UserError(f"{source}: {entry} {text!r} {why}; paths in it must be relative and stay "
+                    f"inside {root} (wingclr opens no file outside it): fix the entry or move the "
+                    "image into that folder")
+
+
+def is_relative(value: str) -> bool:
+    """Whether a path read from a file is relative on every system (not ``/x``,
+    ``C:x``, ``\\\\server\\x``)."""
+    text = str(value)
+    return not (PurePosixPath(text).is_absolute() or PureWindowsPath(text).is_absolute()
+                or PureWindowsPath(text).drive or text.startswith(("\\", "/")))
 
 
 def is_inside(value: str) -> bool:
-    """Whether a relative path read from a file stays inside its folder (no root, no escape)."""
+    """Whether a path read from a file is relative and stays inside its folder (no ``..`` out)."""
     try:
         path_inside(".", value, source="", entry="")
     except UserError:
         return False
     return True
+
+
+def check_paths(table, columns, *, source: Path | str) -> None:
+    """Refuse a CSV whose path cells (``image``, ``source_image``, ...) are absolute or climb out
+    of their folder with ``..`` (blank cells pass).
+
+    Args:
+        table: a pandas DataFrame of strings, as read.
+        columns: the path columns to check (those missing from ``table`` are ignored).
+        source: the CSV file (for the error message).
+
+    Raises:
+        UserError: names the file, the row (as a spreadsheet numbers it) and the cell.
+    """
+    for column in columns:
+        if column not in table:
+            continue
+        for row, value in enumerate(table[column].tolist()):
+            text = "" if value is None or value != value else str(value)
+            if text and (".." in text or not is_relative(text)) and not is_inside(text):
+                why = "is absolute" if not is_relative(text) else "climbs out of its folder with '..'"
+                raise UserError(f"{source}: row {row + 2} {column} {text!r} {why}; paths in it "
+                                "must be relative to their stage folder and stay inside it: fix "
+                                "the row (wingclr copies and opens no path outside its folders)")

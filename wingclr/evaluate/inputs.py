@@ -23,6 +23,7 @@ import pandas as pd
 from ..cli import UserError
 from ..identity import COLUMNS as IDENTITY
 from ..identity import SPECIMEN, identify, posix, shorten
+from ..untrusted import check_paths
 
 ID_COLUMNS = ["image", "cluster", "split"]
 LABEL_KEYS = ("specimen", "source_image", "image")  # a labels CSV's key column, preferred first
@@ -124,6 +125,7 @@ def load_embeddings(emb_dir: Path, manifest: dict | None = None) -> tuple[pd.Dat
         wanted = {*ID_COLUMNS, *IDENTITY}
         ids = with_identity(pd.read_csv(csv, usecols=lambda c: c in wanted, dtype=str,
                                         keep_default_na=False))
+        check_paths(ids, ["image", *IDENTITY], source=csv)  # figures open the images
         feats = np.load(npy)
         if len(feats) != len(ids):
             raise UserError(f"{npy} and {csv} disagree on the number of images; re-run 4-embed "
@@ -141,6 +143,7 @@ def load_embeddings(emb_dir: Path, manifest: dict | None = None) -> tuple[pd.Dat
                         "image")
     values = to_numbers(table, columns, decimal, csv)
     ids = with_identity(table)
+    check_paths(ids, ["image", *IDENTITY], source=csv)
     if npy.exists():
         saved = np.load(npy, mmap_mode="r")
         if saved.shape == values.shape and np.allclose(saved, values, rtol=1e-5, atol=1e-6):
