@@ -251,3 +251,141 @@ def test_split_csv_image_outside_the_dataset_is_refused_by_stage4(dataset_dir, t
     with pytest.raises(UserError, match=r"split.csv: row 2 image '../../secret.png' climbs out"):
         run_stage("4-embed/embed.py", "--checkpoints", ckpt, "--data", data, "--output",
                   tmp_path / "out", "--num-workers", "0")
+
+
+# --- CSV cells never start a spreadsheet formula ---
+
+def test_csv_text_cells_that_start_a_formula_are_quoted_and_numbers_are_not(tmp_path):
+    import pandas as pd
+
+    from wingclr.outputs import escape_cell, read_csv, write_csv
+
+    assert escape_cell("\rx") == "'\rx" and escape_cell(-0.5) == -0.5
+    texts = ["=HYPERLINK(\"http://x\",\"y\")", "+cmd", "-x", "@SUM(A1)", "\tx", "'=x", "-0.5",
+             "plain", "a=b"]
+    df = pd.DataFrame({"label": texts, "score": [-0.5] * len(texts), "=head": ["h"] * len(texts)})
+    write_csv(tmp_path / "t.csv", df)
+    raw = pd.read_csv(tmp_path / "t.csv", dtype=str, keep_default_na=False)
+    assert raw.columns.tolist() == ["label", "score", "'=head"]
+    assert raw["label"].tolist() == ["'" + t for t in texts[:6]] + ["-0.5", "plain", "a=b"]
+    assert (raw["score"] == "-0.5").all()  # a number stays a number
+    back = read_csv(tmp_path / "t.csv", dtype={"label": str}, keep_default_na=False)
+    assert back["label"].tolist() == texts and back.columns.tolist() == ["label", "score", "=head"]
+    assert (back["score"] == -0.5).all()
+
+
+def test_a_cluster_named_like_a_formula_is_quoted_in_split_csv_and_read_back_by_stage4(demo_set, tmp_path):
+    from conftest import fake_checkpoint
+
+    clusters = tmp_path / "clusters"
+    shutil.copytree(demo_set / "clusters", clusters)
+    (clusters / "band").rename(clusters / "=HYPERLINK(1)")
+    run_stage("2-create_dataset/create_dataset.py", "--input", clusters, "--output", tmp_path / "data")
+    split = (tmp_path / "data" / "split.csv").read_text()
+    assert "'=HYPERLINK(1)/specimen" in split and "\n=" not in split and ",=" not in split
+    run_stage("4-embed/embed.py", "--checkpoints", fake_checkpoint(tmp_path / "run.ckpt"), "--data",
+              tmp_path / "data", "--output", tmp_path / "emb", "--num-workers", "0")
+    emb = (tmp_path / "emb" / "run" / "embeddings.csv").read_text()
+    assert emb.count("'=HYPERLINK(1)/") == 6 * 3 and ",=" not in emb  # image, specimen, source_image
+
+
+# --- weights under a published name must be the published file ---
+
+@pytest.fixture
+def bad_resnet18(tmp_path, monkeypatch):
+    """weights/resnet18-f37072fd.pth holding other weights than the published file."""
+    import torchvision
+
+    monkeypatch.setenv("WINGCLR_WEIGHTS_DIR", str(tmp_path / "weights"))
+    (tmp_path / "weights").mkdir()
+    path = tmp_path / "weights" / "resnet18-f37072fd.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return path
+
+
+def test_weights_with_a_wrong_checksum_are_refused_for_training_in_one_line(bad_resnet18, dataset_dir, tmp_path):
+    proc = run_cli("3-training/train.py", "--data", dataset_dir, "--output", tmp_path / "runs",
+                   "--epochs", "1", *[a for a in TINY_TRAIN if a not in ("--pretrained", "none")],
+                   "--pretrained", "imagenet", env={**os.environ, "WINGCLR_WEIGHTS_DIR": str(bad_resnet18.parent)})
+    assert_one_line_error(proc, str(bad_resnet18), "fails its checksum", "sha256:f37072fd")
+    assert not list((tmp_path / "runs").glob("*/manifest.json"))
+
+
+def test_weights_check_says_bad_checksum_and_fetch_exits_non_zero(bad_resnet18, capsys):
+    from wingclr import weights_cli
+
+    assert weights_cli.main(["check", "resnet18"]) == 1
+    out = capsys.readouterr().out
+    assert "bad checksum" in out and str(bad_resnet18) in out
+    assert weights_cli.main(["fetch", "resnet18"]) == 1
+    assert "fails its checksum" in capsys.readouterr().out
+    assert bad_resnet18.is_file()  # kept: the user decides
+
+
+def test_weights_checksum_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    import hashlib
+
+    from wingclr import checksums
+
+    path = tmp_path / f"thing-{hashlib.sha256(b'abc').hexdigest()[:8]}.pth"
+    path.write_bytes(b"abc")
+    checksum = checksums.published_checksum(path.name)
+    assert checksums.verify(path, checksum) is True
+    hashed, new = [], hashlib.new
+    monkeypatch.setattr(checksums.hashlib, "new", lambda kind: hashed.append(kind) or new(kind))
+    checksums._MEMORY.clear()  # a new process: the record beside the file answers
+    assert checksums.verify(path, checksum) is True and hashed == []
+    path.write_bytes(b"abd")  # replaced: hashed again
+    assert checksums.verify(path, checksum) is False and hashed == ["sha256"]
+    json_record = tmp_path / f".{path.name}.verified.json"
+    json_record.write_text('{"checksum": 5, "stamp": "x", "ok": "yes"}')  # malformed: hashed again
+    checksums._MEMORY.clear()
+    assert checksums.verify(path, checksum) is False and hashed == ["sha256", "sha256"]
+
+
+def test_a_rembg_model_with_a_wrong_checksum_is_refused(rembg_home, demo_set, tmp_path):
+    from wingclr import checksums
+
+    checksums._MEMORY.clear()
+    (rembg_home / ".u2net.onnx.verified.json").unlink()  # the stand-in is no longer trusted
+    with pytest.raises(UserError, match=r"u2net.onnx fails its checksum \(md5:"):
+        run_stage("0-segmentation/segment.py", "--input", demo_set / "specimens", "--output",
+                  tmp_path / "out", "--method", "rembg")
+
+
+# --- training values: finite, sensible ranges, for flags and grid files alike ---
+
+@pytest.mark.parametrize("argv, needle", [
+    (("--temperature", "inf"), "temperature must be between 0.01 and 10 (got inf)"),
+    (("--temperature", "1e-9"), "temperature must be between 0.01 and 10 (got 1e-09)"),
+    (("--temperature", "nan"), "temperature must be between 0.01 and 10 (got nan)"),
+    (("--epochs", "1000000000000"), "epochs must be between 1 and 100000"),
+    (("--batch-size", "1"), "batch size must be between 2 and 65536"),
+])
+def test_training_values_out_of_range_are_one_line_errors(argv, needle):
+    from wingclr.ssl.settings import TrainSettings, resolve
+
+    args = __import__("conftest").load_stage("3-training/train.py").get_args_parser().parse_args(
+        ["--data", "d", *argv])
+    with pytest.raises(UserError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        resolve(TrainSettings.from_args(args))
+
+
+@pytest.mark.parametrize("row, needle", [("64,10,1e-320", "temperature must be between"),
+                                         ("100000000000000000000,10,0.5", "batch size must be between"),
+                                         ("64,10,inf", "temperature must be between")])
+def test_grid_file_values_out_of_range_are_refused_naming_the_file(tmp_path, row, needle):
+    grid = tmp_path / "grid.csv"
+    grid.write_text("batch_size,epochs,temperature\n64,10,0.5\n" + row + "\n")
+    with pytest.raises(UserError) as excinfo:
+        run_stage("3-training/train.py", "--list-grid", "--grid", grid)
+    message = str(excinfo.value)
+    assert "\n" not in message and str(grid) in message and "grid point 2" in message, message
+    assert needle in message, message
+
+
+@pytest.mark.parametrize("argv, needle", [(("--batch-sizes", "64,100000000000000000000"), "batch size must be"),
+                                          (("--epoch-list", "5,1000000000000"), "epochs must be")])
+def test_list_grid_refuses_a_huge_batch_or_epoch_list(argv, needle):
+    with pytest.raises(UserError, match=rf"grid point \d+ .*{needle}"):
+        run_stage("3-training/train.py", "--list-grid", *argv)

@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Sequence
 
 import pandas as pd
 
-from .outputs import read_manifest, write_csv
+from .outputs import read_csv, read_manifest, write_csv
 from .untrusted import check_paths
 
 SPECIMEN, SOURCE = "specimen", "source_image"
@@ -66,7 +66,7 @@ def below_cluster(rel) -> str:
 def _read_csv(path: Path, columns: Iterable[str]) -> pd.DataFrame | None:
     wanted = set(columns)
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig",
+        return read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig",
                            usecols=lambda c: c in wanted)
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError,
             pd.errors.EmptyDataError):

@@ -88,11 +88,80 @@ def integers_as_integers(df):
     return df
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _formula_like(text: str) -> bool:
+    """``=1+1``, ``@SUM(A1)``, ``-x``, ``'=x`` (already quoted): a spreadsheet could run it; numbers
+    (``-0.5``, ``+3``, ``-inf``) are not."""
+    bare = text.lstrip("'")
+    if not bare.startswith(FORMULA_START):
+        return False
+    try:
+        float(text)
+    except ValueError:
+        return True
+    return False
+
+
+def escape_cell(value):
+    """A CSV text cell that a spreadsheet shows as text, never runs as a formula (OWASP's CSV
+    injection rule): one ``'`` before a cell starting with ``=``, ``+``, ``-``, ``@``, tab or
+    carriage return (and before one that starts with quotes followed by those, so
+    :func:`unescape_cell` gives back exactly what was written). Numbers and other values pass."""
+    if isinstance(value, str) and value[:1] in (*FORMULA_START, "'") and _formula_like(value):
+        return "'" + value
+    return value
+
+
+def unescape_cell(value):
+    """The value :func:`escape_cell` was given (wingclr reads its own CSVs back through this)."""
+    if isinstance(value, str) and value.startswith("'") and _formula_like(value[1:]):
+        return value[1:]
+    return value
+
+
+def _is_text(column) -> bool:
+    """Whether a pandas column holds text (object, str, string or category dtype)."""
+    import pandas as pd
+
+    return (column.dtype == object or pd.api.types.is_string_dtype(column.dtype)
+            or isinstance(column.dtype, pd.CategoricalDtype))
+
+
+def escape_formulas(df):
+    """``df`` with every text cell and column name passed through :func:`escape_cell` (a copy;
+    numeric columns untouched)."""
+    texts = [c for c in df.columns if _is_text(df[c])]
+    renamed = {c: escape_cell(c) for c in df.columns if isinstance(c, str) and escape_cell(c) != c}
+    if not texts and not renamed:
+        return df
+    df = df.copy()
+    for c in texts:
+        df[c] = df[c].astype(object).map(escape_cell)
+    return df.rename(columns=renamed)
+
+
+def read_csv(path: Path | str, **kwargs):
+    """``pandas.read_csv`` for a CSV wingclr wrote: text cells and column names as they were before
+    :func:`escape_formulas` (``'=x`` reads back as ``=x``)."""
+    import pandas as pd
+
+    df = pd.read_csv(path, **kwargs)
+    renamed = {c: unescape_cell(c) for c in df.columns if isinstance(c, str) and c.startswith("'")}
+    for c in df.columns:
+        if _is_text(df[c]) and df[c].astype(str).str.startswith("'").any():
+            df[c] = df[c].map(unescape_cell).astype(df[c].dtype)
+    return df.rename(columns=renamed) if renamed else df
+
+
 def write_csv(path: Path | str, df) -> None:
     """Write a pandas DataFrame as UTF-8 CSV without the index, atomically: whole-number columns as
-    integers, other floats by :func:`format_float`, blanks for missing values."""
+    integers, other floats by :func:`format_float`, blanks for missing values, text cells that a
+    spreadsheet would run as formulas quoted (:func:`escape_formulas`)."""
     with atomic_path(path) as tmp:
-        integers_as_integers(df).to_csv(tmp, index=False, encoding="utf-8", float_format=format_float)
+        escape_formulas(integers_as_integers(df)).to_csv(tmp, index=False, encoding="utf-8",
+                                                         float_format=format_float)
 
 
 def jsonable(value: Any) -> Any:

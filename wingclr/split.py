@@ -29,7 +29,7 @@ from .data import dataset_channels, scan_clusters
 from .identity import (COLUMNS, Changes, below_cluster, clusters_identity, identify,
                        input_changes, stamp_files, write_inputs)
 from .imageio import try_read
-from .outputs import check_finished, settings, write_csv, write_manifest
+from .outputs import check_finished, read_csv, settings, write_csv, write_manifest
 from .untrusted import check_paths
 
 SUBSETS = ("unlabeled", "train", "validation")
@@ -173,7 +173,7 @@ def dataset_settings(s: DatasetSettings) -> dict:
 def read_split_table(out: Path) -> pd.DataFrame | None:
     """``out``'s split.csv (image, cluster, split, ...), or None when missing or unreadable."""
     try:
-        table = pd.read_csv(out / "split.csv", dtype=str, keep_default_na=False)
+        table = read_csv(out / "split.csv", dtype=str, keep_default_na=False)
     except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
         return None
     if not {"image", "cluster", "split"} <= set(table.columns):

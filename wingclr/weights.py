@@ -49,12 +49,16 @@ def resolve(filename: str, url: str | None = None, hint: str = "") -> Path:
         hint: extra advice for the error message (e.g. the flag for random initialisation).
 
     Raises:
-        UserError: the file is nowhere to be found and could not be downloaded.
+        UserError: the file is nowhere to be found and could not be downloaded, or fails the
+            checksum its published name carries (:mod:`wingclr.checksums`).
     """
+    from .checksums import published_checksum, require_checksum
+
+    checksum = published_checksum(filename) if url else None  # torchvision names carry theirs
     candidates = [weights_dir() / filename, hub_checkpoint_dir() / filename]
     for path in candidates:
         if path.is_file():
-            return path
+            return require_checksum(path, checksum, filename)
     if url and not offline():
         import torch
 
@@ -62,9 +66,10 @@ def resolve(filename: str, url: str | None = None, hint: str = "") -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             torch.hub.download_url_to_file(url, str(target), progress=False)
-            return target
         except Exception:  # noqa: BLE001 - any network failure ends in the same advice
             pass
+        else:
+            return require_checksum(target, checksum, filename)
     where = f" from {url}" if url else ""
     raise UserError(f"weights file {filename} not found in {candidates[0].parent}/ or "
                     f"{candidates[1].parent}/; {fetch_advice(filename)} (or download it{where}) "

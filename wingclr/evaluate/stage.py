@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from ..cli import STAGE_DIRS, UserError, check_gpu_request, check_minimum, require_output_folder
-from ..outputs import MANIFEST, check_finished, read_manifest, write_csv, write_manifest, write_text
+from ..outputs import (MANIFEST, check_finished, read_csv, read_manifest, write_csv, write_manifest,
+                       write_text)
 from .baselines import BASELINES, SplitData, parse_baselines, run_baseline
 from .gridplot import summary_table, write_grid_summary
 from .inputs import attach_labels, check_data, identity_columns, load_embeddings
@@ -197,12 +198,12 @@ def upsert_rows(path: Path, rows: list[dict], keys: tuple[str, ...] = ("run",),
     """Add rows to a CSV, replacing earlier rows with the same ``keys``."""
     new = pd.DataFrame(rows)
     if path.exists() and len(new):
-        old = pd.read_csv(path, dtype={k: str for k in (*keys, "dataset")})
+        old = read_csv(path, dtype={k: str for k in (*keys, "dataset")})
         if set(keys) <= set(old.columns):
             same = old.set_index(list(keys)).index.isin(new.set_index(list(keys)).index)
             new = pd.concat([old[~same], new], ignore_index=True)
     elif path.exists():
-        new = pd.read_csv(path)
+        new = read_csv(path)
     new = new[[c for c in order if c in new.columns] + [c for c in new.columns if c not in order]]
     write_csv(path, new)
     return new

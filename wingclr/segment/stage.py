@@ -36,8 +36,8 @@ import pandas as pd
 from ..cli import UserError, require_folder
 from ..identity import SOURCE, SPECIMEN, posix, without_extension
 from ..imageio import ImageReadError, list_files, match_channels, read_image, write_png
-from ..outputs import (MANIFEST, changed_keys, check_finished, jsonable, settings, write_csv,
-                       write_manifest, write_text)
+from ..outputs import (MANIFEST, changed_keys, check_finished, jsonable, read_csv, settings,
+                       write_csv, write_manifest, write_text)
 from .masks import cutout, downscale, to_full_resolution, write_label_png
 from .methods import Segmenter, choose_method
 from .settings import SegmentSettings
@@ -95,7 +95,7 @@ def _previous_rows(out: Path) -> dict[str, dict]:
     if not path.is_file():
         return {}
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        table = read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
         return {}  # a damaged table only costs recomputation
     return {row["image"]: row for row in table.to_dict("records") if "image" in row}
