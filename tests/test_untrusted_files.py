@@ -389,3 +389,63 @@ def test_grid_file_values_out_of_range_are_refused_naming_the_file(tmp_path, row
 def test_list_grid_refuses_a_huge_batch_or_epoch_list(argv, needle):
     with pytest.raises(UserError, match=rf"grid point \d+ .*{needle}"):
         run_stage("3-training/train.py", "--list-grid", *argv)
+
+
+# --- JSON read back: the wrong shape is a note or one line, never a traceback ---
+
+@pytest.mark.parametrize("text", ['{"pid": "abc"}', "[1, 2]", "[]", '{"host": "h", "pid": true}', "5"])
+def test_a_lock_of_the_wrong_json_shape_is_taken_over_as_stale_with_a_note(tmp_path, capsys, text):
+    from wingclr.ssl.run_folder import RunLock
+
+    run = tmp_path / "runs" / "r"
+    run.parent.mkdir()
+    (run.parent / ".r.lock").write_text(text)
+    with RunLock(run) as lock:
+        assert lock.held and json.loads(lock.path.read_text())["pid"] == os.getpid()
+    out = capsys.readouterr().out
+    assert "note: taking over the lock" in out and "malformed lock" in out
+
+
+def test_a_lock_whose_live_pid_was_reused_by_another_process_is_stale(tmp_path, capsys):
+    import socket
+
+    from wingclr.ssl.run_folder import RunLock, process_start
+
+    run = tmp_path / "runs" / "r"
+    run.parent.mkdir()
+    record = {"host": socket.gethostname(), "pid": os.getppid(), "slurm_job": None,
+              "started": "2026-01-01T00:00:00+0000", "pid_start": process_start(os.getppid())}
+    (run.parent / ".r.lock").write_text(json.dumps(record))
+    with pytest.raises(UserError, match=f"being trained by pid {os.getppid()}"):  # alive: it holds it
+        RunLock(run).acquire()
+    record["pid_start"] = "another-boot:12345"  # the pid now belongs to a process started later
+    (run.parent / ".r.lock").write_text(json.dumps(record))
+    with RunLock(run) as lock:
+        assert lock.held
+    assert "the pid was reused" in capsys.readouterr().out
+
+
+def test_a_lock_records_the_start_time_of_its_process():
+    from wingclr.ssl.run_folder import RunLock, process_start
+
+    owner = RunLock(Path("r"))._owner()
+    stat = Path(f"/proc/{os.getpid()}/stat").read_text()
+    assert owner["pid_start"] == process_start(os.getpid())
+    assert owner["pid_start"].endswith(":" + stat.rsplit(")", 1)[1].split()[19])
+
+
+@pytest.mark.parametrize("text, needle", [("[]", "a JSON list, not an object"),
+                                          ('{"stage": "3-training", "args": [1, 2]}', "'args' is a list"),
+                                          ('"finished"', "a JSON str")])
+def test_a_manifest_of_the_wrong_json_shape_is_a_one_line_error_and_nothing_is_deleted(
+        dataset_dir, tmp_path, text, needle):
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "manifest.json").write_text(text)
+    (run / "r.ckpt").write_bytes(b"finished work")
+    with pytest.raises(UserError) as excinfo:
+        run_stage("3-training/train.py", "--data", dataset_dir, "--output", tmp_path / "runs",
+                  "--epochs", "1", "--run-name", "r", *TINY_TRAIN)
+    message = str(excinfo.value)
+    assert "\n" not in message and "manifest.json is not a wingclr manifest" in message and needle in message
+    assert (run / "manifest.json").read_text() == text and (run / "r.ckpt").read_bytes() == b"finished work"

@@ -133,7 +133,7 @@ def clusters_identity(root: Path | str) -> Identity | None:
         source = json.loads((root / "manifest.json").read_text(encoding="utf-8")).get("input")
     except (OSError, ValueError, AttributeError):
         source = None
-    found = segmentation_identity(source) if source else None
+    found = segmentation_identity(source) if isinstance(source, str) and source else None
     return found or None
 
 

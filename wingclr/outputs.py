@@ -209,14 +209,43 @@ def settings(values: Settings | dict, stage: str) -> dict:
     return {k: v for k, v in jsonable(values).items() if k not in run_only}
 
 
+# manifest fields that other code reads back, with the JSON types wingclr writes them as
+MANIFEST_TYPES = {"stage": str, "args": dict, "counts": dict, "command": str, "finished": str,
+                  "checkpoint": str, "skipped_files": list, "model": dict}
+
+
 def read_manifest(out_dir: Path | str) -> dict | None:
+    """``out_dir``'s ``manifest.json`` (None when there is none).
+
+    Raises:
+        UserError: it is not JSON, or JSON of another shape than wingclr writes (``[]``, a
+            ``"args"`` that is not an object, ...): one line; nothing is deleted.
+    """
     path = Path(out_dir) / MANIFEST
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON ({e}); delete it to redo the stage") from None
+    except OSError as e:
+        raise UserError(f"{path} cannot be read ({e.strerror or e}); check its permissions") from None
+    wrong = manifest_shape(manifest)
+    if wrong:
+        raise UserError(f"{path} is not a wingclr manifest ({wrong}); restore it from a backup, or "
+                        "move it away to redo the stage (the folder's other files are kept)")
+    return manifest
+
+
+def manifest_shape(manifest) -> str:
+    """What is wrong with a manifest's JSON shape ('' when it is an object with the field types
+    :data:`MANIFEST_TYPES` lists)."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    for key, kind in MANIFEST_TYPES.items():
+        if key in manifest and manifest[key] is not None and not isinstance(manifest[key], kind):
+            return f"its {key!r} is a {type(manifest[key]).__name__}, not a {kind.__name__}"
+    return ""
 
 
 def command_line() -> str:

@@ -82,7 +82,14 @@ def _guard(out: Path, semantic: dict, overwrite: bool) -> None:
     check_finished(out, semantic, False, "segmentation")
     partial = out / PARTIAL
     if partial.is_file() and not (out / MANIFEST).is_file():
-        old = json.loads(partial.read_text(encoding="utf-8"))
+        try:
+            old = json.loads(partial.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+        if not isinstance(old, dict):
+            raise UserError(f"{partial} (the settings of an unfinished segmentation) is damaged, so "
+                            "a resume cannot tell whether they match; pass --overwrite to start "
+                            "again (finished photos are segmented again)")
         changed = changed_keys(old, semantic)
         if changed:
             raise UserError(f"{out} holds an unfinished segmentation made with other settings "
