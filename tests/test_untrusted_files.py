@@ -449,3 +449,22 @@ def test_a_manifest_of_the_wrong_json_shape_is_a_one_line_error_and_nothing_is_d
     message = str(excinfo.value)
     assert "\n" not in message and "manifest.json is not a wingclr manifest" in message and needle in message
     assert (run / "manifest.json").read_text() == text and (run / "r.ckpt").read_bytes() == b"finished work"
+
+
+def test_a_cache_lock_of_a_live_but_reused_pid_is_removed(tmp_path, capsys):
+    from wingclr import cache
+
+    lock = tmp_path / "building.lock"
+    lock.write_text(f"{os.uname().nodename} {os.getppid()} another-boot:1\n")  # alive, started later
+    cache._wait_or_break(lock, start=0.0)
+    assert not lock.exists() and "its pid now belongs to another process" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["[]", '{"channels": "3", "size": 16, "images": [], "unreadable": []}',
+                                  '{"channels": 3, "size": 16, "images": [1], "unreadable": []}'])
+def test_a_cache_index_of_the_wrong_json_shape_is_a_one_line_error(tmp_path, text):
+    from wingclr.cache import CacheDataset
+
+    (tmp_path / "index.json").write_text(text)
+    with pytest.raises(UserError, match=r"image cache .*index.json is damaged .*delete the folder"):
+        CacheDataset(tmp_path)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..cli import UserError
 from ..outputs import MANIFEST, RUN_ONLY, changed_keys, settings
+from ..processes import process_start, reused
 
 PATH_KEYS = ("data", "output")
 STAGE = "3-training"
@@ -74,21 +75,6 @@ def finish_replacement(run_dir: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(old, run_dir)
-
-
-def process_start(pid: int) -> str | None:
-    """When process ``pid`` started, as ``<boot id>:<clock ticks after boot>`` (Linux:
-    ``/proc/<pid>/stat`` field 22); None without ``/proc`` or when there is no such process.
-
-    A pid is reused once its process ends; the start time tells the two apart.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
-        ticks = stat.rsplit(")", 1)[1].split()[19]  # after "pid (name)": field 3 is index 0
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="utf-8").strip()
-    except (OSError, IndexError, ValueError):
-        return None
-    return f"{boot}:{ticks}"
 
 
 # the lock record's fields and their JSON types (host and pid are required; pid_start is absent
@@ -155,8 +141,7 @@ class RunLock:
             pid = holder["pid"]
             if not _alive(pid):
                 return f"pid {pid} on {me['host']} has ended"
-            now, then = process_start(pid), holder.get("pid_start")
-            if now and then and now != then:
+            if reused(pid, holder.get("pid_start")):
                 return (f"pid {pid} on {me['host']} is another process now (its process ended and "
                         "the pid was reused)")
         return ""
