@@ -468,3 +468,13 @@ def test_a_cache_index_of_the_wrong_json_shape_is_a_one_line_error(tmp_path, tex
     (tmp_path / "index.json").write_text(text)
     with pytest.raises(UserError, match=r"image cache .*index.json is damaged .*delete the folder"):
         CacheDataset(tmp_path)
+
+
+def test_a_run_manifest_naming_a_checkpoint_outside_its_folder_is_refused(tmp_path):
+    from wingclr.embedding import resolve_runs
+
+    run = tmp_path / "3-training" / "r"
+    run.mkdir(parents=True)
+    (run / "manifest.json").write_text(json.dumps({"stage": "3-training", "checkpoint": "../../x.ckpt"}))
+    with pytest.raises(UserError, match=r"manifest.json: checkpoint '../../x.ckpt' leads out of"):
+        resolve_runs([run], run.parent)

@@ -22,7 +22,7 @@ from .identity import COLUMNS as IDENTITY
 from .identity import below_cluster, clusters_identity, identify, read_identity
 from .outputs import (MANIFEST, atomic_path, check_finished, escape_formulas, read_csv, read_manifest,
                       write_csv, write_manifest)
-from .untrusted import check_paths
+from .untrusted import check_paths, path_inside
 
 PCA_MIN_VARIANCE = 0.005  # keep principal axes that explain more than 0.5 % of the variance
 
@@ -50,7 +50,8 @@ def resolve_runs(paths: list[Path], training_dir: Path) -> list[tuple[str, Path]
             name = path.parent.name if path.name == "last.ckpt" else path.stem
             runs.append((name, path))
         elif (path / MANIFEST).exists():
-            runs.append((path.name, path / read_manifest(path)["checkpoint"]))
+            name = read_manifest(path).get("checkpoint") or f"{path.name}.ckpt"
+            runs.append((path.name, path_inside(path, name, source=path / MANIFEST, entry="checkpoint")))
         elif path.is_dir():
             raise UserError(f"{path} holds no finished run (no manifest.json); finish its training "
                             "or pass its last.ckpt explicitly")
