@@ -7,8 +7,9 @@ supplements, so wingclr reads them as data (README "Files you did not write"):
   lists, tuples and dicts only. A pickled object that would call a function when loaded (the
   way a ``.ckpt`` runs code) is refused in one line before anything of it runs;
 * :func:`path_inside` resolves a path read from a file (a COCO ``file_name``, a labelme
-  ``imagePath``, a CSV's ``source_image``) below its folder and refuses an absolute path or one
-  that climbs out with ``..``.
+  ``imagePath``, a manifest's ``checkpoint``) below its folder and refuses an absolute path or
+  one that climbs out with ``..``; :func:`check_paths` refuses such cells in a CSV's path columns
+  (``image``, ``specimen``, ``source_image``) before they are copied on or opened.
 """
 
 from __future__ import annotations
