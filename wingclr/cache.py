@@ -227,10 +227,10 @@ def _wait_or_break(lock: Path, start: float) -> None:
     silent = max(time.time() - mtime, time.monotonic() - first[1])
     reason = f"not refreshed for {silent / 60:.0f} min" if silent > STALE_S else None
     try:
-        host, pid, *start = lock.read_text().split()  # start: absent in locks of earlier versions
+        host, pid, *began = lock.read_text().split()  # began: absent in locks of earlier versions
         if host == os.uname().nodename and reason is None:
             os.kill(int(pid), 0)
-            if start and reused(int(pid), start[0]):
+            if began and reused(int(pid), began[0]):
                 reason = "its pid now belongs to another process"
     except ProcessLookupError:
         reason = "its process is gone"
