@@ -436,7 +436,8 @@ def test_a_lock_records_the_start_time_of_its_process():
 
 @pytest.mark.parametrize("text, needle", [("[]", "a JSON list, not an object"),
                                           ('{"stage": "3-training", "args": [1, 2]}', "'args' is a list"),
-                                          ('"finished"', "a JSON str")])
+                                          ('"finished"', "a JSON str"),
+                                          ('{"stage": "3-training", "args": null}', "'args' is a NoneType")])
 def test_a_manifest_of_the_wrong_json_shape_is_a_one_line_error_and_nothing_is_deleted(
         dataset_dir, tmp_path, text, needle):
     run = tmp_path / "runs" / "r"

@@ -149,8 +149,8 @@ def check(entries: list[Entry], required: set[str], verify_sums: bool) -> int:
         if ok is False:
             bad.append(e.key)
         state = {True: "ok", False: "bad checksum", None: "present"}[ok]
-        print(f"{state:8} {e.key:24} {e.used_by}: {found}" + (
-            f" (fails {e.checksum}: the stages refuse it; delete it and fetch it again)" if ok is False else ""))
+        bad_note = f" (fails {e.checksum}: the stages refuse it; delete it and fetch it again)"
+        print(f"{state:8} {e.key:24} {e.used_by}: {found}" + (bad_note if ok is False else ""))
     if missing:
         print(f"{len(missing)} needed file(s) missing: run `{FETCH} {' '.join(missing)}` on a "
               f"machine with internet, then copy {weights_dir()}/ to the offline machine")
