@@ -479,3 +479,14 @@ def test_a_run_manifest_naming_a_checkpoint_outside_its_folder_is_refused(tmp_pa
     (run / "manifest.json").write_text(json.dumps({"stage": "3-training", "checkpoint": "../../x.ckpt"}))
     with pytest.raises(UserError, match=r"manifest.json: checkpoint '../../x.ckpt' leads out of"):
         resolve_runs([run], run.parent)
+
+
+def test_segmentation_csv_output_outside_masks_is_refused_by_the_segmentation_evaluation(tmp_path):
+    from wingclr.segment.metrics import evaluate_folder
+
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    (pred / "masks").mkdir(parents=True)
+    gt.mkdir()
+    (pred / "segmentation.csv").write_text("image,output,status\nx.jpg,../../../etc/passwd,ok\n")
+    with pytest.raises(UserError, match=r"segmentation.csv: row 2 output '../../../etc/passwd' climbs out"):
+        evaluate_folder(pred, gt)
