@@ -490,3 +490,12 @@ def test_segmentation_csv_output_outside_masks_is_refused_by_the_segmentation_ev
     (pred / "segmentation.csv").write_text("image,output,status\nx.jpg,../../../etc/passwd,ok\n")
     with pytest.raises(UserError, match=r"segmentation.csv: row 2 output '../../../etc/passwd' climbs out"):
         evaluate_folder(pred, gt)
+
+
+def test_a_damaged_checkpoint_is_called_damaged_not_refused_as_code(tmp_path):
+    from wingclr.checkpoints import read_checkpoint
+
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError) as excinfo:
+        read_checkpoint(tmp_path / "junk.ckpt")
+    assert "is not a readable checkpoint" in str(excinfo.value) and "refused" not in str(excinfo.value)
