@@ -393,7 +393,8 @@ def test_list_grid_refuses_a_huge_batch_or_epoch_list(argv, needle):
 
 # --- JSON read back: the wrong shape is a note or one line, never a traceback ---
 
-@pytest.mark.parametrize("text", ['{"pid": "abc"}', "[1, 2]", "[]", '{"host": "h", "pid": true}', "5"])
+@pytest.mark.parametrize("text", ['{"pid": "abc"}', "[1, 2]", "[]", '{"host": "h", "pid": true}', "5",
+                                  '{"host": "h", "pid": 100000000000000000000}'])
 def test_a_lock_of_the_wrong_json_shape_is_taken_over_as_stale_with_a_note(tmp_path, capsys, text):
     from wingclr.ssl.run_folder import RunLock
 

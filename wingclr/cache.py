@@ -234,7 +234,7 @@ def _wait_or_break(lock: Path, start: float) -> None:
                 reason = "its pid now belongs to another process"
     except ProcessLookupError:
         reason = "its process is gone"
-    except (ValueError, OSError):
+    except (ValueError, OSError, OverflowError):
         pass  # lock being written, or another user's process
     if reason:
         print(f"removing stale lock {lock} ({reason}; the job that built the cache was killed)",

@@ -92,7 +92,7 @@ def lock_shape(record) -> str:
             return f"no {key!r}"
         if key in record and (not isinstance(record[key], kind) or isinstance(record[key], bool)):
             return f"its {key!r} is {record[key]!r}"
-    if record["pid"] <= 0:
+    if not 0 < record["pid"] < 2 ** 31:  # what a pid can be (os.kill overflows beyond)
         return f"its 'pid' is {record['pid']}"
     return ""
 
