@@ -64,10 +64,11 @@ def get_args_parser():
                    help=f"grid temperatures, e.g. 0.1,0.5 (default {join(TEMPERATURES)})")
     # cli.Given notes which of these were typed: a typed one fixes its axis of a --param-i grid
     g.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], action=cli.Given,
-                   help="global batch size; typed with --param-i, it fixes that axis")
-    g.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], action=cli.Given, help="epochs")
+                   help="global batch size, 2..65536; typed with --param-i, it fixes that axis")
+    g.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], action=cli.Given,
+                   help="1..100000 epochs")
     g.add_argument("--temperature", type=float, default=DEFAULTS["temperature"], action=cli.Given,
-                   help="NT-Xent temperature")
+                   help="0.01..10 (these ranges hold for grid values too): NT-Xent temperature")
     m = p.add_argument_group("model")
     m.add_argument("--backbone", type=check_backbone, default="resnet50",
                    help=f"{', '.join(sorted(BACKBONES))} or timm/<model> (e.g. timm/efficientnet_lite0)")

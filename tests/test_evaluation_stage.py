@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import assert_one_line_error, run_cli, run_stage
+from conftest import assert_one_line_error, run_cli, run_stage, trust_weights
 from wingclr.models import build_backbone, channel_stats
 from wingclr.outputs import write_manifest
 
@@ -146,6 +146,7 @@ def test_imagenet_baseline_uses_the_weights_file_or_is_left_empty(three_runs, tm
     state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)
     (tmp_path / "weights").mkdir()
     torch.save(state, tmp_path / "weights" / "resnet18-f37072fd.pth")
+    trust_weights(tmp_path / "weights" / "resnet18-f37072fd.pth")  # a stand-in: not the published file
     found = run_stage(EVALUATE, *args)
     assert found.imagenet_accuracy.notna().all()
     loaded = baseline_model("imagenet", MODEL, seed=0).state_dict()

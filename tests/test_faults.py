@@ -537,5 +537,5 @@ def test_case22_failed_starts_leave_no_run_folder(dataset_dir, tmp_path):
 @pytest.mark.parametrize("flag", ["--epochs", "--batch-size"])
 def test_case03_zero_epochs_or_batch_is_refused_not_replaced_by_the_default(flag, dataset_dir, tmp_path):
     proc = run_cli("3-training/train.py", "--data", dataset_dir, "--output", tmp_path, *TINY_TRAIN, flag, "0")
-    assert_one_line_error(proc, "--batch-size must be >= 2, --epochs >= 1")
+    assert_one_line_error(proc, f"{flag}: ", "must be between", "(got 0)")
     assert not any(tmp_path.iterdir())  # nothing trained, no run folder

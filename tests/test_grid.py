@@ -64,7 +64,7 @@ def test_csv_rows_take_missing_columns_from_flags_or_defaults(tmp_path):
     ("batch_size,lr\n32,1\n", (), "unknown column(s) lr"),
     ("epochs\n5\nfive\n", (), "line 3"),
     ("epochs\n5\n5\n", (), "grid points 1 and 2 are the same"),
-    ("temperature\n0\n", (), "temperature > 0"),
+    ("temperature\n0\n", (), "temperature must be between 0.01 and 10 (got 0)"),
     ("epochs\n", (), "has no rows"),
 ])
 def test_bad_grids_are_one_line_errors_naming_the_file(tmp_path, text, argv, needle):

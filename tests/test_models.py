@@ -4,6 +4,7 @@ import pytest
 import torch
 import torchvision
 
+from conftest import trust_weights
 from wingclr.cli import UserError
 from wingclr.models import adapt_first_conv, build_backbone
 
@@ -20,6 +21,7 @@ def test_imagenet_weights_are_loaded_from_weights_folder(weights_dir):
     for p in reference.parameters():
         p.data.normal_()
     torch.save(reference.state_dict(), weights_dir / "resnet18-f37072fd.pth")
+    trust_weights(weights_dir / "resnet18-f37072fd.pth")  # a stand-in: not the published file
     model, dim = build_backbone("resnet18", pretrained=True)
     assert dim == 512
     torch.testing.assert_close(model.conv1.weight, reference.conv1.weight)
@@ -61,6 +63,7 @@ def test_first_conv_adaptation_keeps_rgb_filters(chans, rgb):
 def test_backbone_forward_for_any_band_count(weights_dir, chans):
     reference = torchvision.models.resnet18(weights=None)
     torch.save(reference.state_dict(), weights_dir / "resnet18-f37072fd.pth")
+    trust_weights(weights_dir / "resnet18-f37072fd.pth")  # a stand-in: not the published file
     rgb = [0, 1, 2] if chans >= 3 else []
     model, dim = build_backbone("resnet18", pretrained=True, in_chans=chans, rgb_bands=rgb)
     assert model.conv1.weight.shape[1] == chans

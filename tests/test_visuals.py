@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import load_stage, run_stage
+from conftest import load_stage, run_stage, trust_weights
 from wingclr.models import build_backbone, channel_stats
 
 EVALUATE = "5-evaluation/evaluate.py"
@@ -352,6 +352,7 @@ def test_neighbours_beside_frozen_imagenet_when_its_weights_are_there(trained_ru
     state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)
     (tmp_path / "weights").mkdir()
     torch.save(state, tmp_path / "weights" / "resnet18-f37072fd.pth")
+    trust_weights(tmp_path / "weights" / "resnet18-f37072fd.pth")  # a stand-in: not the published file
     monkeypatch.setenv("WINGCLR_WEIGHTS_DIR", str(tmp_path / "weights"))
     out = tmp_path / "5-evaluation"
     run_stage(EVALUATE, "--runs", trained_run, "--no-umap", "--num-workers", "0", "--neighbours",

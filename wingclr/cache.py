@@ -30,6 +30,7 @@ from .cli import UserError
 from .cli import progress as cli_progress
 from .data import FolderDataset, ReadSpec, worker_init
 from .outputs import write_text
+from .processes import process_start, reused
 
 LOCK_TIMEOUT_S = 6 * 3600
 HEARTBEAT_S = 30  # the builder touches its lock this often
@@ -48,12 +49,36 @@ def cache_key(root: Path, images: Sequence[Path], spec: ReadSpec) -> tuple[str, 
     return digest, entries
 
 
+def read_index(folder: Path) -> dict:
+    """A cache's ``index.json``, checked for the shape :func:`_build` writes.
+
+    Raises:
+        UserError: unreadable or of another shape (one line: delete the cache folder, it is
+            rebuilt from the images).
+    """
+    path = Path(folder) / "index.json"
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        index, why = None, f"{type(e).__name__}"
+    else:
+        why = "not the index wingclr writes"
+    if isinstance(index, dict) and all(
+            isinstance(index.get(k), int) and not isinstance(index[k], bool) and index[k] > 0
+            for k in ("channels", "size")) and isinstance(index.get("unreadable"), list) and \
+            isinstance(index.get("images"), list) and all(
+                isinstance(e, list) and len(e) == 3 for e in index["images"]):
+        return index
+    raise UserError(f"image cache {path} is damaged ({why}); delete the folder {Path(folder)} (a "
+                    "cache: it is built again from the images) and re-run")
+
+
 class CacheDataset(Dataset):
     """Batches from an image cache: ``dataset[list of indices]`` -> ``((B, C, S, S) uint8, indices)``."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
-        self.index = json.loads((self.folder / "index.json").read_text())
+        self.index = read_index(self.folder)
         c, s = self.index["channels"], self.index["size"]
         self.shape = (c, s, s)
         self.record = c * s * s
@@ -151,7 +176,7 @@ def ensure_cache(cache_root: Path, root: Path, images: Sequence[Path], spec: Rea
             _wait_or_break(lock, start)
             continue
         try:
-            os.write(fd, f"{os.uname().nodename} {os.getpid()}\n".encode())
+            os.write(fd, f"{os.uname().nodename} {os.getpid()} {process_start(os.getpid())}\n".encode())
             os.close(fd)
             with _heartbeat(lock):
                 _build(folder, Path(root), [Path(p) for p in images], spec, entries, workers, progress)
@@ -202,12 +227,14 @@ def _wait_or_break(lock: Path, start: float) -> None:
     silent = max(time.time() - mtime, time.monotonic() - first[1])
     reason = f"not refreshed for {silent / 60:.0f} min" if silent > STALE_S else None
     try:
-        host, pid = lock.read_text().split()
+        host, pid, *began = lock.read_text().split()  # began: absent in locks of earlier versions
         if host == os.uname().nodename and reason is None:
             os.kill(int(pid), 0)
+            if began and reused(int(pid), began[0]):
+                reason = "its pid now belongs to another process"
     except ProcessLookupError:
         reason = "its process is gone"
-    except (ValueError, OSError):
+    except (ValueError, OSError, OverflowError):
         pass  # lock being written, or another user's process
     if reason:
         print(f"removing stale lock {lock} ({reason}; the job that built the cache was killed)",

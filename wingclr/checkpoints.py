@@ -17,13 +17,17 @@ import torch
 from .cli import UserError
 from .models import build_backbone
 from .outputs import MANIFEST, read_manifest
+from .untrusted import load_torch
 
 
 def read_checkpoint(path: Path) -> dict:
     """A stage 3 checkpoint as a dict; a missing or damaged file is a one-line error saying how to
-    get it back (:func:`rebuild_hint`)."""
+    get it back (:func:`rebuild_hint`), one that pickles code is refused without running it
+    (:func:`wingclr.untrusted.load_torch`)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = load_torch(path, what="checkpoint")
+    except UserError:
+        raise
     except FileNotFoundError:
         if (Path(path).parent / MANIFEST).is_file():  # a finished run lost its checkpoint
             raise UserError(f"checkpoint {path} does not exist; {rebuild_hint(Path(path))}") from None
@@ -32,6 +36,10 @@ def read_checkpoint(path: Path) -> dict:
     except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
         raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:120]}); {rebuild_hint(path)}") from None
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{path} is not a wingclr SimCLR checkpoint (it holds a "
+                        f"{type(ckpt).__name__}, not a dict); {rebuild_hint(Path(path))}")
+    return ckpt
 
 
 def checkpoint_damage(path: Path, size: int | None = None) -> str:
@@ -71,7 +79,7 @@ def load_backbone(ckpt_path: Path) -> tuple[torch.nn.Module, dict]:
     """Backbone (projection head dropped) and its ``wingclr`` metadata from a stage 3 checkpoint."""
     ckpt = read_checkpoint(ckpt_path)
     meta = ckpt.get("wingclr")
-    if not meta or "state_dict" not in ckpt:
+    if not meta or not isinstance(meta, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise UserError(f"{ckpt_path} is not a wingclr SimCLR checkpoint (no model metadata)")
     backbone, _ = build_backbone(meta["backbone"], False, meta["in_chans"], meta["rgb_bands"],
                                  meta["input_size"])

@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .outputs import read_csv
 from .thumbnails import Mosaic, grid_columns, short_name, thumbnail
 
 OUTLIER_NAMES = ("-1", "outliers")
@@ -147,9 +148,9 @@ def write_stage1_sheets(stage1_dir: Path, image_root: Path | None = None,
     from .outputs import read_manifest
 
     stage1_dir = Path(stage1_dir)
-    clusters = pd.read_csv(stage1_dir / "clusters.csv", dtype={"image": str, "cluster": str},
+    clusters = read_csv(stage1_dir / "clusters.csv", dtype={"image": str, "cluster": str},
                            keep_default_na=False)
-    index = pd.read_csv(stage1_dir / "features_index.csv", dtype={"image": str}, keep_default_na=False)
+    index = read_csv(stage1_dir / "features_index.csv", dtype={"image": str}, keep_default_na=False)
     values = np.load(stage1_dir / "features.npy", mmap_mode="r")
     row_of = dict(zip(index["image"], range(len(index))))
     rows = clusters["image"].map(row_of)

@@ -20,7 +20,9 @@ from .evaluate.inputs import file_digest
 from .features import default_workers, iter_features
 from .identity import COLUMNS as IDENTITY
 from .identity import below_cluster, clusters_identity, identify, read_identity
-from .outputs import MANIFEST, atomic_path, check_finished, read_manifest, write_csv, write_manifest
+from .outputs import (MANIFEST, atomic_path, check_finished, escape_formulas, read_csv, read_manifest,
+                      write_csv, write_manifest)
+from .untrusted import check_paths, path_inside
 
 PCA_MIN_VARIANCE = 0.005  # keep principal axes that explain more than 0.5 % of the variance
 
@@ -48,7 +50,8 @@ def resolve_runs(paths: list[Path], training_dir: Path) -> list[tuple[str, Path]
             name = path.parent.name if path.name == "last.ckpt" else path.stem
             runs.append((name, path))
         elif (path / MANIFEST).exists():
-            runs.append((path.name, path / read_manifest(path)["checkpoint"]))
+            name = read_manifest(path).get("checkpoint") or f"{path.name}.ckpt"
+            runs.append((path.name, path_inside(path, name, source=path / MANIFEST, entry="checkpoint")))
         elif path.is_dir():
             raise UserError(f"{path} holds no finished run (no manifest.json); finish its training "
                             "or pass its last.ckpt explicitly")
@@ -95,8 +98,9 @@ def image_table(data: Path) -> tuple[Path, pd.DataFrame]:
     data = Path(data)
     split_csv = data / "split.csv"
     if split_csv.exists():
-        table = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
+        table = read_csv(split_csv, dtype=str, keep_default_na=False)
         table = table[["image", "cluster", "split"]].reset_index(drop=True)
+        check_paths(table, ["image"], source=split_csv)  # the images are read below unlabeled/
         ids = identify(table["image"].tolist(), read_identity(split_csv))
         return data / "unlabeled", pd.concat([table, ids], axis=1)
     found = scan_clusters(data, what="image")
@@ -160,16 +164,18 @@ def pca_projection(features: np.ndarray, min_variance: float = PCA_MIN_VARIANCE)
 def write_matrix_csv(path: Path, ids: pd.DataFrame, values: np.ndarray, columns: list[str],
                      chunk: int = 2000, tail: pd.DataFrame | None = None) -> None:
     """Write ``ids`` columns, ``values`` (float, 6 significant digits), then ``tail`` columns
-    (same rows as ``ids``), in chunks, atomically."""
+    (same rows as ``ids``), in chunks, atomically; text cells as :func:`~wingclr.outputs.write_csv`
+    writes them (no spreadsheet formulas)."""
     tail = pd.DataFrame(index=ids.index) if tail is None else tail
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         for start in range(0, len(ids), chunk):
             part = ids.iloc[start:start + chunk].reset_index(drop=True)
             part = pd.concat([part, pd.DataFrame(values[start:start + chunk], columns=columns),
                               tail.iloc[start:start + chunk].reset_index(drop=True)], axis=1)
-            part.to_csv(f, index=False, header=start == 0, float_format="%.6g")
+            escape_formulas(part).to_csv(f, index=False, header=start == 0, float_format="%.6g")
         if len(ids) == 0:
-            f.write(",".join([*ids.columns, *columns, *tail.columns]) + "\n")
+            f.write(",".join(escape_formulas(pd.DataFrame(columns=[*ids.columns, *columns,
+                                                                   *tail.columns])).columns) + "\n")
 
 
 def embed_run(name: str, ckpt: Path, *, data: Path, output: Path, batch_size: int = 64,

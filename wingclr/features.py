@@ -31,7 +31,7 @@ from .data import FolderDataset, ReadSpec, worker_init
 from .identity import stamp_files
 from .imageio import ImageReadError
 from .models import build_backbone, channel_stats
-from .outputs import atomic_path, write_csv, write_text
+from .outputs import atomic_path, read_csv, write_csv, write_text
 
 FEATURES, INDEX, SETTINGS = "features.npy", "features_index.csv", "features.json"
 
@@ -119,7 +119,7 @@ def load_cache(folder: Path, config: FeatureConfig) -> tuple[pd.DataFrame, np.nd
     folder = Path(folder)
     try:
         saved = json.loads((folder / SETTINGS).read_text(encoding="utf-8"))
-        index = pd.read_csv(folder / INDEX, dtype={"image": str, "error": str}, keep_default_na=False)
+        index = read_csv(folder / INDEX, dtype={"image": str, "error": str}, keep_default_na=False)
         values = np.load(folder / FEATURES, mmap_mode="r")
     except (OSError, ValueError):
         return None

@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 
 from .cli import UserError
-from .outputs import read_manifest, write_csv
+from .outputs import read_csv, read_manifest, write_csv
+from .untrusted import check_paths
 
 SPECIMEN, SOURCE, GROUP = "specimen", "source_image", "group"
 COLUMNS = [SPECIMEN, SOURCE, GROUP]
@@ -73,7 +74,7 @@ def below_cluster(rel) -> str:
 def _read_csv(path: Path, columns: Iterable[str]) -> pd.DataFrame | None:
     wanted = set(columns)
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig",
+        return read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig",
                            usecols=lambda c: c in wanted)
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError,
             pd.errors.EmptyDataError):
@@ -100,6 +101,7 @@ def read_identity(csv: Path | str, key: str = "image", check: bool = False) -> I
     table = _read_csv(path, [key, *COLUMNS])
     if table is None or not {key, SPECIMEN, SOURCE} <= set(table.columns):
         return None
+    check_paths(table, [key, SPECIMEN, SOURCE], source=path)  # never copied on when they leave the folder
     if check:
         check_unique(table, path, key)
     groups = table[GROUP] if GROUP in table else table[SPECIMEN]
@@ -147,6 +149,8 @@ def segmentation_identity(images_dir: Path | str) -> Identity | None:
         if (top / "segmentation.csv").is_file() else None
     if table is None or not {"image", "output"} <= set(table.columns):
         return None
+    check_paths(table, ["image", "output", SPECIMEN, SOURCE],
+                source=top / "segmentation.csv")
     blank = pd.Series("", index=table.index)
     spec, src = (table[c] if c in table else blank for c in (SPECIMEN, SOURCE))
     group = table[GROUP] if GROUP in table else spec
@@ -178,7 +182,7 @@ def clusters_identity(root: Path | str) -> Identity | None:
         source = json.loads((root / "manifest.json").read_text(encoding="utf-8")).get("input")
     except (OSError, ValueError, AttributeError):
         source = None
-    found = segmentation_identity(source) if source else None
+    found = segmentation_identity(source) if isinstance(source, str) and source else None
     return found or None
 
 

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .outputs import read_csv
 from .thumbnails import over, thumbnail
 
 GRID_CELLS = 18   # cells along the longer axis: at most ~18 x 18 thumbnails
@@ -125,12 +126,12 @@ def plot_morphospace(scores: np.ndarray, images: Sequence[Path], clusters: Seque
 
 def read_scores(run_dir: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """``(ids, scores (N, k), explained variance ratio (k',))`` from a stage 4 run folder."""
-    table = pd.read_csv(Path(run_dir) / "embeddings_pca.csv", dtype={"image": str, "cluster": str,
+    table = read_csv(Path(run_dir) / "embeddings_pca.csv", dtype={"image": str, "cluster": str,
                                                                      "split": str},
                         keep_default_na=False)
     pcs = sorted((c for c in table.columns if c.startswith("PC") and c[2:].isdigit()),
                  key=lambda c: int(c[2:]))
-    variance = pd.read_csv(Path(run_dir) / "pca_variance.csv")
+    variance = read_csv(Path(run_dir) / "pca_variance.csv")
     ratio = variance["explained_variance_ratio"].to_numpy(float)
     return table[["image", "cluster", "split"]], table[pcs].to_numpy(np.float64), ratio
 

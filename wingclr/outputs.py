@@ -89,11 +89,80 @@ def integers_as_integers(df):
     return df
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _formula_like(text: str) -> bool:
+    """``=1+1``, ``@SUM(A1)``, ``-x``, ``'=x`` (already quoted): a spreadsheet could run it; numbers
+    (``-0.5``, ``+3``, ``-inf``) are not."""
+    bare = text.lstrip("'")
+    if not bare.startswith(FORMULA_START):
+        return False
+    try:
+        float(text)
+    except ValueError:
+        return True
+    return False
+
+
+def escape_cell(value):
+    """A CSV text cell that a spreadsheet shows as text, never runs as a formula (OWASP's CSV
+    injection rule): one ``'`` before a cell starting with ``=``, ``+``, ``-``, ``@``, tab or
+    carriage return (and before one that starts with quotes followed by those, so
+    :func:`unescape_cell` gives back exactly what was written). Numbers and other values pass."""
+    if isinstance(value, str) and value[:1] in (*FORMULA_START, "'") and _formula_like(value):
+        return "'" + value
+    return value
+
+
+def unescape_cell(value):
+    """The value :func:`escape_cell` was given (wingclr reads its own CSVs back through this)."""
+    if isinstance(value, str) and value.startswith("'") and _formula_like(value[1:]):
+        return value[1:]
+    return value
+
+
+def _is_text(column) -> bool:
+    """Whether a pandas column holds text (object, str, string or category dtype)."""
+    import pandas as pd
+
+    return (column.dtype == object or pd.api.types.is_string_dtype(column.dtype)
+            or isinstance(column.dtype, pd.CategoricalDtype))
+
+
+def escape_formulas(df):
+    """``df`` with every text cell and column name passed through :func:`escape_cell` (a copy;
+    numeric columns untouched)."""
+    texts = [c for c in df.columns if _is_text(df[c])]
+    renamed = {c: escape_cell(c) for c in df.columns if isinstance(c, str) and escape_cell(c) != c}
+    if not texts and not renamed:
+        return df
+    df = df.copy()
+    for c in texts:
+        df[c] = df[c].astype(object).map(escape_cell)
+    return df.rename(columns=renamed)
+
+
+def read_csv(path: Path | str, **kwargs):
+    """``pandas.read_csv`` for a CSV wingclr wrote: text cells and column names as they were before
+    :func:`escape_formulas` (``'=x`` reads back as ``=x``)."""
+    import pandas as pd
+
+    df = pd.read_csv(path, **kwargs)
+    renamed = {c: unescape_cell(c) for c in df.columns if isinstance(c, str) and c.startswith("'")}
+    for c in df.columns:
+        if _is_text(df[c]) and df[c].astype(str).str.startswith("'").any():
+            df[c] = df[c].map(unescape_cell).astype(df[c].dtype)
+    return df.rename(columns=renamed) if renamed else df
+
+
 def write_csv(path: Path | str, df) -> None:
     """Write a pandas DataFrame as UTF-8 CSV without the index, atomically: whole-number columns as
-    integers, other floats by :func:`format_float`, blanks for missing values."""
+    integers, other floats by :func:`format_float`, blanks for missing values, text cells that a
+    spreadsheet would run as formulas quoted (:func:`escape_formulas`)."""
     with atomic_path(path) as tmp:
-        integers_as_integers(df).to_csv(tmp, index=False, encoding="utf-8", float_format=format_float)
+        escape_formulas(integers_as_integers(df)).to_csv(tmp, index=False, encoding="utf-8",
+                                                         float_format=format_float)
 
 
 def jsonable(value: Any) -> Any:
@@ -141,14 +210,46 @@ def settings(values: Settings | dict, stage: str) -> dict:
     return {k: v for k, v in jsonable(values).items() if k not in run_only}
 
 
+# manifest fields that other code reads back, with the JSON types wingclr writes them as
+MANIFEST_TYPES = {"stage": str, "args": dict, "counts": dict, "command": str, "finished": str,
+                  "checkpoint": str, "skipped_files": list, "model": dict}
+
+
 def read_manifest(out_dir: Path | str) -> dict | None:
+    """``out_dir``'s ``manifest.json`` (None when there is none).
+
+    Raises:
+        UserError: it is not JSON, or JSON of another shape than wingclr writes (``[]``, a
+            ``"args"`` that is not an object, ...): one line; nothing is deleted.
+    """
     path = Path(out_dir) / MANIFEST
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON ({e}); delete it to redo the stage") from None
+    except OSError as e:
+        raise UserError(f"{path} cannot be read ({e.strerror or e}); check its permissions") from None
+    wrong = manifest_shape(manifest)
+    if wrong:
+        raise UserError(f"{path} is not a wingclr manifest ({wrong}); restore it from a backup, or "
+                        "move it away to redo the stage (the folder's other files are kept)")
+    return manifest
+
+
+def manifest_shape(manifest) -> str:
+    """What is wrong with a manifest's JSON shape ('' when it is an object with the field types
+    :data:`MANIFEST_TYPES` lists)."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    for key, kind in MANIFEST_TYPES.items():
+        value = manifest.get(key)
+        if key not in manifest or (value is None and key not in ("stage", "args", "counts")):
+            continue  # absent, or null where wingclr may write null
+        if not isinstance(value, kind):
+            return f"its {key!r} is a {type(manifest[key]).__name__}, not a {kind.__name__}"
+    return ""
 
 
 def command_line() -> str:

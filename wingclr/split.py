@@ -31,7 +31,8 @@ from .groups import Grouping, check_flags, photo_groups, split_across
 from .identity import (COLUMNS, GROUP, Changes, below_cluster, clusters_identity, identify,
                        input_changes, shorten, stamp_files, write_inputs)
 from .imageio import try_read
-from .outputs import changed_keys, check_finished, settings, write_csv, write_manifest
+from .outputs import changed_keys, check_finished, read_csv, settings, write_csv, write_manifest
+from .untrusted import check_paths
 
 SUBSETS = ("unlabeled", "train", "validation")
 # Compared by content, not by path: the input images by inputs.csv, the --groups CSV by its
@@ -131,10 +132,13 @@ def changed_settings(stored: dict, wanted: dict) -> list[str]:
 def read_split_table(out: Path) -> pd.DataFrame | None:
     """``out``'s split.csv (image, cluster, split, ...), or None when missing or unreadable."""
     try:
-        table = pd.read_csv(out / "split.csv", dtype=str, keep_default_na=False)
+        table = read_csv(out / "split.csv", dtype=str, keep_default_na=False)
     except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
         return None
-    return table if {"image", "cluster", "split"} <= set(table.columns) else None
+    if not {"image", "cluster", "split"} <= set(table.columns):
+        return None
+    check_paths(table, ["image", *COLUMNS], source=out / "split.csv")  # --update removes by these
+    return table
 
 
 def create_dataset(s: DatasetSettings) -> dict | None:
@@ -172,6 +176,7 @@ def create_dataset(s: DatasetSettings) -> dict | None:
         raise UserError(f"--output {out} lies inside --input {s.input}; choose an output "
                         "folder outside the cluster folders")
     found = scan_clusters(s.input)
+    clusters_identity(found.root)  # refuses paths in clusters.csv that leave their folder, first
     stamps = stamp_files(found.root, found.images)  # recorded at the end: what the dataset is made of
     changes = input_changes(out, stamps, "split.csv") if finished or s.update else None
     if finished and not changes:

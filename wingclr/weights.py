@@ -88,12 +88,16 @@ def resolve(filename: str, url: str | None = None, hint: str = "", *, installed:
             download advice.
 
     Raises:
-        UserError: the file is nowhere to be found and could not be downloaded.
+        UserError: the file is nowhere to be found and could not be downloaded, or fails the
+            checksum its published name carries (:mod:`wingclr.checksums`).
     """
+    from .checksums import published_checksum, require_checksum
+
+    checksum = published_checksum(filename) if url else None  # torchvision names carry theirs
     candidates = [weights_dir() / filename, hub_checkpoint_dir() / filename]
     for path in candidates:
         if path.is_file():
-            return path
+            return require_checksum(path, checksum, filename)
     if url and not offline():
         import torch
 
@@ -101,9 +105,10 @@ def resolve(filename: str, url: str | None = None, hint: str = "", *, installed:
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             torch.hub.download_url_to_file(url, str(target), progress=False)
-            return target
         except Exception:  # noqa: BLE001 - any network failure ends in the same advice
             pass
+        else:
+            return require_checksum(target, checksum, filename)
     where = f" from {url}" if url else ""
     raise UserError(f"weights file {filename} not found in {candidates[0].parent}/ or "
                     f"{candidates[1].parent}/; {installed}{fetch_advice(filename)} (or download it{where}) "
@@ -112,12 +117,14 @@ def resolve(filename: str, url: str | None = None, hint: str = "", *, installed:
 
 def load_state_dict(filename: str, url: str | None = None, hint: str = "", *,
                     installed: str = "") -> dict:
-    """Resolve ``filename`` and load it on the CPU as a state dict."""
-    import torch
+    """Resolve ``filename`` and load it on the CPU as a state dict (no pickled code runs)."""
+    from .untrusted import load_torch
 
     path = resolve(filename, url, hint, installed=installed)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_torch(path, what="weights file")
+    except UserError:
+        raise
     except Exception as e:  # noqa: BLE001 - corrupt files raise many types
         raise UserError(f"{path} could not be loaded ({type(e).__name__}); replace it with a fresh "
                         "download") from None

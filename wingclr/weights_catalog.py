@@ -3,10 +3,10 @@ its checksum (for ``python -m wingclr.weights``, :mod:`wingclr.weights_cli`)."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checksums import verify  # noqa: F401 - weights_cli and tests use it from here
 from .cli import UserError
 from .segment.rembg import RELEASES as REMBG_RELEASES
 from .weights import hub_checkpoint_dir, timm_local, weights_dir
@@ -153,15 +153,3 @@ def known_names() -> list[str]:
     from .segment.rembg import REMBG_MODELS
 
     return [*BACKBONES, *ARCHS, *REMBG_MODELS, "timm/efficientnet_lite0", WING_CHECKPOINT]
-
-
-def verify(path: Path, checksum: str | None) -> bool | None:
-    """True / False when ``path`` matches / fails ``checksum``; None when none is known."""
-    if not checksum:
-        return None
-    kind, expected = checksum.split(":", 1)
-    digest = hashlib.new(kind)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest().startswith(expected.lower())

@@ -12,7 +12,8 @@ under their published name, rembg models as ``<name>.onnx``, timm backbones as
 ``timm/<model>.safetensors``. Copy that folder to an offline cluster. Checksums are verified where
 known: torchvision names carry the first hex digits of the file's SHA-256, rembg's releases have
 published MD5 / SHA-256 sums; Hugging Face downloads are checked by ``huggingface_hub``. A present
-file that fails its checksum is reported and kept (delete it to fetch it again). With
+file that fails its checksum is reported (``check``: ``bad checksum``; ``fetch`` exits 1) and kept
+(delete it to fetch it again); the stages refuse it (:mod:`wingclr.checksums`). With
 ``WINGCLR_OFFLINE`` or ``HF_HUB_OFFLINE`` set, ``fetch`` downloads nothing and stops at once when a
 file is missing.
 """
@@ -24,6 +25,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from .checksums import remember
 from .cli import UserError
 from .weights import FETCH, offline, weights_dir
 from .weights_catalog import (REMBG_CHECKSUMS, REMBG_RELEASES, STAGE_NEEDS, Entry,  # noqa: F401
@@ -61,7 +63,8 @@ def fetch_one(e: Entry) -> tuple[str, str]:
     if found is not None:
         ok = verify(found, e.checksum)
         if ok is False:
-            return "bad", f"{found} fails its checksum ({e.checksum}); kept: delete it to fetch again"
+            return "bad", (f"{found} fails its checksum ({e.checksum}): not the published file, "
+                           "and the stages refuse it; kept: delete it to fetch again")
         if weights_dir().resolve() not in found.resolve().parents:  # hub / HF cache: make
             target = e.target.with_suffix(found.suffix)              # weights/ self-contained
             _copy(found, target)
@@ -78,9 +81,11 @@ def fetch_one(e: Entry) -> tuple[str, str]:
         part = e.target.with_name(e.target.name + ".part")
         try:
             download_url(e.url, part)
-            if verify(part, e.checksum) is False:
+            if verify(part, e.checksum, fresh=True, keep=False) is False:
                 return "failed", f"download from {e.url} fails its checksum ({e.checksum}); not kept"
             part.replace(e.target)
+            if e.checksum:
+                remember(e.target, e.checksum, True)  # verified above: never hashed again
         except Exception as err:  # noqa: BLE001 - any network failure is reported per file
             return "failed", f"{e.url}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         finally:
@@ -133,9 +138,11 @@ def _where(e: Entry) -> str:
 
 
 def check(entries: list[Entry], required: set[str], verify_sums: bool) -> int:
-    """Print one line per entry; returns how many of the ``required`` keys are missing."""
+    """Print one line per entry; returns how many of the ``required`` keys are missing, plus how
+    many files fail their checksum (``verify_sums``: hash every file again, not the remembered
+    result)."""
     print(f"weights folder: {weights_dir()}   offline mode: {'on' if offline() else 'off'}")
-    missing = []
+    missing, bad = [], []
     for e in entries:
         found = e.local()
         if found is None:
@@ -143,13 +150,16 @@ def check(entries: list[Entry], required: set[str], verify_sums: bool) -> int:
                 missing.append(e.key)
             print(f"{'missing':8} {e.key:24} {e.used_by}: {_where(e)}")
             continue
-        ok = verify(found, e.checksum) if verify_sums else None
-        state = {True: "ok", False: "BAD SUM", None: "present"}[ok]
-        print(f"{state:8} {e.key:24} {e.used_by}: {found}")
+        ok = verify(found, e.checksum, fresh=verify_sums)  # remembered per file: hashed once
+        if ok is False:
+            bad.append(e.key)
+        state = {True: "ok", False: "bad checksum", None: "present"}[ok]
+        bad_note = f" (fails {e.checksum}: the stages refuse it; delete it and fetch it again)"
+        print(f"{state:8} {e.key:24} {e.used_by}: {found}" + (bad_note if ok is False else ""))
     if missing:
         print(f"{len(missing)} needed file(s) missing: run `{FETCH} {' '.join(missing)}` on a "
               f"machine with internet, then copy {weights_dir()}/ to the offline machine")
-    return len(missing)
+    return len(missing) + len(bad)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -166,7 +176,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         s.add_argument("--backbone", action="append", help="e.g. vgg16, resnet18, timm/efficientnet_lite0")
         s.add_argument("--rembg-model", action="append", help="e.g. u2net, isnet-general-use")
         if name == "check":
-            s.add_argument("--verify", action="store_true", help="also verify checksums (reads every file)")
+            s.add_argument("--verify", action="store_true",
+                           help="hash every file again (checksums are always verified; the result is "
+                                "remembered per file until it changes)")
     return p
 
 
@@ -196,7 +208,7 @@ def main(argv=None) -> int:
         failed = 0
         for e in entries:
             status, detail = fetch_one(e)
-            failed += status in ("failed", "missing")
+            failed += status in ("failed", "missing", "bad")
             print(f"{status:10} {e.key:24} {detail}")
         return int(failed > 0)
     except UserError as e:

@@ -212,7 +212,13 @@ def run_baseline(method: str, meta: dict, split: SplitData, cache_dir: Path, pix
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     cache = Path(cache_dir) / f"{BASELINES[method]}-{digest}.json"
     if cache.exists():
-        return json.loads(cache.read_text(encoding="utf-8"))
+        try:
+            cached = json.loads(cache.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            cached = None
+        if isinstance(cached, dict) and isinstance(cached.get("metrics"), dict):
+            return cached
+        print(f"note: {cache} is damaged; computing the baseline again")
     if split.root is None or not Path(split.root).is_dir():
         where = f"image folder {split.root}" if split.root else "the folder the run was embedded from"
         raise UserError(f"{where} not found; pass --data <stage 2 folder>")

@@ -23,6 +23,8 @@ import pandas as pd
 from ..cli import UserError
 from ..identity import COLUMNS as IDENTITY
 from ..identity import GROUP, SPECIMEN, identify, posix, shorten
+from ..outputs import read_csv
+from ..untrusted import check_paths
 
 ID_COLUMNS = ["image", "cluster", "split"]
 LABEL_KEYS = ("specimen", "source_image", "image")  # a labels CSV's key column, preferred first
@@ -59,7 +61,7 @@ def read_table(path: Path, required: Sequence[str], prefix: str | None = None,
         header = f.readline()
     sep = ";" if header.count(";") > header.count(",") else ","
     try:
-        table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        table = read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not a readable CSV ({str(e).splitlines()[0]}); save it as "
                         "CSV (UTF-8) with one header row") from None
@@ -131,8 +133,9 @@ def load_embeddings(emb_dir: Path, manifest: dict | None = None) -> tuple[pd.Dat
     recorded = (manifest or {}).get("embeddings_csv")
     if npy.exists() and recorded and recorded == file_digest(csv):
         wanted = {*ID_COLUMNS, *IDENTITY, GROUP}
-        ids = with_identity(pd.read_csv(csv, usecols=lambda c: c in wanted, dtype=str,
+        ids = with_identity(read_csv(csv, usecols=lambda c: c in wanted, dtype=str,
                                         keep_default_na=False))
+        check_paths(ids, ["image", *IDENTITY], source=csv)  # figures open the images
         feats = np.load(npy)
         if len(feats) != len(ids):
             raise UserError(f"{npy} and {csv} disagree on the number of images; re-run 4-embed "
@@ -150,6 +153,7 @@ def load_embeddings(emb_dir: Path, manifest: dict | None = None) -> tuple[pd.Dat
                         "image")
     values = to_numbers(table, columns, decimal, csv)
     ids = with_identity(table)
+    check_paths(ids, ["image", *IDENTITY], source=csv)
     if npy.exists():
         saved = np.load(npy, mmap_mode="r")
         if saved.shape == values.shape and np.allclose(saved, values, rtol=1e-5, atol=1e-6):

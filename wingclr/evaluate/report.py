@@ -22,6 +22,8 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
+from ..outputs import read_csv
+
 COLUMNS = [  # evaluation.csv column, header, what it means
     ("run", "run", "training run (stage 3 name: batch size, epochs, temperature)"),
     ("backbone", "backbone", "network architecture"),
@@ -134,7 +136,7 @@ def run_table(evaluation: pd.DataFrame, baselines: pd.DataFrame | None) -> str:
 
 def class_table(report_csv: Path) -> str:
     """report.csv (precision, recall, F1, support per class) as HTML."""
-    table = pd.read_csv(report_csv, dtype={"class": str}, keep_default_na=False)
+    table = read_csv(report_csv, dtype={"class": str}, keep_default_na=False)
     cols = [c for c in ("class", "precision", "recall", "f1-score", "support") if c in table.columns]
     head = "".join(f"<th>{_e(c)}</th>" for c in cols)
     rows = []
@@ -231,8 +233,8 @@ def write_report(out: Path) -> Path:
     from ..outputs import write_text
 
     out = Path(out)
-    evaluation = pd.read_csv(out / "evaluation.csv", dtype={"run": str, "dataset": str})
-    baselines = (pd.read_csv(out / "baselines.csv", dtype={"dataset": str})
+    evaluation = read_csv(out / "evaluation.csv", dtype={"run": str, "dataset": str})
+    baselines = (read_csv(out / "baselines.csv", dtype={"dataset": str})
                  if (out / "baselines.csv").exists() else None)
     if "trait" not in evaluation:
         evaluation["trait"] = ""

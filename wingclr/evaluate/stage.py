@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from ..cli import STAGE_DIRS, UserError, check_gpu_request, check_minimum, require_output_folder
-from ..outputs import MANIFEST, check_finished, read_manifest, write_csv, write_manifest, write_text
+from ..outputs import (MANIFEST, check_finished, read_csv, read_manifest, write_csv, write_manifest,
+                       write_text)
 from .baselines import BASELINES, SplitData, parse_baselines, run_baseline, score_features
 from .folds import paired, split_scores
 from .gridplot import summary_table, write_grid_summary
@@ -250,13 +251,13 @@ def upsert_rows(path: Path, rows: list[dict], keys: tuple[str, ...] = ("run", "t
     lacks are left out of the match)."""
     new = pd.DataFrame(rows)
     if path.exists() and len(new):
-        old = pd.read_csv(path, dtype={k: str for k in (*keys, "dataset")})
+        old = read_csv(path, dtype={k: str for k in (*keys, "dataset")})
         match = [k for k in keys if k in old.columns and k in new.columns]
         if match and keys[0] in match:
             same = old.set_index(match).index.isin(new.set_index(match).index)
             new = pd.concat([old[~same], new], ignore_index=True)
     elif path.exists():
-        new = pd.read_csv(path)
+        new = read_csv(path)
     new = new[[c for c in order if c in new.columns] + [c for c in new.columns if c not in order]]
     write_csv(path, new)
     return new

@@ -110,7 +110,12 @@ def _run_visuals(name: str, emb_dir: Path, out_dir: Path, split, model: dict, ro
              "baselines": s.baselines, "imagenet": row.get("imagenet_accuracy") == row.get(
                  "imagenet_accuracy"), "trait": s.trait_from(trait)}
     old = out_dir / STAMP
-    previous = json.loads(old.read_text(encoding="utf-8")) if old.exists() else {}
+    try:
+        previous = json.loads(old.read_text(encoding="utf-8")) if old.exists() else {}
+    except (OSError, ValueError):
+        previous = {}
+    if not isinstance(previous, dict):  # damaged: the figures are drawn again
+        previous = {}
     same_data = all(previous.get(key) == stamp[key] for key in ("embedded", "dataset"))
     if n_cam == 0 and same_data:  # without --gradcam, earlier Grad-CAM figures stay valid
         stamp["gradcam"] = previous.get("gradcam", 0)

@@ -1,6 +1,7 @@
 """Wing annotations for training and evaluation: COCO JSON or label-mask PNG folders.
 
-* COCO JSON: ``images`` (``file_name`` relative to the images folder, ``height``, ``width``),
+* COCO JSON: ``images`` (``file_name`` relative to the images folder and inside it: an absolute
+  or ``..`` path is refused, ``height``, ``width``),
   ``categories`` (class names) and ``annotations`` with ``segmentation`` as polygons or RLE
   (uncompressed ``counts`` list or the compressed string of pycocotools).
 * Label masks: ``<masks>/<rel without extension><suffix>.png`` for every image
@@ -23,6 +24,7 @@ import numpy as np
 
 from ..cli import UserError
 from ..imageio import IMAGE_EXTENSIONS, list_files
+from ..untrusted import path_inside
 from .masks import read_label_png
 
 
@@ -132,13 +134,14 @@ def load_coco(path: Path | str, images_root: Path | str,
                                                           ann["segmentation"]))
     items, skipped = [], []
     for img in data.get("images", []):
-        file = root / img["file_name"]
+        file = path_inside(root, img["file_name"], source=path,
+                           entry=f"image {img.get('id')!r} file_name")  # nothing outside --images
         if not file.is_file():
             skipped.append((img["file_name"], f"image not found under {root}"))
         elif img["id"] not in per_image:
             skipped.append((img["file_name"], "no annotation"))
         else:
-            items.append(Annotated(file, Path(img["file_name"]).as_posix(),
+            items.append(Annotated(file, file.relative_to(root).as_posix(),
                                    coco=tuple(per_image[img["id"]]),
                                    size=(int(img["height"]), int(img["width"]))))
     return names, items, skipped

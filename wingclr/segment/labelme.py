@@ -8,6 +8,7 @@ polygons (:func:`~wingclr.segment.annotations.decode_segmentation`), so a labelm
 
 The photo of ``<folder>/<rel>.json`` is found as ``imagePath`` next to the JSON file, else as
 ``<images>/<rel's folder>/<imagePath's name>``, else as ``<images>/<rel>.<any image extension>``.
+An absolute ``imagePath``, or one whose ``..`` leads outside ``<images>``, is refused.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Sequence
 
 from ..cli import UserError
 from ..imageio import IMAGE_EXTENSIONS
+from ..untrusted import is_relative, path_inside
 from .annotations import Annotated
 
 SHAPES = ("polygon", "rectangle", "circle")
@@ -50,7 +52,12 @@ def _find_image(json_path: Path, rel: Path, images_root: Path, image_path: str) 
     candidates = []
     if image_path:
         name = Path(image_path.replace("\\", "/"))
-        candidates += [json_path.parent / name, images_root / rel.parent / name.name]
+        if ".." in name.parts or not is_relative(image_path):  # must end inside --images
+            near = path_inside(images_root, image_path, source=json_path, entry="imagePath",
+                               base=json_path.parent)
+        else:
+            near = json_path.parent / name  # beside the JSON file, in the --annotations folder
+        candidates += [near, images_root / rel.parent / name.name]
     candidates += [images_root / rel.with_suffix(ext) for ext in sorted(IMAGE_EXTENSIONS)]
     found = next((c for c in candidates if c.is_file()), None)
     return found.resolve() if found else None

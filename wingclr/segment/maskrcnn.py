@@ -22,6 +22,7 @@ from torch import nn
 
 from ..cli import UserError
 from ..outputs import atomic_path
+from ..untrusted import load_torch
 from ..weights import torchvision_state_dict, weights_dir
 from .masks import Instance
 
@@ -148,7 +149,9 @@ def read_checkpoint(path: Path | str) -> dict:
                         "0-segmentation/train_maskrcnn.py, pass --checkpoint, or use "
                         "--method threshold (or rembg), which needs no Mask R-CNN")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_torch(path, what="Mask R-CNN checkpoint")
+    except UserError:
+        raise
     except Exception as e:  # noqa: BLE001 - corrupt files raise many types
         raise UserError(f"{path} could not be loaded as a checkpoint ({type(e).__name__}); "
                         "re-save it with train_maskrcnn.py") from None

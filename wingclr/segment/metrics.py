@@ -18,7 +18,8 @@ import pandas as pd
 
 from ..cli import UserError
 from ..imageio import ImageReadError, list_files
-from ..outputs import read_manifest, write_csv
+from ..outputs import read_csv, read_manifest, write_csv
+from ..untrusted import check_paths
 from .annotations import find_mask
 from .masks import read_label_png
 
@@ -66,7 +67,7 @@ def _pred_classes(pred_dir: Path) -> list[str] | None:
         return manifest["classes"]
     table = pred_dir / "segmentation.csv"
     if table.is_file():
-        columns = pd.read_csv(table, nrows=0).columns
+        columns = read_csv(table, nrows=0).columns
         return [c[:-5] for c in columns if c.endswith("_area") and c != "mask_area"] or None
     return None
 
@@ -126,7 +127,8 @@ def evaluate_folder(pred_dir: Path | str, gt_dir: Path | str, output: Path | str
     remap = _label_remap(gt_classes, per_class)
     table_path = pred_dir / "segmentation.csv"
     if table_path.is_file():
-        seg = pd.read_csv(table_path, dtype=str, keep_default_na=False)
+        seg = read_csv(table_path, dtype=str, keep_default_na=False)
+        check_paths(seg, ["image", "output"], source=table_path)  # masks are opened by these
         entries = list(zip(seg["image"], seg["output"], seg["status"]))
     else:  # masks only: every mask is a finished prediction
         entries = [(p.as_posix(), p.as_posix(), "ok") for p in list_files(pred_dir / "masks")[0]]

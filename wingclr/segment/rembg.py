@@ -119,6 +119,11 @@ def load_session(name: str, home: Path | None = None, providers: list | None = N
         rembg ``BaseSession``; pass it to :func:`foreground`.
     """
     path = model_path(name, home)
+    if not name.endswith(".onnx"):  # a published model: its file must be the published one
+        from ..checksums import require_checksum
+        from ..weights_catalog import REMBG_CHECKSUMS
+
+        require_checksum(path, REMBG_CHECKSUMS.get(name), name)
     import rembg
 
     extra = {} if providers is None else {"providers": providers}

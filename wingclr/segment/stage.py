@@ -36,7 +36,7 @@ import pandas as pd
 from ..cli import UserError, require_folder
 from ..identity import GROUP, SOURCE, SPECIMEN, posix, without_extension
 from ..imageio import ImageReadError, list_files, match_channels, read_image, write_png
-from ..outputs import (MANIFEST, changed_keys, check_finished, jsonable, read_manifest, settings,
+from ..outputs import (MANIFEST, changed_keys, check_finished, jsonable, read_csv, read_manifest, settings,
                        write_csv, write_manifest, write_text)
 from .masks import cutout, downscale, to_full_resolution, write_label_png
 from .methods import Segmenter, choose_method, choose_rembg_model
@@ -83,7 +83,14 @@ def _guard(out: Path, semantic: dict, overwrite: bool) -> None:
     check_finished(out, semantic, False, "segmentation")
     partial = out / PARTIAL
     if partial.is_file() and not (out / MANIFEST).is_file():
-        old = json.loads(partial.read_text(encoding="utf-8"))
+        try:
+            old = json.loads(partial.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+        if not isinstance(old, dict):
+            raise UserError(f"{partial} (the settings of an unfinished segmentation) is damaged, so "
+                            "a resume cannot tell whether they match; pass --overwrite to start "
+                            "again (finished photos are segmented again)")
         changed = changed_keys(old, semantic)
         if changed:
             raise UserError(f"{out} holds an unfinished segmentation made with other settings "
@@ -96,7 +103,7 @@ def _previous_rows(path: Path) -> dict[str, dict]:
     if not path.is_file():
         return {}
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        table = read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
         return {}  # a damaged table only costs recomputation
     return {row["image"]: row for row in table.to_dict("records") if "image" in row}

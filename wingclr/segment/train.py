@@ -20,6 +20,7 @@ import torch
 from ..cli import UserError
 from ..outputs import (MANIFEST, atomic_path, changed_keys, check_finished, settings, write_csv,
                        write_manifest)
+from ..untrusted import load_torch
 from .annotations import check_classes, load_coco, load_mask_folder
 from .dataset import WingDataset, check_items, collate, split_items
 from .maskrcnn import (ModelSpec, best_per_class, build_model, default_checkpoint,
@@ -226,7 +227,16 @@ def _read_last(work: Path, s: MaskRCNNSettings) -> dict | None:
     path = work / LAST
     if not path.is_file():
         return None
-    last = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        last = load_torch(path, what="Mask R-CNN training state")
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged file raises many types
+        raise UserError(f"{path} is damaged ({type(e).__name__}); delete it to start the training "
+                        "again, or pass --overwrite") from None
+    if not isinstance(last, dict) or not isinstance(last.get("settings", {}), dict):
+        raise UserError(f"{path} is not a training state written by train_maskrcnn.py; delete it "
+                        "to start the training again, or pass --overwrite")
     old, new = last.get("settings", {}), settings(s, STAGE)
     changed = changed_keys(old, new)
     if changed:

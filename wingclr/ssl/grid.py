@@ -35,6 +35,9 @@ DEFAULT_AXES = {"batch_size": BATCH_SIZES, "epochs": EPOCHS, "temperature": TEMP
 TYPES = {"batch_size": int, "epochs": int, "temperature": float}
 LIST_FLAGS = {"batch_size": "batch_sizes", "epochs": "epoch_list", "temperature": "temperatures"}
 GRID_FLAGS = ("grid", *LIST_FLAGS.values())  # where a grid was listed; they do not define a run
+# Sensible ranges, for flags and grid files alike (README "Training"): NT-Xent below 0.01 or above
+# 10 is numerically degenerate (exp overflows / the loss is constant ln(2B-1)).
+RANGES = {"batch_size": (2, 65536), "epochs": (1, 100000), "temperature": (0.01, 10.0)}
 
 Point = tuple[int, int, float]
 
@@ -50,6 +53,17 @@ def value_list(kind: type):
             raise argparse.ArgumentTypeError(f"expected distinct comma-separated numbers (got {text!r})")
         return values
     return parse
+
+
+def out_of_range(batch_size, epochs, temperature) -> str:
+    """What is wrong with a point's values ('' when each lies in :data:`RANGES`, finite)."""
+    import math
+
+    for axis, value in zip(AXES, (batch_size, epochs, temperature)):
+        low, high = RANGES[axis]
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+            return f"{axis.replace('_', ' ')} must be between {low:g} and {high:g} (got {value:g})"
+    return ""
 
 
 def flag(axis: str, listed: bool = False) -> str:
@@ -116,9 +130,11 @@ def build_grid(*, grid_file: Path | None = None, fixed: dict[str, float] | None 
         for combo in itertools.product(*(axes.get(a, (None,)) for a in AXES)):
             points.append(tuple(row.get(a, v) for a, v in zip(AXES, combo)))
     for i, (b, e, t) in enumerate(points, 1):
-        if b < 2 or e < 1 or not t > 0:
-            raise UserError(f"grid point {i} ({b}, {e}, {t:g}): batch size must be >= 2, epochs >= 1 "
-                            "and temperature > 0")
+        wrong = out_of_range(b, e, t)
+        if wrong:
+            source = f"--grid {grid_file} " if grid_file else ""
+            raise UserError(f"{source}grid point {i} ({b}, {e}, {t:g}): {wrong}; fix the "
+                            f"{'row' if grid_file else 'list'}")
         if points.index((b, e, t)) != i - 1:
             raise UserError(f"grid points {points.index((b, e, t)) + 1} and {i} are the same "
                             f"({run_name(b, e, t)}); list each point once")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..cli import UserError
 from ..outputs import MANIFEST, RUN_ONLY, changed_keys, settings
+from ..processes import process_start, reused
 
 PATH_KEYS = ("data", "output")
 STAGE = "3-training"
@@ -76,6 +77,26 @@ def finish_replacement(run_dir: Path) -> None:
             os.replace(old, run_dir)
 
 
+# the lock record's fields and their JSON types (host and pid are required; pid_start is absent
+# in locks of earlier versions)
+LOCK_TYPES = {"host": str, "pid": int, "slurm_job": (str, type(None)), "started": str,
+              "pid_start": (str, type(None))}
+
+
+def lock_shape(record) -> str:
+    """What is wrong with a lock record's JSON shape ('' when it is one wingclr writes)."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    for key, kind in LOCK_TYPES.items():
+        if key not in record and key in ("host", "pid"):
+            return f"no {key!r}"
+        if key in record and (not isinstance(record[key], kind) or isinstance(record[key], bool)):
+            return f"its {key!r} is {record[key]!r}"
+    if not 0 < record["pid"] < 2 ** 31:  # what a pid can be (os.kill overflows beyond)
+        return f"its 'pid' is {record['pid']}"
+    return ""
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -101,24 +122,38 @@ class RunLock:
     def _owner(self) -> dict:
         job = os.environ.get("SLURM_JOB_ID")
         return {"host": socket.gethostname(), "pid": os.getpid(), "slurm_job": job,
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "pid_start": process_start(os.getpid())}
 
-    def _stale(self, holder: dict | None) -> str:
+    def _stale(self, holder: dict | str | None) -> str:
         """Why the lock's holder is gone ('' when it may still be training)."""
         me = self._owner()
         if holder is None:  # empty or garbled: a writer that died at once, or one writing now
-            return "unreadable lock" if time.time() - self.path.stat().st_mtime > 60 else ""
+            try:
+                return "unreadable lock" if time.time() - self.path.stat().st_mtime > 60 else ""
+            except FileNotFoundError:
+                return "lock removed"
+        if isinstance(holder, str):  # whole JSON of another shape: no writer of ours made it
+            return f"malformed lock: {holder}"
         if holder.get("slurm_job") and holder["slurm_job"] == me["slurm_job"]:
             return f"SLURM job {me['slurm_job']} was requeued"
-        if holder.get("host") == me["host"] and not _alive(int(holder.get("pid", 0))):
-            return f"pid {holder.get('pid')} on {me['host']} has ended"
+        if holder["host"] == me["host"]:
+            pid = holder["pid"]
+            if not _alive(pid):
+                return f"pid {pid} on {me['host']} has ended"
+            if reused(pid, holder.get("pid_start")):
+                return (f"pid {pid} on {me['host']} is another process now (its process ended and "
+                        "the pid was reused)")
         return ""
 
-    def _read(self) -> dict | None:
+    def _read(self) -> dict | str | None:
+        """The lock's record; None when empty or not JSON (maybe being written), or what is wrong
+        with JSON of another shape (:func:`lock_shape`)."""
         try:
-            return json.loads(self.path.read_text(encoding="utf-8"))
+            record = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
+        return lock_shape(record) or record
 
     def acquire(self) -> None:
         self._made_parent = not self.path.parent.exists()
@@ -130,8 +165,8 @@ class RunLock:
                 holder = self._read()
                 why = self._stale(holder) if attempt == 0 else ""
                 if not why:
-                    who = (f"pid {holder.get('pid')} on {holder.get('host')} since "
-                           f"{holder.get('started')}") if holder else "another process"
+                    who = (f"pid {holder['pid']} on {holder['host']} since {holder.get('started')}"
+                           if isinstance(holder, dict) else "another process")
                     raise UserError(f"{self.run_dir} is being trained by {who} (lock "
                                     f"{self.path}); wait for it to finish, or delete the lock "
                                     "file if that process is gone") from None

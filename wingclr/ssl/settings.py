@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..cli import Settings, UserError
-from .grid import AXES, GRID_FLAGS, LIST_FLAGS, Point, build_grid, grid_point
+from .grid import AXES, GRID_FLAGS, LIST_FLAGS, Point, build_grid, grid_point, out_of_range
 from .recipes import recipe_values
 
 
@@ -107,7 +107,7 @@ def resolve(s: TrainSettings) -> tuple[TrainSettings, list[Point] | None]:
     elif listed := [f for f in GRID_FLAGS if getattr(s, f)]:
         raise UserError(f"--{listed[0].replace('_', '-')} lists a grid: pick one point with "
                         "--param-i i (see --list-grid)")
-    if s.batch_size < 2 or s.epochs < 1 or not s.temperature > 0:
-        raise UserError(f"--batch-size must be >= 2, --epochs >= 1 and --temperature > 0 (got "
-                        f"{s.batch_size}, {s.epochs}, {s.temperature})")
+    wrong = out_of_range(s.batch_size, s.epochs, s.temperature)
+    if wrong:
+        raise UserError(f"--{wrong.split(' must')[0].replace(' ', '-')}: {wrong}")
     return replace(s, **recipe_values(s)), grid

@@ -163,7 +163,9 @@ def prepare_run_dir(run_dir: Path, *, wanted: dict, overwrite: bool) -> tuple[Pa
     last = work / "last.ckpt"
     if not last.exists():
         return work, None
-    changed = changed_settings(read_checkpoint(last).get("wingclr", {}).get("settings", {}), wanted)
+    meta = read_checkpoint(last).get("wingclr")
+    old = meta.get("settings") if isinstance(meta, dict) else None
+    changed = changed_settings(old if isinstance(old, dict) else {}, wanted)
     if not changed:
         return work, last
     if overwrite:
@@ -356,7 +358,8 @@ def fit_run(s: TrainSettings, trainer: pl.Trainer, checkpointing: EpochCheckpoin
         print(f"training the replacement of {run_dir} in {work}; the finished run stays until it is done")
     handlers = {sig: signal.signal(sig, checkpointing.request_stop) for sig in STOP_SIGNALS}
     try:
-        trainer.fit(module, data.loader, ckpt_path=resume)
+        # weights_only: Lightning's own read of last.ckpt runs no pickled code either
+        trainer.fit(module, data.loader, ckpt_path=resume, weights_only=True)
     except SIGTERMException:  # Lightning's handler saw a SIGTERM sent before on_train_start
         checkpointing.stop_signal = checkpointing.stop_signal or signal.SIGTERM
     except BaseException as e:
