@@ -8,6 +8,7 @@ from where it stopped (so the device-augmentation path reproduces the uninterrup
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import random
@@ -21,13 +22,14 @@ import pytorch_lightning as pl
 import torch
 
 from ..cli import write_errors
-from ..outputs import write_csv
+from ..outputs import TEMP_PREFIX, write_csv
 
 
 def save_checkpoint(trainer: pl.Trainer, path: Path, weights_only: bool = False) -> None:
     """``trainer.save_checkpoint`` to a temporary file, then rename: a kill never leaves half a
     file, and a failed write (disk full) is one line and leaves no temporary file behind."""
-    tmp = path.with_name(f".tmp-{path.name}")
+    # the same short name on every DDP rank (only rank 0 writes): never longer than the final name
+    tmp = path.with_name(f"{TEMP_PREFIX}{hashlib.blake2b(path.name.encode(), digest_size=4).hexdigest()}.ckpt")
     try:
         with write_errors(path):
             trainer.save_checkpoint(tmp, weights_only=weights_only)

@@ -1,0 +1,91 @@
+"""Long file names, stops by signal and resume, and warnings that must not reach the terminal."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import REPO, assert_one_line_error, fake_meta, run_cli, run_stage
+
+SEGMENT = "0-segmentation/segment.py"
+LONG = "w" * 245  # + ".jpg": a legal 249-byte name
+
+
+def _specimen(path: Path, size: int = 48, seed: int = 0) -> Path:
+    """A dark ellipse on a plain light background (what ``--method threshold`` cuts out)."""
+    yy, xx = np.mgrid[:size, :size]
+    inside = ((yy - size / 2) / (size * 0.3)) ** 2 + ((xx - size / 2) / (size * 0.4)) ** 2 < 1
+    arr = np.full((size, size, 3), 235, np.uint8)
+    arr[inside] = np.random.default_rng(seed).integers(20, 120, (int(inside.sum()), 3))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+# long but legal names
+
+def test_atomic_writes_work_for_the_longest_legal_name(tmp_path):
+    from wingclr.outputs import write_text
+
+    name = "n" * 251 + ".png"  # 255 bytes: any prefix on the temporary file would not fit
+    write_text(tmp_path / name, "x")
+    assert os.listdir(tmp_path) == [name]
+
+
+def test_a_file_name_too_long_for_the_file_system_is_shortened_with_a_hash(tmp_path):
+    from wingclr.outputs import fit_name
+
+    short = "sheet_a.png"
+    assert fit_name(short) == short
+    one, two = fit_name("sheet_" + "é" * 300 + "a.png"), fit_name("sheet_" + "é" * 300 + "b.png")
+    assert one != two and one.endswith(".png") and one.startswith("sheet_éé")
+    assert max(len(one.encode()), len(two.encode())) <= 255
+    one.encode().decode("utf-8")  # never cut inside a character
+
+
+def test_stage0_segments_a_photo_with_a_245_character_name(tmp_path):
+    photos = tmp_path / "photos"
+    _specimen(photos / f"{LONG}.jpg")
+    _specimen(photos / "short.jpg", seed=1)
+    out = tmp_path / "out"
+    manifest = run_stage(SEGMENT, "--input", photos, "--output", out, "--method", "threshold",
+                         "--no-progress")
+    table = pd.read_csv(out / "segmentation.csv")
+    assert (table.status == "ok").all() and manifest["counts"]["ok"] == 2
+    assert (out / "images" / f"{LONG}.png").is_file() and (out / "masks" / f"{LONG}.png").is_file()
+
+
+def test_contact_sheet_of_a_300_character_label_is_written(tmp_path):
+    from wingclr.contact_sheets import write_contact_sheets
+
+    images = [_specimen(tmp_path / "img" / f"{i}.png", 32, i) for i in range(4)]
+    label = "L" * 300
+    written = write_contact_sheets(np.random.default_rng(0).normal(size=(4, 5)),
+                                   [label, label, "b", "b"], images, tmp_path / "sheets")
+    names = sorted(p.name for p in written)
+    assert len(names) == 2 and all(p.is_file() for p in written)
+    long = [n for n in names if n.startswith("sheet_LLL")]
+    assert len(long) == 1 and len(long[0].encode()) <= 255
+
+
+def test_gradcam_figures_of_images_with_long_names_are_written(tmp_path):
+    import torch
+
+    from wingclr.evaluate.gradcam import write_gradcam
+    from wingclr.models import build_backbone
+
+    images = [_specimen(tmp_path / "img" / f"{'g' * 250}{i}.png", 40, i) for i in range(6)]
+    torch.manual_seed(0)
+    backbone, dim = build_backbone("resnet18", False)
+    features = np.random.default_rng(0).normal(size=(6, dim)).astype(np.float32)
+    labels = ["a", "b"] * 3
+    train = np.array([True] * 4 + [False] * 2)
+    written = write_gradcam(backbone, fake_meta(), features, labels, images, train, ~train, 1.0,
+                            tmp_path / "gradcam", n=2)
+    assert len(written) == 2 and all(p.is_file() and len(p.name.encode()) <= 255 for p in written)
