@@ -89,3 +89,21 @@ def test_gradcam_figures_of_images_with_long_names_are_written(tmp_path):
     written = write_gradcam(backbone, fake_meta(), features, labels, images, train, ~train, 1.0,
                             tmp_path / "gradcam", n=2)
     assert len(written) == 2 and all(p.is_file() and len(p.name.encode()) <= 255 for p in written)
+
+
+# bad flags
+
+def test_unknown_timm_pretrained_tag_is_one_line_listing_the_known_tags(capsys):
+    from conftest import load_stage
+
+    for script in ("3-training/train.py", "1-clustering/cluster.py"):
+        parser = load_stage(script).get_args_parser()
+        with pytest.raises(SystemExit) as stop:
+            parser.parse_args(["--backbone", "timm/resnet18.nosuch"])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "Invalid pretrained tag" not in err
+        line = [s for s in err.splitlines() if "error:" in s]
+        assert len(line) == 1 and "'nosuch'" in line[0] and "a1_in1k" in line[0] and "tv_in1k" in line[0]
+    assert load_stage("3-training/train.py").get_args_parser().parse_args(
+        ["--backbone", "timm/resnet18.a1_in1k"]).backbone == "timm/resnet18.a1_in1k"
