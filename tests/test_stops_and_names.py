@@ -107,3 +107,19 @@ def test_unknown_timm_pretrained_tag_is_one_line_listing_the_known_tags(capsys):
         assert len(line) == 1 and "'nosuch'" in line[0] and "a1_in1k" in line[0] and "tv_in1k" in line[0]
     assert load_stage("3-training/train.py").get_args_parser().parse_args(
         ["--backbone", "timm/resnet18.a1_in1k"]).backbone == "timm/resnet18.a1_in1k"
+
+
+def test_an_output_that_is_an_existing_file_is_one_line_in_every_stage(tmp_path):
+    photos = tmp_path / "photos"
+    for i in range(6):
+        _specimen(photos / f"{i}.png", 40, i)
+    taken = tmp_path / "taken.txt"
+    taken.write_text("not a folder")
+    commands = {SEGMENT: ("--input", photos, "--method", "threshold", "--output", taken),
+                "1-clustering/cluster.py": ("--input", photos, "--output", taken, "--yes"),
+                "0-segmentation/train_maskrcnn.py": ("--images", photos, "--annotations", taken,
+                                                     "--work-dir", taken)}
+    for script, args in commands.items():
+        proc = run_cli(script, *args, timeout=300)
+        assert_one_line_error(proc, str(taken), "is a file, not a folder")
+    assert taken.read_text() == "not a folder"

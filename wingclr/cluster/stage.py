@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..cli import UserError, check_input_size, check_minimum
+from ..cli import UserError, check_input_size, check_minimum, require_output_folder
 from ..identity import COLUMNS, identify, segmentation_identity, stamp_files, write_inputs
 from ..imageio import list_files
 from ..outputs import MANIFEST, atomic_path, write_csv, write_manifest, write_text
@@ -260,6 +260,7 @@ def run_clustering(s: ClusterSettings, *, stdin_is_tty: bool | None = None,
     if mode == "batch":
         s = with_batch_defaults(s)
     out = Path(s.output)
+    require_output_folder(out)
     root = resolve_input(s.input, out)
     finished = guard_output(out, s, mode=mode)
     images, skipped = list_files(root)

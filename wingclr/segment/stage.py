@@ -33,7 +33,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from ..cli import UserError, require_folder
+from ..cli import UserError, require_folder, require_output_folder
 from ..identity import SOURCE, SPECIMEN, posix, without_extension
 from ..imageio import ImageReadError, list_files, match_channels, read_image, write_png
 from ..outputs import (MANIFEST, changed_keys, check_finished, jsonable, settings, write_csv,
@@ -225,6 +225,7 @@ def segment(s: SegmentSettings) -> dict:
     """Run stage 0 (settings: see ``0-segmentation/segment.py``). Returns the manifest."""
     inp, out = Path(s.input), Path(s.output)
     require_folder(inp, "input folder", "pass your photos folder with --input")
+    require_output_folder(out)
     if out.resolve() == inp.resolve() or inp.resolve() in out.resolve().parents:
         raise UserError(f"--output {out} lies inside --input {inp}; choose an output folder "
                         "outside the photos folder")
