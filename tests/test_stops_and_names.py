@@ -123,3 +123,30 @@ def test_an_output_that_is_an_existing_file_is_one_line_in_every_stage(tmp_path)
         proc = run_cli(script, *args, timeout=300)
         assert_one_line_error(proc, str(taken), "is a file, not a folder")
     assert taken.read_text() == "not a folder"
+
+
+# warnings that must not reach the terminal
+
+def test_a_garbage_tiff_is_listed_unreadable_without_decoder_warnings(tmp_path):
+    photos = tmp_path / "photos"
+    _specimen(photos / "good.png")
+    (photos / "bad.tif").write_bytes(b"II*\x00\x08\x00\x00\x00")  # a TIFF header, then nothing
+    proc = run_cli(SEGMENT, "--input", photos, "--output", tmp_path / "out", "--method", "threshold",
+                   "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "unreadable: bad.tif" in proc.stdout
+    for noise in ("Corrupt EXIF", "UserWarning", "invalid offset", "tifffile"):
+        assert noise not in proc.stderr, proc.stderr
+
+
+def test_unicode_labels_draw_without_glyph_warnings(tmp_path):
+    code = ("import numpy as np; from wingclr.evaluate.plots import plot_confusion, plot_pca; "
+            "y = ['蝶', 'クラス', 'Ω'] * 4; "
+            f"plot_confusion(y, y[::-1], sorted(set(y)), {str(tmp_path / 'c.png')!r}, 'ラン', 'labels'); "
+            f"plot_pca(np.random.default_rng(0).normal(size=(12, 2)), y, np.array([0.5, 0.2]), "
+            f"{str(tmp_path / 'p.png')!r}, '蝶')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "c.png").is_file() and (tmp_path / "p.png").is_file()
+    assert "Glyph" not in proc.stderr and "missing from font" not in proc.stderr, proc.stderr
