@@ -174,3 +174,11 @@ def test_waiting_for_another_hosts_lock_says_once_who_holds_it_and_for_how_long(
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("waiting for")]
     assert len(notes) == 1, notes
     assert "gpu-node-7 pid 4242" in notes[0] and str(lock) in notes[0] and "5 min" in notes[0]
+
+
+def test_building_the_cache_leaves_the_random_state_as_it_was(images, tmp_path):
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    ensure_cache(tmp_path / "c", images[0], images[1], ReadSpec(size=16), progress=False)
+    assert torch.equal(torch.rand(3), expected)  # a run that builds it starts as one that finds it

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +152,172 @@ def test_unicode_labels_draw_without_glyph_warnings(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "c.png").is_file() and (tmp_path / "p.png").is_file()
     assert "Glyph" not in proc.stderr and "missing from font" not in proc.stderr, proc.stderr
+
+
+# stops by signal
+
+def _cli_run(script: str, *argv) -> int:
+    """Run a stage as its ``__main__`` does (``cli.run``: signals, one-line messages); the exit status."""
+    from conftest import load_stage
+    from wingclr import cli
+
+    module = load_stage(script)
+    with pytest.raises(SystemExit) as done:
+        cli.run(module.main, module.get_args_parser(), [str(a) for a in argv])
+        raise SystemExit(0)
+    return done.value.code
+
+
+def _sigterm_on_call(monkeypatch, owner, name: str, call: int) -> None:
+    """SIGTERM arrives (a real signal, to this process) during the ``call``-th call of ``owner.name``."""
+    real, calls = getattr(owner, name), []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapped)
+
+
+def _stop_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("stopped by SIGTERM: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].endswith("re-run the same command to resume")
+    return lines[0]
+
+
+def test_sigterm_during_stage0_says_what_was_saved_and_the_resume_clears_temp_files(
+        demo_set, tmp_path, monkeypatch, capsys):
+    from wingclr.segment import methods
+
+    out = tmp_path / "seg"
+    args = ("--input", demo_set / "specimens", "--output", out, "--method", "threshold",
+            "--no-progress", "--flush-every", "1")
+    with monkeypatch.context() as m:
+        _sigterm_on_call(m, methods.Segmenter, "__call__", 4)
+        assert _cli_run(SEGMENT, *args) == 128 + signal.SIGTERM
+    line = _stop_line(capsys.readouterr().err)
+    assert f"{out / 'segmentation.csv'} lists the 3 of 30 photos done" in line
+    assert len(pd.read_csv(out / "segmentation.csv")) == 3
+    stale = out / "images" / ".tmp-k1ll9abc.png"  # what a kill -9 mid-write leaves
+    stale.write_bytes(b"half a png")
+    assert _cli_run(SEGMENT, *args) == 0
+    assert not stale.exists() and not list(out.rglob(".tmp-*"))
+    assert json.loads((out / "manifest.json").read_text())["counts"]["ok"] == 30
+
+
+def test_sigterm_during_stage2_says_the_dataset_is_unfinished(demo_set, tmp_path, monkeypatch, capsys):
+    import wingclr.split
+
+    out = tmp_path / "2-dataset"
+    args = ("--input", demo_set / "clusters", "--output", out)
+    with monkeypatch.context() as m:
+        _sigterm_on_call(m, wingclr.split, "place_file", 5)
+        assert _cli_run("2-create_dataset/create_dataset.py", *args) == 128 + signal.SIGTERM
+    assert f"{out} is unfinished (no manifest.json" in _stop_line(capsys.readouterr().err)
+    assert not (out / "manifest.json").exists()
+    assert _cli_run("2-create_dataset/create_dataset.py", *args) == 0
+    assert len(pd.read_csv(out / "split.csv")) == 30
+
+
+def test_sigterm_during_stage4_says_which_runs_are_embedded(dataset_dir, tmp_path, monkeypatch, capsys):
+    import wingclr.embedding
+    from conftest import fake_checkpoint
+
+    runs = tmp_path / "3-training"
+    ckpts = []
+    for i, name in enumerate(("r1", "r2")):
+        (runs / name).mkdir(parents=True)
+        ckpts.append(fake_checkpoint(runs / name / f"{name}.ckpt", seed=i))
+    out = tmp_path / "4-embeddings"
+    args = ("--checkpoints", *ckpts, "--data", dataset_dir, "--output", out, "--num-workers", "0",
+            "--quiet")
+    with monkeypatch.context() as m:
+        _sigterm_on_call(m, wingclr.embedding, "embed_run", 2)
+        assert _cli_run("4-embed/embed.py", *args) == 128 + signal.SIGTERM
+    assert f"1 of 2 runs embedded in {out}" in _stop_line(capsys.readouterr().err)
+    assert (out / "r1" / "manifest.json").is_file() and not (out / "r2" / "manifest.json").exists()
+    assert _cli_run("4-embed/embed.py", *args) == 0
+    assert (out / "r2" / "manifest.json").is_file()
+
+
+TRAIN = "3-training/train.py"
+
+
+def _losses_and_weights(run: Path):
+    import torch
+
+    losses = pd.read_csv(run / "metrics.csv").train_loss.tolist()
+    state = torch.load(run / f"{run.name}.ckpt", map_location="cpu", weights_only=False)
+    return losses, state["global_step"], state["state_dict"]
+
+
+def _same_run(a: Path, b: Path) -> None:
+    import torch
+
+    (loss_a, steps_a, w_a), (loss_b, steps_b, w_b) = _losses_and_weights(a), _losses_and_weights(b)
+    assert loss_a == loss_b and steps_a == steps_b
+    assert w_a.keys() == w_b.keys() and all(torch.equal(w_a[k], w_b[k]) for k in w_a)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(dataset_dir, tmp_path_factory):
+    """A 2-epoch tiny run trained without a stop: ``(runs folder, common flags)``."""
+    from conftest import TINY_TRAIN
+
+    runs = tmp_path_factory.mktemp("runs")
+    flags = ("--data", dataset_dir, "--output", runs, "--epochs", "2", "--quiet", *TINY_TRAIN)
+    run_stage(TRAIN, *flags, "--run-name", "whole")
+    return runs, flags
+
+
+def test_ctrl_c_during_training_saves_and_the_resumed_run_equals_an_uninterrupted_one(
+        uninterrupted, monkeypatch, capsys, capfd):
+    import warnings
+
+    from wingclr.ssl.checkpointing import EpochCheckpoint
+
+    runs, flags = uninterrupted
+    start = EpochCheckpoint.on_train_batch_start
+
+    def ctrl_c(self, trainer, module, batch, batch_idx):  # while the 2nd of 3 batches of epoch 1 trains
+        start(self, trainer, module, batch, batch_idx)
+        if trainer.global_step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with monkeypatch.context() as m:
+        m.setattr(EpochCheckpoint, "on_train_batch_start", ctrl_c)
+        for name in [k for k in os.environ if k.startswith("SLURM")]:
+            m.delenv(name)
+        assert _cli_run(TRAIN, *flags, "--run-name", "stopped") == 128 + signal.SIGINT
+    err = capfd.readouterr().err
+    assert "Ctrl-C: saving last.ckpt after the current batch" in err and "Traceback" not in err
+    assert f"stopped: SIGINT: saved {runs / 'stopped' / 'last.ckpt'} after 2 steps; re-run the same " \
+           "command to resume" in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored after the stop
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_stage(TRAIN, *flags, "--run-name", "stopped")
+    assert not [w for w in caught if "before the epoch ended" in str(w.message)]
+    assert "unreliable results" not in capfd.readouterr().err
+    _same_run(runs / "whole", runs / "stopped")  # exact: losses, steps and every weight
+
+
+def test_a_run_killed_with_sigkill_resumes_from_its_last_epoch_to_the_same_numbers(uninterrupted):
+    runs, flags = uninterrupted
+    argv = [sys.executable, str(REPO / TRAIN), *map(str, flags), "--run-name", "killed"]
+    last = runs / "killed" / "last.ckpt"
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL)
+    try:
+        while not last.exists() and proc.poll() is None:  # epoch 1 saved (or the run ended)
+            time.sleep(0.02)
+    finally:
+        proc.kill()  # SIGKILL: nothing is saved; the batches of epoch 2 trained so far are lost
+        proc.wait()
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _same_run(runs / "whole", runs / "killed")

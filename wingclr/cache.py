@@ -153,7 +153,9 @@ def ensure_cache(cache_root: Path, root: Path, images: Sequence[Path], spec: Rea
         try:
             os.write(fd, f"{os.uname().nodename} {os.getpid()}\n".encode())
             os.close(fd)
-            with _heartbeat(lock):
+            # fork_rng: the loader draws its seed from torch's random state; a run that builds the
+            # cache must start (model weights, augmentations) as one that finds it built
+            with _heartbeat(lock), torch.random.fork_rng(devices=[]):
                 _build(folder, Path(root), [Path(p) for p in images], spec, entries, workers, progress)
         finally:
             lock.unlink(missing_ok=True)

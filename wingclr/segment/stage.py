@@ -33,11 +33,11 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from ..cli import UserError, require_folder, require_output_folder
+from ..cli import UserError, require_folder, require_output_folder, saved_so_far
 from ..identity import SOURCE, SPECIMEN, posix, without_extension
 from ..imageio import ImageReadError, list_files, match_channels, read_image, write_png
-from ..outputs import (MANIFEST, changed_keys, check_finished, jsonable, settings, write_csv,
-                       write_manifest, write_text)
+from ..outputs import (MANIFEST, changed_keys, check_finished, jsonable, remove_stale_temps, settings,
+                       write_csv, write_manifest, write_text)
 from .masks import cutout, downscale, to_full_resolution, write_label_png
 from .methods import Segmenter, choose_method
 from .settings import SegmentSettings
@@ -257,6 +257,9 @@ def segment(s: SegmentSettings) -> dict:
     print(f"{len(images)} images in {inp}: {len(rows)} already done, {len(todo)} to segment "
           f"({s.method})")
     write_text(out / PARTIAL, json.dumps(jsonable(semantic), indent=2) + "\n")
+    stale = remove_stale_temps(out)
+    if stale:
+        print(f"removed {stale} temporary files an interrupted run left in {out}")
     (out / MANIFEST).unlink(missing_ok=True)  # from here on the output is unfinished
     _run(segmenter, s, todo=todo, names=names, rows=rows, images=images)
 
@@ -313,6 +316,8 @@ def _run(segmenter: Segmenter, s: SegmentSettings, *, todo: list[Path], names: d
 
     def flush():
         write_csv(out / TABLE, pd.DataFrame([rows[rel] for rel in images if rel in rows]))
+        saved_so_far(f"{out / TABLE} lists the {len(rows)} of {len(images)} photos done (the "
+                     "same command segments the rest)")
 
     start, since_flush = time.perf_counter(), 0
     bar = tqdm(total=len(todo), unit="img", disable=None if s.progress else True)

@@ -63,7 +63,8 @@ class EpochCheckpoint(pl.Callback):
     """Saves ``last.ckpt`` and ``metrics.csv`` after each epoch, and mid-epoch on a stop signal.
 
     SLURM sends SIGUSR1 shortly before a time limit or preemption (``--signal=SIGUSR1@120``);
-    ``kill``, ``scancel`` and shutdowns send SIGTERM. Either way the run saves ``last.ckpt`` after
+    ``kill``, ``scancel`` and shutdowns send SIGTERM; Ctrl-C sends SIGINT (a second Ctrl-C stops at
+    once, without saving). Either way the run saves ``last.ckpt`` after
     the current batch and stops. The history, the batches already trained this epoch (with their
     summed loss, images and seconds), the random number states and the loops' state travel in the
     checkpoint, so the re-run trains exactly the batches that were left and ends the epoch with
@@ -91,6 +92,11 @@ class EpochCheckpoint(pl.Callback):
         self._loss_sum, self._images, self._seconds = 0.0, 0, 0.0  # _seconds: before the last stop
 
     def request_stop(self, signum=None, frame=None) -> None:
+        if signum == signal.SIGINT and threading.current_thread() is threading.main_thread():
+            # os.write, not print: a handler may interrupt a print to stderr (progress bar)
+            os.write(2, b"\nCtrl-C: saving last.ckpt after the current batch (Ctrl-C again stops "
+                        b"at once, without saving)\n")
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
         self.stop_requested, self.stop_signal = True, signum
 
     def on_train_start(self, trainer, pl_module):

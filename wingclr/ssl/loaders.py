@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import signal
 from collections import Counter
 from dataclasses import dataclass
@@ -12,12 +13,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..cli import UserError
 from ..data import FolderDataset, ImageSet, ReadSpec, dataset_channels, scan_clusters, worker_init
 from ..features import default_workers
-from .augment import AugmentConfig, BatchAugment, lightly_transform
+from .augment import AugmentConfig, BatchAugment, batch_seed, lightly_transform
 from .settings import TrainSettings
 
 
@@ -62,6 +63,49 @@ class TwoViews:
         return views
 
 
+class SeededBatch(list):
+    """A batch of image indices with the seed its augmentations are drawn from."""
+
+    def __init__(self, indices: Sequence[int], seed: int):
+        super().__init__(indices)
+        self.seed = seed
+
+
+class SeededBatches(Dataset):
+    """``dataset`` read a batch at a time, each batch augmented from its own :class:`SeededBatch` seed.
+
+    A batch's random numbers depend on (seed, epoch, process, batch number) only, not on the
+    DataLoader worker that draws it or on the batches drawn before: a run resumed mid-epoch (fewer
+    batches left, spread over the workers differently) augments each remaining batch exactly as the
+    uninterrupted run did. The caller's random states are left as they were (with no workers the
+    batches are drawn in the training process).
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset[index]
+
+    def __getitems__(self, batch: Sequence[int]) -> list:
+        seed = getattr(batch, "seed", None)
+        if seed is None:
+            return [self.dataset[i] for i in batch]
+        states = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2 ** 32)
+            try:
+                return [self.dataset[i] for i in batch]
+            finally:
+                random.setstate(states[0])
+                np.random.set_state(states[1])
+
+
 def cluster_weights(clusters: Sequence[str]) -> torch.Tensor:
     """Sampling weight 1 / cluster size per image: every cluster is drawn equally often."""
     counts = Counter(clusters)
@@ -104,8 +148,8 @@ class EpochBatchSampler(Sampler):
         per_rank = len(self) * self.batch_size
         mine = order[rank * per_rank:(rank + 1) * per_rank].view(len(self), self.batch_size)
         skip, self.skip = self.skip, 0
-        for batch in mine[skip:]:
-            yield self.indices[batch].tolist()
+        for number in range(skip, len(mine)):  # each batch's seed: SeededBatches
+            yield SeededBatch(self.indices[mine[number]].tolist(), batch_seed(self.seed, epoch, rank, number))
 
 
 def training_images(data: Path) -> ImageSet:
@@ -135,7 +179,7 @@ def training_worker_init(worker_id: int | None = None) -> None:
     otherwise kill the workers mid-batch and the main process would die on a DataLoader
     traceback; instead it saves after the current batch and shuts them down.
     """
-    for signum in (signal.SIGTERM, signal.SIGUSR1):
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):  # Ctrl-C reaches them too
         signal.signal(signum, signal.SIG_IGN)
     worker_init(worker_id)
 
@@ -213,7 +257,7 @@ def build_data(s: TrainSettings, trainer, images: ImageSet | None = None) -> Tra
     if on_device:  # the dataset reads whole batches: dataset[list of indices]
         loader = DataLoader(dataset, sampler=sampler, batch_size=None, **loader_kwargs)
     else:
-        loader = DataLoader(dataset, batch_sampler=sampler, **loader_kwargs)
+        loader = DataLoader(SeededBatches(dataset), batch_sampler=sampler, **loader_kwargs)
     meta.update(augment_on="device" if on_device else "workers", world_size=world,
                 images=len(valid), clusters=dict(Counter(images.clusters)))
     return TrainingData(loader, sampler, plan, cfgs, on_device, meta)

@@ -18,7 +18,7 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 
 from ..models import build_backbone
-from .augment import AugmentConfig, BatchAugment
+from .augment import AugmentConfig, BatchAugment, batch_seed
 
 BASE_LR = {"sgd": 0.06, "lars": 1.2, "adam": 1e-3}
 WEIGHT_DECAY = {"sgd": 5e-4, "lars": 1e-6, "adam": 1e-6}
@@ -48,7 +48,7 @@ class SimCLR(pl.LightningModule):
                  gather_distributed: bool = False, augment: list[dict] | None = None,
                  view_bands: list[list[int]] | None = None,
                  channels_last: bool = False, compile: bool = False, pretrained: bool = False,
-                 meta: dict | None = None):
+                 meta: dict | None = None, seed: int = 0):
         super().__init__()
         self.save_hyperparameters(ignore=["pretrained", "meta"])
         self.meta = dict(meta or {})  # saved in every checkpoint (``wingclr``), read by stage 4
@@ -86,8 +86,12 @@ class SimCLR(pl.LightningModule):
         if self.augment is None:
             return images[0], images[1]
         bands = self.hparams.view_bands or [None, None]
+        # drawn from (seed, step, process) alone: a resumed run augments each batch as before
+        g = torch.Generator(images.device).manual_seed(
+            batch_seed(self.hparams.get("seed", 0), self.global_step, self.global_rank))
         with torch.autocast(images.device.type, enabled=False):  # augment in float32
-            return tuple(aug(images if b is None else images[:, b]) for aug, b in zip(self.augment, bands))
+            return tuple(aug(images if b is None else images[:, b], g)
+                         for aug, b in zip(self.augment, bands))
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x0, x1 = self.views(batch)
