@@ -274,7 +274,7 @@ def uninterrupted(dataset_dir, tmp_path_factory):
 
 
 def test_ctrl_c_during_training_saves_and_the_resumed_run_equals_an_uninterrupted_one(
-        uninterrupted, monkeypatch, capsys, capfd):
+        uninterrupted, monkeypatch, capfd):
     import warnings
 
     from wingclr.ssl.checkpointing import EpochCheckpoint
@@ -282,24 +282,26 @@ def test_ctrl_c_during_training_saves_and_the_resumed_run_equals_an_uninterrupte
     runs, flags = uninterrupted
     start = EpochCheckpoint.on_train_batch_start
 
-    def ctrl_c(self, trainer, module, batch, batch_idx):  # while the 2nd of 3 batches of epoch 1 trains
+    def ctrl_c(self, trainer, module, batch, batch_idx):  # while the 2nd of 3 batches of epoch 2 trains
         start(self, trainer, module, batch, batch_idx)
-        if trainer.global_step == 1:
+        if trainer.global_step == 4:
             os.kill(os.getpid(), signal.SIGINT)
+
+    workers = ("--num-workers", "2")  # none in the uninterrupted run: the worker count changes nothing
 
     with monkeypatch.context() as m:
         m.setattr(EpochCheckpoint, "on_train_batch_start", ctrl_c)
         for name in [k for k in os.environ if k.startswith("SLURM")]:
             m.delenv(name)
-        assert _cli_run(TRAIN, *flags, "--run-name", "stopped") == 128 + signal.SIGINT
+        assert _cli_run(TRAIN, *flags, "--run-name", "stopped", *workers) == 128 + signal.SIGINT
     err = capfd.readouterr().err
     assert "Ctrl-C: saving last.ckpt after the current batch" in err and "Traceback" not in err
-    assert f"stopped: SIGINT: saved {runs / 'stopped' / 'last.ckpt'} after 2 steps; re-run the same " \
+    assert f"stopped: SIGINT: saved {runs / 'stopped' / 'last.ckpt'} after 5 steps; re-run the same " \
            "command to resume" in err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored after the stop
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run_stage(TRAIN, *flags, "--run-name", "stopped")
+        run_stage(TRAIN, *flags, "--run-name", "stopped", *workers)
     assert not [w for w in caught if "before the epoch ended" in str(w.message)]
     assert "unreliable results" not in capfd.readouterr().err
     _same_run(runs / "whole", runs / "stopped")  # exact: losses, steps and every weight
@@ -307,7 +309,10 @@ def test_ctrl_c_during_training_saves_and_the_resumed_run_equals_an_uninterrupte
 
 def test_a_run_killed_with_sigkill_resumes_from_its_last_epoch_to_the_same_numbers(uninterrupted):
     runs, flags = uninterrupted
-    argv = [sys.executable, str(REPO / TRAIN), *map(str, flags), "--run-name", "killed"]
+    # 2 DataLoader workers (the uninterrupted run had none): augmentations come from per-batch
+    # seeds, so the worker count changes nothing, as RUN_ONLY promises
+    argv = [sys.executable, str(REPO / TRAIN), *map(str, flags), "--run-name", "killed",
+            "--num-workers", "2"]
     last = runs / "killed" / "last.ckpt"
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             stdin=subprocess.DEVNULL)

@@ -2,8 +2,8 @@
 
 A run stopped by a signal and re-run gives the history an uninterrupted run gives: the same
 epochs, each with the mean loss of all its batches (the batches trained before the stop count
-too), the same number of optimiser steps, and, on a single process, the same random numbers
-from where it stopped (so the device-augmentation path reproduces the uninterrupted losses).
+too), the same number of optimiser steps, and the same augmentations (each batch's come from its
+own seed: ``loaders.SeededBatches`` and ``SimCLR.views``), so on a CPU the same losses and weights.
 """
 
 from __future__ import annotations
@@ -166,8 +166,8 @@ class EpochCheckpoint(pl.Callback):
         self.consumed = state_dict.get("consumed", 0)
         self._loss_sum = state_dict.get("loss_sum", 0.0)
         self._images, self._seconds = state_dict.get("images", 0), state_dict.get("seconds", 0.0)
-        if self.sampler is not None:
-            self.sampler.skip = self.consumed
+        if self.sampler is not None:  # the epoch in progress: the next after the finished ones
+            self.sampler.skip, self.sampler.resume_epoch = self.consumed, len(self.history)
         rng = state_dict.get("rng")
         if rng is not None and self.consumed:
             self._pending_rng = rng  # mid-epoch: the loader is made before the first batch

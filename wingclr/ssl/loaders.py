@@ -126,6 +126,7 @@ class EpochBatchSampler(Sampler):
         self.indices = torch.as_tensor(list(indices), dtype=torch.long)
         self.n, self.batch_size, self.world_size, self.seed = len(indices), batch_size, world_size, seed
         self.weights, self.epoch, self.skip, self.epoch_fn = weights, 0, 0, epoch_fn
+        self.resume_epoch: int | None = None  # set with ``skip`` by a resume: the epoch to go on with
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -138,8 +139,12 @@ class EpochBatchSampler(Sampler):
 
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         # Lightning creates the epoch's iterator before calling set_epoch on a resumed run, so the
-        # trainer's epoch counter is read here when available.
-        epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
+        # trainer's epoch counter is read here when available. A resumed run's first iterator is
+        # made (and, with workers, drawn from at once) before Lightning restores that counter,
+        # so the epoch to resume comes from the checkpoint (EpochCheckpoint.load_state_dict).
+        epoch, self.resume_epoch = self.resume_epoch, None
+        if epoch is None:
+            epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         if self.weights is not None:
             order = torch.multinomial(self.weights, self.n, replacement=True, generator=g)

@@ -296,11 +296,14 @@ def fit_run(s: TrainSettings, name: str, run_dir: Path, work: Path, resume: Path
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-    if checkpointing.stop_signal is not None and trainer.current_epoch < s.epochs:
+    # epochs finished, from the history: a stop during the last epoch also ends Lightning's last
+    # epoch (current_epoch reaches --epochs) although that epoch's batches were not all trained
+    finished = len(checkpointing.history)
+    if checkpointing.stop_signal is not None and finished < s.epochs:
         stop_after_signal(trainer, work, checkpointing.stop_signal)
         return None
-    if trainer.interrupted or trainer.current_epoch < s.epochs:
-        print(f"stopped at epoch {trainer.current_epoch}; re-run the same command to resume")
+    if trainer.interrupted or finished < s.epochs:
+        print(f"stopped at epoch {finished}; re-run the same command to resume")
         return None
 
     # ============ save: final weights, loss plot, manifest (last), then tidy up ============
