@@ -8,8 +8,8 @@ temperature {0.1,0.5,0.8} so the grid runs as a SLURM array (see grid.sbatch); -
 fix one axis of it. A grid point whose batch exceeds the training images is clamped to the largest
 power of two they hold (or skipped when another point trains that). Re-running the same command
 resumes from last.ckpt; a finished run is skipped. --batch-size is the global batch (split over GPUs with --devices).
-SIGTERM or SIGUSR1 saves last.ckpt after the current batch and stops (exit 128 + signal; SIGUSR1
-requeues a SLURM job). A second command for a run that is training is refused (<output>/.<run>.lock).
+SIGTERM, SIGUSR1 or Ctrl-C saves last.ckpt after the current batch and stops (exit 128 + signal;
+SIGUSR1 requeues a SLURM job). A second command for a run that is training is refused (<output>/.<run>.lock).
 
 Examples:
     python 3-training/train.py                                  # work/2-dataset -> work/3-training

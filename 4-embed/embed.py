@@ -43,7 +43,10 @@ def main(args):
 
     check_embed_args(batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
                      output=args.output)
-    for name, ckpt in resolve_runs(args.checkpoints, args.training_dir):
+    runs = resolve_runs(args.checkpoints, args.training_dir)
+    for done, (name, ckpt) in enumerate(runs):
+        cli.saved_so_far(f"{done} of {len(runs)} runs embedded in {args.output} (a run folder "
+                         "without manifest.json is unfinished)")
         embed_run(name, ckpt, data=args.data, output=args.output, batch_size=args.batch_size,
                   num_workers=args.num_workers, device=args.device, cache_dir=args.cache_dir,
                   quiet=args.quiet, overwrite=args.overwrite)

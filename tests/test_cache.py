@@ -163,3 +163,22 @@ def test_builder_refreshes_its_lock_while_building(images, tmp_path, monkeypatch
     root, rels = images
     ensure_cache(tmp_path / "c", root, rels, ReadSpec(size=16), progress=False)
     assert refreshed == [True]
+
+
+def test_waiting_for_another_hosts_lock_says_once_who_holds_it_and_for_how_long(images, tmp_path, monkeypatch,
+                                                                              capsys):
+    monkeypatch.setattr(cache_mod, "LOCK_TIMEOUT_S", 2.5)  # a few checks of the lock, one per second
+    lock, spec = lock_of(images, tmp_path, "gpu-node-7 4242\n")
+    with pytest.raises(cache_mod.UserError, match="has been held"):
+        ensure_cache(tmp_path / "c", images[0], images[1], spec, progress=False)
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("waiting for")]
+    assert len(notes) == 1, notes
+    assert "gpu-node-7 pid 4242" in notes[0] and str(lock) in notes[0] and "5 min" in notes[0]
+
+
+def test_building_the_cache_leaves_the_random_state_as_it_was(images, tmp_path):
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    ensure_cache(tmp_path / "c", images[0], images[1], ReadSpec(size=16), progress=False)
+    assert torch.equal(torch.rand(3), expected)  # a run that builds it starts as one that finds it

@@ -290,3 +290,25 @@ def test_identical_images_give_one_cluster_and_a_clear_silhouette_message(demo_s
     assert manifest["silhouette"] is None and manifest["counts"]["clusters"] == 1
     assert len(list((tmp_path / "out" / "cluster_0").iterdir())) == 8
     assert (tmp_path / "out" / "silhouette.png").stat().st_size > 0
+
+
+def test_interactive_overwrite_keeps_the_finished_clustering_until_a_new_one_is_kept(
+        clustered, specimens, tmp_path):
+    inp, out = _copy_run(clustered, specimens, tmp_path, caches_only=False)
+    before = {name: (out / name).read_bytes()
+              for name in ("manifest.json", "clusters.csv", "umap_3d.png", "silhouette.png")}
+    command = [sys.executable, str(REPO / SCRIPT), "--input", str(inp), "--output", str(out), *TINY,
+               "--interactive", "--overwrite"]
+    # stdin ends at the first question, then after a try that was drawn but not kept
+    for answers in ("", "2\n0.0\n"):
+        proc = subprocess.run(command, input=answers, capture_output=True, text=True, timeout=300,
+                              cwd=REPO)
+        assert_one_line_error(proc, "stdin ended", "--yes")
+        assert {name: (out / name).read_bytes() for name in before} == before
+    proc = subprocess.run(command, input="2\n0.0\n1\n", capture_output=True, text=True, timeout=300,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["args"]["min_cluster_size"] == 2
+    assert (out / "umap_3d.png").read_bytes() != before["umap_3d.png"]
+    assert not (out / ".tries").exists()

@@ -178,7 +178,9 @@ def ensure_cache(cache_root: Path, root: Path, images: Sequence[Path], spec: Rea
         try:
             os.write(fd, f"{os.uname().nodename} {os.getpid()} {process_start(os.getpid())}\n".encode())
             os.close(fd)
-            with _heartbeat(lock):
+            # fork_rng: the loader draws its seed from torch's random state; a run that builds the
+            # cache must start (model weights, augmentations) as one that finds it built
+            with _heartbeat(lock), torch.random.fork_rng(devices=[]):
                 _build(folder, Path(root), [Path(p) for p in images], spec, entries, workers, progress)
         finally:
             lock.unlink(missing_ok=True)
@@ -208,6 +210,7 @@ class _heartbeat:
 
 
 _seen: dict = {}  # lock path -> (mtime, monotonic time it was first seen with that mtime)
+_announced: set = set()  # locks whose holder this process has named (said once)
 
 
 def _wait_or_break(lock: Path, start: float) -> None:
@@ -226,8 +229,10 @@ def _wait_or_break(lock: Path, start: float) -> None:
         first = _seen[lock] = (mtime, time.monotonic())
     silent = max(time.time() - mtime, time.monotonic() - first[1])
     reason = f"not refreshed for {silent / 60:.0f} min" if silent > STALE_S else None
+    holder = "another job"
     try:
         host, pid, *began = lock.read_text().split()  # began: absent in locks of earlier versions
+        holder = f"{host} pid {pid}"
         if host == os.uname().nodename and reason is None:
             os.kill(int(pid), 0)
             if began and reused(int(pid), began[0]):
@@ -242,6 +247,12 @@ def _wait_or_break(lock: Path, start: float) -> None:
         lock.unlink(missing_ok=True)
         _seen.pop(lock, None)
         return
+    if lock not in _announced:
+        _announced.add(lock)
+        print(f"waiting for {holder} to finish building the image cache ({lock}); the wait ends "
+              f"when it finishes, or once the lock goes {STALE_S // 60:.0f} min without a refresh "
+              f"(then it is taken over), and after {LOCK_TIMEOUT_S / 3600:g} h at most",
+              file=sys.stderr, flush=True)
     if time.monotonic() - start > LOCK_TIMEOUT_S:
         raise UserError(f"{lock} has been held for {LOCK_TIMEOUT_S // 3600} h; if no job is building "
                         "the cache, delete the lock file and re-run")

@@ -11,7 +11,9 @@ import argparse
 import errno
 import logging
 import re
+import signal
 import sys
+import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -44,6 +46,34 @@ class Stopped(Exception):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.signum = signum
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``scancel``) as an exception: a stage stops as on Ctrl-C (``finally``
+    blocks flush what is done, temporary files are removed) and says what it kept."""
+
+    signum = signal.SIGTERM
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
+_saved_so_far = ""  # what the running stage has kept so far, said when a signal stops it
+
+
+def saved_so_far(note: str) -> None:
+    """Tell :func:`run` what the stage has saved so far (said if SIGTERM or Ctrl-C stops it),
+    e.g. ``"segmentation.csv lists the 120 photos done"``."""
+    global _saved_so_far
+    _saved_so_far = note
+
+
+def stop_message(signum: int) -> str:
+    """The line a stage stopped by ``signum`` prints (before its resume hint)."""
+    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    return (f"stopped by {name}: {_saved_so_far or 'finished outputs are kept'}; "
+            "re-run the same command to resume")
 
 
 def check_minimum(*checks: tuple[str, float | None, float]) -> None:
@@ -292,10 +322,15 @@ def run(main: Callable[[argparse.Namespace], object], p: argparse.ArgumentParser
     """Parse ``argv``, silence third-party noise (:func:`quiet_libraries`) and call ``main``.
 
     :class:`UserError` and file-system failures (:data:`WRITE_ERRORS`) print one ``error:`` line
-    and exit 2; :class:`Stopped` exits ``128 + signal``; Ctrl-C exits 130.
+    and exit 2; :class:`Stopped` exits ``128 + signal``; Ctrl-C exits 130 and SIGTERM 143, each
+    with one line saying what was kept (:func:`saved_so_far`) and how to resume.
     """
     args = p.parse_args(argv)
     quiet_libraries()
+    saved_so_far("")
+    sigterm = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM)
+    if sigterm == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)  # stage 3 saves its own way during training
     try:
         main(args)
     except UserError as e:
@@ -310,7 +345,10 @@ def run(main: Callable[[argparse.Namespace], object], p: argparse.ArgumentParser
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: finished outputs are kept; re-run the same command to resume",
-              file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(stop_message(signum), file=sys.stderr)
+        sys.exit(128 + signum)
+    finally:
+        if sigterm == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, sigterm)

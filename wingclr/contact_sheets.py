@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .outputs import read_csv
+from .outputs import fit_name, read_csv
 from .thumbnails import Mosaic, grid_columns, short_name, thumbnail
 
 OUTLIER_NAMES = ("-1", "outliers")
@@ -107,7 +107,7 @@ def write_contact_sheets(features: np.ndarray, groups: Sequence[str], images: Se
                  f"{len(picks)} of {len(rows)} specimens, evenly spaced along the order")
         captions = [f"{short_name(images[rows[p]])}\ndist {dist[p]:.3f}" for p in picks]
         written.append(plot_sheet([images[rows[p]] for p in picks], captions,
-                                  out_dir / f"sheet_{safe_name(name)}.png",
+                                  out_dir / fit_name(f"sheet_{safe_name(name)}.png"),
                                   f"{prefix}{what} {name}: {shown}; nearest the {what} centre first "
                                   "(dist = cosine distance to the centre)", meta))
     rows = np.flatnonzero(np.isin(groups, list(outliers)))

@@ -18,7 +18,9 @@ reason; callers report and skip them (see :func:`try_read`).
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -30,6 +32,28 @@ TIFF_EXTENSIONS = {".tif", ".tiff"}
 NPY_EXTENSIONS = {".npy"}
 IMAGE_EXTENSIONS = PIL_EXTENSIONS | TIFF_EXTENSIONS | NPY_EXTENSIONS
 Image.MAX_IMAGE_PIXELS = 400_000_000  # museum scans are large; still guards against bombs
+
+
+class _Drop(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+_DROP = _Drop()
+
+
+def quiet_decoders() -> None:
+    """Keep decoders' complaints about damaged files off the terminal (idempotent, cheap).
+
+    Pillow warns ``UserWarning: Corrupt EXIF data`` and tifffile logs ``invalid offset to first
+    page`` for a damaged file that then fails anyway: the reader reports such a file once, as
+    unreadable, with the reason. A filter installed for good (not ``catch_warnings``, which is not
+    thread-safe: stage 0 reads in threads); Pillow's ``DecompressionBombWarning`` still shows.
+    """
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+    tiff_log = logging.getLogger("tifffile")
+    if _DROP not in tiff_log.filters:
+        tiff_log.addFilter(_DROP)
 
 
 class ImageReadError(Exception):
@@ -150,6 +174,7 @@ def read_image(path: Path | str, *, background: Sequence[int] = (255, 255, 255),
         ImageReadError: the file is missing, not an image, truncated or in an unsupported format.
     """
     path = Path(path)
+    quiet_decoders()
     suffix = path.suffix.lower()
     if suffix not in IMAGE_EXTENSIONS:
         raise ImageReadError(path, f"not an image (extension {suffix or 'none'}); "
@@ -190,6 +215,7 @@ def image_channels(path: Path | str) -> int:
         ImageReadError: the header cannot be read.
     """
     path = Path(path)
+    quiet_decoders()
     try:
         fmt = sniff_format(path)
         if fmt == "npy":

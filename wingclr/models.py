@@ -69,10 +69,13 @@ def timm_cfg(name: str):
     if not timm.is_model(arch.split(".")[0]):
         raise UserError(f"unknown timm model {arch!r} in --backbone {name}; list them with "
                         "python -c \"import timm; print(timm.list_models('*lite*'))\"")
-    cfg = timm.models.get_pretrained_cfg(arch, allow_unregistered=False)
-    if cfg is None:  # a tag timm does not know: fall back to the model's default config
-        cfg = timm.models.get_pretrained_cfg(arch.split(".")[0])
-    return cfg
+    model, _, tag = arch.partition(".")
+    known = [t.partition(".")[2] for t in timm.list_pretrained(f"{model}.*")]
+    if tag and tag not in known:  # timm would stop with "RuntimeError: Invalid pretrained tag"
+        raise UserError(f"timm has no pretrained tag {tag!r} for {model} (--backbone {name}); its tags: "
+                        f"{', '.join(known) or 'none'} (e.g. --backbone {TIMM_PREFIX}{model}"
+                        f"{'.' + known[0] if known else ''})")
+    return timm.models.get_pretrained_cfg(arch, allow_unregistered=False)
 
 
 def check_backbone(name: str) -> str:

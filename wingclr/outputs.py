@@ -7,6 +7,7 @@ work is never replaced by accident.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -41,6 +42,45 @@ RUN_ONLY = {
 }
 
 
+TEMP_PREFIX = ".tmp-"  # every temporary file wingclr writes beside an output starts with this
+NAME_MAX = 255  # bytes in one file name on common file systems (ext4, XFS, APFS, NTFS)
+
+
+def temp_suffix(path: Path) -> str:
+    """``path``'s extension for its temporary file (writers such as ``np.save`` and ``savefig``
+    go by it), or none when it is unusually long: a temporary name is always short."""
+    return path.suffix if len(path.suffix.encode()) <= 16 else ""
+
+
+def fit_name(name: str, *, limit: int = NAME_MAX) -> str:
+    """``name`` when it fits in ``limit`` bytes; else its stem cut short, ``-`` and 8 hex digits of
+    its hash, then its extension, so two long names that share a beginning stay apart.
+
+    Example: a 300-character label's ``sheet_<label>.png`` becomes ``sheet_<label[:236]>-1a2b3c4d.png``.
+    """
+    if len(name.encode()) <= limit:
+        return name
+    suffix = temp_suffix(Path(name))
+    tag = "-" + hashlib.blake2b(name.encode(), digest_size=4).hexdigest()
+    room = limit - len(tag.encode()) - len(suffix.encode())
+    stem = name[:len(name) - len(suffix)].encode()[:room].decode("utf-8", "ignore")
+    return stem + tag + suffix
+
+
+def remove_stale_temps(folder: Path | str) -> int:
+    """Delete the temporary files a killed run left anywhere below ``folder``; returns how many.
+
+    Only for a folder one command owns (its lock or finished-output guard already holds): a
+    temporary file of a running writer would go too.
+    """
+    removed = 0
+    for tmp in Path(folder).rglob(f"{TEMP_PREFIX}*"):
+        if tmp.is_file() and not tmp.is_symlink():
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 @contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
@@ -52,7 +92,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     try:
         with write_errors(path):
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent)
+            fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=temp_suffix(path), dir=path.parent)
             os.close(fd)
             umask = os.umask(0)
             os.umask(umask)

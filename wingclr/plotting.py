@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import colorsys
 import re
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -21,9 +22,17 @@ GREY_NAMES = ("-1", "outliers")  # stage 1/2 names of the images no cluster took
 MAX_LEGEND = 20  # more entries than this and the legend is left out
 
 
+def quiet_glyphs() -> None:
+    """No ``Glyph ... missing from font(s)`` warning per character of a label the font lacks (a
+    Japanese or Greek class name): the character is drawn as a box, the CSVs keep the name."""
+    warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
+
+
 def pyplot(show: bool = False):
     """``matplotlib.pyplot``, on the Agg backend unless figures are to be shown in windows."""
     import matplotlib
+
+    quiet_glyphs()
 
     if not show:
         matplotlib.use("Agg")
@@ -36,6 +45,7 @@ def save_figure(fig, path: Path | str, dpi: int = 120, close: bool = True) -> No
     """Save ``fig`` atomically; ``close=False`` keeps it open (to show it in a window after)."""
     import matplotlib.pyplot as plt
 
+    quiet_glyphs()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=Path(path).suffix.lstrip("."))
     if close:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .cli import (Settings, UserError, check_minimum, progress, require_output_folder,
+from .cli import (Settings, UserError, check_minimum, progress, require_output_folder, saved_so_far,
                   write_error)
 from .data import dataset_channels, scan_clusters
 from .draw_split import assign_splits, update_splits  # noqa: F401 (stage 2 API)
@@ -199,6 +199,7 @@ def create_dataset(s: DatasetSettings) -> dict | None:
     splits = assign_splits(clusters, s.val_fraction, s.seed, s.outliers_folder, grouping.groups)
 
     (out / "manifest.json").unlink(missing_ok=True)  # from here on the output is unfinished
+    saved_so_far(f"{out} is unfinished (no manifest.json; the same command copies its images again)")
     for subset in SUBSETS:  # our own folders only; unfinished or --overwrite
         shutil.rmtree(out / subset, ignore_errors=True)
     for rel, split in progress(zip(images, splits), len(images), s.link, s.quiet,
@@ -305,6 +306,7 @@ def _update(s: DatasetSettings, out: Path, found, stamps: pd.DataFrame, old: pd.
             if name not in previous or name in changed or not (out / "unlabeled" / name).exists()]
 
     (out / "manifest.json").unlink(missing_ok=True)  # from here on the output is unfinished
+    saved_so_far(f"the --update of {out} is unfinished (no manifest.json; the same command finishes it)")
     for name in removed:
         for subset in ("unlabeled", previous[name]):
             _remove(out / subset, name)

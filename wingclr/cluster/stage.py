@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..cli import UserError, check_input_size, check_minimum
+from ..cli import UserError, check_input_size, check_minimum, require_output_folder
 from ..identity import COLUMNS, identify, segmentation_identity, stamp_files, write_inputs
 from ..imageio import list_files
 from ..outputs import MANIFEST, atomic_path, write_csv, write_manifest, write_text
@@ -45,6 +45,8 @@ from .settings import ClusterSettings
 
 DEFAULT_MIN_CLUSTER_SIZE, DEFAULT_EPSILON = 20, 0.0
 MIN_IMAGES = 5  # UMAP needs a few points to build a neighbour graph
+
+TRIES = ".tries"  # the pictures of tries while a finished clustering is being overwritten
 UMAP_KEYS = ("n_neighbors", "min_dist", "seed", "metric", "pca_dims")
 BATCH_HINT = "--min-cluster-size N --cluster-selection-epsilon E --yes"
 
@@ -196,6 +198,15 @@ def draw_sheets(features: np.ndarray, labels: np.ndarray, images: list[Path], fo
         print(f"note: contact sheets not drawn ({type(e).__name__}: {e})")
 
 
+def move_pictures(tries: Path, out: Path) -> None:
+    """Replace ``out``'s plots and contact sheets with those of the kept try drawn in ``tries``."""
+    for old in out.glob("sheet_*.png"):
+        old.unlink()
+    for picture in sorted(tries.glob("*.png")):
+        picture.replace(out / picture.name)
+    shutil.rmtree(tries, ignore_errors=True)
+
+
 def write_clusters(out: Path, root: Path, images: list[str], result: Clustering,
                    embedding: np.ndarray, link: str, identity: pd.DataFrame | None = None) -> pd.DataFrame:
     """``cluster_<k>/<rel>``, ``outliers/<rel>`` and ``clusters.csv``; returns the table.
@@ -259,6 +270,7 @@ def run_clustering(s: ClusterSettings, *, stdin_is_tty: bool | None = None,
     if mode == "batch":
         s = with_batch_defaults(s)
     out = Path(s.output)
+    require_output_folder(out)
     root = resolve_input(s.input, out)
     finished = guard_output(out, s, mode=mode)
     images, skipped = list_files(root)
@@ -275,8 +287,9 @@ def run_clustering(s: ClusterSettings, *, stdin_is_tty: bool | None = None,
                 f"--min-cluster-size (at most {n})") if n >= MIN_IMAGES else (
                 f"clustering needs at least {MIN_IMAGES}; add images or point --input elsewhere")
         raise UserError(f"{root} holds {n} image{'s' * (n != 1)}, {need}")
-    if mode != "sweep-only":
-        (out / MANIFEST).unlink(missing_ok=True)  # from here on the output is unfinished
+    # a finished clustering being overwritten stays whole until the new one is kept: the tries'
+    # pictures go to a hidden folder (stage 2 ignores it) and the manifest goes just before writing
+    tries = out / TRIES if (out / MANIFEST).is_file() and mode != "sweep-only" else out
     config = FeatureConfig(s.backbone, s.pretrained == "imagenet", s.input_size,
                            dataset_channels(root, images, None), tuple(s.background),
                            s.seed)
@@ -320,8 +333,11 @@ def run_clustering(s: ClusterSettings, *, stdin_is_tty: bool | None = None,
     show = not s.no_show and display_available()
     warning = random_features_warning(s.backbone) if random_features else ""
     result, tried, (mcs, eps) = choose(
-        embedding, s, mode=mode, out=out, degenerate=degenerate, show=show,
+        embedding, s, mode=mode, out=tries, degenerate=degenerate, show=show,
         features=None if degenerate else values, warning=warning, images=[root / r for r in readable])
+    (out / MANIFEST).unlink(missing_ok=True)  # kept: from here on the output is unfinished
+    if tries != out:
+        move_pictures(tries, out)
     # manifest.json records the parameters of the result kept (the answers, in interactive mode)
     s = replace(s, min_cluster_size=mcs, cluster_selection_epsilon=eps)
     known = segmentation_identity(root)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..outputs import fit_name
 from ..thumbnails import display_bands, fit_size, read_rgba
 
 
@@ -307,7 +308,7 @@ def write_gradcam(backbone: nn.Module, meta: dict, features: np.ndarray, labels:
                                 layers)
         neighbour = read_rgba(images[nb], display_bands(meta), meta.get("scale16", "full"))
         name = Path(str(images[row])).stem
-        path = Path(out_dir) / f"{k + 1:02d}_{name}.png"
+        path = Path(out_dir) / fit_name(f"{k + 1:02d}_{name}.png")
         flat = ("\nno colour = a flat map (at this input size the layer has too few cells)"
                 if class_map.max() == 0 or sim_map.max() == 0 else "")
         flat += transparency_note(rgba)

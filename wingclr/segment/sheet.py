@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..thumbnails import grid_columns
+from ..imageio import quiet_decoders
 
 TILE, CAPTION, COLUMNS, PER_SHEET, MAX_SHEETS = 96, 14, 20, 200, 5
 SHEET_GLOB = "contact_sheet*.png"
@@ -38,6 +39,7 @@ def _thumbnail(path: Path | None) -> Image.Image | None:
     """An RGBA thumbnail fitting the tile, or None when there is nothing readable."""
     if path is None or not path.is_file():
         return None
+    quiet_decoders()  # a damaged photo is an empty tile, listed unreadable elsewhere
     try:
         with Image.open(path) as img:
             img.draft("RGB", (TILE, TILE))  # JPEG photos decode at a reduced size

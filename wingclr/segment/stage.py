@@ -33,10 +33,11 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from ..cli import UserError, require_folder
+from ..cli import UserError, require_folder, require_output_folder, saved_so_far
 from ..identity import GROUP, SOURCE, SPECIMEN, posix, without_extension
 from ..imageio import ImageReadError, list_files, match_channels, read_image, write_png
-from ..outputs import (MANIFEST, changed_keys, check_finished, jsonable, read_csv, read_manifest, settings,
+from ..outputs import (MANIFEST, changed_keys, check_finished, jsonable, read_csv, read_manifest,
+                       remove_stale_temps, settings,
                        write_csv, write_manifest, write_text)
 from .masks import cutout, downscale, to_full_resolution, write_label_png
 from .methods import Segmenter, choose_method, choose_rembg_model
@@ -239,6 +240,7 @@ def segment(s: SegmentSettings) -> dict:
     if s.merge:
         return merge(out)
     require_folder(inp, "input folder", "pass your photos folder with --input")
+    require_output_folder(out)
     if out.resolve() == inp.resolve() or inp.resolve() in out.resolve().parents:
         raise UserError(f"--output {out} lies inside --input {inp}; choose an output folder "
                         "outside the photos folder")
@@ -290,6 +292,9 @@ def segment(s: SegmentSettings) -> dict:
     print(f"{len(images)} images in {inp}{which}: {len(rows)} already done, {len(todo)} to segment "
           f"({s.method})")
     write_text(out / PARTIAL, json.dumps(jsonable(semantic), indent=2) + "\n")
+    stale = remove_stale_temps(out)
+    if stale:
+        print(f"removed {stale} temporary files an interrupted run left in {out}")
     (out / MANIFEST).unlink(missing_ok=True)  # from here on the output is unfinished
     _run(segmenter, s, todo=todo, names=names, rows=rows, images=mine, table=table)
     info = {"settings": semantic, "classes": list(segmenter.classes), "model": segmenter.info,
@@ -363,6 +368,8 @@ def _run(segmenter: Segmenter, s: SegmentSettings, *, todo: list[Path], names: d
 
     def flush():
         write_csv(table, pd.DataFrame([rows[rel] for rel in images if rel in rows]))
+        saved_so_far(f"{table} lists the {len(rows)} of {len(images)} photos done (the "
+                     "same command segments the rest)")
 
     start, since_flush = time.perf_counter(), 0
     bar = tqdm(total=len(todo), unit="img", disable=None if s.progress else True)

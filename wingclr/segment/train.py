@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..cli import UserError
+from ..cli import UserError, require_output_folder
 from ..outputs import (MANIFEST, atomic_path, changed_keys, check_finished, settings, write_csv,
                        write_manifest)
 from ..untrusted import load_torch
@@ -116,6 +116,7 @@ def train_maskrcnn(s: MaskRCNNSettings) -> dict | None:
     """Run the training (settings: see ``0-segmentation/train_maskrcnn.py``)."""
     work = Path(s.work_dir)
     output = Path(s.output) if s.output else default_checkpoint()
+    require_output_folder(work, "--work-dir")
     if check_finished(work, s, s.overwrite, "Mask R-CNN training"):
         print(f"skip: {work} holds this finished training (manifest.json); the checkpoint is "
               f"{output}; pass --overwrite to train again")

@@ -66,6 +66,15 @@ def lightly_transform(cfg: AugmentConfig):
         normalize={"mean": list(cfg.mean), "std": list(cfg.std)})
 
 
+def batch_seed(*keys: int) -> int:
+    """A 64-bit seed for one batch's augmentations from whole-number keys (seed, epoch or step,
+    process, ...): the same keys give the same augmentations whatever was drawn before, so a
+    resumed run augments each batch as the uninterrupted run did."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0])
+
+
 def _uniform(n: int, lo: float, hi: float, device, g=None) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, device=device, generator=g)
 
@@ -273,15 +282,17 @@ class BatchAugment(nn.Module):
         return x.sub_(self.mean).div_(self.std)
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
         """One view of ``x`` ``(B, C, S, S)``; batches of large images go through in slices.
+
+        ``g``: the generator the random parameters come from (default: torch's global one).
 
         A slice holds at most ``CHUNK_BYTES`` of float32 input, so the temporaries of the ops
         stay small next to the output (hyperspectral cubes: a 408-band image at 224 px is 82 MB
         as float32); RGB batches of usual sizes go through whole.
         """
         n = x.shape[0]
-        p = self.sample(n, x.shape[-2], x.shape[-1], x.device)
+        p = self.sample(n, x.shape[-2], x.shape[-1], x.device, g)
         step = max(1, CHUNK_BYTES // (x[0].numel() * 4))
         if step >= n:
             return self.apply(x, p)

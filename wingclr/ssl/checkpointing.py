@@ -2,12 +2,13 @@
 
 A run stopped by a signal and re-run gives the history an uninterrupted run gives: the same
 epochs, each with the mean loss of all its batches (the batches trained before the stop count
-too), the same number of optimiser steps, and, on a single process, the same random numbers
-from where it stopped (so the device-augmentation path reproduces the uninterrupted losses).
+too), the same number of optimiser steps, and the same augmentations (each batch's come from its
+own seed: ``loaders.SeededBatches`` and ``SimCLR.views``), so on a CPU the same losses and weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import random
@@ -21,13 +22,14 @@ import pytorch_lightning as pl
 import torch
 
 from ..cli import write_errors
-from ..outputs import write_csv
+from ..outputs import TEMP_PREFIX, write_csv
 
 
 def save_checkpoint(trainer: pl.Trainer, path: Path, weights_only: bool = False) -> None:
     """``trainer.save_checkpoint`` to a temporary file, then rename: a kill never leaves half a
     file, and a failed write (disk full) is one line and leaves no temporary file behind."""
-    tmp = path.with_name(f".tmp-{path.name}")
+    # the same short name on every DDP rank (only rank 0 writes): never longer than the final name
+    tmp = path.with_name(f"{TEMP_PREFIX}{hashlib.blake2b(path.name.encode(), digest_size=4).hexdigest()}.ckpt")
     try:
         with write_errors(path):
             trainer.save_checkpoint(tmp, weights_only=weights_only)
@@ -72,7 +74,8 @@ class EpochCheckpoint(pl.Callback):
     """Saves ``last.ckpt`` and ``metrics.csv`` after each epoch, and mid-epoch on a stop signal.
 
     SLURM sends SIGUSR1 shortly before a time limit or preemption (``--signal=SIGUSR1@120``);
-    ``kill``, ``scancel`` and shutdowns send SIGTERM. Either way the run saves ``last.ckpt`` after
+    ``kill``, ``scancel`` and shutdowns send SIGTERM; Ctrl-C sends SIGINT (a second Ctrl-C stops at
+    once, without saving). Either way the run saves ``last.ckpt`` after
     the current batch and stops. The history, the batches already trained this epoch (with their
     summed loss, images and seconds), the random number states and the loops' state travel in the
     checkpoint, so the re-run trains exactly the batches that were left and ends the epoch with
@@ -103,6 +106,11 @@ class EpochCheckpoint(pl.Callback):
         self._loss_sum, self._images, self._seconds = 0.0, 0, 0.0  # _seconds: before the last stop
 
     def request_stop(self, signum=None, frame=None) -> None:
+        if signum == signal.SIGINT and threading.current_thread() is threading.main_thread():
+            # os.write, not print: a handler may interrupt a print to stderr (progress bar)
+            os.write(2, b"\nCtrl-C: saving last.ckpt after the current batch (Ctrl-C again stops "
+                        b"at once, without saving)\n")
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
         self.stop_requested, self.stop_signal = True, signum
 
     def on_train_start(self, trainer, pl_module):
@@ -189,8 +197,8 @@ class EpochCheckpoint(pl.Callback):
         self.consumed = state_dict.get("consumed", 0)
         self._loss_sum = state_dict.get("loss_sum", 0.0)
         self._images, self._seconds = state_dict.get("images", 0), state_dict.get("seconds", 0.0)
-        if self.sampler is not None:
-            self.sampler.skip = self.consumed
+        if self.sampler is not None:  # the epoch in progress: the next after the finished ones
+            self.sampler.skip, self.sampler.resume_epoch = self.consumed, len(self.history)
         rng = state_dict.get("rng")
         if rng is not None and self.consumed:
             self._pending_rng = rng  # mid-epoch: the loader is made before the first batch

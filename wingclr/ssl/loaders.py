@@ -14,12 +14,12 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..cli import UserError
 from ..data import FolderDataset, ImageSet, ReadSpec, dataset_channels, scan_clusters, worker_init
 from ..features import default_workers
-from .augment import AugmentConfig, BatchAugment, lightly_transform
+from .augment import AugmentConfig, BatchAugment, batch_seed, lightly_transform
 from .settings import TrainSettings
 
 
@@ -64,6 +64,49 @@ class TwoViews:
         return views
 
 
+class SeededBatch(list):
+    """A batch of image indices with the seed its augmentations are drawn from."""
+
+    def __init__(self, indices: Sequence[int], seed: int):
+        super().__init__(indices)
+        self.seed = seed
+
+
+class SeededBatches(Dataset):
+    """``dataset`` read a batch at a time, each batch augmented from its own :class:`SeededBatch` seed.
+
+    A batch's random numbers depend on (seed, epoch, process, batch number) only, not on the
+    DataLoader worker that draws it or on the batches drawn before: a run resumed mid-epoch (fewer
+    batches left, spread over the workers differently) augments each remaining batch exactly as the
+    uninterrupted run did. The caller's random states are left as they were (with no workers the
+    batches are drawn in the training process).
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset[index]
+
+    def __getitems__(self, batch: Sequence[int]) -> list:
+        seed = getattr(batch, "seed", None)
+        if seed is None:
+            return [self.dataset[i] for i in batch]
+        states = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2 ** 32)
+            try:
+                return [self.dataset[i] for i in batch]
+            finally:
+                random.setstate(states[0])
+                np.random.set_state(states[1])
+
+
 BALANCE = ("none", "sqrt", "clusters")
 
 
@@ -90,8 +133,8 @@ class EpochBatchSampler(Sampler):
     own contiguous share, so no image is seen twice in an epoch across GPUs. With ``weights``
     (balanced clusters) each global batch is drawn by weight *without replacement*: an image is
     never twice in one batch (on any GPU), so it is never its own negative, while small clusters
-    still come back in later batches. ``skip`` batches are left out at the start of the next epoch iterated: a run stopped
-    mid-epoch resumes with exactly the batches it had not trained on.
+    still come back in later batches. ``skip`` batches are left out at the start of the next epoch
+    iterated: a run stopped mid-epoch resumes with exactly the batches it had not trained on.
     """
 
     def __init__(self, indices: Sequence[int], batch_size: int, world_size: int = 1, seed: int = 0,
@@ -99,6 +142,7 @@ class EpochBatchSampler(Sampler):
         self.indices = torch.as_tensor(list(indices), dtype=torch.long)
         self.n, self.batch_size, self.world_size, self.seed = len(indices), batch_size, world_size, seed
         self.weights, self.epoch, self.skip, self.epoch_fn = weights, 0, 0, epoch_fn
+        self.resume_epoch: int | None = None  # set with ``skip`` by a resume: the epoch to go on with
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -111,8 +155,12 @@ class EpochBatchSampler(Sampler):
 
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         # Lightning creates the epoch's iterator before calling set_epoch on a resumed run, so the
-        # trainer's epoch counter is read here when available.
-        epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
+        # trainer's epoch counter is read here when available. A resumed run's first iterator is
+        # made (and, with workers, drawn from at once) before Lightning restores that counter,
+        # so the epoch to resume comes from the checkpoint (EpochCheckpoint.load_state_dict).
+        epoch, self.resume_epoch = self.resume_epoch, None
+        if epoch is None:
+            epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         if self.weights is not None:
             draws = [torch.multinomial(self.weights, self.batch_size * self.world_size, replacement=False,
@@ -124,8 +172,8 @@ class EpochBatchSampler(Sampler):
             per_rank = len(self) * self.batch_size
             mine = order[rank * per_rank:(rank + 1) * per_rank].view(len(self), self.batch_size)
         skip, self.skip = self.skip, 0
-        for batch in mine[skip:]:
-            yield self.indices[batch].tolist()
+        for number in range(skip, len(mine)):  # each batch's seed: SeededBatches
+            yield SeededBatch(self.indices[mine[number]].tolist(), batch_seed(self.seed, epoch, rank, number))
 
 
 def training_images(data: Path) -> ImageSet:
@@ -160,7 +208,7 @@ def training_worker_init(worker_id: int | None = None) -> None:
     """
     from lightning_fabric.utilities.seed import pl_worker_init_function
 
-    for signum in (signal.SIGTERM, signal.SIGUSR1):
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):  # Ctrl-C reaches them too
         signal.signal(signum, signal.SIG_IGN)
     if worker_id is not None:
         pl_worker_init_function(worker_id)
@@ -268,7 +316,7 @@ def build_data(s: TrainSettings, trainer, images: ImageSet | None = None) -> Tra
     if on_device:  # the dataset reads whole batches: dataset[list of indices]
         loader = DataLoader(dataset, sampler=sampler, batch_size=None, **loader_kwargs)
     else:
-        loader = DataLoader(dataset, batch_sampler=sampler, **loader_kwargs)
+        loader = DataLoader(SeededBatches(dataset), batch_sampler=sampler, **loader_kwargs)
     meta.update(augment_on="device" if on_device else "workers", world_size=world,
                 images=len(valid), clusters=dict(Counter(images.clusters)))
     return TrainingData(loader, sampler, plan, cfgs, on_device, meta)

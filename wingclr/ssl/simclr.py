@@ -17,7 +17,7 @@ from torch import nn
 from lightly.models.modules import SimCLRProjectionHead
 
 from ..models import build_backbone
-from .augment import AugmentConfig, BatchAugment
+from .augment import AugmentConfig, BatchAugment, batch_seed
 from .loss import IndexedNTXentLoss
 
 BASE_LR = {"sgd": 0.06, "lars": 1.2, "adam": 1e-3}
@@ -53,7 +53,8 @@ class SimCLR(pl.LightningModule):
                  gather_distributed: bool = False, augment: list[dict] | None = None,
                  view_bands: list[list[int]] | None = None,
                  channels_last: bool = False, compile: bool = False, pretrained: bool = False,
-                 backbone_lr_scale: float = 1.0, bn_frozen: bool = False, meta: dict | None = None):
+                 backbone_lr_scale: float = 1.0, bn_frozen: bool = False, meta: dict | None = None,
+                 seed: int = 0):
         super().__init__()
         self.save_hyperparameters(ignore=["pretrained", "meta"])
         self.meta = dict(meta or {})  # saved in every checkpoint (``wingclr``), read by stage 4
@@ -99,8 +100,12 @@ class SimCLR(pl.LightningModule):
         if self.augment is None:
             return images[0], images[1]
         bands = self.hparams.view_bands or [None, None]
+        # drawn from (seed, step, process) alone: a resumed run augments each batch as before
+        g = torch.Generator(images.device).manual_seed(
+            batch_seed(self.hparams.get("seed", 0), self.global_step, self.global_rank))
         with torch.autocast(images.device.type, enabled=False):  # augment in float32
-            return tuple(aug(images if b is None else images[:, b]) for aug, b in zip(self.augment, bands))
+            return tuple(aug(images if b is None else images[:, b], g)
+                         for aug, b in zip(self.augment, bands))
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x0, x1 = self.views(batch)

@@ -3,7 +3,7 @@
 A run lives in ``<output>/<run name>/``. ``last.ckpt`` is rewritten atomically after every
 epoch; re-running the same command resumes from it. When training ends, the weights go to
 ``<run name>.ckpt``, ``manifest.json`` is written, and ``last.ckpt`` is deleted (``--keep-last``
-keeps it). SIGUSR1 and SIGTERM save after the
+keeps it). SIGUSR1, SIGTERM and SIGINT (Ctrl-C) save after the
 current batch and stop (SIGUSR1 requeues a SLURM job; otherwise the exit status is 128 + signal).
 The lock, ``--overwrite`` beside the finished run and the settings comparison live in
 :mod:`wingclr.ssl.run_folder`.
@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from ..checkpoints import checkpoint_damage, read_checkpoint
 from ..cli import (Stopped, UserError, check_gpu_request, check_input_size, check_minimum,
                    require_output_folder, stdout_is_terminal)
-from ..outputs import MANIFEST, check_finished, read_manifest, write_manifest
+from ..outputs import MANIFEST, check_finished, read_manifest, remove_stale_temps, write_manifest
 from .checkpointing import EpochCheckpoint, plot_loss, save_checkpoint, start_line, trained_epochs
 from .grid import fit_point_to_data, run_name
 from .batchnorm import sync_batchnorm
@@ -36,7 +37,7 @@ from .run_folder import (RunLock, changed_settings, finish_replacement, is_rank_
 from .settings import TrainSettings, resolve
 from .simclr import NonFiniteLossError, SimCLR, scaled_lr
 
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)  # SIGINT: Ctrl-C
 
 
 def check_settings(s: TrainSettings) -> None:
@@ -181,6 +182,7 @@ def start_work_dir(run_dir: Path, work: Path, resume: Path | None) -> None:
     elif resume is None:
         shutil.rmtree(work, ignore_errors=True)  # an earlier replacement with other settings
     work.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(work)  # of a checkpoint write a kill -9 cut short (the run lock is ours)
 
 
 def nan_message(error: Exception, s: TrainSettings, work: Path, epochs_saved: int) -> str:
@@ -334,7 +336,7 @@ def fit_run(s: TrainSettings, trainer: pl.Trainer, checkpointing: EpochCheckpoin
         gather_distributed=trainer.world_size > 1,
         augment=[cfg.to_dict() for cfg in data.views] if data.on_device else None,
         view_bands=data.plan.bands if data.plan.cross_modal else None,
-        channels_last=s.channels_last == "on", compile=s.compile,
+        channels_last=s.channels_last == "on", compile=s.compile, seed=s.seed,
         pretrained=resume is None and s.pretrained == "imagenet",  # a resume loads its own weights
         backbone_lr_scale=s.backbone_lr_scale if s.pretrained == "imagenet" else 1.0,
         bn_frozen=s.bn == "frozen",
@@ -358,8 +360,17 @@ def fit_run(s: TrainSettings, trainer: pl.Trainer, checkpointing: EpochCheckpoin
         print(f"training the replacement of {run_dir} in {work}; the finished run stays until it is done")
     handlers = {sig: signal.signal(sig, checkpointing.request_stop) for sig in STOP_SIGNALS}
     try:
-        # weights_only: Lightning's own read of last.ckpt runs no pickled code either
-        trainer.fit(module, data.loader, ckpt_path=resume, weights_only=True)
+        with warnings.catch_warnings():
+            # Lightning warns that a resume from mid-epoch "can cause unreliable results" because
+            # the DataLoader has no state_dict. Ours needs none: the sampler skips the batches
+            # already trained (EpochBatchSampler.skip), each batch's augmentations come from its
+            # own seed (SeededBatches; the device path's from the random states in last.ckpt),
+            # so the resumed epoch trains the batches an uninterrupted run trains
+            # (tests/test_stops_and_names.py compares the losses).
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended "
+                                    "before the epoch ended")
+            # weights_only: Lightning's own read of last.ckpt runs no pickled code either
+            trainer.fit(module, data.loader, ckpt_path=resume, weights_only=True)
     except SIGTERMException:  # Lightning's handler saw a SIGTERM sent before on_train_start
         checkpointing.stop_signal = checkpointing.stop_signal or signal.SIGTERM
     except BaseException as e:
@@ -371,11 +382,14 @@ def fit_run(s: TrainSettings, trainer: pl.Trainer, checkpointing: EpochCheckpoin
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-    if checkpointing.stop_signal is not None and trainer.current_epoch < s.epochs:
+    # epochs finished, from the history: a stop during the last epoch also ends Lightning's last
+    # epoch (current_epoch reaches --epochs) although that epoch's batches were not all trained
+    finished = len(checkpointing.history)
+    if checkpointing.stop_signal is not None and finished < s.epochs:
         stop_after_signal(trainer, work, checkpointing.stop_signal)
         return None
-    if trainer.interrupted or trainer.current_epoch < s.epochs:
-        print(f"stopped at epoch {trainer.current_epoch}; re-run the same command to resume")
+    if trainer.interrupted or finished < s.epochs:
+        print(f"stopped at epoch {finished}; re-run the same command to resume")
         return None
 
     # ============ save: final (or best) weights, loss plot, manifest (last), then tidy up ============
