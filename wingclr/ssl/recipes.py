@@ -25,11 +25,11 @@ RECIPES = {
     "phenotype": {"min_scale": 0.5, "cj_prob": 0.0, "gray_prob": 0.2, "blur_prob": 0.0,
                   "vf_prob": 0.5, "rr_prob": 0.5, "optimizer": "sgd", "lr": 0.01,
                   "lr_scaling": "none", "weight_decay": 5e-4, "warmup_epochs": 0,
-                  "balance": "clusters"},
+                  "balance": "clusters", "forward": "separate"},
     "simclr": {"min_scale": 0.08, "cj_prob": 0.8, "gray_prob": 0.2, "blur_prob": 0.5,
                "vf_prob": 0.0, "rr_prob": 0.0, "optimizer": "sgd", "lr": None,
                "lr_scaling": "sqrt", "weight_decay": None, "warmup_epochs": 10,
-               "balance": "none"},
+               "balance": "none", "forward": "separate"},
 }
 RECIPES["cpu"] = {**RECIPES["simclr"], "min_scale": 0.3, "blur_prob": 0.0, "optimizer": "adam", "lr": 2e-3}
 DEFAULT_RECIPE = "phenotype"
@@ -69,6 +69,9 @@ def add_recipe_args(p) -> None:
                    help=f"linear learning-rate warm-up, at most 10 %% of the run ({r['warmup_epochs']})")
     g.add_argument("--balance", choices=["none", "clusters"], default=None,
                    help=f"'clusters' samples every cluster equally often ({r['balance']})")
+    g.add_argument("--forward", choices=["joint", "separate"], default=None,
+                   help="joint: one forward pass of both views concatenated (BatchNorm statistics over "
+                        f"both, as lightly's benchmarks); separate: one pass per view ({r['forward']})")
 
 
 def recipe_values(s) -> dict:

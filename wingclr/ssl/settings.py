@@ -53,6 +53,7 @@ class TrainSettings(Settings):
     weight_decay: float | None
     warmup_epochs: int | None
     balance: str | None
+    forward: str | None
     augment_on: str
     cache_size: int | None
     cache_dir: Path
@@ -72,6 +73,8 @@ class TrainSettings(Settings):
     quiet: bool
     overwrite: bool
     keep_last: bool
+    save_every_min: float
+    cache_only: bool
 
     def grid_points(self) -> list[Point]:
         """The grid in use (:func:`~wingclr.ssl.grid.build_grid`): ``--grid``, the list flags, and

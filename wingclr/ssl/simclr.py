@@ -29,6 +29,17 @@ def scaled_lr(optimizer: str, global_batch: int, base_lr: float | None = None) -
     return (BASE_LR[optimizer] if base_lr is None else base_lr) * math.sqrt(global_batch / 256)
 
 
+def lars_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """LARS parameter groups as lightly's benchmarks: weights get weight decay and the layer-wise
+    adaptation; BatchNorm (and other normalisation) parameters and biases get neither (lightly's
+    LARS adapts only groups whose weight decay is not 0)."""
+    from lightly.models.utils import get_weight_decay_parameters
+
+    decay, no_decay = get_weight_decay_parameters([model])
+    return [{"name": "weights", "params": decay, "weight_decay": weight_decay},
+            {"name": "no_weight_decay", "params": no_decay, "weight_decay": 0.0}]
+
+
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
 
@@ -48,7 +59,7 @@ class SimCLR(pl.LightningModule):
                  gather_distributed: bool = False, augment: list[dict] | None = None,
                  view_bands: list[list[int]] | None = None,
                  channels_last: bool = False, compile: bool = False, pretrained: bool = False,
-                 meta: dict | None = None):
+                 forward_views: str = "separate", meta: dict | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["pretrained", "meta"])
         self.meta = dict(meta or {})  # saved in every checkpoint (``wingclr``), read by stage 4
@@ -89,12 +100,19 @@ class SimCLR(pl.LightningModule):
         with torch.autocast(images.device.type, enabled=False):  # augment in float32
             return tuple(aug(images if b is None else images[:, b]) for aug, b in zip(self.augment, bands))
 
+    def projections(self, x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projections ``(B, 128)`` of both views: one forward of the concatenated views
+        (``forward_views="joint"``: BatchNorm sees both views' statistics at once, as lightly's
+        benchmarks) or one forward per view (``"separate"``)."""
+        if self.hparams.forward_views == "joint":
+            return self(torch.cat([x0, x1])).chunk(2)
+        return self(x0), self(x1)
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        # no host read here: EpochCheckpoint checks the loss for NaN every CHECK_EVERY steps
         x0, x1 = self.views(batch)
-        loss = self.criterion(self(x0), self(x1))
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"loss became {loss.item()} at epoch {self.current_epoch}, "
-                                     f"step {batch_idx}")
+        z0, z1 = self.projections(x0, x1)
+        loss = self.criterion(z0, z1)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=x0.shape[0], sync_dist=True)
         return loss
@@ -109,7 +127,7 @@ class SimCLR(pl.LightningModule):
         elif hp.optimizer == "lars":
             from lightly.utils.lars import LARS
 
-            opt = LARS(params, lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
+            opt = LARS(lars_groups(self, hp.weight_decay), lr=hp.lr, momentum=0.9)
         else:
             opt = torch.optim.SGD(params, lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
         steps = max(1, int(self.trainer.estimated_stepping_batches))

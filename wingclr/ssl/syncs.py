@@ -44,3 +44,24 @@ class SyncCounter(TorchDispatchMode):
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+
+def step_sync_callback():
+    """A Lightning callback counting the sync ops of each training batch (forward, backward,
+    optimiser step): ``callback.steps`` is one :class:`~collections.Counter` per batch."""
+    import pytorch_lightning as pl
+
+    class StepSyncs(pl.Callback):
+        def __init__(self):
+            self.steps: list[Counter] = []
+            self._mode = None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self._mode = SyncCounter()
+            self._mode.__enter__()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self._mode.__exit__(None, None, None)
+            self.steps.append(self._mode.counts)
+
+    return StepSyncs()

@@ -1,7 +1,8 @@
 """Stage 3: SimCLR training run with resume, finished-run skip and the checkpoint contract.
 
-A run lives in ``<output>/<run name>/``. ``last.ckpt`` is rewritten atomically after every
-epoch; re-running the same command resumes from it. When training ends, the weights go to
+A run lives in ``<output>/<run name>/``. ``last.ckpt`` is rewritten atomically at the end of
+the first epoch ``--save-every-min`` minutes after the last save, and on SIGUSR1 / SIGTERM;
+re-running the same command resumes from it. When training ends, the weights go to
 ``<run name>.ckpt``, ``manifest.json`` is written, and ``last.ckpt`` is deleted (``--keep-last``
 keeps it). SIGUSR1 and SIGTERM save after the
 current batch and stop (SIGUSR1 requeues a SLURM job; otherwise the exit status is 128 + signal).
@@ -29,7 +30,8 @@ from ..cli import (Stopped, UserError, check_gpu_request, check_input_size, chec
 from ..outputs import MANIFEST, check_finished, read_manifest, write_manifest
 from .checkpointing import EpochCheckpoint, plot_loss, save_checkpoint
 from .grid import fit_point_to_data, run_name
-from .loaders import build_data, training_images
+from .loaders import build_cache_only, build_data, training_images
+from .memory import check_gpu_memory
 from .run_folder import (RunLock, changed_settings, finish_replacement, is_rank_zero, run_settings,
                          staging_dir)
 from .settings import TrainSettings, resolve
@@ -42,7 +44,8 @@ def check_settings(s: TrainSettings) -> None:
     """Check the numeric and hardware flags before anything is read or created."""
     check_input_size(s.input_size)
     check_input_size(s.cache_size, "--cache-size")
-    check_minimum(("--num-workers", s.num_workers, 0), ("--num-nodes", s.num_nodes, 1))
+    check_minimum(("--num-workers", s.num_workers, 0), ("--num-nodes", s.num_nodes, 1),
+                  ("--save-every-min", s.save_every_min, 0))
     check_hardware(accelerator=s.accelerator, devices=s.devices)
 
 
@@ -202,8 +205,11 @@ def train(s: TrainSettings) -> dict | None:
     """
     s, grid = resolve(s)
     check_settings(s)
-    require_output_folder(s.output)
     images = training_images(s.data)
+    if s.cache_only:
+        print(f"cache: {build_cache_only(s, images)} ({len(images)} images); grid runs read it")
+        return None
+    require_output_folder(s.output)
     requested = None
     if grid is not None:  # --param-i chose the batch size: fit it to the data
         batch_size = fit_point_to_data(grid, s.param_i, len(images), images.root)
@@ -235,7 +241,8 @@ def fit_run(s: TrainSettings, name: str, run_dir: Path, work: Path, resume: Path
     precision = s.precision if s.precision != "auto" else ("bf16-mixed" if cuda else "32-true")
     distributed = s.num_nodes > 1 or (str(s.devices) not in ("1", "auto") and s.devices != 1)
     terminal = stdout_is_terminal()  # else one line per epoch instead of a progress bar
-    checkpointing = EpochCheckpoint(work, s.epochs, log_epochs=not terminal and not s.quiet)
+    checkpointing = EpochCheckpoint(work, s.epochs, log_epochs=not terminal and not s.quiet,
+                                    save_every_s=60 * s.save_every_min, keep_last=s.keep_last)
     trainer = pl.Trainer(
         max_epochs=s.epochs, accelerator=s.accelerator, devices=s.devices,
         num_nodes=s.num_nodes, strategy="ddp" if distributed else "auto",
@@ -244,6 +251,11 @@ def fit_run(s: TrainSettings, name: str, run_dir: Path, work: Path, resume: Path
         callbacks=[checkpointing], default_root_dir=work, log_every_n_steps=10,
         num_sanity_val_steps=0, use_distributed_sampler=False, plugins=slurm_plugins(),
         enable_progress_bar=terminal and not s.quiet)
+
+    if trainer.strategy.root_device.type == "cuda":  # before the cache is built: fail in seconds
+        check_gpu_memory(backbone=s.backbone, input_size=s.input_size, precision=precision,
+                         batch_per_gpu=s.batch_size // trainer.world_size,
+                         device=trainer.strategy.root_device, processes=trainer.world_size)
 
     # ============ data: cached or decoded images, two augmented views, balanced sampler ============
     data = build_data(s, trainer, images)
@@ -259,7 +271,7 @@ def fit_run(s: TrainSettings, name: str, run_dir: Path, work: Path, resume: Path
         gather_distributed=trainer.world_size > 1,
         augment=[cfg.to_dict() for cfg in data.views] if data.on_device else None,
         view_bands=data.plan.bands if data.plan.cross_modal else None,
-        channels_last=s.channels_last == "on", compile=s.compile,
+        channels_last=s.channels_last == "on", compile=s.compile, forward_views=s.forward,
         pretrained=resume is None and s.pretrained == "imagenet",  # a resume loads its own weights
         meta={**data.meta, "lr": lr, "run_name": name, "settings": wanted, "precision": precision})
     meta = module.checkpoint_meta()
@@ -280,7 +292,7 @@ def fit_run(s: TrainSettings, name: str, run_dir: Path, work: Path, resume: Path
         if is_rank_zero() and work.is_dir() and not any(work.iterdir()):
             work.rmdir()  # nothing was saved: no empty run folder stays behind
         if isinstance(e, NonFiniteLossError):
-            raise UserError(nan_message(e, s, work, len(checkpointing.history))) from None
+            raise UserError(nan_message(e, s, work, checkpointing.saved_epochs)) from None
         raise
     finally:
         for sig, handler in handlers.items():
