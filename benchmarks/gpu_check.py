@@ -62,7 +62,8 @@ def throughput(cfg: dict, work: Path) -> dict:
         raise RuntimeError(f"train_throughput.py failed: {proc.stderr[-2000:]}")
     print("  " + proc.stdout.strip().replace("\n", "\n  "))
     rates = {k: float(v) for k, v in re.findall(r"\((a|b|c)\)[^:]*:\s*([\d.]+) img/s", proc.stdout)}
-    return {**rates, "b/a": rates["b"] / rates["a"], "b/c": rates["b"] / rates["c"], "batch": batch}
+    ratios = {k: float(v) for k, v in re.findall(r"(b/a|b/c) = ([\d.]+)", proc.stdout)}
+    return {**rates, **ratios, "batch": batch}
 
 
 def step_memory_and_syncs(cfg: dict) -> dict:

@@ -69,6 +69,8 @@ class SimCLR(pl.LightningModule):
         self.criterion = NTXentLoss(temperature=temperature, gather_distributed=gather_distributed)
         self.augment = nn.ModuleList(BatchAugment(AugmentConfig(**cfg), in_chans)
                                      for cfg in augment) if augment else None
+        for v, bands in enumerate(view_bands or []):  # on the device: no host copy per batch
+            self.register_buffer(f"view_index_{v}", torch.tensor(bands, dtype=torch.long), persistent=False)
         if channels_last:
             self.to(memory_format=torch.channels_last)
         # kept out of the module registry, so checkpoints hold the plain (uncompiled) weights
@@ -96,9 +98,10 @@ class SimCLR(pl.LightningModule):
         images, _ = batch
         if self.augment is None:
             return images[0], images[1]
-        bands = self.hparams.view_bands or [None, None]
+        bands = [getattr(self, f"view_index_{v}", None) for v in (0, 1)]
         with torch.autocast(images.device.type, enabled=False):  # augment in float32
-            return tuple(aug(images if b is None else images[:, b]) for aug, b in zip(self.augment, bands))
+            return tuple(aug(images if b is None else images.index_select(1, b))
+                         for aug, b in zip(self.augment, bands))
 
     def projections(self, x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Projections ``(B, 128)`` of both views: one forward of the concatenated views
