@@ -230,24 +230,36 @@ class BatchAugment(nn.Module):
     def _colour(self, x: torch.Tensor, p: dict) -> torch.Tensor:
         """Colour jitter in per-image random order, then grayscale; ``x`` ``(B, 3, H, W)``.
 
-        Each of the four slots of the order applies every image's own op at once: brightness,
-        contrast and saturation are one blend ``x k + (1 - k) target`` (target 0, the image's mean
-        gray or its gray; k = 1 leaves an image as it is), the hue shift is picked per image with
-        ``torch.where``.
+        The hue shift (the costly op) runs once on the whole batch, picked per image with
+        ``torch.where``: first every image's ops ordered before its hue shift (three slots), then
+        the hue shift, then the ops after it (three slots). Brightness, contrast and saturation
+        are one blend ``x k + (1 - k) target`` (target 0, the image's mean gray or its gray); an
+        image with no op in a slot gets k = 1, which leaves it exactly as it is.
         """
         if self.cfg.cj_prob > 0:
-            f, n = p["factors"], x.shape[0]
-            for slot in range(4):
-                op = torch.where(p["jitter"], p["order"][:, slot], -1).view(n, 1, 1, 1)  # -1: none
-                k = torch.where((op >= 0) & (op < 3), f[:, :3].gather(1, op.view(n, 1).clamp(0, 2))
-                                .view(n, 1, 1, 1), 1.0)
-                gray = rgb_to_gray(x)
-                target = torch.where(op == 2, gray, gray.mean((1, 2, 3), keepdim=True) * (op == 1))
-                blend = (x * k).add_(target.mul_(1 - k))
-                x = torch.where(op == 3, adjust_hue(x, f[:, 3]), blend).clamp_(0, 1)
+            f, order, n = p["factors"], p["order"], x.shape[0]
+            hue_at = (order == 3).int().argmax(1)
+            slots = torch.arange(4, device=x.device)
+            before = p["jitter"].view(n, 1) & (slots.view(1, 4) < hue_at.view(n, 1))
+            after = p["jitter"].view(n, 1) & (slots.view(1, 4) > hue_at.view(n, 1))
+            for slot in (0, 1, 2):
+                x = self._blend(x, torch.where(before[:, slot], order[:, slot], -1), f)
+            x = torch.where(p["jitter"].view(n, 1, 1, 1), adjust_hue(x, f[:, 3]).clamp_(0, 1), x)
+            for slot in (1, 2, 3):
+                x = self._blend(x, torch.where(after[:, slot], order[:, slot], -1), f)
         if self.cfg.gray_prob > 0:
             x = torch.where(p["gray"].view(-1, 1, 1, 1), rgb_to_gray(x).expand_as(x), x)
         return x
+
+    @staticmethod
+    def _blend(x: torch.Tensor, op: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """Brightness (op 0), contrast (1) or saturation (2) per image, then clamp; -1: none."""
+        n = x.shape[0]
+        op = op.view(n, 1, 1, 1)
+        k = torch.where(op >= 0, f[:, :3].gather(1, op.view(n, 1).clamp(0, 2)).view(n, 1, 1, 1), 1.0)
+        gray = rgb_to_gray(x)
+        target = torch.where(op == 2, gray, gray.mean((1, 2, 3), keepdim=True) * (op == 1))
+        return (x * k).add_(target.mul_(1 - k)).clamp_(0, 1)
 
     def _bands(self, x: torch.Tensor, p: dict) -> torch.Tensor:
         """Per-band brightness and contrast for non-RGB bands, in place; ``x`` ``(B, K, H, W)``.
