@@ -20,11 +20,11 @@ SYNC_OPS = {"nonzero", "_local_scalar_dense", "is_nonzero", "masked_select", "ma
             "nonzero_numpy", "argwhere", "repeat_interleave", "bincount", "histc", "item"}
 
 
-def _is_bool_index(op_name: str, args) -> bool:
+def _is_bool_index(op_name: str, op_args) -> bool:
     """``x[mask]`` / ``x[mask] = y``: ``aten.index`` or ``index_put`` with a boolean index."""
     if op_name not in ("index", "index_put", "index_put_", "_index_put_impl_"):
         return False
-    indices = args[1] if len(args) > 1 else ()
+    indices = op_args[1] if len(op_args) > 1 else ()
     return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices or ())
 
 
@@ -35,11 +35,11 @@ class SyncCounter(TorchDispatchMode):
         super().__init__()
         self.counts: Counter = Counter()
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_dispatch__(self, func, types, op_args=(), op_kwargs=None):
         name = func._schema.name.split("::")[-1]
-        if name in SYNC_OPS or _is_bool_index(name, args):
+        if name in SYNC_OPS or _is_bool_index(name, op_args):
             self.counts[name] += 1
-        return func(*args, **(kwargs or {}))
+        return func(*op_args, **(op_kwargs or {}))
 
     @property
     def total(self) -> int:
