@@ -122,6 +122,9 @@ def stopped_and_resumed(cfg: dict, work: Path) -> dict:
     common = ["--data", data, "--output", work / "runs", "--backbone", cfg["backbone"], "--pretrained",
               "none", "--input-size", cfg["input_size"], "--augment-on", "device", "--cache-dir",
               work / "cache", "--warmup-epochs", "0", "--save-every-min", "10", *cfg["run"]]
+    cache = stage("3-training/train.py", *common, "--cache-only")  # its DataLoader draws random seeds
+    if cache.returncode:
+        raise RuntimeError(f"train.py --cache-only failed: {cache.stderr[-2000:]}")
     whole = stage("3-training/train.py", *common, "--run-name", "whole")
     if whole.returncode:
         raise RuntimeError(f"train.py failed: {whole.stderr[-2000:]}")

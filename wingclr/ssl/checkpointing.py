@@ -176,8 +176,10 @@ class EpochCheckpoint(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         if self.stop_requested and trainer.should_stop:
             return  # saved mid-epoch already; the epoch is not complete
+        # one decision for this epoch end: a signal arriving after it is acted on at the next batch
+        stop = self.stop_requested
         if trainer.world_size > 1:  # a signal since the last batch: every rank must agree
-            self.stop_requested = self._agree(trainer, self.stop_requested)[0]
+            stop = self.stop_requested = self._agree(trainer, stop)[0]
         seconds = self._seconds + time.perf_counter() - self._start
         row = {"epoch": trainer.current_epoch + 1, "train_loss": self.epoch_loss(trainer),
                "lr": trainer.optimizers[0].param_groups[0]["lr"],
@@ -188,7 +190,7 @@ class EpochCheckpoint(pl.Callback):
         if trainer.world_size > 1:  # rank 0's clock decides for all: saving is a collective
             due = trainer.strategy.broadcast(due, src=0)
         final = row["epoch"] >= trainer.max_epochs
-        if self.stop_requested or (due and not final) or (final and self.keep_last):
+        if stop or (due and not final) or (final and self.keep_last):
             self._save(trainer)
         if trainer.is_global_zero:
             import pandas as pd
@@ -197,7 +199,7 @@ class EpochCheckpoint(pl.Callback):
             if self.log_epochs:
                 print(f"epoch {row['epoch']}/{self.epochs}  loss {row['train_loss']:.4f}  lr "
                       f"{row['lr']:.3g}  {row['images_per_s']:.1f} img/s  {seconds:.1f} s", flush=True)
-        if self.stop_requested:  # the signal came during the epoch's last batch
+        if stop:  # the signal came during the epoch's last batch
             trainer.should_stop = True
 
     def state_dict(self):
