@@ -134,6 +134,12 @@ def get_args_parser():
     p.add_argument("--keep-last", action="store_true",
                    help="keep last.ckpt (the full training state, larger than the weights) beside the final "
                         "checkpoint; it lets a damaged final checkpoint be rebuilt without training")
+    p.add_argument("--save-every-min", type=float, default=10.0,
+                   help="save last.ckpt at the end of the first epoch this many minutes after the last "
+                        "save (0: every epoch); a stop signal always saves")
+    p.add_argument("--cache-only", action="store_true",
+                   help="build the uint8 image cache of the device path (--cache-dir) and exit 0, "
+                        "without a GPU (3-training/cache.sbatch); grid jobs then only read it")
     return p
 
 

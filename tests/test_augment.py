@@ -157,3 +157,69 @@ def test_large_images_are_augmented_in_slices_with_the_same_result(monkeypatch):
     sliced = aug(x)
     assert calls == [2, 2, 2, 1]
     torch.testing.assert_close(sliced, whole)
+
+
+def test_turns_in_the_sampling_grid_equal_rot90_of_the_flipped_crop():
+    from wingclr.ssl.augment import crop_resize
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(6, 2, 30, 40, generator=g)
+    boxes = sample_crops(6, 30, 40, (0.2, 1.0), g=g)
+    h = torch.tensor([True, False, True, False, True, False])
+    turn = torch.tensor([True, True, False, True, False, False])
+    flipped = crop_resize(x, boxes, 16, h)
+    expected = torch.where(turn.view(-1, 1, 1, 1), flipped.rot90(1, (2, 3)), flipped)
+    torch.testing.assert_close(crop_resize(x, boxes, 16, h, None, turn), expected, atol=1e-5, rtol=1e-5)
+
+
+def per_image_view(aug: BatchAugment, img: torch.Tensor, p: dict, i: int) -> torch.Tensor:
+    """One image's view with torchvision's per-image ops and the batch's parameters of image ``i``."""
+    import torchvision.transforms.v2.functional as F
+
+    from wingclr.ssl.augment import crop_resize
+
+    cfg = aug.cfg
+    y = crop_resize(img[None].float() / 255, p["box"][i:i + 1], cfg.input_size, p["hflip"][i:i + 1],
+                    p["vflip"][i:i + 1])[0]
+    if p["rotate"][i]:
+        y = y.rot90(1, (1, 2))
+    ops = [F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue]
+    if p["jitter"][i]:
+        for op in p["order"][i].tolist():
+            y = ops[op](y, float(p["factors"][i, op]))
+    if p["gray"][i]:
+        y = F.rgb_to_grayscale(y, num_output_channels=3)
+    if p["blur"][i]:
+        s = float(p["sigma"][i])
+        y = F.gaussian_blur(y, [13, 13], [s, s])
+    return (y - aug.mean[0]) / aug.std[0]
+
+
+def test_batched_view_equals_torchvision_ops_applied_image_by_image():
+    """Whole-batch ops with per-image coin flips give each image exactly its own ops."""
+    cfg = AugmentConfig(input_size=24, vf_prob=0.5, rr_prob=0.5)
+    aug = BatchAugment(cfg, 3)
+    x = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(6))
+    p = aug.sample(24, 32, 32, g=torch.Generator().manual_seed(7))
+    assert 0 < p["blur"].sum() < 24 and 0 < p["gray"].sum() < 24 and 0 < p["rotate"].sum() < 24
+    out = aug.apply(x, p)
+    for i in range(24):
+        torch.testing.assert_close(out[i], per_image_view(aug, x[i], p, i), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("chans, rgb", [(3, (0, 1, 2)), (5, (1, 2, 3)), (4, ())])
+def test_batched_augmentation_never_waits_for_the_device(chans, rgb):
+    """No op whose result the host must read (nonzero, boolean masks, .item()): 0 syncs on a GPU."""
+    from wingclr.ssl.syncs import SyncCounter
+
+    cfg = AugmentConfig(input_size=16, vf_prob=0.5, rr_prob=0.5, rgb_bands=rgb, mean=[0.5] * chans,
+                        std=[0.25] * chans)
+    aug = BatchAugment(cfg, chans)
+    x = torch.randint(0, 256, (8, chans, 20, 20), dtype=torch.uint8)
+    with SyncCounter() as counter:
+        aug(x)
+    assert counter.counts == {}
+    with SyncCounter() as counter:  # the counter itself sees what would sync
+        torch.nonzero(x), bool(x.sum() > 0), x[x > 3]
+    assert counter.counts["nonzero"] >= 1 and counter.counts["_local_scalar_dense"] >= 1
+    assert counter.counts["index"] == 1

@@ -287,7 +287,8 @@ def test_case07_overwrite_keeps_finished_run_until_replacement_finishes(dataset_
     finished = {name: (run / name).read_bytes() for name in ("r.ckpt", "manifest.json")}
     _stop_after_epoch(monkeypatch, 1)
     with pytest.raises(RuntimeError, match="killed"):  # --overwrite killed after one epoch
-        _train(dataset_dir, out, "--run-name", "r", "--overwrite", "--seed", "1", "--epochs", "2")
+        _train(dataset_dir, out, "--run-name", "r", "--overwrite", "--seed", "1", "--epochs", "2",
+               "--save-every-min", "0")
     monkeypatch.undo()
     assert {name: (run / name).read_bytes() for name in finished} == finished  # nothing lost
     assert (out / ".r.new" / "last.ckpt").is_file()
@@ -346,7 +347,7 @@ def test_case09_output_file_read_only_and_full_disk(dataset_dir, demo_set, tmp_p
 
     runs = tmp_path / "runs"
     status, err = _cli_in_process(capsys, TRAIN, "--data", dataset_dir, "--output", runs,
-                                  "--epochs", "1", "--run-name", "full", *TINY_TRAIN)
+                                  "--epochs", "1", "--run-name", "full", *TINY_TRAIN, "--keep-last")
     assert status == 2
     _one_error_line(err, "cannot write", str(runs / "full" / "last.ckpt"), "free disk space")
     assert not runs.exists()  # neither .tmp-last.ckpt nor an empty run folder is left
@@ -384,7 +385,8 @@ def test_case13_14_sigterm_saves_stops_workers_and_exits_143(dataset_dir, tmp_pa
 
     out = tmp_path / "runs"
     args = [sys.executable, str(REPO / TRAIN), "--data", str(dataset_dir), "--output", str(out),
-            "--epochs", "5", "--run-name", "term", *TINY_TRAIN, "--num-workers", "2"]
+            "--epochs", "5", "--run-name", "term", *TINY_TRAIN, "--num-workers", "2",
+            "--save-every-min", "0"]
     last = out / "term" / "last.ckpt"
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True, start_new_session=True)
@@ -498,7 +500,8 @@ def test_case18_nan_stop_is_worded_for_what_exists(dataset_dir, tmp_path, monkey
         return step(self, batch, batch_idx)
 
     monkeypatch.setattr(SimCLR, "training_step", second_epoch_nan)
-    _one_line_user_error(lambda: _train(dataset_dir, out, "--epochs", "3", "--run-name", "n"),
+    _one_line_user_error(lambda: _train(dataset_dir, out, "--epochs", "3", "--run-name", "n",
+                                        "--save-every-min", "0"),
                          str(out / "n" / "last.ckpt"), "keeps epoch 1", "--overwrite")
 
 

@@ -42,6 +42,16 @@ def test_grid_array_feeds_param_i(fake_slurm):
     assert "srun --kill-on-bad-exit=1 python 3-training/train.py" in out  # a refusal ends every task
 
 
+def test_cache_script_builds_the_cache_on_cpus_for_the_grid(fake_slurm):
+    text = (REPO / "3-training" / "cache.sbatch").read_text()
+    assert "--gres" not in "\n".join(directives(REPO / "3-training" / "cache.sbatch"))
+    assert "sbatch --dependency=afterok:${cache} 3-training/grid.sbatch" in text
+    env = {**fake_slurm, "SLURM_CPUS_PER_TASK": "6"}
+    out = subprocess.run(["bash", "3-training/cache.sbatch", "--input-size", "128"], cwd=REPO, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert "train.py --cache-only --accelerator cpu --num-workers 6 --input-size 128" in out
+
+
 def test_multinode_flags_follow_the_allocation(fake_slurm):
     text = "\n".join(directives(REPO / "3-training" / "train_multinode.sbatch"))
     nodes = re.search(r"--nodes=(\d+)", text).group(1)
@@ -57,7 +67,7 @@ def test_multinode_flags_follow_the_allocation(fake_slurm):
 
 SBATCH_FILES = ["0-segmentation/segment.sbatch", "0-segmentation/segment_gpu.sbatch",
                 "1-clustering/cluster.sbatch", "3-training/grid.sbatch", "3-training/train_multinode.sbatch",
-                "4-embed/embed.sbatch", "5-evaluation/evaluate.sbatch"]
+                "3-training/cache.sbatch", "4-embed/embed.sbatch", "5-evaluation/evaluate.sbatch"]
 
 
 @pytest.mark.parametrize("relpath", SBATCH_FILES)

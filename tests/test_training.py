@@ -157,7 +157,7 @@ def test_epoch_sampler_shards_ranks_and_skips_trained_batches(monkeypatch):
 def test_resume_after_kill_continues_from_last_checkpoint(dataset_dir, tmp_path):
     out = tmp_path / "runs"
     args = [sys.executable, str(REPO / SCRIPT), "--data", str(dataset_dir), "--output", str(out),
-            "--epochs", "6", "--run-name", "resume", *TINY_TRAIN]
+            "--epochs", "6", "--run-name", "resume", *TINY_TRAIN, "--save-every-min", "0"]
     last = out / "resume" / "last.ckpt"
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True)
@@ -219,7 +219,7 @@ def test_device_path_stops_on_sigusr1_and_resumes_the_same_batches(dataset_dir, 
     out = tmp_path / "runs"
     args = [sys.executable, str(REPO / SCRIPT), "--data", str(dataset_dir), "--output", str(out),
             "--epochs", "3", "--run-name", "sig", "--augment-on", "device",
-            "--cache-dir", str(tmp_path / "cache"), *TINY_TRAIN]
+            "--cache-dir", str(tmp_path / "cache"), *TINY_TRAIN, "--save-every-min", "0"]
     last = out / "sig" / "last.ckpt"
     fake = tmp_path / "bin"  # an scontrol that records the requeue
     fake.mkdir()

@@ -35,7 +35,7 @@ RUN_ONLY = {
                      "device", "num_workers", "allow_random_features"},
     "2-create_dataset": {"overwrite", "quiet", "num_workers", "update"},
     "3-training": {"overwrite", "quiet", "num_workers", "devices", "accelerator", "num_nodes",
-                   "cache_dir", "compile", "keep_last",
+                   "cache_dir", "compile", "keep_last", "save_every_min", "cache_only",
                    "grid", "batch_sizes", "epoch_list", "temperatures"},  # where the grid was listed
     "4-embed": {"overwrite", "quiet", "device", "num_workers", "cache_dir"},
     "5-evaluation": {"overwrite", "quiet", "device", "num_workers", "cache_dir"},

@@ -8,9 +8,12 @@
   brightness, contrast, saturation, hue, as torchvision) and grayscale act on the RGB bands only;
   other bands get a per-band brightness/contrast jitter instead.
 
-The ops are plain torch (one ``grid_sample`` crops and resizes the whole batch) because kornia's
-augmentation modules cost ~10x more per batch on a CPU; on a GPU both are negligible next to the
-model.
+The ops are plain torch (one ``grid_sample`` crops, flips, turns and resizes the whole batch)
+because kornia's augmentation modules cost ~10x more per batch on a CPU; on a GPU both are
+negligible next to the model. They never wait for the device (no ``nonzero``, boolean-mask
+indexing or host reads): each op runs on the whole batch with per-image parameters that leave an
+image unchanged when its coin flip says no (factor 1, a one-tap kernel) or picks per image with
+``torch.where``, as DALI's per-sample coin flips do. An op whose probability is 0 is skipped.
 """
 
 from __future__ import annotations
@@ -137,18 +140,19 @@ def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     # hue x chroma in sixths, from the largest channel: R + 0, G + 2, B + 4 sixths (ties: R, then G)
     h = torch.where(v == r, g - b, torch.where(v == g, (b - r).add_(c, alpha=2), (r - g).add_(c, alpha=4)))
     h.div_(torch.where(c == 0, 1.0, c)).add_(6 * factor.view(-1, 1, 1, 1))
-    k = h + torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1)
+    k = h + torch.arange(5.0, 0.0, -2.0, device=x.device).view(1, 3, 1, 1)  # no host copy
     k.remainder_(6.0).sub_(2).abs_().neg_().add_(2).clamp_(0, 1)  # min(k, 4 - k) = 2 - |k - 2|
     return k.mul_(c).neg_().add_(v)
 
 
 def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int, hflip: torch.Tensor | None = None,
-                vflip: torch.Tensor | None = None) -> torch.Tensor:
+                vflip: torch.Tensor | None = None, rotate: torch.Tensor | None = None) -> torch.Tensor:
     """Bilinear crop-and-resize of each image to ``size`` x ``size`` (one ``grid_sample``).
 
     ``x`` ``(B, C, H, W)``; ``boxes`` ``(B, 4)`` pixel boxes ``x0, y0, x1, y1`` (end exclusive);
-    ``hflip`` / ``vflip`` ``(B,)`` bool flip the output, by mirroring the sampling grid (the same
-    numbers as flipping the resized crop, without copying the batch again).
+    ``hflip`` / ``vflip`` ``(B,)`` bool flip the output, then ``rotate`` ``(B,)`` bool turns it
+    90 degrees counter-clockwise (``torch.rot90(y, 1, (2, 3))``), all by moving the sampling grid:
+    the same numbers as flipping and turning the resized crop, without copying the batch again.
     """
     b, _, hgt, wid = x.shape
     x0, y0, x1, y1 = boxes.to(x.dtype).unbind(1)
@@ -158,29 +162,30 @@ def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int, hflip: torch.Te
     for axis, flip in ((0, hflip), (1, vflip)):
         if flip is not None:
             theta[:, axis, axis] *= 1 - 2 * flip.to(x.dtype)
+    if rotate is not None:  # the turned output at (u, v) is the unturned one at (-v, u)
+        r = rotate.to(x.dtype).view(-1, 1)
+        du, dv = theta[:, :, 0], theta[:, :, 1]
+        theta = torch.stack([du * (1 - r) + dv * r, dv * (1 - r) - du * r, theta[:, :, 2]], 2)
     grid = nn.functional.affine_grid(theta, [b, x.shape[1], size, size], align_corners=False)
     return nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def _subset(x: torch.Tensor, mask: torch.Tensor, fn) -> torch.Tensor:
-    """Apply ``fn`` to the images where ``mask`` is True only (in place)."""
-    idx = torch.nonzero(mask)[:, 0]
-    if len(idx):
-        x.index_copy_(0, idx, fn(x.index_select(0, idx), idx))  # faster than x[idx] on CPU
-    return x
-
-
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, sigma_max: float) -> torch.Tensor:
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, sigma_max: float,
+                  on: torch.Tensor | None = None) -> torch.Tensor:
     """Separable Gaussian blur, one sigma per image; ``x`` ``(B, C, H, W)``, ``sigma`` ``(B,)``.
 
     Each pass is a weighted sum of shifted copies (reflect padding): ~1.5x faster on a CPU than a
-    grouped convolution with one group per image and band.
+    grouped convolution with one group per image and band. Images where ``on`` ``(B,)`` is False
+    get a one-tap kernel (1 at the centre, 0 elsewhere), which returns them exactly.
     """
     b, c, hgt, wid = x.shape
     radius = max(1, math.ceil(3 * sigma_max))
     t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     kern = torch.exp(-0.5 * (t.view(1, -1) / sigma.view(-1, 1)) ** 2)
-    kern = (kern / kern.sum(1, keepdim=True)).view(b, 1, 1, 1, -1)  # (B, 1, 1, 1, k)
+    kern = kern / kern.sum(1, keepdim=True)
+    if on is not None:
+        kern = torch.where(on.view(-1, 1), kern, (t == 0).to(x.dtype))
+    kern = kern.view(b, 1, 1, 1, -1)  # (B, 1, 1, 1, k)
     for dim, size, pad in ((3, wid, (radius, radius, 0, 0)), (2, hgt, (0, 0, radius, radius))):
         y = nn.functional.pad(x, pad, mode="reflect")
         x = y.narrow(dim, 0, size) * kern[..., 0]
@@ -202,6 +207,8 @@ class BatchAugment(nn.Module):
         rgb = [b for b in cfg.rgb_bands if b < in_chans][:3]
         self.rgb = rgb if len(rgb) == 3 else []
         self.other = [c for c in range(in_chans) if c not in self.rgb]
+        for name, bands in (("rgb_index", self.rgb), ("other_index", self.other)):  # no host copy per batch
+            self.register_buffer(name, torch.tensor(bands, dtype=torch.long), persistent=False)
         self.register_buffer("mean", torch.tensor(cfg.mean, dtype=torch.float32).view(1, -1, 1, 1),
                              persistent=False)
         self.register_buffer("std", torch.tensor(cfg.std, dtype=torch.float32).view(1, -1, 1, 1),
@@ -230,26 +237,38 @@ class BatchAugment(nn.Module):
         }  # every entry has one row per image, so a batch can be augmented in slices
 
     def _colour(self, x: torch.Tensor, p: dict) -> torch.Tensor:
-        """Colour jitter in per-image random order, then grayscale; ``x`` ``(B, 3, H, W)``."""
-        f = p["factors"]
-        for slot in range(4):
-            for op in range(4):
-                idx = torch.nonzero(p["jitter"] & (p["order"][:, slot] == op))[:, 0]
-                if len(idx) == 0:
-                    continue
-                sub, k = x.index_select(0, idx), f[idx, op].view(-1, 1, 1, 1)
-                if op == 0:  # sub is a copy: in-place ops are safe
-                    sub.mul_(k)
-                elif op == 1:
-                    mean = rgb_to_gray(sub).mean((1, 2, 3), keepdim=True)
-                    sub.mul_(k).add_((1 - k) * mean)
-                elif op == 2:
-                    gray = rgb_to_gray(sub)
-                    sub.mul_(k).add_(gray.mul_(1 - k))
-                else:
-                    sub = adjust_hue(sub, f[idx, 3])
-                x.index_copy_(0, idx, sub.clamp_(0, 1))
-        return _subset(x, p["gray"], lambda sub, _: rgb_to_gray(sub).expand_as(sub))
+        """Colour jitter in per-image random order, then grayscale; ``x`` ``(B, 3, H, W)``.
+
+        The hue shift (the costly op) runs once on the whole batch, picked per image with
+        ``torch.where``: first every image's ops ordered before its hue shift (three slots), then
+        the hue shift, then the ops after it (three slots). Brightness, contrast and saturation
+        are one blend ``x k + (1 - k) target`` (target 0, the image's mean gray or its gray); an
+        image with no op in a slot gets k = 1, which leaves it exactly as it is.
+        """
+        if self.cfg.cj_prob > 0:
+            f, order, n = p["factors"], p["order"], x.shape[0]
+            hue_at = (order == 3).int().argmax(1)
+            slots = torch.arange(4, device=x.device)
+            before = p["jitter"].view(n, 1) & (slots.view(1, 4) < hue_at.view(n, 1))
+            after = p["jitter"].view(n, 1) & (slots.view(1, 4) > hue_at.view(n, 1))
+            for slot in (0, 1, 2):
+                x = self._blend(x, torch.where(before[:, slot], order[:, slot], -1), f)
+            x = torch.where(p["jitter"].view(n, 1, 1, 1), adjust_hue(x, f[:, 3]).clamp_(0, 1), x)
+            for slot in (1, 2, 3):
+                x = self._blend(x, torch.where(after[:, slot], order[:, slot], -1), f)
+        if self.cfg.gray_prob > 0:
+            x = torch.where(p["gray"].view(-1, 1, 1, 1), rgb_to_gray(x).expand_as(x), x)
+        return x
+
+    @staticmethod
+    def _blend(x: torch.Tensor, op: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """Brightness (op 0), contrast (1) or saturation (2) per image, then clamp; -1: none."""
+        n = x.shape[0]
+        op = op.view(n, 1, 1, 1)
+        k = torch.where(op >= 0, f[:, :3].gather(1, op.view(n, 1).clamp(0, 2)).view(n, 1, 1, 1), 1.0)
+        gray = rgb_to_gray(x)
+        target = torch.where(op == 2, gray, gray.mean((1, 2, 3), keepdim=True) * (op == 1))
+        return (x * k).add_(target.mul_(1 - k)).clamp_(0, 1)
 
     def _bands(self, x: torch.Tensor, p: dict) -> torch.Tensor:
         """Per-band brightness and contrast for non-RGB bands, in place; ``x`` ``(B, K, H, W)``.
@@ -267,18 +286,19 @@ class BatchAugment(nn.Module):
         """``(B, C, H, W)`` uint8 or float images and :meth:`sample`'s parameters -> one view."""
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
-        x = crop_resize(x, p["box"], self.cfg.input_size, p["hflip"], p["vflip"])
-        x = _subset(x, p["rotate"], lambda sub, _: torch.rot90(sub, 1, (2, 3)))
+        cfg = self.cfg
+        x = crop_resize(x, p["box"], cfg.input_size, p["hflip"], p["vflip"],
+                        p["rotate"] if cfg.rr_prob > 0 else None)
         if self.rgb == [0, 1, 2] and x.shape[1] == 3:
             x = self._colour(x, p)
         elif self.rgb:
-            x[:, self.rgb] = self._colour(x[:, self.rgb], p)
+            x.index_copy_(1, self.rgb_index, self._colour(x.index_select(1, self.rgb_index), p))
         if len(self.other) == x.shape[1]:  # no RGB bands: jitter the batch itself
             self._bands(x, p)
         elif self.other:
-            x[:, self.other] = self._bands(x[:, self.other], p)
-        sigma_max = self.cfg.sigmas[1]
-        x = _subset(x, p["blur"], lambda sub, idx: gaussian_blur(sub, p["sigma"][idx], sigma_max))
+            x.index_copy_(1, self.other_index, self._bands(x.index_select(1, self.other_index), p))
+        if cfg.blur_prob > 0:
+            x = gaussian_blur(x, p["sigma"], cfg.sigmas[1], p["blur"])
         return x.sub_(self.mean).div_(self.std)
 
     @torch.no_grad()

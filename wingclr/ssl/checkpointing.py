@@ -1,4 +1,4 @@
-"""Stage 3's per-epoch bookkeeping: ``last.ckpt``, ``metrics.csv``, the epoch lines and ``loss.png``.
+"""Stage 3's bookkeeping: ``last.ckpt``, ``metrics.csv``, the epoch lines and ``loss.png``.
 
 A run stopped by a signal and re-run gives the history an uninterrupted run gives: the same
 epochs, each with the mean loss of all its batches (the batches trained before the stop count
@@ -23,6 +23,9 @@ import torch
 
 from ..cli import write_errors
 from ..outputs import TEMP_PREFIX, write_csv
+from .simclr import NonFiniteLossError
+
+CHECK_EVERY = 50  # steps between reads of the device: finite loss, and (DDP) the ranks' stop flags
 
 
 def save_checkpoint(trainer: pl.Trainer, path: Path, weights_only: bool = False) -> None:
@@ -71,7 +74,8 @@ ESTIMATE_AFTER = 5  # batches timed (after the first, which pays for warm-up) be
 
 
 class EpochCheckpoint(pl.Callback):
-    """Saves ``last.ckpt`` and ``metrics.csv`` after each epoch, and mid-epoch on a stop signal.
+    """Writes ``metrics.csv`` after each epoch; saves ``last.ckpt`` at the end of the first epoch
+    that ends ``save_every_s`` after the last save, and mid-epoch on a stop signal.
 
     SLURM sends SIGUSR1 shortly before a time limit or preemption (``--signal=SIGUSR1@120``);
     ``kill``, ``scancel`` and shutdowns send SIGTERM; Ctrl-C sends SIGINT (a second Ctrl-C stops at
@@ -83,19 +87,30 @@ class EpochCheckpoint(pl.Callback):
     normally (row and checkpoint) before stopping: Lightning would skip the end of an epoch
     resumed after its last batch.
 
+    Nothing here waits for the device every step: the loss is summed on the device and checked
+    for NaN / inf every :data:`CHECK_EVERY` steps and at the epoch's end (the error names the
+    epoch and step where it first went bad); with several processes the stop flags are agreed on
+    at the same steps (SLURM's warning comes 120 s early, ~50 steps are seconds).
+
     Args:
         run_dir: where ``last.ckpt`` and ``metrics.csv`` go.
         epochs: the run's epochs (for the epoch lines).
         log_epochs: print one line per finished epoch (when stdout is not a terminal and the
             progress bar is off), and once, after the first few batches, the estimated time per
             epoch.
+        save_every_s: seconds between saves of ``last.ckpt`` at epoch ends (0: every epoch).
+        keep_last: also save ``last.ckpt`` after the final epoch (``--keep-last``).
     """
 
-    def __init__(self, run_dir: Path, epochs: int = 0, log_epochs: bool = False):
+    def __init__(self, run_dir: Path, epochs: int = 0, log_epochs: bool = False, *,
+                 save_every_s: float = 0.0, keep_last: bool = True):
         self.run_dir, self.history, self.epochs, self.log_epochs = run_dir, [], epochs, log_epochs
+        self.save_every_s, self.keep_last = save_every_s, keep_last
         self.sampler = None  # set by train(): the loader's EpochBatchSampler
         self.extra = {}  # more columns for this epoch's row (the monitor's score), set before epoch end
         self.stop_requested, self.stop_signal = False, None
+        self.saved_epochs = 0  # whole epochs in the last.ckpt this run wrote or resumed from
+        self._last_save = time.monotonic()
         self._reset_epoch()
         self._start = 0.0
         self._pending_rng = None  # restored before the first batch of a run resumed mid-epoch
@@ -104,6 +119,22 @@ class EpochCheckpoint(pl.Callback):
     def _reset_epoch(self) -> None:
         self.consumed = 0  # batches trained in the current epoch
         self._loss_sum, self._images, self._seconds = 0.0, 0, 0.0  # _seconds: before the last stop
+        self._bad_step = None  # device tensor: the first step of the epoch whose loss was not finite
+
+    def _save(self, trainer) -> None:
+        save_checkpoint(trainer, self.run_dir / "last.ckpt")
+        self.saved_epochs, self._last_save = trained_epochs(self.history), time.monotonic()
+
+    def _agree(self, trainer, stop: bool) -> tuple[bool, int]:
+        """``(any rank asked to stop, first non-finite step or -1)``: one read of the device (and
+        with several processes one all-reduce)."""
+        device = trainer.strategy.root_device
+        bad = self._bad_step if self._bad_step is not None else torch.full((), -1, device=device)
+        flags = torch.stack([torch.full((), int(stop), device=device), bad.to(device)])
+        if trainer.world_size > 1:
+            flags = trainer.strategy.reduce(flags, reduce_op="max")
+        stop, step = flags.tolist()
+        return bool(stop), int(step)
 
     def request_stop(self, signum=None, frame=None) -> None:
         if signum == signal.SIGINT and threading.current_thread() is threading.main_thread():
@@ -114,7 +145,8 @@ class EpochCheckpoint(pl.Callback):
         self.stop_requested, self.stop_signal = True, signum
 
     def on_train_start(self, trainer, pl_module):
-        self._start = time.perf_counter()  # a run resumed mid-epoch gets no on_train_epoch_start
+        # a run resumed mid-epoch gets no on_train_epoch_start
+        self._start, self._last_save = time.perf_counter(), time.monotonic()
         # Lightning's own SIGTERM handler (installed by fit) ends the loop at the next batch
         # without saving; this one saves first, like SIGUSR1. Lightning restores ours after fit.
         if threading.current_thread() is threading.main_thread():
@@ -134,16 +166,28 @@ class EpochCheckpoint(pl.Callback):
         self._images += len(batch[1]) * trainer.world_size
         self.consumed += 1
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        self._loss_sum = self._loss_sum + loss.detach().float()  # a tensor: no GPU sync per step
-        if trainer.world_size > 1:  # every rank must stop after the same batch
-            self.stop_requested = trainer.strategy.reduce_boolean_decision(self.stop_requested, all=False)
+        loss = loss.detach().float()
+        self._loss_sum = self._loss_sum + loss  # a tensor: no GPU sync per step
+        if self._bad_step is None:
+            self._bad_step = torch.full((), -1, device=loss.device)
+        self._bad_step = torch.where(torch.isfinite(loss) | (self._bad_step >= 0), self._bad_step,
+                                     trainer.global_step)
         last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         if self.log_epochs and trainer.is_global_zero:
             self._estimate(trainer)
-        if self.stop_requested and not trainer.should_stop and not last_batch:
+        due = last_batch or self.consumed % CHECK_EVERY == 0
+        # one process reads its own flag (a Python bool, free); ranks must stop after the same batch
+        stop = self.stop_requested if trainer.world_size == 1 else False
+        if due or stop:
+            stop, bad = self._agree(trainer, self.stop_requested)
+            if bad >= 0:
+                raise NonFiniteLossError(f"loss became {float(self._loss_sum)} at epoch "
+                                         f"{trainer.current_epoch + 1}, step {bad}")
+            self.stop_requested = self.stop_requested or stop
+        if stop and not trainer.should_stop and not last_batch:
             self._seconds += time.perf_counter() - self._start
             self._start = time.perf_counter()
-            save_checkpoint(trainer, self.run_dir / "last.ckpt")
+            self._save(trainer)
             trainer.should_stop = True
 
     def _estimate(self, trainer) -> None:
@@ -170,6 +214,10 @@ class EpochCheckpoint(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         if self.stop_requested and trainer.should_stop:
             return  # saved mid-epoch already; the epoch is not complete
+        # one decision for this epoch end: a signal arriving after it is acted on at the next batch
+        stop = self.stop_requested
+        if trainer.world_size > 1:  # a signal since the last batch: every rank must agree
+            stop = self.stop_requested = self._agree(trainer, stop)[0]
         seconds = self._seconds + time.perf_counter() - self._start
         row = {"epoch": trainer.current_epoch + 1, "train_loss": self.epoch_loss(trainer),
                "lr": trainer.optimizers[0].param_groups[-1]["lr"],
@@ -177,7 +225,12 @@ class EpochCheckpoint(pl.Callback):
         self.extra = {}
         self.history.append(row)
         self._reset_epoch()
-        save_checkpoint(trainer, self.run_dir / "last.ckpt")
+        due = time.monotonic() - self._last_save >= self.save_every_s
+        if trainer.world_size > 1:  # rank 0's clock decides for all: saving is a collective
+            due = trainer.strategy.broadcast(due, src=0)
+        final = row["epoch"] >= trainer.max_epochs
+        if stop or (due and not final) or (final and self.keep_last):
+            self._save(trainer)
         if trainer.is_global_zero:
             import pandas as pd
 
@@ -185,7 +238,7 @@ class EpochCheckpoint(pl.Callback):
             if self.log_epochs:
                 print(f"epoch {row['epoch']}/{self.epochs}  loss {row['train_loss']:.4f}  lr "
                       f"{row['lr']:.3g}  {row['images_per_s']:.1f} img/s  {seconds:.1f} s", flush=True)
-        if self.stop_requested:  # the signal came during the epoch's last batch
+        if stop:  # the signal came during the epoch's last batch
             trainer.should_stop = True
 
     def state_dict(self):
@@ -194,6 +247,7 @@ class EpochCheckpoint(pl.Callback):
 
     def load_state_dict(self, state_dict):
         self.history = list(state_dict["history"])
+        self.saved_epochs = trained_epochs(self.history)
         self.consumed = state_dict.get("consumed", 0)
         self._loss_sum = state_dict.get("loss_sum", 0.0)
         self._images, self._seconds = state_dict.get("images", 0), state_dict.get("seconds", 0.0)

@@ -241,6 +241,21 @@ class RankSeeds(pl.Callback):
     def on_train_start(self, trainer, pl_module):
         if trainer.world_size > 1:
             seed_rank(self.seed, rank=trainer.global_rank, step=trainer.global_step)
+def read_spec(s: TrainSettings, channels: int) -> ReadSpec:
+    """How training reads an image (and the cache key of the device path)."""
+    return ReadSpec(size=s.cache_size or s.input_size, channels=channels, bands=s.bands,
+                    background=tuple(s.background), scale16=s.scale16)
+
+
+def build_cache_only(s: TrainSettings, images: ImageSet) -> Path:
+    """``--cache-only``: build (or find) the device path's uint8 cache and return its folder."""
+    from ..cache import ensure_cache
+
+    channels = dataset_channels(images.root, images.images, s.bands)
+    workers = default_workers() if s.num_workers is None else s.num_workers
+    cache = ensure_cache(s.cache_dir, images.root, images.images, read_spec(s, channels), workers,
+                         progress=not s.quiet)
+    return cache.folder
 
 
 @dataclass(frozen=True)
@@ -294,8 +309,7 @@ def build_data(s: TrainSettings, trainer, images: ImageSet | None = None) -> Tra
                   "it; its bands get per-band brightness/contrast jitter (set --rgb-bands if needed)")
     cuda = trainer.strategy.root_device.type == "cuda"
     on_device = s.augment_on == "device" or (s.augment_on == "auto" and cuda)
-    spec = ReadSpec(size=meta["cache_size"], channels=channels, bands=s.bands,
-                    background=tuple(s.background), scale16=s.scale16)
+    spec = read_spec(s, channels)
     workers = default_workers() if s.num_workers is None else s.num_workers
     if on_device:  # decode once into the cache; uint8 batches are augmented on the device
         from ..cache import ensure_cache

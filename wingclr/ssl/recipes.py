@@ -25,11 +25,11 @@ RECIPES = {
     "phenotype": {"min_scale": 0.5, "cj_prob": 0.0, "gray_prob": 0.2, "blur_prob": 0.0,
                   "vf_prob": 0.5, "rr_prob": 0.5, "optimizer": "sgd", "lr": 0.01,
                   "lr_scaling": "none", "weight_decay": 5e-4, "warmup_epochs": 0,
-                  "balance": "clusters", "backbone_lr_scale": 1.0, "bn": "train"},
+                  "balance": "clusters", "backbone_lr_scale": 1.0, "bn": "train", "forward": "separate"},
     "simclr": {"min_scale": 0.08, "cj_prob": 0.8, "gray_prob": 0.2, "blur_prob": 0.5,
                "vf_prob": 0.0, "rr_prob": 0.0, "optimizer": "sgd", "lr": None,
                "lr_scaling": "sqrt", "weight_decay": None, "warmup_epochs": 10,
-               "balance": "none", "backbone_lr_scale": 1.0, "bn": "train"},
+               "balance": "none", "backbone_lr_scale": 1.0, "bn": "train", "forward": "separate"},
 }
 RECIPES["cpu"] = {**RECIPES["simclr"], "min_scale": 0.3, "blur_prob": 0.0, "optimizer": "adam", "lr": 2e-3}
 DEFAULT_RECIPE = "phenotype"
@@ -79,6 +79,9 @@ def add_recipe_args(p) -> None:
                    help="backbone BatchNorm: train (batch statistics, running averages updated) or "
                         "frozen (the pretrained statistics kept; affine weights still train) "
                         f"({r['bn']})")
+    g.add_argument("--forward", choices=["joint", "separate"], default=None,
+                   help="joint: one forward pass of both views concatenated (BatchNorm statistics over "
+                        f"both, as lightly's benchmarks); separate: one pass per view ({r['forward']})")
 
 
 def recipe_values(s) -> dict:

@@ -48,12 +48,17 @@ def run_settings(s, images, *, batch_size_requested: int | None = None) -> dict:
     return {**settings(s, STAGE), **asked, DATASET_KEY: hashlib.sha256(listing).hexdigest()}
 
 
+# settings added later, with the value runs recorded before them trained with
+LEGACY_DEFAULTS = {"forward": "separate"}
+
+
 def changed_settings(stored: dict, wanted: dict) -> list[str]:
     """Names of the settings that differ between a run's record and this command.
 
     When both record the image list, folder paths are not compared (a moved folder is the same
     run). Records from before the image-list digest are compared with the paths.
     """
+    stored = {**LEGACY_DEFAULTS, **stored}
     keys = (set(stored) | set(wanted)) - RUN_ONLY[STAGE]
     if DATASET_KEY in stored and DATASET_KEY in wanted:
         keys -= set(PATH_KEYS)

@@ -60,6 +60,7 @@ class TrainSettings(Settings):
     label_column: str
     id_column: str | None
     select: str
+    forward: str | None
     augment_on: str
     cache_size: int | None
     cache_dir: Path
@@ -79,6 +80,8 @@ class TrainSettings(Settings):
     quiet: bool
     overwrite: bool
     keep_last: bool
+    save_every_min: float
+    cache_only: bool
 
     def grid_points(self) -> list[Point]:
         """The grid in use (:func:`~wingclr.ssl.grid.build_grid`): ``--grid``, the list flags, and

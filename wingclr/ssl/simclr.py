@@ -29,6 +29,17 @@ def scaled_lr(optimizer: str, global_batch: int, base_lr: float | None = None) -
     return (BASE_LR[optimizer] if base_lr is None else base_lr) * math.sqrt(global_batch / 256)
 
 
+def lars_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """LARS parameter groups as lightly's benchmarks: weights get weight decay and the layer-wise
+    adaptation; BatchNorm (and other normalisation) parameters and biases get neither (lightly's
+    LARS adapts only groups whose weight decay is not 0)."""
+    from lightly.models.utils import get_weight_decay_parameters
+
+    decay, no_decay = get_weight_decay_parameters([model])
+    return [{"name": "weights", "params": decay, "weight_decay": weight_decay},
+            {"name": "no_weight_decay", "params": no_decay, "weight_decay": 0.0}]
+
+
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
 
@@ -53,8 +64,8 @@ class SimCLR(pl.LightningModule):
                  gather_distributed: bool = False, augment: list[dict] | None = None,
                  view_bands: list[list[int]] | None = None,
                  channels_last: bool = False, compile: bool = False, pretrained: bool = False,
-                 backbone_lr_scale: float = 1.0, bn_frozen: bool = False, meta: dict | None = None,
-                 seed: int = 0):
+                 backbone_lr_scale: float = 1.0, bn_frozen: bool = False,
+                 forward_views: str = "separate", meta: dict | None = None, seed: int = 0):
         super().__init__()
         self.save_hyperparameters(ignore=["pretrained", "meta"])
         self.meta = dict(meta or {})  # saved in every checkpoint (``wingclr``), read by stage 4
@@ -64,6 +75,8 @@ class SimCLR(pl.LightningModule):
         self.criterion = IndexedNTXentLoss(temperature=temperature, gather_distributed=gather_distributed)
         self.augment = nn.ModuleList(BatchAugment(AugmentConfig(**cfg), in_chans)
                                      for cfg in augment) if augment else None
+        for v, bands in enumerate(view_bands or []):  # on the device: no host copy per batch
+            self.register_buffer(f"view_index_{v}", torch.tensor(bands, dtype=torch.long), persistent=False)
         if channels_last:
             self.to(memory_format=torch.channels_last)
         # kept out of the module registry, so checkpoints hold the plain (uncompiled) weights
@@ -99,20 +112,27 @@ class SimCLR(pl.LightningModule):
         images, _ = batch
         if self.augment is None:
             return images[0], images[1]
-        bands = self.hparams.view_bands or [None, None]
+        bands = [getattr(self, f"view_index_{v}", None) for v in (0, 1)]
         # drawn from (seed, step, process) alone: a resumed run augments each batch as before
         g = torch.Generator(images.device).manual_seed(
             batch_seed(self.hparams.get("seed", 0), self.global_step, self.global_rank))
         with torch.autocast(images.device.type, enabled=False):  # augment in float32
-            return tuple(aug(images if b is None else images[:, b], g)
+            return tuple(aug(images if b is None else images.index_select(1, b), g)
                          for aug, b in zip(self.augment, bands))
 
+    def projections(self, x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projections ``(B, 128)`` of both views: one forward of the concatenated views
+        (``forward_views="joint"``: BatchNorm sees both views' statistics at once, as lightly's
+        benchmarks) or one forward per view (``"separate"``)."""
+        if self.hparams.forward_views == "joint":
+            return self(torch.cat([x0, x1])).chunk(2)
+        return self(x0), self(x1)
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        # no host read here: EpochCheckpoint checks the loss for NaN every CHECK_EVERY steps
         x0, x1 = self.views(batch)
-        loss = self.criterion(self(x0), self(x1), batch[1])
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"loss became {loss.item()} at epoch {self.current_epoch}, "
-                                     f"step {batch_idx}")
+        z0, z1 = self.projections(x0, x1)
+        loss = self.criterion(z0, z1, batch[1])
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=x0.shape[0], sync_dist=True)
         return loss
@@ -129,7 +149,7 @@ class SimCLR(pl.LightningModule):
         elif hp.optimizer == "lars":
             from lightly.utils.lars import LARS
 
-            opt = LARS(params, lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
+            opt = LARS(lars_groups(self, hp.weight_decay), lr=hp.lr, momentum=0.9)
         else:
             opt = torch.optim.SGD(params, lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
         steps = max(1, int(self.trainer.estimated_stepping_batches))

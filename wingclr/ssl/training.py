@@ -1,7 +1,8 @@
 """Stage 3: SimCLR training run with resume, finished-run skip and the checkpoint contract.
 
-A run lives in ``<output>/<run name>/``. ``last.ckpt`` is rewritten atomically after every
-epoch; re-running the same command resumes from it. When training ends, the weights go to
+A run lives in ``<output>/<run name>/``. ``last.ckpt`` is rewritten atomically at the end of
+the first epoch ``--save-every-min`` minutes after the last save, and on SIGUSR1 / SIGTERM;
+re-running the same command resumes from it. When training ends, the weights go to
 ``<run name>.ckpt``, ``manifest.json`` is written, and ``last.ckpt`` is deleted (``--keep-last``
 keeps it). SIGUSR1, SIGTERM and SIGINT (Ctrl-C) save after the
 current batch and stop (SIGUSR1 requeues a SLURM job; otherwise the exit status is 128 + signal).
@@ -30,7 +31,8 @@ from ..outputs import MANIFEST, check_finished, read_manifest, remove_stale_temp
 from .checkpointing import EpochCheckpoint, plot_loss, save_checkpoint, start_line, trained_epochs
 from .grid import fit_point_to_data, run_name
 from .batchnorm import sync_batchnorm
-from .loaders import RankSeeds, build_data, training_images
+from .loaders import RankSeeds, build_cache_only, build_data, training_images
+from .memory import check_gpu_memory
 from .monitor import BEST_WEIGHTS, KnnMonitor, check_monitor, monitor_epochs, select_weights
 from .run_folder import (RunLock, changed_settings, finish_replacement, is_rank_zero, run_settings,
                          staging_dir)
@@ -44,7 +46,8 @@ def check_settings(s: TrainSettings) -> None:
     """Check the numeric and hardware flags before anything is read or created."""
     check_input_size(s.input_size)
     check_input_size(s.cache_size, "--cache-size")
-    check_minimum(("--num-workers", s.num_workers, 0), ("--num-nodes", s.num_nodes, 1))
+    check_minimum(("--num-workers", s.num_workers, 0), ("--num-nodes", s.num_nodes, 1),
+                  ("--save-every-min", s.save_every_min, 0))
     if s.monitor_every is not None and s.monitor_every < 0:
         raise UserError(f"--monitor-every must be >= 0 (0 = off), got {s.monitor_every}")
     check_hardware(accelerator=s.accelerator, devices=s.devices)
@@ -209,8 +212,11 @@ def train(s: TrainSettings) -> dict | None:
     """
     s, grid = resolve(s)
     check_settings(s)
-    require_output_folder(s.output)
     images = training_images(s.data)
+    if s.cache_only:
+        print(f"cache: {build_cache_only(s, images)} ({len(images)} images); grid runs read it")
+        return None
+    require_output_folder(s.output)
     requested = None
     if grid is not None:  # --param-i chose the batch size: fit it to the data
         batch_size = fit_point_to_data(grid, s.param_i, len(images), images.root)
@@ -254,7 +260,8 @@ def make_trainer(s: TrainSettings, root: Path) -> tuple[pl.Trainer, EpochCheckpo
     precision = s.precision if s.precision != "auto" else ("bf16-mixed" if cuda else "32-true")
     distributed = s.num_nodes > 1 or (str(s.devices) not in ("1", "auto") and s.devices != 1)
     terminal = stdout_is_terminal()  # else one line per epoch instead of a progress bar
-    checkpointing = EpochCheckpoint(root, s.epochs, log_epochs=not terminal and not s.quiet)
+    checkpointing = EpochCheckpoint(root, s.epochs, log_epochs=not terminal and not s.quiet,
+                                    save_every_s=60 * s.save_every_min, keep_last=s.keep_last)
     trainer = pl.Trainer(
         max_epochs=s.epochs, accelerator=s.accelerator, devices=s.devices,
         num_nodes=s.num_nodes, strategy="ddp" if distributed else "auto",
@@ -321,6 +328,11 @@ def fit_run(s: TrainSettings, trainer: pl.Trainer, checkpointing: EpochCheckpoin
                          recipe=s.recipe, epochs=s.epochs, checkpoint=run_dir / f"{name}.ckpt"),
               flush=True)
 
+    if trainer.strategy.root_device.type == "cuda":  # before the cache is built: fail in seconds
+        check_gpu_memory(backbone=s.backbone, input_size=s.input_size, precision=precision,
+                         batch_per_gpu=s.batch_size // trainer.world_size,
+                         device=trainer.strategy.root_device, processes=trainer.world_size)
+
     # ============ data: cached or decoded images, two augmented views, balanced sampler ============
     data = build_data(s, trainer, images)
     checkpointing.sampler = data.sampler  # a mid-epoch resume skips the batches already trained
@@ -336,7 +348,7 @@ def fit_run(s: TrainSettings, trainer: pl.Trainer, checkpointing: EpochCheckpoin
         gather_distributed=trainer.world_size > 1,
         augment=[cfg.to_dict() for cfg in data.views] if data.on_device else None,
         view_bands=data.plan.bands if data.plan.cross_modal else None,
-        channels_last=s.channels_last == "on", compile=s.compile, seed=s.seed,
+        channels_last=s.channels_last == "on", compile=s.compile, seed=s.seed, forward_views=s.forward,
         pretrained=resume is None and s.pretrained == "imagenet",  # a resume loads its own weights
         backbone_lr_scale=s.backbone_lr_scale if s.pretrained == "imagenet" else 1.0,
         bn_frozen=s.bn == "frozen",
@@ -377,7 +389,7 @@ def fit_run(s: TrainSettings, trainer: pl.Trainer, checkpointing: EpochCheckpoin
         if is_rank_zero() and work.is_dir() and not any(work.iterdir()):
             work.rmdir()  # nothing was saved: no empty run folder stays behind
         if isinstance(e, NonFiniteLossError):
-            raise UserError(nan_message(e, s, work, trained_epochs(checkpointing.history))) from None
+            raise UserError(nan_message(e, s, work, checkpointing.saved_epochs)) from None
         raise
     finally:
         for sig, handler in handlers.items():
