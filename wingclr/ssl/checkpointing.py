@@ -252,7 +252,7 @@ class EpochCheckpoint(pl.Callback):
         self._loss_sum = state_dict.get("loss_sum", 0.0)
         self._images, self._seconds = state_dict.get("images", 0), state_dict.get("seconds", 0.0)
         if self.sampler is not None:  # the epoch in progress: the next after the finished ones
-            self.sampler.skip, self.sampler.resume_epoch = self.consumed, len(self.history)
+            self.sampler.skip, self.sampler.resume_epoch = self.consumed, trained_epochs(self.history)
         rng = state_dict.get("rng")
         if rng is not None and self.consumed:
             self._pending_rng = rng  # mid-epoch: the loader is made before the first batch

@@ -396,7 +396,7 @@ def fit_run(s: TrainSettings, trainer: pl.Trainer, checkpointing: EpochCheckpoin
             signal.signal(sig, handler)
     # epochs finished, from the history: a stop during the last epoch also ends Lightning's last
     # epoch (current_epoch reaches --epochs) although that epoch's batches were not all trained
-    finished = len(checkpointing.history)
+    finished = trained_epochs(checkpointing.history)
     if checkpointing.stop_signal is not None and finished < s.epochs:
         stop_after_signal(trainer, work, checkpointing.stop_signal)
         return None
