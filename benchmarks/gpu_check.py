@@ -148,7 +148,7 @@ def stopped_and_resumed(cfg: dict, work: Path) -> dict:
         ckpt = torch.load(work / "runs" / name / f"{name}.ckpt", map_location="cpu", weights_only=False)
         metrics = pd.read_csv(work / "runs" / name / "metrics.csv")
         out[name] = {"steps": ckpt["global_step"], "epochs": metrics.epoch.tolist(),
-                     "losses": metrics.train_loss.tolist()}
+                     "losses": metrics.train_loss.dropna().tolist()}  # epoch 0: the monitor, no loss
     return out
 
 

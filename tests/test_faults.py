@@ -304,7 +304,7 @@ def test_case07_overwrite_keeps_finished_run_until_replacement_finishes(dataset_
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["args"]["seed"] == 1 and manifest["counts"]["epochs"] == 2
     assert (run / "r.ckpt").read_bytes() != finished["r.ckpt"]
-    assert pd.read_csv(run / "metrics.csv").epoch.tolist() == [1, 2]  # epoch 1 not trained twice
+    assert pd.read_csv(run / "metrics.csv").epoch.tolist() == [0, 1, 2]  # epoch 1 not trained twice (0: the monitor's start)
     assert sorted(p.name for p in out.iterdir()) == ["r"]  # no replacement, old copy or lock left
 
 
@@ -404,7 +404,7 @@ def test_case13_14_sigterm_saves_stops_workers_and_exits_143(dataset_dir, tmp_pa
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     final = torch.load(out / "term" / "term.ckpt", map_location="cpu", weights_only=False)
     assert 0 < steps < final["global_step"] == 5 * (30 // 8)
-    assert pd.read_csv(out / "term" / "metrics.csv").epoch.tolist() == [1, 2, 3, 4, 5]
+    assert pd.read_csv(out / "term" / "metrics.csv").epoch.tolist() == [0, 1, 2, 3, 4, 5]
 
 
 def test_case15_a_run_folder_is_trained_by_one_command_at_a_time(dataset_dir, tmp_path, capsys):

@@ -67,13 +67,13 @@ def test_two_sigusr1_stops_give_the_uninterrupted_history(dataset_dir, tmp_path,
         last = _ckpt(out / "stopped" / "last.ckpt")
         assert last["global_step"] == step
         history = next(v["history"] for v in last["callbacks"].values() if "history" in v)
-        assert [h["epoch"] for h in history] == list(range(1, saved_epochs + 1))
+        assert [h["epoch"] for h in history] == [0, *range(1, saved_epochs + 1)]  # 0: the monitor
     signal_at_step(None)
     train("stopped", "--keep-last")
 
     stopped = pd.read_csv(out / "stopped" / "metrics.csv")
-    assert stopped.epoch.tolist() == whole.epoch.tolist() == [1, 2, 3]
-    assert stopped.train_loss.notna().all() and whole.train_loss.notna().all()
+    assert stopped.epoch.tolist() == whole.epoch.tolist() == [0, 1, 2, 3]  # 0: the monitor's start
+    assert stopped.train_loss[1:].notna().all() and whole.train_loss[1:].notna().all()
     final = {n: _ckpt(out / n / f"{n}.ckpt")["global_step"] for n in ("whole", "stopped")}
     assert final == {"whole": 3 * STEPS_PER_EPOCH, "stopped": 3 * STEPS_PER_EPOCH}
     assert (out / "stopped" / "last.ckpt").is_file()  # --keep-last

@@ -249,7 +249,7 @@ TRAIN = "3-training/train.py"
 def _losses_and_weights(run: Path):
     import torch
 
-    losses = pd.read_csv(run / "metrics.csv").train_loss.tolist()
+    losses = pd.read_csv(run / "metrics.csv").train_loss.dropna().tolist()  # the monitor's epoch 0 has none
     state = torch.load(run / f"{run.name}.ckpt", map_location="cpu", weights_only=False)
     return losses, state["global_step"], state["state_dict"]
 

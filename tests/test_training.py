@@ -180,7 +180,7 @@ def test_resume_after_kill_continues_from_last_checkpoint(dataset_dir, tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"resuming resume from {last}" in rerun.stdout
     metrics = pd.read_csv(out / "resume" / "metrics.csv")
-    assert metrics.epoch.tolist() == list(range(1, 7))  # history restored, no epoch repeated
+    assert metrics.epoch.tolist() == list(range(0, 7))  # history restored, no epoch repeated
     # the epochs done before the kill were not trained again: their timings are the old ones
     assert metrics.seconds[:saved_epochs].tolist() == pytest.approx([h["seconds"] for h in saved_history])
     assert json.loads((out / "resume" / "manifest.json").read_text())["counts"]["epochs"] == 6
@@ -249,7 +249,7 @@ def test_device_path_stops_on_sigusr1_and_resumes_the_same_batches(dataset_dir, 
     assert final["global_step"] == 3 * batches_per_epoch  # nothing trained twice, nothing skipped
     assert 0 < steps_before < final["global_step"]
     assert final["hyper_parameters"] == hparams
-    assert pd.read_csv(out / "sig" / "metrics.csv").epoch.tolist() == [1, 2, 3]
+    assert pd.read_csv(out / "sig" / "metrics.csv").epoch.tolist() == [0, 1, 2, 3]
 
 
 def test_crop_scale_and_blur_flags_reach_the_augmentation(dataset_dir, tmp_path):

@@ -161,8 +161,8 @@ def verdict(best: dict, baselines: list[dict]) -> str:
     head = (f"best run {best['run']} (linear {best['accuracy']:.3f}) vs the best baseline, "
             f"{top['label']} ({top['metrics']['accuracy']:.3f})")
     cv = str(best.get("protocol")) == "cv"
-    where = (f" on {_fmt(best.get('n_val'))} images in {_fmt(best.get('folds'))} grouped folds"
-             if cv else f" on {_fmt(best.get('n_val'))} validation images")
+    where = (f" on {_fmt(best.get('n_val'), 'g')} images in {_fmt(best.get('folds'), 'g')} grouped folds"
+             if cv else f" on {_fmt(best.get('n_val'), 'g')} validation images")
     collapsed = [(who, collapse_note(m)) for who, m in (("baseline", top["metrics"]), ("run", best))
                  if is_collapsed(m.get("probe_collapsed"))]
     if collapsed:

@@ -63,15 +63,15 @@ class IndexedNTXentLoss(nn.Module):
         with torch.autocast(z0.device.type, enabled=False):
             z0 = F.normalize(z0.float(), dim=1)
             z1 = F.normalize(z1.float(), dim=1)
-            if index is None:
-                index = torch.arange(b, device=z0.device)
-            index = index.to(z0.device).long()
             if self.gather_distributed:
                 z0_all, offset = gather_rows(z0)
                 z1_all, _ = gather_rows(z1)
-                index_all, _ = gather_rows(index)
             else:
-                z0_all, z1_all, index_all, offset = z0, z1, index, 0
+                z0_all, z1_all, offset = z0, z1, 0
+            if index is None:  # every row its own image, across processes too
+                index = offset + torch.arange(b, device=z0.device)
+            index = index.to(z0.device).long()
+            index_all = gather_rows(index)[0] if self.gather_distributed else index
             same = index[:, None] == index_all[None, :]  # (B, world * B): rows of one image
             positive = torch.zeros_like(same)
             positive[torch.arange(b, device=z0.device), offset + torch.arange(b, device=z0.device)] = True
