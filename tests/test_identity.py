@@ -110,7 +110,7 @@ def test_specimen_and_source_image_reach_every_csv(demo_set, tmp_path, fast_umap
     assert split.specimen[0] in line and split.specimen[1] in line
     assert "1 labelled name in" in line and "match no image: drawer9/nobody" in line
     pred = pd.read_csv(tmp_path / "5" / "run" / "predictions.csv", dtype=str)
-    assert list(pred.columns) == ["image", "label", "linear", "knn", *IDENTITY]
+    assert list(pred.columns) == ["image", "label", "linear", "knn", "fold", *IDENTITY]
     assert (pred.specimen.to_numpy() == by_image.loc[pred.image, "specimen"].to_numpy()).all()
     assert all(truth[s] == src for s, src in zip(pred.specimen, pred.source_image))
     assert (pred.group.to_numpy() == by_image.loc[pred.image, "group"].to_numpy()).all()
@@ -212,7 +212,7 @@ def test_old_embeddings_csv_without_identity_is_still_evaluated(dataset_dir, tmp
     run_stage(EVALUATE, "--runs", emb, "--embeddings", emb.parent, "--output", tmp_path / "5",
               "--no-baselines", "--no-umap", "--num-workers", "0", "--neighbours", "0")
     pred = pd.read_csv(tmp_path / "5" / "run" / "predictions.csv", dtype=str)
-    assert list(pred.columns) == ["image", "label", "linear", "knn", *IDENTITY]
+    assert list(pred.columns) == ["image", "label", "linear", "knn", "fold", *IDENTITY]
     assert (pred.source_image == pred.image).all() and (pred.group == pred.specimen).all()
 
 

@@ -59,7 +59,8 @@ def make_folds(y: np.ndarray, groups: np.ndarray, *, folds: int = DEFAULT_FOLDS,
 
     Args:
         y: ``(N,)`` labels ('' = unlabelled); groups: ``(N,)`` group (specimen) per row.
-        folds: parts wanted; fewer when there are fewer groups.
+        folds: parts wanted; fewer when there are fewer groups, or when even the largest class
+            has fewer images.
 
     Raises:
         ValueError: fewer than 2 labelled groups.
@@ -71,7 +72,8 @@ def make_folds(y: np.ndarray, groups: np.ndarray, *, folds: int = DEFAULT_FOLDS,
     n_groups = len(np.unique(groups[keep]))
     if n_groups < 2:
         raise ValueError(f"{n_groups} labelled group(s): cross-validation needs at least 2")
-    k = min(folds, n_groups)
+    largest = int(np.unique(y[keep], return_counts=True)[1].max())
+    k = min(folds, n_groups, max(2, largest))  # sklearn refuses more folds than the largest class has
     out = np.full(len(y), -1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # a class with fewer groups than folds

@@ -80,10 +80,13 @@ def write_reports(out_dir: Path, split: SplitData, pred: dict, ids: pd.DataFrame
     write_csv(out_dir / "report.csv", table.rename_axis("class").reset_index())
     write_text(out_dir / "classification_report.txt",
                classification_report(yv, linear, labels=labels, zero_division=0))
-    folds = {} if pred["fold"] is None else {"fold": pred["fold"], "group": split.groups[rows]}
+    folds = {} if pred["fold"] is None else {"fold": pred["fold"]}
+    ident = identity_columns(ids, rows)
+    if folds:  # the groups the folds kept together (the embeddings' group, or --group-column)
+        ident["group"] = split.groups[rows]
     write_csv(out_dir / "predictions.csv", pd.DataFrame({
         "image": split.images[rows], "label": yv, "linear": linear, "knn": pred["knn"], **folds,
-        **{k: v for k, v in identity_columns(ids, rows).items() if k not in folds}}))
+        **ident}))
 
 
 def umap_colouring(ids: pd.DataFrame, split: SplitData, *, labels: Path | None,
