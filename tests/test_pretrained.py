@@ -129,7 +129,7 @@ def test_phenotype_recipe_is_the_original_pipeline_and_flags_override_it():
     assert args.recipe == "phenotype"
     assert (args.min_scale, args.cj_prob, args.blur_prob, args.vf_prob, args.rr_prob) == (0.5, 0, 0, 0.5, 0.5)
     assert (args.optimizer, args.lr, args.lr_scaling, args.warmup_epochs, args.balance) == \
-        ("sgd", 0.01, "none", 0, "clusters")
+        ("sgd", 0.01, "none", 0, "none")
     args = train_args("--recipe", "simclr", "--cj-prob", "0.3", "--balance", "clusters")
     assert (args.cj_prob, args.balance, args.min_scale, args.blur_prob, args.lr) == (0.3, "clusters", 0.08, 0.5, 0.06)
 
@@ -166,7 +166,7 @@ def test_recipe_reaches_augmentation_sampler_and_learning_rate(dataset_dir, tmp_
     assert (view["cj_prob"], view["rr_prob"], view["vf_prob"], view["min_scale"]) == (0.0, 0.5, 0.5, 0.5)
     assert ckpt["hyper_parameters"]["lr"] == 0.01  # not scaled by sqrt(8 / 256)
     manifest = json.loads((tmp_path / "pheno" / "manifest.json").read_text())
-    assert manifest["args"]["recipe"] == "phenotype" and manifest["args"]["balance"] == "clusters"
+    assert manifest["args"]["recipe"] == "phenotype" and manifest["args"]["balance"] == "none"
     run_stage("3-training/train.py", *common, "--run-name", "ssl", "--recipe", "simclr")
     ckpt = torch.load(tmp_path / "ssl" / "ssl.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["hyper_parameters"]["lr"] == pytest.approx(0.06 * (8 / 256) ** 0.5)

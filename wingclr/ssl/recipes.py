@@ -5,8 +5,10 @@
   jitter and no blur, so colour patterns stay informative; crops of >= 50 % of the specimen;
   vertical flips and 90-degree rotations (a specimen photo has no "up"); grayscale 0.2 (lightly's
   default, which the original kept); SGD lr 0.01, momentum 0.9, weight decay 5e-4 with cosine decay
-  over the run and no warm-up or batch scaling; clusters sampled equally often
-  (``WeightedRandomSampler`` over the cluster folders).
+  over the run and no warm-up or batch scaling. The original also sampled every cluster equally
+  often (``WeightedRandomSampler``); here every image is drawn equally often (``--balance none``):
+  on skewed clusters (one big cluster, many tiny ones, as stage 1 gives on a real drawer)
+  balancing made every task worse (README "Real specimens").
 * ``simclr``: lightly's ImageNet recipe (SimCLR paper): colour jitter 0.8, grayscale 0.2, blur
   0.5, crops down to 8 %, horizontal flips only; SGD 0.06 x sqrt(batch / 256) after a warm-up.
 * ``cpu``: ``simclr`` for a few hundred steps from random initialisation on a laptop (``make demo``,
@@ -25,7 +27,7 @@ RECIPES = {
     "phenotype": {"min_scale": 0.5, "cj_prob": 0.0, "gray_prob": 0.2, "blur_prob": 0.0,
                   "vf_prob": 0.5, "rr_prob": 0.5, "optimizer": "sgd", "lr": 0.01,
                   "lr_scaling": "none", "weight_decay": 5e-4, "warmup_epochs": 0,
-                  "balance": "clusters", "backbone_lr_scale": 1.0, "bn": "train", "forward": "separate"},
+                  "balance": "none", "backbone_lr_scale": 1.0, "bn": "train", "forward": "separate"},
     "simclr": {"min_scale": 0.08, "cj_prob": 0.8, "gray_prob": 0.2, "blur_prob": 0.5,
                "vf_prob": 0.0, "rr_prob": 0.0, "optimizer": "sgd", "lr": None,
                "lr_scaling": "sqrt", "weight_decay": None, "warmup_epochs": 10,
@@ -43,7 +45,7 @@ def add_recipe_args(p) -> None:
     g = p.add_argument_group("recipe (flags given explicitly override the recipe)")
     g.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE,
                    help="phenotype: the original butterfly pipeline (no colour jitter or blur, "
-                        "crops >= 50 %%, flips and 90-degree turns, SGD 0.01, balanced clusters); "
+                        "crops >= 50 %%, flips and 90-degree turns, SGD 0.01, every image drawn equally often); "
                         "simclr: lightly's ImageNet recipe; cpu: simclr with Adam 2e-3, crops >= 30 %%, no "
                         "blur, for short CPU runs (make demo)")
     r = {k: f"phenotype {RECIPES['phenotype'][k]}, simclr {RECIPES['simclr'][k]}" for k in RECIPES["simclr"]}

@@ -55,12 +55,12 @@ class TrainSettings(Settings):
     balance: str | None
     backbone_lr_scale: float | None
     bn: str | None
+    forward: str | None
     monitor_every: int | None
     labels: Path | None
     label_column: str
     id_column: str | None
     select: str
-    forward: str | None
     augment_on: str
     cache_size: int | None
     cache_dir: Path
