@@ -286,7 +286,7 @@ def test_a_cluster_named_like_a_formula_is_quoted_in_split_csv_and_read_back_by_
     run_stage("4-embed/embed.py", "--checkpoints", fake_checkpoint(tmp_path / "run.ckpt"), "--data",
               tmp_path / "data", "--output", tmp_path / "emb", "--num-workers", "0")
     emb = (tmp_path / "emb" / "run" / "embeddings.csv").read_text()
-    assert emb.count("'=HYPERLINK(1)/") == 6 * 3 and ",=" not in emb  # image, specimen, source_image
+    assert emb.count("'=HYPERLINK(1)/") == 6 * 4 and ",=" not in emb  # image, specimen, source_image, group
 
 
 # --- weights under a published name must be the published file ---
