@@ -25,6 +25,7 @@ def lite0_and_isnet(tmp_path, monkeypatch):
 
     home = tmp_path / "weights"
     (home / "timm").mkdir(parents=True)
+    torch.manual_seed(0)  # the same stand-in weights whatever ran before (stage 1 must find a cluster)
     torch.save(timm.create_model("efficientnet_lite0", pretrained=False).state_dict(),
                home / "timm" / "efficientnet_lite0.pth")
 
