@@ -280,13 +280,14 @@ def loss_figure(history: list[dict], title: str):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="epoch", ylabel="NT-Xent loss", title=title)
     ax.grid(alpha=0.3)
-    scored = [h for h in history if isinstance(h.get("knn_accuracy"), float) and h["knn_accuracy"] == h["knn_accuracy"]]
+    scored = [h for h in history if "knn_accuracy" in h]  # the monitor adds it where it scored
     if scored:
         ax2 = ax.twinx()
         ax2.plot([h["epoch"] for h in scored], [h["knn_accuracy"] for h in scored], marker="s",
                  color="tab:orange", label="kNN accuracy (monitor)")
-        ax2.axhline(scored[0]["knn_accuracy"] if scored[0]["epoch"] == 0 else float("nan"),
-                    color="tab:orange", linestyle=":", linewidth=1, label="kNN at the start")
+        if scored[0]["epoch"] == 0:
+            ax2.axhline(scored[0]["knn_accuracy"], color="tab:orange", linestyle=":", linewidth=1,
+                        label="kNN at the start")
         ax2.set_ylabel("monitor kNN accuracy", color="tab:orange")
         lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
         ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right", fontsize=8)

@@ -73,12 +73,11 @@ class IndexedNTXentLoss(nn.Module):
             index = index.to(z0.device).long()
             index_all = gather_rows(index)[0] if self.gather_distributed else index
             same = index[:, None] == index_all[None, :]  # (B, world * B): rows of one image
-            positive = torch.zeros_like(same)
-            positive[torch.arange(b, device=z0.device), offset + torch.arange(b, device=z0.device)] = True
+            rows = offset + torch.arange(b, device=z0.device)  # this process's rows among all
+            positive = rows[:, None] == torch.arange(len(index_all), device=z0.device)[None, :]
             # anchor view 0: candidates are view 1 (the positive among them) then view 0 (no positive)
             block = torch.cat([same & ~positive, same], dim=1)
             logits0 = torch.cat([z0 @ z1_all.T, z0 @ z0_all.T], dim=1) / self.temperature
             logits1 = torch.cat([z1 @ z0_all.T, z1 @ z1_all.T], dim=1) / self.temperature
             logits = torch.cat([logits0, logits1]).masked_fill(torch.cat([block, block]), float("-inf"))
-            labels = (offset + torch.arange(b, device=z0.device)).repeat(2)
-            return F.cross_entropy(logits, labels)
+            return F.cross_entropy(logits, rows.repeat(2))
