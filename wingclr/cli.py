@@ -194,18 +194,23 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
 
 
+# Flags several stages share: their help (and the --no-pretrained shortcut) in one place, for the
+# add_* helpers below and for stage 3's declaration (wingclr/ssl/settings.py).
+PRETRAINED_HELP = ("start from ImageNet weights (looked up in weights/, see weights/README.md) "
+                   "or random initialisation")
+NO_PRETRAINED = ("--no-pretrained", {"action": "store_const", "const": "none",
+                                     "help": "same as --pretrained none (random initialisation)"})
+BACKGROUND_HELP = "R,G,B colour that transparent pixels (RGBA) are composited on"
+
+
 def add_pretrained_args(p: argparse.ArgumentParser, default: str = "imagenet") -> None:
     """``--pretrained imagenet|none`` plus the ``--no-pretrained`` shortcut."""
-    p.add_argument("--pretrained", choices=["imagenet", "none"], default=default,
-                   help="start from ImageNet weights (looked up in weights/, see weights/README.md) "
-                        "or random initialisation")
-    p.add_argument("--no-pretrained", dest="pretrained", action="store_const", const="none",
-                   help="same as --pretrained none (random initialisation)")
+    p.add_argument("--pretrained", choices=["imagenet", "none"], default=default, help=PRETRAINED_HELP)
+    p.add_argument(NO_PRETRAINED[0], dest="pretrained", **NO_PRETRAINED[1])
 
 
 def add_background_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--background", type=parse_rgb, default=(255, 255, 255),
-                   help="R,G,B colour that transparent pixels (RGBA) are composited on")
+    p.add_argument("--background", type=parse_rgb, default=(255, 255, 255), help=BACKGROUND_HELP)
 
 
 def add_quiet_arg(p: argparse.ArgumentParser, help: str = "no progress bar",

@@ -27,6 +27,7 @@ MANIFEST = "manifest.json"
 # They are left out of manifest.json's "args" and ignored when a re-run compares its settings with a
 # finished output (on both sides, so a manifest that recorded one still matches). Every other flag
 # defines the output. tests/test_cli_output.py checks each name is a flag of its stage.
+# "3-training" is added by its flag declaration (wingclr/ssl/settings.py: run_only=True flags).
 RUN_ONLY = {
     "0-segmentation": {"overwrite", "progress", "device", "num_workers", "batch_size", "flush_every",
                        "shard", "merge"},
@@ -34,9 +35,6 @@ RUN_ONLY = {
     "1-clustering": {"overwrite", "quiet", "yes", "interactive", "sweep", "no_show", "batch_size",
                      "device", "num_workers", "allow_random_features"},
     "2-create_dataset": {"overwrite", "quiet", "num_workers", "update"},
-    "3-training": {"overwrite", "quiet", "num_workers", "devices", "accelerator", "num_nodes",
-                   "cache_dir", "compile", "keep_last", "save_every_min", "cache_only",
-                   "grid", "batch_sizes", "epoch_list", "temperatures"},  # where the grid was listed
     "4-embed": {"overwrite", "quiet", "device", "num_workers", "cache_dir"},
     "5-evaluation": {"overwrite", "quiet", "device", "num_workers", "cache_dir"},
 }
