@@ -148,8 +148,9 @@ def require_folder(path: Path, what: str, fix: str) -> None:
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """A stage's flags, read once from the command line and passed (frozen) to its modules, in
-    place of the argparse Namespace. A stage subclasses it with one field per flag (no defaults:
-    those live in the stage script's parser only).
+    place of the argparse Namespace. A stage subclasses it with one field per flag: either declared
+    with :func:`wingclr.flags.flag` (default, help, section: the parser is built from the class,
+    as stage 3's), or plain fields whose defaults live in the stage script's parser.
 
     Attributes:
         given: the flags typed on the command line among those stored with :class:`Given` (a
