@@ -130,31 +130,41 @@ def test_adding_a_declaration_adds_a_flag_without_a_second_edit():
         flags.parser(Lost, "doc")
 
 
-# Stage 3's run-only flags before they were declared with the flags (outputs.RUN_ONLY by hand).
-STAGE3_RUN_ONLY = {"overwrite", "quiet", "num_workers", "devices", "accelerator", "num_nodes", "cache_dir",
-                   "compile", "keep_last", "save_every_min", "cache_only",
-                   "grid", "batch_sizes", "epoch_list", "temperatures"}
+# Each declared stage: script, manifest stage, class, its run-only flags as outputs.RUN_ONLY listed
+# them by hand before they were declared with the flags.
+DECLARED = [
+    ("2-create_dataset/create_dataset.py", "2-create_dataset", "wingclr.split.DatasetSettings",
+     {"overwrite", "quiet", "num_workers", "update"}),
+    ("3-training/train.py", "3-training", "wingclr.ssl.settings.TrainSettings",
+     {"overwrite", "quiet", "num_workers", "devices", "accelerator", "num_nodes", "cache_dir", "compile",
+      "keep_last", "save_every_min", "cache_only", "grid", "batch_sizes", "epoch_list", "temperatures"}),
+]
 
 
-def test_stage3_parser_settings_and_run_only_table_come_from_its_declaration():
+@pytest.mark.parametrize("script,stage,cls,old_run_only", DECLARED, ids=[d[1] for d in DECLARED])
+def test_a_declared_stage_gets_its_parser_and_run_only_flags_from_its_settings_class(
+        script, stage, cls, old_run_only):
     from wingclr.outputs import RUN_ONLY
-    from wingclr.ssl import grid, recipes, simclr
-    from wingclr.ssl import settings as declaration
-    from wingclr.ssl.settings import TrainSettings
 
-    p = load_stage("3-training/train.py").get_args_parser()
-    names = [f.name for f in flags.declared(TrainSettings)]
-    assert names == [f.name for f in dataclasses.fields(TrainSettings) if f.name != "given"]
+    p, cls = load_stage(script).get_args_parser(), settings_class(cls)
+    names = [f.name for f in flags.declared(cls)]
+    assert names == [f.name for f in dataclasses.fields(cls) if f.name != "given"]
     own = [a for a in p._actions[1:] if a.option_strings != ["--no-pretrained"]]  # -h, the one alias
     assert [a.dest for a in own] == names  # field order is the Namespace's (and the manifest's)
     for action in own:  # each flag is its field's name, and its default the field's
-        field = TrainSettings.__dataclass_fields__[action.dest]
+        field = cls.__dataclass_fields__[action.dest]
         assert action.option_strings[0] == flags.option(field.name)
         assert action.default == (list(field.default) if action.dest == "band_group" else field.default)
-    assert RUN_ONLY["3-training"] == flags.run_only(TrainSettings) == STAGE3_RUN_ONLY
+    assert RUN_ONLY[stage] == flags.run_only(cls) == old_run_only
+
+
+def test_stage3_defaults_have_one_home():
+    from wingclr.ssl import grid, recipes, simclr
+    from wingclr.ssl import settings as declaration
+
     # the grid, the recipes and the optimiser read the defaults declared with the flags
     assert grid.DEFAULTS == {"batch_size": 256, "epochs": 300, "temperature": 0.5}
-    assert grid.DEFAULTS.items() <= flags.defaults(TrainSettings).items()
+    assert grid.DEFAULTS.items() <= flags.defaults(declaration.TrainSettings).items()
     assert grid.GRID[0] == (declaration.BATCH_SIZES[0], declaration.EPOCHS[0], declaration.TEMPERATURES[0])
     assert recipes.RECIPES is declaration.RECIPES and recipes.WEIGHT_DECAY is declaration.WEIGHT_DECAY
     assert simclr.BASE_LR is declaration.BASE_LR
