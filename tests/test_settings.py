@@ -93,6 +93,8 @@ class Declared(cli.Settings):
     mode: str = flags.flag("a", "mode", choices=["a", "b"], group="run",
                            also=[("--b-mode", {"action": "store_const", "const": "b", "help": "--mode b"})])
     tags: tuple[str, ...] = flags.flag((), "tag, repeatable", action="append", group="advanced")
+    runs: tuple[Path, ...] = flags.flag((), "run folders", type=Path, nargs="*")
+    umap: bool = flags.flag(True, "skip the UMAP", name="--no-umap", action="store_false")
     quiet: bool = flags.flag(False, "no progress bar", run_only=True)
 
 
@@ -100,8 +102,9 @@ def test_one_declaration_gives_the_parser_the_settings_and_the_run_only_flags():
     p = flags.parser(Declared, "doc")
     assert {a.dest for a in p._actions} - {"help"} == {f.name for f in dataclasses.fields(Declared)} - {"given"}
     s = Declared.from_args(p.parse_args(["--size", "4", "--rate", "0.5", "--folder", "x", "--b-mode",
-                                         "--tags", "t", "--tags", "u", "--quiet"]))
+                                         "--tags", "t", "--tags", "u", "--quiet", "--runs", "r", "--no-umap"]))
     assert (s.size, s.rate, s.folder, s.mode, s.tags, s.quiet) == (4, 0.5, Path("x"), "b", ("t", "u"), True)
+    assert (s.runs, s.umap) == ((Path("r"),), False)
     assert s.given == {"size"}  # cli.Given: a typed value, even the default, is noted
     assert Declared.from_args(p.parse_args([])) == Declared()  # the parser's defaults are the fields'
     assert flags.run_only(Declared) == {"quiet"}
@@ -138,6 +141,8 @@ DECLARED = [
     ("3-training/train.py", "3-training", "wingclr.ssl.settings.TrainSettings",
      {"overwrite", "quiet", "num_workers", "devices", "accelerator", "num_nodes", "cache_dir", "compile",
       "keep_last", "save_every_min", "cache_only", "grid", "batch_sizes", "epoch_list", "temperatures"}),
+    ("5-evaluation/evaluate.py", "5-evaluation", "wingclr.evaluate.settings.EvalSettings",
+     {"overwrite", "quiet", "device", "num_workers", "cache_dir"}),
 ]
 
 
@@ -149,12 +154,13 @@ def test_a_declared_stage_gets_its_parser_and_run_only_flags_from_its_settings_c
     p, cls = load_stage(script).get_args_parser(), settings_class(cls)
     names = [f.name for f in flags.declared(cls)]
     assert names == [f.name for f in dataclasses.fields(cls) if f.name != "given"]
-    own = [a for a in p._actions[1:] if a.option_strings != ["--no-pretrained"]]  # -h, the one alias
+    own = [a for a in p._actions[1:] if a.option_strings not in (["--no-pretrained"], ["--no-baselines"])]
     assert [a.dest for a in own] == names  # field order is the Namespace's (and the manifest's)
-    for action in own:  # each flag is its field's name, and its default the field's
+    for action in own:  # each flag is its field's name (or the one it declares), its default the field's
         field = cls.__dataclass_fields__[action.dest]
-        assert action.option_strings[0] == flags.option(field.name)
-        assert action.default == (list(field.default) if action.dest == "band_group" else field.default)
+        assert action.option_strings[0] == (field.metadata["flag"]["name"] or flags.option(field.name))
+        default = list(field.default) if action.nargs == "*" or action.dest == "band_group" else field.default
+        assert action.default == default
     assert RUN_ONLY[stage] == flags.run_only(cls) == old_run_only
 
 

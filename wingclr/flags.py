@@ -31,20 +31,23 @@ from . import cli
 
 
 def flag(default: Any = None, help: str = "", *, group: str | None = None, run_only: bool = False,
-         also: Sequence[tuple[str, dict]] = (), **argparse_kwargs) -> Any:
+         name: str | None = None, also: Sequence[tuple[str, dict]] = (), **argparse_kwargs) -> Any:
     """A settings field that is a command-line flag.
 
     Args:
-        default: the flag's default (a tuple for ``action="append"``: the parser gets a list).
+        default: the flag's default (a tuple for ``action="append"`` or ``nargs``: the parser gets
+            a list).
         help: the ``--help`` text (the formatter adds ``(default: X)``).
         group: key of the class's ``GROUPS`` (its ``--help`` section); None: the main options.
         run_only: the flag changes how a run goes, never what it writes (``outputs.RUN_ONLY``).
+        name: the option string when it is not :func:`option` of the field (e.g. ``--no-umap``).
         also: more option strings stored in the same field, e.g.
             ``[("--no-pretrained", {"action": "store_const", "const": "none", "help": ...})]``.
         **argparse_kwargs: ``choices``, ``action``, ``type``, ``metavar``, ... for ``add_argument``.
     """
     return field(default=default, metadata={"flag": {"help": help, "group": group, "run_only": run_only,
-                                                     "also": tuple(also), "kwargs": argparse_kwargs}})
+                                                     "name": name, "also": tuple(also),
+                                                     "kwargs": argparse_kwargs}})
 
 
 def declared(cls) -> list[Field]:
@@ -59,8 +62,8 @@ def option(name: str) -> str:
 
 def _argparse_kwargs(f: Field, hint: Any) -> dict:
     spec = f.metadata["flag"]
-    kwargs = {"default": list(f.default) if spec["kwargs"].get("action") == "append" else f.default,
-              "help": spec["help"], **spec["kwargs"]}
+    many = spec["kwargs"].get("action") == "append" or spec["kwargs"].get("nargs") in ("*", "+")
+    kwargs = {"default": list(f.default) if many else f.default, "help": spec["help"], **spec["kwargs"]}
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1
     base = args[0] if optional else hint
@@ -84,7 +87,7 @@ def add_flags(p: argparse.ArgumentParser, cls) -> argparse.ArgumentParser:
     for f in declared(cls):
         spec = f.metadata["flag"]
         target = groups[spec["group"]]
-        target.add_argument(option(f.name), dest=f.name, **_argparse_kwargs(f, hints[f.name]))
+        target.add_argument(spec["name"] or option(f.name), dest=f.name, **_argparse_kwargs(f, hints[f.name]))
         for name, kwargs in spec["also"]:
             target.add_argument(name, dest=f.name, **kwargs)
     return p
@@ -116,3 +119,14 @@ def value_list(kind: type):
             raise argparse.ArgumentTypeError(f"expected distinct comma-separated numbers (got {text!r})")
         return values
     return parse
+
+
+def count(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; use 0 to switch it off")
+    return value
