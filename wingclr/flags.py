@@ -76,13 +76,15 @@ def _argparse_kwargs(f: Field, hint: Any) -> dict:
 
 
 def add_flags(p: argparse.ArgumentParser, cls) -> argparse.ArgumentParser:
-    """Add every flag of ``cls`` to ``p``: the ``cls.GROUPS`` sections are made in their order, then
-    the flags are added in field order (so the parsed Namespace keeps the fields' order).
+    """Add every flag of ``cls`` to ``p``: the ``cls.GROUPS`` sections (key -> title; key None: the
+    parser's main options) are made in their order, then the flags are added in field order (so
+    the parsed Namespace keeps the fields' order).
 
     Raises:
         KeyError: a flag names a group that ``cls.GROUPS`` lacks.
     """
-    groups = {key: p if key is None else p.add_argument_group(title) for key, title in cls.GROUPS.items()}
+    sections = getattr(cls, "GROUPS", {None: ""})  # no GROUPS: every flag among the main options
+    groups = {key: p if key is None else p.add_argument_group(title) for key, title in sections.items()}
     hints = typing.get_type_hints(cls)
     for f in declared(cls):
         spec = f.metadata["flag"]

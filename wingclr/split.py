@@ -47,8 +47,6 @@ class DatasetSettings(Settings):
     """Every stage 2 flag, declared once (:mod:`wingclr.flags`): ``create_dataset.py``'s parser and
     ``outputs.RUN_ONLY["2-create_dataset"]`` are built from it; the field order is the manifest's."""
 
-    GROUPS = {None: ""}
-
     input: Path = flag(STAGE_DIRS["clustering"],
                        "folder with one subfolder per cluster (stage 1 output or hand-made)")
     output: Path = flag(STAGE_DIRS["dataset"], "output folder")

@@ -16,8 +16,6 @@ from ..outputs import RUN_ONLY
 class EvalSettings(Settings):
     """Every stage 5 flag; the field order is the manifest's "args" order and ``--help``'s."""
 
-    GROUPS = {None: ""}
-
     runs: tuple[Path, ...] = flag((), "embedding folders, training-run folders or checkpoints (default: all "
                                       "finished embeddings); unfinished training runs are skipped",
                                   type=Path, nargs="*")
