@@ -96,7 +96,7 @@ def test_train_maskrcnn_records_the_default_wing_classes_as_before():
 
 
 # Modules that are command lines themselves (their own parser, nothing passed on) and the converter.
-OWN_NAMESPACE = {"cli.py", "weights_cli.py", "isnet.py", "lite0.py"}
+OWN_NAMESPACE = {"cli.py", "__main__.py", "isnet.py", "lite0.py"}
 
 
 def test_no_stage_module_takes_or_writes_a_namespace():

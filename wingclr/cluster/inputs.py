@@ -37,7 +37,8 @@ def check_random_features(*, pretrained: str, allow_random_features: bool, backb
     if pretrained != "none":
         return False
     if not allow_random_features:
-        from ..weights import installed_backbones, instead
+        from ..models import installed_backbones
+        from ..weights import instead
 
         installed = instead("--pretrained imagenet --backbone", installed_backbones())
         raise UserError(f"--pretrained none clusters random (untrained) {backbone} features, "

@@ -142,7 +142,8 @@ def read_checkpoint(path: Path | str) -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        from ..weights import installed_rembg_models, instead
+        from ..weights import instead
+        from .rembg import installed_rembg_models
 
         installed = instead("--method rembg --rembg-model", installed_rembg_models())
         raise UserError(f"Mask R-CNN checkpoint {path} not found; {installed}train one with "

@@ -68,7 +68,8 @@ def choose_method(method: str | None, checkpoint: Path | None,
     try:
         model_path(rembg_model)
     except UserError:
-        from ..weights import installed_rembg_models, instead
+        from ..weights import instead
+        from .rembg import installed_rembg_models
 
         onnx = rembg_model if rembg_model.endswith(".onnx") else f"{rembg_model}.onnx"
         raise UserError(f"the default method needs a wing Mask R-CNN ({wings}) or at least a rembg "
@@ -99,7 +100,7 @@ def choose_rembg_model(name: str | None) -> tuple[str, str]:
     if name is not None:
         return name, ""
     from ..cli import UserError
-    from ..weights import installed_rembg_models
+    from .rembg import installed_rembg_models
     from .rembg import model_path
 
     try:
