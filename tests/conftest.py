@@ -149,7 +149,7 @@ def fake_embeddings(out, dataset_dir, seed=0):
     import numpy as np
     import pandas as pd
 
-    from wingclr.evaluate.inputs import file_digest
+    from wingclr.outputs import file_digest
     from wingclr.outputs import write_manifest
 
     split = pd.read_csv(dataset_dir / "split.csv", dtype=str)[["image", "cluster", "split"]]

@@ -20,7 +20,7 @@ STAGES = [
     ("cluster", ("wingclr.cluster",)),
     ("dataset", ("wingclr.split",)),
     ("ssl", ("wingclr.ssl",)),
-    ("embed", ("wingclr.embed", "wingclr.embedding")),
+    ("embed", ("wingclr.embed",)),
     ("evaluate", ("wingclr.evaluate",)),
 ]
 # above every stage: the weights catalogue names each stage's files (no stage imports it)

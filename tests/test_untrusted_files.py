@@ -473,7 +473,7 @@ def test_a_cache_index_of_the_wrong_json_shape_is_a_one_line_error(tmp_path, tex
 
 
 def test_a_run_manifest_naming_a_checkpoint_outside_its_folder_is_refused(tmp_path):
-    from wingclr.embedding import resolve_runs
+    from wingclr.embed.stage import resolve_runs
 
     run = tmp_path / "3-training" / "r"
     run.mkdir(parents=True)

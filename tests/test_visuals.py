@@ -256,7 +256,8 @@ def test_target_layers_of_timm_and_torchvision_networks(tmp_path):
 
 def fake_trained_run(emb_root: Path, dataset_dir: Path) -> Path:
     """A stage 4 folder whose checkpoint exists (random-init resnet18 at 32 px, really embedded)."""
-    from wingclr.embedding import embed_images, write_matrix_csv
+    from wingclr.embed.stage import write_matrix_csv
+    from wingclr.features import embed_images
     from wingclr.outputs import write_manifest
 
     meta = {**META, "input_size": 32, "settings": {"batch_size": 8, "epochs": 1, "temperature": 0.5}}

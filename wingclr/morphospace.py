@@ -139,7 +139,7 @@ def read_scores(run_dir: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
 def run_image_root(manifest: dict | None) -> Path | None:
     """The folder a stage 4 run's image paths are relative to (from its manifest).
 
-    As :func:`wingclr.embedding.image_table`: ``<data>/unlabeled`` for stage 2 output (it has a
+    As :func:`wingclr.features.image_table`: ``<data>/unlabeled`` for stage 2 output (it has a
     split.csv), else ``<data>`` itself.
     """
     data = ((manifest or {}).get("args") or {}).get("data")

@@ -33,8 +33,7 @@ import pandas as pd
 from ..cli import UserError, check_input_size, check_minimum, require_output_folder
 from ..identity import COLUMNS, identify, segmentation_identity, stamp_files, write_inputs
 from ..imageio import list_files
-from ..outputs import MANIFEST, atomic_path, write_csv, write_manifest, write_text
-from ..split import place_file
+from ..outputs import MANIFEST, atomic_path, place_file, write_csv, write_manifest, write_text
 from .clustering import (OUTLIERS, Clustering, cluster, folder_name, identical_rows, project_umap,
                          sweep, sweep_grid)
 from .inputs import (check_random_features, guard_output, input_changed_error,

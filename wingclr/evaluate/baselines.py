@@ -173,7 +173,7 @@ def baseline_features(method: str, meta: dict, split: SplitData, pixel_size: int
     Returns:
         ``(features (N, D) float32, ok (N,) bool)``; ok is False for images that cannot be read.
     """
-    from ..embedding import embed_images
+    from ..features import embed_images
 
     if method == "pixel":  # pixels in [0, 1]: no normalisation, the PCA centres them
         c = meta["in_chans"]

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..cli import STAGE_DIRS, UserError, check_gpu_request, check_minimum, require_output_folder
+from ..embed.settings import BATCH_SIZE, EmbedSettings
 from ..outputs import (MANIFEST, check_finished, read_csv, read_manifest, write_csv, write_manifest,
                        write_text)
 from .baselines import BASELINES, SplitData, parse_baselines, run_baseline, score_features
@@ -56,7 +57,7 @@ def run_info(manifest: dict) -> dict:
 
 def image_root(manifest: dict, data: Path | None) -> Path | None:
     """Folder the embedded image paths are relative to: ``--data`` or the one stage 4 used."""
-    from ..embedding import image_table
+    from ..features import image_table
 
     data = data or manifest.get("args", {}).get("data")
     try:
@@ -304,14 +305,16 @@ def find_embedding_dirs(paths: list[Path], emb_root: Path, embed=None) -> list[t
 
 def evaluate_runs(s: EvalSettings) -> pd.DataFrame:
     """Run stage 5 (``EvalSettings.from_args`` of ``5-evaluation/evaluate.py``'s arguments)."""
-    from ..embedding import embed_run, resolve_runs
+    from ..embed.stage import run_embedding
 
     def embed(path: Path) -> Path:
-        (name, ckpt), = resolve_runs([path], Path(path).parent)
-        embed_run(name, ckpt, data=s.data or STAGE_DIRS["dataset"], output=s.embeddings,
-                  num_workers=s.num_workers, device=s.device, cache_dir=s.cache_dir,
-                  quiet=s.quiet)
-        return Path(s.embeddings) / name
+        """Stage 4 on one run, with stage 5's data, device, workers and cache."""
+        folder, = run_embedding(EmbedSettings(
+            checkpoints=(Path(path),), training_dir=Path(path).parent,
+            data=s.data or STAGE_DIRS["dataset"], output=s.embeddings, batch_size=BATCH_SIZE,
+            num_workers=s.num_workers, device=s.device, cache_dir=s.cache_dir, quiet=s.quiet,
+            overwrite=False))
+        return folder
 
     parse_baselines(s.baselines)  # bad names and flags fail before any work
     check_minimum(("--knn-k", s.knn_k, 1), ("--num-workers", s.num_workers, 0),

@@ -192,10 +192,9 @@ def _neighbours(name, feats, split, images, model, row, s, out_dir, k) -> list[P
 
 def _by_trait(name, feats, split, images, model, s, out_dir, trait) -> list[Path]:
     """``morphospace.png`` (+ ``_pc3_pc4``) and ``pca.png`` coloured by the trait's labels."""
-    from ..embedding import pca_projection
+    from ..features import pca_projection
     from ..morphospace import NO_LABEL, plot_morphospace
-    from ..plotting import save_figure
-    from .plots import pca_figure
+    from ..plotting import pca_figure, save_figure
 
     scores, ratio, _ = pca_projection(np.asarray(feats, np.float64))
     groups = np.where(split.y == "", NO_LABEL, split.y)
