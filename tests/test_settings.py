@@ -27,6 +27,8 @@ STAGES = [  # script, manifest stage, settings class, a command line
      ["--val-fraction", "0.3"]),
     ("3-training/train.py", "3-training", "wingclr.ssl.settings.TrainSettings",
      ["--band-group", "uv=3", "--bands", "0,1,2,3", "--epochs", "5"]),
+    ("4-embed/embed.py", "4-embed", "wingclr.embed.settings.EmbedSettings",
+     ["--checkpoints", "a.ckpt", "b", "--num-workers", "0"]),
     ("5-evaluation/evaluate.py", "5-evaluation", "wingclr.evaluate.settings.EvalSettings",
      ["--runs", "a", "b", "--query", "x.png"]),
 ]

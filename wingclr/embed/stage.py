@@ -26,24 +26,25 @@ from ..untrusted import path_inside
 from .settings import EmbedSettings
 
 
-def check_embed(s: EmbedSettings) -> None:
-    """Stage 4's flags, checked before any checkpoint or image is read."""
+def check_embed(s: EmbedSettings, *, output_flag: str = "--output") -> None:
+    """Stage 4's flags, checked before any checkpoint or image is read (``output_flag``: the
+    caller's name for ``s.output``)."""
     check_minimum(("--batch-size", s.batch_size, 1), ("--num-workers", s.num_workers, 0))
     check_gpu_request("--device", s.device)
-    require_output_folder(s.output)
+    require_output_folder(s.output, output_flag)
 
 
-def run_embedding(s: EmbedSettings) -> list[Path]:
+def run_embedding(s: EmbedSettings, *, output_flag: str = "--output") -> list[Path]:
     """Stage 4: check the flags, then embed each run of ``s.checkpoints`` (every finished run
     under ``s.training_dir`` when empty) into ``s.output/<run>/``; finished ones are skipped.
 
     Stage 5 embeds a run it is given as a checkpoint through here too, with its own
-    :class:`EmbedSettings`.
+    :class:`EmbedSettings` (``output_flag="--embeddings"`` names its flag in errors).
 
     Returns:
         The run folders under ``s.output``, finished or skipped.
     """
-    check_embed(s)
+    check_embed(s, output_flag=output_flag)
     runs = resolve_runs(list(s.checkpoints), s.training_dir)
     for done, (name, ckpt) in enumerate(runs):
         saved_so_far(f"{done} of {len(runs)} runs embedded in {s.output} (a run folder "

@@ -313,7 +313,7 @@ def evaluate_runs(s: EvalSettings) -> pd.DataFrame:
             checkpoints=(Path(path),), training_dir=Path(path).parent,
             data=s.data or STAGE_DIRS["dataset"], output=s.embeddings, batch_size=BATCH_SIZE,
             num_workers=s.num_workers, device=s.device, cache_dir=s.cache_dir, quiet=s.quiet,
-            overwrite=False))
+            overwrite=False), output_flag="--embeddings")
         return folder
 
     parse_baselines(s.baselines)  # bad names and flags fail before any work
