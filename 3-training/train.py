@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wingclr import cli  # noqa: E402
-from wingclr.bands import parse_bands  # noqa: E402
+from wingclr.ssl.bands import parse_bands  # noqa: E402
 from wingclr.ssl.grid import (BATCH_SIZES, DEFAULTS, EPOCHS, TEMPERATURES, grid_table,  # noqa: E402
                               value_list)
 from wingclr.models import BACKBONES, check_backbone  # noqa: E402

@@ -180,7 +180,7 @@ def test_neighbours_are_cosine_nearest_without_the_query(specimens, tmp_path):
 @pytest.mark.parametrize("n_classes", [2, 3])
 def test_probe_head_reproduces_the_sklearn_probe(n_classes):
     from wingclr.evaluate.gradcam import ProbeHead
-    from wingclr.evaluate.probe import fit_probe
+    from wingclr.probe import fit_probe
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 6)) * [1, 5, 0.1, 2, 1, 1] + 3
@@ -196,7 +196,7 @@ def test_probe_head_reproduces_the_sklearn_probe(n_classes):
 
 def test_gradcam_map_has_the_image_size_and_is_zero_off_the_specimen(tmp_path):
     from wingclr.evaluate.gradcam import ClassTarget, ProbeHead, SimilarityTarget, cam_map, target_layers
-    from wingclr.evaluate.probe import fit_probe
+    from wingclr.probe import fit_probe
 
     alpha = rgba_specimen(tmp_path / "s.png", 40, 50)
     torch.manual_seed(0)

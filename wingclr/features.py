@@ -12,7 +12,7 @@ modification time are unchanged; only new or changed images go through the netwo
 extraction the cache is saved every ``save_every`` seconds, so an interrupted run resumes.
 
 The same streaming embeds a trained backbone's images for stages 3-5 (:func:`image_table`,
-:func:`embed_images`, :func:`pca_projection`, the kNN vote :func:`knn_predict`): stage 4 writes
+:func:`embed_images`, :func:`pca_projection`): stage 4 writes
 them, stage 3's kNN monitor and stage 5's baselines use them without importing those stages.
 """
 
@@ -288,30 +288,3 @@ def pca_projection(features: np.ndarray, min_variance: float = PCA_MIN_VARIANCE)
     ratio = pca.explained_variance_ratio_
     k = max(1, int((ratio > min_variance).sum()))
     return pca.transform(features)[:, :k], ratio, k
-
-
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length: ``(N, D)`` -> ``(N, D)``."""
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def knn_predict(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, k: int = 20,
-                temperature: float = 0.07) -> np.ndarray:
-    """Weighted kNN: cosine similarity, the ``k`` nearest training rows vote ``exp(sim / T)``.
-
-    Args:
-        x_train: ``(N, D)``; y_train: ``(N,)`` labels; x_val: ``(M, D)``.
-
-    Returns:
-        ``(M,)`` predicted labels.
-    """
-    classes, y_idx = np.unique(y_train, return_inverse=True)
-    sim = l2_normalise(x_val) @ l2_normalise(x_train).T  # (M, N)
-    k = min(k, len(x_train))
-    nn = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-    # subtract the row maximum before exp: same argmax, no overflow at small T
-    s = np.take_along_axis(sim, nn, 1)
-    weights = np.exp((s - s.max(1, keepdims=True)) / temperature)
-    votes = np.zeros((len(x_val), len(classes)))
-    np.add.at(votes, (np.repeat(np.arange(len(x_val)), k), y_idx[nn].ravel()), weights.ravel())
-    return classes[votes.argmax(1)]

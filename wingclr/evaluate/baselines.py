@@ -25,7 +25,7 @@ import numpy as np
 
 from ..cli import UserError
 from ..outputs import write_text
-from .probe import C_GRID, CLEAR_MARGIN, score_split
+from ..probe import C_GRID, CLEAR_MARGIN, score_split
 
 BASELINES = {"pixel": "pixel_pca", "imagenet": "imagenet", "random": "random_init"}
 DEFAULT_BASELINES = ("pixel", "imagenet")
@@ -84,7 +84,7 @@ def score_features(feats: np.ndarray, split: SplitData, seed: int = 0, k: int = 
         pixel_pca: ``cv`` only: PCA fitted inside each training part (the pixel baseline).
 
     Returns:
-        ``(metrics, predictions)``: metrics as :func:`wingclr.evaluate.probe.score_split` (``cv``:
+        ``(metrics, predictions)``: metrics as :func:`wingclr.probe.score_split` (``cv``:
         :func:`wingclr.evaluate.folds.score_cv`); predictions ``{"rows", "linear", "knn",
         "fold", "C"}``: the scored rows (``(M,)`` indices) and their predictions (``split``: the
         validation rows; ``cv``: every scored row, out of fold), the fold of each (``split``:
@@ -203,7 +203,7 @@ def run_baseline(method: str, meta: dict, split: SplitData, cache_dir: Path, pix
     """Score one baseline on ``split`` (cached).
 
     Returns:
-        ``{"name", "label", "settings", "metrics"}``; metrics as :func:`wingclr.evaluate.probe.score_split`.
+        ``{"name", "label", "settings", "metrics"}``; metrics as :func:`wingclr.probe.score_split`.
 
     Raises:
         UserError: the baseline cannot be computed (missing weights or image folder).

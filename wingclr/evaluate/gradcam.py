@@ -288,7 +288,7 @@ def write_gradcam(backbone: nn.Module, meta: dict, features: np.ndarray, labels:
         The figures written.
     """
     from .neighbours import cosine_neighbours
-    from .probe import fit_probe
+    from ..probe import fit_probe
 
     labels = np.asarray(list(map(str, labels)))
     head = ProbeHead(fit_probe(np.asarray(features)[train], labels[train], probe_c))

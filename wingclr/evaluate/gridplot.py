@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..plotting import save_figure
 from .folds import paired, split_scores
-from .probe import collapse_note, is_collapsed
+from ..probe import collapse_note, is_collapsed
 
 GRID_KEYS = ["batch_size", "epochs", "temperature"]
 BASELINE_LINES = {"pixel_pca": ("pixel PCA", "--"), "imagenet": ("ImageNet", ":"),

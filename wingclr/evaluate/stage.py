@@ -5,7 +5,7 @@ stage 2 out of fold, on grouped stratified folds that are the same for every run
 (:mod:`wingclr.evaluate.folds`); ``split`` fits on stage 2's train/ and scores validation/ once.
 With ``--labels ... --label-column sex,genus`` each trait is scored on its own (``<run>/<trait>/``).
 
-Per run (``<output>/<run>/``): linear probe and weighted kNN (:mod:`wingclr.evaluate.probe`), silhouette and
+Per run (``<output>/<run>/``): linear probe and weighted kNN (:mod:`wingclr.probe`), silhouette and
 Davies-Bouldin of the classes in embedding space, report.csv, classification_report.txt,
 predictions.csv, confusion_matrix.png, umap.png and manifest.json (written last; it also keeps the
 run's evaluation.csv row, so a finished run is skipped when evaluated again with the same settings).
@@ -28,7 +28,7 @@ from .baselines import BASELINES, SplitData, parse_baselines, run_baseline, scor
 from .folds import paired, split_scores
 from .gridplot import summary_table, write_grid_summary
 from .inputs import check_data, identity_columns, load_embeddings
-from .probe import collapse_note, is_collapsed
+from ..probe import collapse_note, is_collapsed
 from .settings import EvalSettings
 from .traits import check_queries, load_split, make_split, safe_name, trait_splits  # noqa: F401
 from .visuals import run_visuals, write_report_note
@@ -215,7 +215,7 @@ def imagenet_beside(row: dict) -> str:
     """``"; frozen ImageNet: linear 0.710 (SimCLR -0.020), kNN 0.650"`` or "" without that baseline.
 
     SimCLR fine-tuning can make ImageNet features worse; the user sees it on every run's line.
-    When either linear probe collapsed (:func:`wingclr.evaluate.probe.probe_collapse`) no difference is
+    When either linear probe collapsed (:func:`wingclr.probe.probe_collapse`) no difference is
     given: the line says which one collapsed.
     """
     base = row.get("imagenet_accuracy", float("nan"))

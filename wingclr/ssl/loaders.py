@@ -285,7 +285,7 @@ def build_data(s: TrainSettings, trainer, images: ImageSet | None = None) -> Tra
     Args:
         images: the training images when already scanned (default: scan ``s.data``).
     """
-    from ..bands import plan_views
+    from .bands import plan_views
 
     images = images or training_images(s.data)
     channels = dataset_channels(images.root, images.images, s.bands)

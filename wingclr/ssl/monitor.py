@@ -81,7 +81,8 @@ def monitor_set(data: Path, *, labels: Path | None = None, label_column: str = "
 
 def knn_score(backbone, meta: dict, mset: MonitorSet, device: str, batch_size: int = 64) -> float:
     """kNN accuracy of the validation images against the train images (cosine, k = 20)."""
-    from ..features import embed_images, knn_predict
+    from ..features import embed_images
+    from ..probe import knn_predict
 
     x, ok = embed_images(backbone, meta, mset.root, mset.images, batch_size=batch_size, num_workers=0,
                          device=device, progress=False)

@@ -12,6 +12,8 @@ A probe whose chosen ``C`` regularises everything away answers one class for eve
 accuracy is then the class share, not a measure of the features. :func:`probe_collapse` flags it
 (when kNN on the same features clearly does better) so it is reported as collapsed, never as a
 level to beat.
+
+Shared by stage 3 (the kNN monitor, :mod:`wingclr.ssl.monitor`) and stage 5 (:mod:`wingclr.evaluate`).
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from ..features import knn_predict, l2_normalise  # noqa: F401 - stage 5's probes use them from here
 
 C_GRID = np.logspace(-5, 3, 17)  # 1e-5 .. 1e3, half-decade steps
 MAX_FOLDS = 5
@@ -128,6 +128,33 @@ def linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, se
     c, cv_acc, scores = select_c(x_train, y_train, c_grid, seed)
     model = fit_probe(x_train, y_train, c)
     return ProbeResult(model.predict(x_val), c, cv_acc, scores)
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length: ``(N, D)`` -> ``(N, D)``."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def knn_predict(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, k: int = 20,
+                temperature: float = 0.07) -> np.ndarray:
+    """Weighted kNN: cosine similarity, the ``k`` nearest training rows vote ``exp(sim / T)``.
+
+    Args:
+        x_train: ``(N, D)``; y_train: ``(N,)`` labels; x_val: ``(M, D)``.
+
+    Returns:
+        ``(M,)`` predicted labels.
+    """
+    classes, y_idx = np.unique(y_train, return_inverse=True)
+    sim = l2_normalise(x_val) @ l2_normalise(x_train).T  # (M, N)
+    k = min(k, len(x_train))
+    nn = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    # subtract the row maximum before exp: same argmax, no overflow at small T
+    s = np.take_along_axis(sim, nn, 1)
+    weights = np.exp((s - s.max(1, keepdims=True)) / temperature)
+    votes = np.zeros((len(x_val), len(classes)))
+    np.add.at(votes, (np.repeat(np.arange(len(x_val)), k), y_idx[nn].ravel()), weights.ravel())
+    return classes[votes.argmax(1)]
 
 
 def cluster_quality(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
