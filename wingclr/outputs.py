@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from . import __version__
 from .cli import Settings, UserError, write_error, write_errors
 
 MANIFEST = "manifest.json"
@@ -235,7 +236,6 @@ def git_sha() -> str | None:
 def versions(packages: Iterable[str] = ()) -> dict[str, str]:
     from importlib import metadata
 
-    from . import __version__
 
     found = {"python": platform.python_version(), "wingclr": __version__}
     for name in ("numpy", "torch", "torchvision", *packages):

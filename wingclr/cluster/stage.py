@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ..cli import UserError, check_input_size, check_minimum, require_output_folder
+from ..contact_sheets import write_contact_sheets
 from ..identity import COLUMNS, identify, segmentation_identity, stamp_files, write_inputs
 from ..imageio import list_files
 from ..outputs import MANIFEST, atomic_path, place_file, write_csv, write_manifest, write_text
@@ -186,7 +187,6 @@ def draw_sheets(features: np.ndarray, labels: np.ndarray, images: list[Path], fo
     """One contact sheet per cluster (nearest its centre first) and one of the outliers, replacing
     the previous try's; pictures never fail the stage."""
     try:
-        from ..contact_sheets import write_contact_sheets
 
         for old in folder.glob("sheet_*.png"):
             old.unlink()

@@ -19,6 +19,7 @@ from ..checkpoints import load_backbone
 from ..cli import UserError, check_gpu_request, check_minimum, require_output_folder, saved_so_far
 from ..features import PCA_MIN_VARIANCE, embed_images, image_table, pca_projection
 from ..identity import COLUMNS as IDENTITY
+from ..morphospace import write_morphospace
 from ..outputs import (MANIFEST, atomic_path, check_finished, escape_formulas, file_digest,
                        read_manifest, write_csv, write_manifest)
 from ..plotting import plot_pca
@@ -184,7 +185,6 @@ def embed_run(name: str, ckpt: Path, *, data: Path, output: Path, batch_size: in
         "cumulative": np.cumsum(ratio), "kept": ratio > PCA_MIN_VARIANCE}))
     plot_pca(scores, table["cluster"], ratio, out / "pca.png", name)
     try:  # thumbnails at their PC scores; a picture never fails the stage
-        from ..morphospace import write_morphospace
         write_morphospace(out, root, meta)
     except Exception as e:  # noqa: BLE001
         print(f"note: {name}: morphospace.png not drawn ({type(e).__name__}: {str(e)[:200]})")

@@ -26,6 +26,7 @@ import numpy as np
 from ..cli import UserError
 from ..outputs import write_text
 from ..probe import C_GRID, CLEAR_MARGIN, score_split
+from .folds import score_cv
 
 BASELINES = {"pixel": "pixel_pca", "imagenet": "imagenet", "random": "random_init"}
 DEFAULT_BASELINES = ("pixel", "imagenet")
@@ -91,7 +92,6 @@ def score_features(feats: np.ndarray, split: SplitData, seed: int = 0, k: int = 
         none) and the probe strength to refit with.
     """
     if split.protocol == "cv":
-        from .folds import score_cv
 
         # rows in image order: the probe's inner folds (and so C) must not depend on how a
         # spreadsheet sorted embeddings.csv

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..probe import C_GRID, knn_predict, linear_probe
+from ..probe import C_GRID, cluster_quality, knn_predict, linear_probe, probe_collapse
 
 DEFAULT_FOLDS = 5
 MAX_PCA = 100  # pixel-PCA axes, as the split protocol's pixel baseline
@@ -220,7 +220,6 @@ def score_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, folds: int = D
         silhouette, davies_bouldin, probe_C (median over folds), probe_cv_accuracy,
         probe_collapsed(_to) (of the out-of-fold predictions), folds and n_groups.
     """
-    from ..probe import cluster_quality, probe_collapse
 
     y = np.asarray(y).astype(str)
     r = cross_validate(x, y, groups, folds=folds, seed=seed, pixel_pca=pixel_pca, k=k)

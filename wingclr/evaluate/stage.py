@@ -24,11 +24,12 @@ from ..cli import STAGE_DIRS, UserError, check_gpu_request, check_minimum, requi
 from ..embed.settings import BATCH_SIZE, EmbedSettings
 from ..outputs import (MANIFEST, check_finished, read_csv, read_manifest, write_csv, write_manifest,
                        write_text)
+from ..probe import collapse_note, is_collapsed
 from .baselines import BASELINES, SplitData, parse_baselines, run_baseline, score_features
 from .folds import paired, split_scores
 from .gridplot import summary_table, write_grid_summary
 from .inputs import check_data, identity_columns, load_embeddings
-from ..probe import collapse_note, is_collapsed
+from .plots import plot_confusion, save_umap, umap_2d
 from .settings import EvalSettings
 from .traits import check_queries, load_split, make_split, safe_name, trait_splits  # noqa: F401
 from .visuals import run_visuals, write_report_note
@@ -125,7 +126,6 @@ def evaluate_trait(name: str, emb_dir: Path, out_dir: Path, data: tuple, trait: 
     Returns:
         The evaluation.csv row without baselines.
     """
-    from .plots import plot_confusion, save_umap
 
     manifest, ids, feats = data
     cv = split.protocol == "cv"
@@ -163,7 +163,6 @@ def evaluate_trait(name: str, emb_dir: Path, out_dir: Path, data: tuple, trait: 
             (out_dir / stale).unlink(missing_ok=True)
     if s.umap and not (out_dir / "umap.png").exists():
         if "xy" not in umap_cache:
-            from .plots import umap_2d
 
             umap_cache["xy"] = umap_2d(feats, s.seed)
         groups, grey, legend = umap_colouring(ids, split, labels=s.labels, trait=trait,

@@ -18,6 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli import UserError
+from ..outputs import read_manifest, write_text
+from ..plotting import pca_figure, save_figure
+from .baselines import baseline_features, parse_baselines
 from .settings import EvalSettings
 
 MAX_QUERIES = 24   # rows of neighbours.png
@@ -42,7 +46,6 @@ def _note(name: str, what: str, error: Exception) -> None:
 
 def imagenet_features(split, model: dict, s: EvalSettings) -> tuple[np.ndarray, np.ndarray] | None:
     """The frozen ImageNet backbone's features of the run's images, when that baseline ran."""
-    from .baselines import baseline_features, parse_baselines
 
     if "imagenet" not in parse_baselines(s.baselines):
         return None
@@ -101,7 +104,6 @@ def run_visuals(name: str, emb_dir: Path, out_dir: Path, split, model: dict, row
 def _run_visuals(name: str, emb_dir: Path, out_dir: Path, split, model: dict, row: dict,
                  s: EvalSettings, feats, ids, trait: str) -> list[Path]:
     from .inputs import load_embeddings
-    from ..outputs import read_manifest, write_text
 
     manifest = read_manifest(emb_dir) or {}
     k, n_cam = s.neighbours, s.gradcam
@@ -169,7 +171,6 @@ def _run_visuals(name: str, emb_dir: Path, out_dir: Path, split, model: dict, ro
 
 
 def _neighbours(name, feats, split, images, model, row, s, out_dir, k) -> list[Path]:
-    from ..cli import UserError
     from .neighbours import write_neighbours
 
     baseline, pool = None, None
@@ -194,7 +195,6 @@ def _by_trait(name, feats, split, images, model, s, out_dir, trait) -> list[Path
     """``morphospace.png`` (+ ``_pc3_pc4``) and ``pca.png`` coloured by the trait's labels."""
     from ..features import pca_projection
     from ..morphospace import NO_LABEL, plot_morphospace
-    from ..plotting import pca_figure, save_figure
 
     scores, ratio, _ = pca_projection(np.asarray(feats, np.float64))
     groups = np.where(split.y == "", NO_LABEL, split.y)

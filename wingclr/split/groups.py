@@ -31,6 +31,7 @@ import pandas as pd
 
 from ..cli import UserError
 from ..identity import GROUP, SOURCE, SPECIMEN, posix, shorten
+from ..labels import LABEL_KEYS, match_rows, read_table
 
 EXAMPLE = "--group-by '^(.*?)[DV]$' (a trailing D/V view letter dropped)"
 
@@ -150,8 +151,6 @@ def _by_pattern(ids: pd.DataFrame, text: str) -> Grouping:
 
 
 def _by_csv(ids: pd.DataFrame, path: Path, column: str, id_column: str | None) -> Grouping:
-    from ..labels import LABEL_KEYS, match_rows, read_table
-
     if not path.is_file():
         raise UserError(f"--groups {path} not found; give the CSV that names each photo's group")
     column = column.strip().lower()

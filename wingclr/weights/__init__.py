@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 from ..cli import UserError
+from ..untrusted import load_torch
 from .checksums import FETCH, fetch_advice, published_checksum, require_checksum  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -81,7 +82,6 @@ def resolve(filename: str, url: str | None = None, hint: str = "", *, installed:
 def load_state_dict(filename: str, url: str | None = None, hint: str = "", *,
                     installed: str = "") -> dict:
     """Resolve ``filename`` and load it on the CPU as a state dict (no pickled code runs)."""
-    from ..untrusted import load_torch
 
     path = resolve(filename, url, hint, installed=installed)
     try:

@@ -26,10 +26,12 @@ import sys
 from pathlib import Path
 
 from ..cli import UserError
+from ..outputs import atomic_path
 from . import FETCH, offline, weights_dir
-from .checksums import remember
 from .catalog import (REMBG_CHECKSUMS, REMBG_RELEASES, STAGE_NEEDS, Entry,  # noqa: F401
                               entry, known_names, url_entry, verify)
+from .checksums import remember
+from .lite0 import convert
 
 
 def select(args) -> list[Entry]:
@@ -110,8 +112,6 @@ def _fetch_hf(e: Entry) -> tuple[str, str]:
 
 
 def _lite0_from_package() -> bool:
-    from .lite0 import convert
-
     try:
         convert()
         return True
@@ -120,8 +120,6 @@ def _lite0_from_package() -> bool:
 
 
 def _copy(source: Path, target: Path) -> None:
-    from ..outputs import atomic_path
-
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..cli import UserError
-from ..segment.rembg import REMBG_CHECKSUMS, RELEASES as REMBG_RELEASES  # noqa: F401 - __main__ uses them
+from ..segment.rembg import REMBG_CHECKSUMS, REMBG_MODELS, model_path  # noqa: F401 - __main__ uses them
+from ..segment.rembg import RELEASES as REMBG_RELEASES
 from . import hub_checkpoint_dir, timm_local, weights_dir
 from .checksums import verify  # noqa: F401 - __main__ and tests use it from here
 
@@ -52,7 +53,6 @@ class Entry:
 
             return timm_local(self.key, timm_cfg(self.key))
         if self.key in REMBG_CHECKSUMS:
-            from ..segment.rembg import model_path
 
             try:
                 return model_path(self.key)
@@ -87,8 +87,6 @@ def url_entry(key: str, url: str, used_by: str) -> Entry:
 
 
 def rembg_entry(name: str) -> Entry:
-    from ..segment.rembg import REMBG_MODELS
-
     return Entry(name, f"{name}.onnx", f"segment.py --rembg-model {name}",
                  REMBG_RELEASES + REMBG_MODELS[name], REMBG_CHECKSUMS.get(name))
 
@@ -114,7 +112,6 @@ def entry(name: str) -> Entry:
     """
     from ..models import BACKBONES
     from ..segment.maskrcnn import ARCHS
-    from ..segment.rembg import REMBG_MODELS
 
     if name.startswith("timm/"):
         return timm_entry(name)
@@ -139,6 +136,5 @@ def known_names() -> list[str]:
     """Every file this project knows by name (check lists them)."""
     from ..models import BACKBONES
     from ..segment.maskrcnn import ARCHS
-    from ..segment.rembg import REMBG_MODELS
 
     return [*BACKBONES, *ARCHS, *REMBG_MODELS, "timm/efficientnet_lite0", WING_CHECKPOINT]

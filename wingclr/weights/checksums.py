@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 
 from ..cli import UserError
+from ..outputs import write_text
 
 FETCH = "python -m wingclr.weights fetch"
 
@@ -106,7 +107,6 @@ def _remembered(path: Path, checksum: str) -> bool | None:
 
 def remember(path: Path | str, checksum: str, ok: bool) -> None:
     """Record the verification of ``path`` as it is now (memory, and its record when writable)."""
-    from ..outputs import write_text
 
     path = Path(path)
     stamp = _stamp(path)

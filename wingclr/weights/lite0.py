@@ -18,6 +18,8 @@ import re
 from pathlib import Path
 
 from ..cli import UserError
+from ..outputs import atomic_path
+from . import weights_dir
 
 REPEATS = (1, 2, 2, 3, 3, 4, 1)  # blocks per stage (EfficientNet-B0 / Lite0)
 # EfficientNet-PyTorch module names -> timm's, for the depthwise-separable first stage and the
@@ -67,8 +69,6 @@ def convert(output_dir: Path | None = None, source: Path | None = None) -> Path:
     """
     import torch
 
-    from ..outputs import atomic_path
-    from . import weights_dir
 
     target = Path(output_dir or weights_dir()) / TARGET
     if target.is_file():
