@@ -226,7 +226,7 @@ def segment(s: SegmentSettings) -> dict:
     (a shard that leaves the merge to others: its marker)."""
     inp, out = Path(s.input), Path(s.output)
     if s.merge:
-        return merge(out)
+        return merge(out, finish=finish)
     require_folder(inp, "input folder", "pass your photos folder with --input")
     require_output_folder(out)
     if out.resolve() == inp.resolve() or inp.resolve() in out.resolve().parents:
