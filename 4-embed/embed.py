@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wingclr import cli  # noqa: E402
+from wingclr.embed.settings import BATCH_SIZE, EmbedSettings  # noqa: E402
 
 
 def get_args_parser():
@@ -28,7 +29,7 @@ def get_args_parser():
                    help="stage 2 output (split.csv + unlabeled/) or a folder of cluster folders")
     p.add_argument("--output", type=Path, default=cli.STAGE_DIRS["embedding"],
                    help="one subfolder per run is written here")
-    p.add_argument("--batch-size", type=int, default=64, help="images per inference batch")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="images per inference batch")
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default min(8, CPUs))")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--cache-dir", type=Path, default=cli.WORK / "cache",
@@ -39,17 +40,9 @@ def get_args_parser():
 
 
 def main(args):
-    from wingclr.embedding import check_embed_args, embed_run, resolve_runs
+    from wingclr.embed.stage import run_embedding
 
-    check_embed_args(batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
-                     output=args.output)
-    runs = resolve_runs(args.checkpoints, args.training_dir)
-    for done, (name, ckpt) in enumerate(runs):
-        cli.saved_so_far(f"{done} of {len(runs)} runs embedded in {args.output} (a run folder "
-                         "without manifest.json is unfinished)")
-        embed_run(name, ckpt, data=args.data, output=args.output, batch_size=args.batch_size,
-                  num_workers=args.num_workers, device=args.device, cache_dir=args.cache_dir,
-                  quiet=args.quiet, overwrite=args.overwrite)
+    run_embedding(EmbedSettings.from_args(args))
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ def images100k(args) -> None:
     print(f"training epoch: {seen} images in {time.perf_counter() - start:.0f} s; {peaks()}; "
           f"budget: baseline + {(args.workers * 2 + 1) * bs * 3 * size * size / GB:.2f} GB of batches")
 
-    from wingclr.embedding import embed_dataset
+    from wingclr.features import embed_dataset
 
     head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 2048))
     meta = {"mean": [0.5] * 3, "std": [0.25] * 3}

@@ -113,7 +113,7 @@ def features(method: str, root: Path, images: list[str], args, run: Path | None 
     import torch
 
     from wingclr.checkpoints import load_backbone
-    from wingclr.embedding import embed_images
+    from wingclr.features import embed_images
     from wingclr.models import build_backbone, channel_stats
 
     cache = root.parent / "features" / f"{method}.npy"

@@ -78,7 +78,7 @@ def dataset_dir(demo_set, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def lite0_weights(tmp_path_factory) -> Path:
     """A weights folder holding the lite0 package's real ImageNet weights converted for timm."""
-    from wingclr.lite0 import convert
+    from wingclr.weights.lite0 import convert
 
     folder = tmp_path_factory.mktemp("weights")
     convert(folder)
@@ -92,8 +92,8 @@ TINY_TRAIN = ("--backbone", "resnet18", "--pretrained", "none", "--input-size", 
 def trust_weights(path) -> None:
     """Let a stand-in file under a published weights name pass its checksum (recorded as verified,
     the way a real file is after its first use)."""
-    from wingclr.checksums import published_checksum, remember
-    from wingclr.weights_catalog import REMBG_CHECKSUMS
+    from wingclr.weights.checksums import published_checksum, remember
+    from wingclr.segment.rembg import REMBG_CHECKSUMS
 
     path = Path(path)
     checksum = published_checksum(path.name) or REMBG_CHECKSUMS.get(path.stem)
@@ -149,7 +149,7 @@ def fake_embeddings(out, dataset_dir, seed=0):
     import numpy as np
     import pandas as pd
 
-    from wingclr.evaluate.inputs import file_digest
+    from wingclr.outputs import file_digest
     from wingclr.outputs import write_manifest
 
     split = pd.read_csv(dataset_dir / "split.csv", dtype=str)[["image", "cluster", "split"]]

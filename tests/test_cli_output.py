@@ -28,7 +28,7 @@ def _parser(name: str) -> argparse.ArgumentParser:
     if name.endswith(".py"):
         return load_stage(name).get_args_parser()
     from wingclr import demo
-    from wingclr import weights_cli
+    from wingclr.weights import __main__ as weights_cli
 
     module, *sub = name.split()
     p = {"wingclr.demo": demo, "wingclr.weights": weights_cli}[module].get_args_parser()

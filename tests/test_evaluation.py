@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from wingclr.evaluate.probe import (C_GRID, cluster_quality, fit_probe, knn_predict, linear_probe, score_split,
+from wingclr.probe import (C_GRID, cluster_quality, fit_probe, knn_predict, linear_probe, score_split,
                            select_c)
 
 

@@ -70,7 +70,7 @@ def test_cv_folds_keep_specimens_together_and_are_the_same_for_every_run_and_bas
 
 def test_split_protocol_scores_exactly_as_stage_2s_train_and_validation(two_runs, tmp_path):
     from wingclr.evaluate.inputs import load_embeddings
-    from wingclr.evaluate.probe import score_split
+    from wingclr.probe import score_split
     from wingclr.outputs import read_manifest
 
     run = two_runs[0][0]

@@ -186,6 +186,16 @@ def test_bad_flags_and_missing_embeddings_are_one_line_errors(tmp_path):
     assert_one_line_error(empty, str(tmp_path), "4-embed")
 
 
+def test_stage5_embeds_through_stage4_and_its_checks(tmp_path):
+    from conftest import fake_checkpoint
+
+    (tmp_path / "run").mkdir()
+    ckpt = fake_checkpoint(tmp_path / "run" / "r.ckpt")
+    (tmp_path / "emb").write_text("not a folder")
+    proc = run_cli(EVALUATE, "--runs", ckpt, "--embeddings", tmp_path / "emb", "--output", tmp_path / "o")
+    assert_one_line_error(proc, "--embeddings", "is a file, not a folder")
+
+
 def test_training_runs_without_embeddings_are_embedded_first(dataset_dir, tmp_path):
     from conftest import TINY_TRAIN
 

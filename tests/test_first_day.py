@@ -27,7 +27,7 @@ FETCH = "python -m wingclr.weights fetch"
 # --- A. weights: fetch / check ------------------------------------------------------------------
 
 def test_weights_catalogue_matches_the_stages_defaults_and_published_files():
-    from wingclr import weights_cli as w
+    from wingclr.weights import __main__ as w
 
     vgg = w.entry("vgg16")
     assert vgg.url == "https://download.pytorch.org/models/vgg16-397923af.pth"
@@ -55,7 +55,7 @@ def test_weights_catalogue_matches_the_stages_defaults_and_published_files():
 @pytest.fixture
 def online(tmp_path, monkeypatch):
     """An empty weights folder with downloads switched on; network calls go to fakes."""
-    from wingclr import weights_cli as w
+    from wingclr.weights import __main__ as w
 
     monkeypatch.setenv("WINGCLR_WEIGHTS_DIR", str(tmp_path / "weights"))
     monkeypatch.delenv("WINGCLR_OFFLINE", raising=False)
@@ -79,7 +79,7 @@ def online(tmp_path, monkeypatch):
 
 
 def test_fetch_downloads_verifies_checksums_and_check_lists_the_rest(online, monkeypatch, capsys):
-    from wingclr import weights_cli as w
+    from wingclr.weights import __main__ as w
 
     folder, calls = online
     url = w.REMBG_RELEASES + "u2net.onnx"
@@ -110,7 +110,7 @@ def test_fetch_downloads_verifies_checksums_and_check_lists_the_rest(online, mon
 
 
 def test_fetch_offline_fails_fast_and_errors_name_the_fetch_command(tmp_path, monkeypatch, capsys):
-    from wingclr import weights_cli as w
+    from wingclr.weights import __main__ as w
     from wingclr.segment.rembg import model_path
     from wingclr.weights import resolve
 

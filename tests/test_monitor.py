@@ -16,8 +16,8 @@ LITE0 = ("--backbone", "timm/efficientnet_lite0", "--pretrained", "imagenet", "-
 
 def frozen_knn(dataset_dir, backbone: str, size: int, meta: dict) -> float:
     """Stage 5's frozen-ImageNet kNN on the same train / validation images, computed apart."""
-    from wingclr.embedding import embed_images, image_table
-    from wingclr.evaluate.probe import knn_predict
+    from wingclr.features import embed_images, image_table
+    from wingclr.probe import knn_predict
     from wingclr.models import build_backbone
 
     root, table = image_table(dataset_dir)

@@ -139,7 +139,7 @@ def xor_features(n_a, n_b, rng):
 
 
 def test_collapsed_probe_is_flagged_by_score_split():
-    from wingclr.evaluate.probe import collapse_note, score_split
+    from wingclr.probe import collapse_note, score_split
 
     rng = np.random.default_rng(0)
     (xt, yt), (xv, yv) = xor_features(24, 16, rng), xor_features(4, 4, rng)
@@ -155,7 +155,7 @@ def test_collapsed_probe_is_flagged_by_score_split():
 
 
 def test_probe_collapse_needs_one_class_or_chance_and_a_clearly_better_knn():
-    from wingclr.evaluate.probe import probe_collapse
+    from wingclr.probe import probe_collapse
 
     y = np.array(["a", "a", "b", "b"])
     assert probe_collapse(y, np.array(["a"] * 4), y) == "a"

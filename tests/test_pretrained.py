@@ -17,7 +17,7 @@ MONARCH = SHARED_DATA / "leeds" / "images" / "0010018.jpg"
 def test_converter_maps_every_key_onto_timm_lite0():
     import timm
 
-    from wingclr.lite0 import package_file, to_timm
+    from wingclr.weights.lite0 import package_file, to_timm
 
     state = to_timm(torch.load(package_file(), map_location="cpu", weights_only=True))
     model = timm.create_model("efficientnet_lite0")

@@ -28,6 +28,8 @@ STAGES = [  # script, manifest stage, settings class, a command line
      ["--val-fraction", "0.3"]),
     ("3-training/train.py", "3-training", "wingclr.ssl.settings.TrainSettings",
      ["--band-group", "uv=3", "--bands", "0,1,2,3", "--epochs", "5"]),
+    ("4-embed/embed.py", "4-embed", "wingclr.embed.settings.EmbedSettings",
+     ["--checkpoints", "a.ckpt", "b", "--num-workers", "0"]),
     ("5-evaluation/evaluate.py", "5-evaluation", "wingclr.evaluate.settings.EvalSettings",
      ["--runs", "a", "b", "--query", "x.png"]),
 ]
@@ -189,7 +191,7 @@ def test_train_maskrcnn_records_the_default_wing_classes_as_before():
 
 
 # Modules that are command lines themselves (their own parser, nothing passed on) and the converter.
-OWN_NAMESPACE = {"cli.py", "weights_cli.py", "isnet.py", "lite0.py"}
+OWN_NAMESPACE = {"cli.py", "__main__.py", "isnet.py", "lite0.py"}
 
 
 def test_no_stage_module_takes_or_writes_a_namespace():

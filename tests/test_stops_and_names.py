@@ -142,7 +142,7 @@ def test_a_garbage_tiff_is_listed_unreadable_without_decoder_warnings(tmp_path):
 
 
 def test_unicode_labels_draw_without_glyph_warnings(tmp_path):
-    code = ("import numpy as np; from wingclr.evaluate.plots import plot_confusion, plot_pca; "
+    code = ("import numpy as np; from wingclr.evaluate.plots import plot_confusion; from wingclr.plotting import plot_pca; "
             "y = ['蝶', 'クラス', 'Ω'] * 4; "
             f"plot_confusion(y, y[::-1], sorted(set(y)), {str(tmp_path / 'c.png')!r}, 'ラン', 'labels'); "
             f"plot_pca(np.random.default_rng(0).normal(size=(12, 2)), y, np.array([0.5, 0.2]), "
@@ -223,7 +223,7 @@ def test_sigterm_during_stage2_says_the_dataset_is_unfinished(demo_set, tmp_path
 
 
 def test_sigterm_during_stage4_says_which_runs_are_embedded(dataset_dir, tmp_path, monkeypatch, capsys):
-    import wingclr.embedding
+    import wingclr.embed.stage
     from conftest import fake_checkpoint
 
     runs = tmp_path / "3-training"
@@ -235,7 +235,7 @@ def test_sigterm_during_stage4_says_which_runs_are_embedded(dataset_dir, tmp_pat
     args = ("--checkpoints", *ckpts, "--data", dataset_dir, "--output", out, "--num-workers", "0",
             "--quiet")
     with monkeypatch.context() as m:
-        _sigterm_on_call(m, wingclr.embedding, "embed_run", 2)
+        _sigterm_on_call(m, wingclr.embed.stage, "embed_run", 2)
         assert _cli_run("4-embed/embed.py", *args) == 128 + signal.SIGTERM
     assert f"1 of 2 runs embedded in {out}" in _stop_line(capsys.readouterr().err)
     assert (out / "r1" / "manifest.json").is_file() and not (out / "r2" / "manifest.json").exists()

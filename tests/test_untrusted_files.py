@@ -312,7 +312,7 @@ def test_weights_with_a_wrong_checksum_are_refused_for_training_in_one_line(bad_
 
 
 def test_weights_check_says_bad_checksum_and_fetch_exits_non_zero(bad_resnet18, capsys):
-    from wingclr import weights_cli
+    from wingclr.weights import __main__ as weights_cli
 
     assert weights_cli.main(["check", "resnet18"]) == 1
     out = capsys.readouterr().out
@@ -325,7 +325,7 @@ def test_weights_check_says_bad_checksum_and_fetch_exits_non_zero(bad_resnet18, 
 def test_weights_checksum_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
     import hashlib
 
-    from wingclr import checksums
+    from wingclr.weights import checksums
 
     path = tmp_path / f"thing-{hashlib.sha256(b'abc').hexdigest()[:8]}.pth"
     path.write_bytes(b"abc")
@@ -344,7 +344,7 @@ def test_weights_checksum_is_remembered_until_the_file_changes(tmp_path, monkeyp
 
 
 def test_a_rembg_model_with_a_wrong_checksum_is_refused(rembg_home, demo_set, tmp_path):
-    from wingclr import checksums
+    from wingclr.weights import checksums
 
     checksums._MEMORY.clear()
     (rembg_home / ".u2net.onnx.verified.json").unlink()  # the stand-in is no longer trusted
@@ -474,7 +474,7 @@ def test_a_cache_index_of_the_wrong_json_shape_is_a_one_line_error(tmp_path, tex
 
 
 def test_a_run_manifest_naming_a_checkpoint_outside_its_folder_is_refused(tmp_path):
-    from wingclr.embedding import resolve_runs
+    from wingclr.embed.stage import resolve_runs
 
     run = tmp_path / "3-training" / "r"
     run.mkdir(parents=True)

@@ -180,7 +180,7 @@ def test_neighbours_are_cosine_nearest_without_the_query(specimens, tmp_path):
 @pytest.mark.parametrize("n_classes", [2, 3])
 def test_probe_head_reproduces_the_sklearn_probe(n_classes):
     from wingclr.evaluate.gradcam import ProbeHead
-    from wingclr.evaluate.probe import fit_probe
+    from wingclr.probe import fit_probe
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 6)) * [1, 5, 0.1, 2, 1, 1] + 3
@@ -196,7 +196,7 @@ def test_probe_head_reproduces_the_sklearn_probe(n_classes):
 
 def test_gradcam_map_has_the_image_size_and_is_zero_off_the_specimen(tmp_path):
     from wingclr.evaluate.gradcam import ClassTarget, ProbeHead, SimilarityTarget, cam_map, target_layers
-    from wingclr.evaluate.probe import fit_probe
+    from wingclr.probe import fit_probe
 
     alpha = rgba_specimen(tmp_path / "s.png", 40, 50)
     torch.manual_seed(0)
@@ -256,7 +256,8 @@ def test_target_layers_of_timm_and_torchvision_networks(tmp_path):
 
 def fake_trained_run(emb_root: Path, dataset_dir: Path) -> Path:
     """A stage 4 folder whose checkpoint exists (random-init resnet18 at 32 px, really embedded)."""
-    from wingclr.embedding import embed_images, write_matrix_csv
+    from wingclr.embed.stage import write_matrix_csv
+    from wingclr.features import embed_images
     from wingclr.outputs import write_manifest
 
     meta = {**META, "input_size": 32, "settings": {"batch_size": 8, "epochs": 1, "temperature": 0.5}}

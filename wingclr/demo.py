@@ -24,6 +24,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .cli import HelpFormatter
+from .outputs import atomic_path, write_csv, write_manifest
+
 WING_CLASSES = ("forewing_left", "forewing_right", "hindwing_left", "hindwing_right")
 PHENOTYPES = ("band", "spots", "eyespots", "rays", "margin")
 PALETTE = np.array([
@@ -220,7 +223,6 @@ def spectral_cube(spec: Specimen, n_bands: int, rng: np.random.Generator) -> np.
 def write_specimen(path: Path, spec: Specimen, n_bands: int, rng: np.random.Generator) -> str:
     """Write the photo (3 bands: PNG), a 16-bit TIFF stack (< 32 bands) or a float .npy cube."""
     from .imageio import write_png
-    from .outputs import atomic_path
 
     if n_bands == 3:
         write_png(path.with_suffix(".png"), spec.image)
@@ -249,7 +251,6 @@ def generate(output: Path | str, n: int = 240, size: int = 128, seed: int = 0,
     import pandas as pd
 
     from .imageio import write_png
-    from .outputs import write_csv, write_manifest
 
     out = Path(output)
     rng = np.random.default_rng(seed)
@@ -273,8 +274,6 @@ def generate(output: Path | str, n: int = 240, size: int = 128, seed: int = 0,
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from .cli import HelpFormatter
-
     p = argparse.ArgumentParser(prog="python -m wingclr.demo", description=__doc__,
                                 formatter_class=HelpFormatter)
     p.add_argument("--output", type=Path, default=Path("work/demo"), help="output folder")

@@ -10,6 +10,10 @@ Cache files, kept in the stage's output folder:
 A cached row is reused when the settings are the same and the image's relative path, size and
 modification time are unchanged; only new or changed images go through the network. During a long
 extraction the cache is saved every ``save_every`` seconds, so an interrupted run resumes.
+
+The same streaming embeds a trained backbone's images for stages 3-5 (:func:`image_table`,
+:func:`embed_images`, :func:`pca_projection`): stage 4 writes
+them, stage 3's kNN monitor and stage 5's baselines use them without importing those stages.
 """
 
 from __future__ import annotations
@@ -26,14 +30,17 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .cache import CachedImages, ensure_cache
 from .cli import progress as cli_progress
-from .data import FolderDataset, ReadSpec, worker_init
-from .identity import stamp_files
+from .data import FolderDataset, ReadSpec, read_spec, scan_clusters, worker_init
+from .identity import below_cluster, clusters_identity, identify, read_identity, stamp_files
 from .imageio import ImageReadError
 from .models import build_backbone, channel_stats
 from .outputs import atomic_path, read_csv, write_csv, write_text
+from .untrusted import check_paths
 
 FEATURES, INDEX, SETTINGS = "features.npy", "features_index.csv", "features.json"
+PCA_MIN_VARIANCE = 0.005  # keep principal axes that explain more than 0.5 % of the variance
 
 
 def default_workers() -> int:
@@ -212,3 +219,72 @@ def _read_error(spec: ReadSpec, path: Path) -> str:
     except ImageReadError as e:
         return e.reason
     return "unreadable"
+
+
+def image_table(data: Path) -> tuple[Path, pd.DataFrame]:
+    """Image root and ``(image, cluster, split, specimen, source_image, group)`` rows: stage 2's split.csv
+    or a folder scan (identities from stage 1's clusters.csv there, else from the paths)."""
+    data = Path(data)
+    split_csv = data / "split.csv"
+    if split_csv.exists():
+        table = read_csv(split_csv, dtype=str, keep_default_na=False)
+        table = table[["image", "cluster", "split"]].reset_index(drop=True)
+        check_paths(table, ["image"], source=split_csv)  # the images are read below unlabeled/
+        ids = identify(table["image"].tolist(), read_identity(split_csv))
+        return data / "unlabeled", pd.concat([table, ids], axis=1)
+    found = scan_clusters(data, what="image")
+    images = [p.as_posix() for p in found.images]
+    known = clusters_identity(data)
+    ids = identify(images, known, key=below_cluster, source="clusters.csv" if known else "")
+    return data, pd.concat([pd.DataFrame({"image": images, "cluster": found.clusters, "split": ""}),
+                            ids], axis=1)
+
+
+def embed_images(backbone: torch.nn.Module, meta: dict, root: Path, images: list[str],
+                 batch_size: int = 64, num_workers: int | None = None,
+                 device: str = "auto", progress: bool = True,
+                 cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Embed images with a frozen backbone.
+
+    When stage 3 left a decode-once cache of exactly these images at this size in ``cache_dir``,
+    images are read from it instead of being decoded again.
+
+    Returns:
+        ``(features, ok)``: ``(N, D)`` float32 and ``(N,)`` bool (False: unreadable, row is zeros).
+    """
+    rels = [Path(p) for p in images]
+    cache = ensure_cache(cache_dir, root, rels, read_spec(meta), build=False) if cache_dir else None
+    if cache is not None:
+        print(f"reading images from the cache {cache.folder}")
+    dataset = CachedImages(cache) if cache else FolderDataset(root, rels, read_spec(meta), flag_errors=True)
+    return embed_dataset(backbone, meta, dataset, batch_size, num_workers, device, progress)
+
+
+def embed_dataset(backbone: torch.nn.Module, meta: dict, dataset, batch_size: int = 64,
+                  num_workers: int | None = None, device: str = "auto",
+                  progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`embed_images` for a dataset of ``((C, S, S) uint8, index, readable)`` items."""
+    workers = default_workers() if num_workers is None else num_workers
+    out = np.zeros((len(dataset), 0), np.float32)
+    ok = np.zeros(len(dataset), bool)
+    for idx, feats, good in iter_features(backbone, dataset, meta["mean"], meta["std"], batch_size,
+                                          workers, device, progress, desc="embedding"):
+        if out.shape[1] == 0:
+            out = np.zeros((len(dataset), feats.shape[1]), np.float32)
+        out[idx] = np.where(good[:, None], feats, 0)
+        ok[idx] = good
+    return out, ok
+
+
+def pca_projection(features: np.ndarray, min_variance: float = PCA_MIN_VARIANCE):
+    """PCA keeping the axes that explain more than ``min_variance`` of the variance.
+
+    Returns:
+        ``(scores (N, k), explained_variance_ratio (all axes), k)``.
+    """
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=min(features.shape), svd_solver="full").fit(features)
+    ratio = pca.explained_variance_ratio_
+    k = max(1, int((ratio > min_variance).sum()))
+    return pca.transform(features)[:, :k], ratio, k

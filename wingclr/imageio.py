@@ -27,6 +27,8 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .outputs import atomic_path
+
 PIL_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".gif"}
 TIFF_EXTENSIONS = {".tif", ".tiff"}
 NPY_EXTENSIONS = {".npy"}
@@ -344,7 +346,6 @@ def write_png(path: Path | str, arr: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    from .outputs import atomic_path
 
     with atomic_path(path) as tmp:
         Image.fromarray(arr).save(tmp, format="PNG")

@@ -21,6 +21,10 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .cli import UserError
+from .weights import (RANDOM_ADVICE, TIMM_SUFFIXES, hub_checkpoint_dir, instead, timm_weights,
+                      torchvision_state_dict, weights_dir)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -63,8 +67,6 @@ def timm_cfg(name: str):
     """timm's pretrained config of ``timm/<model>`` (mean, std, first_conv, hf_hub_id, ...)."""
     import timm
 
-    from .cli import UserError
-
     arch = timm_arch(name)
     if not timm.is_model(arch.split(".")[0]):
         raise UserError(f"unknown timm model {arch!r} in --backbone {name}; list them with "
@@ -81,8 +83,6 @@ def timm_cfg(name: str):
 def check_backbone(name: str) -> str:
     """argparse type for ``--backbone``: a torchvision key or ``timm/<model>``."""
     import argparse
-
-    from .cli import UserError
 
     if name in BACKBONES:
         return name
@@ -187,9 +187,6 @@ def build_backbone(name: str, pretrained: bool, in_chans: int = 3,
     """
     import torchvision.models as tvm
 
-    from .cli import UserError
-    from .weights import RANDOM_ADVICE, installed_backbones, instead, torchvision_state_dict
-
     advice = RANDOM_ADVICE if advice is None else advice
     installed = (instead("--backbone", installed_backbones(exclude=name))
                  if pretrained and alternatives else "")
@@ -237,8 +234,6 @@ def timm_model(name: str, pretrained: bool, num_classes: int = 0, image_size: in
     """
     import timm
 
-    from .weights import RANDOM_ADVICE, timm_weights
-
     advice = RANDOM_ADVICE if advice is None else advice
     cfg = timm_cfg(name)
     kwargs = {"num_classes": num_classes}
@@ -251,8 +246,6 @@ def timm_model(name: str, pretrained: bool, num_classes: int = 0, image_size: in
     try:
         return timm.create_model(timm_arch(name), pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     except Exception as e:  # noqa: BLE001 - network and file errors come in many types
-        from .cli import UserError
-
         why = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
         if path is None:
             raise UserError(f"could not download the weights of {name} ({why}); on a machine without "
@@ -260,3 +253,17 @@ def timm_model(name: str, pretrained: bool, num_classes: int = 0, image_size: in
                             "weights/timm/ (see weights/README.md)" + (f", {advice}" if advice else "")) from None
         raise UserError(f"{path}: weights do not fit timm's {timm_arch(name)} ({why}); "
                         "replace the file") from None
+
+
+def installed_backbones(*, exclude: str = "") -> list[str]:
+    """``--backbone`` values whose ImageNet weights are on this machine (weights/ or hub cache)."""
+    found = []
+    for name, spec in BACKBONES.items():
+        file = _weights_enum(spec).url.rsplit("/", 1)[-1]
+        if any((d / file).is_file() for d in (weights_dir(), hub_checkpoint_dir())):
+            found.append(name)
+    folder = weights_dir() / "timm"
+    if folder.is_dir():
+        found += sorted({f"timm/{p.name[:-len(suffix)]}" for p in folder.iterdir()
+                         for suffix in TIMM_SUFFIXES if p.name.endswith(suffix) and p.is_file()})
+    return [n for n in found if n != exclude]

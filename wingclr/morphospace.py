@@ -17,7 +17,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .outputs import read_csv
+from .outputs import read_csv, read_manifest
+from .plotting import GREY_NAMES, group_colours, pyplot, save_figure
 from .thumbnails import over, thumbnail
 
 GRID_CELLS = 18   # cells along the longer axis: at most ~18 x 18 thumbnails
@@ -53,7 +54,6 @@ def grid_pick(xy: np.ndarray, cells: int = GRID_CELLS
 
 def cluster_colours(clusters: Sequence[str]) -> dict[str, tuple]:
     """A colour per cluster name (:func:`wingclr.plotting.group_colours`); outliers opaque gray."""
-    from .plotting import GREY_NAMES, group_colours
 
     grey = (*GREY_NAMES, NO_LABEL)
     return {name: (0.55, 0.55, 0.55, 1.0) if name in grey else colour
@@ -81,7 +81,6 @@ def plot_morphospace(scores: np.ndarray, images: Sequence[Path], clusters: Seque
     Returns:
         The number of thumbnails drawn.
     """
-    from .plotting import pyplot, save_figure
 
     plt = pyplot()
     a, b = axes
@@ -139,7 +138,7 @@ def read_scores(run_dir: Path) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
 def run_image_root(manifest: dict | None) -> Path | None:
     """The folder a stage 4 run's image paths are relative to (from its manifest).
 
-    As :func:`wingclr.embedding.image_table`: ``<data>/unlabeled`` for stage 2 output (it has a
+    As :func:`wingclr.features.image_table`: ``<data>/unlabeled`` for stage 2 output (it has a
     split.csv), else ``<data>`` itself.
     """
     data = ((manifest or {}).get("args") or {}).get("data")
@@ -161,7 +160,6 @@ def write_morphospace(run_dir: Path, root: Path | None = None, meta: dict | None
     Returns:
         The files written ([] when there are fewer than 2 PCA axes or no images).
     """
-    from .outputs import read_manifest
 
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir) if root is None or meta is None else None

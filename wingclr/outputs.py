@@ -7,11 +7,13 @@ work is never replaced by accident.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,7 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .cli import Settings, UserError, write_errors
+from . import __version__
+from .cli import Settings, UserError, write_error, write_errors
 
 MANIFEST = "manifest.json"
 # Per stage (the manifest's "stage"), the flags that change how it runs but never what it writes.
@@ -230,7 +233,6 @@ def git_sha() -> str | None:
 def versions(packages: Iterable[str] = ()) -> dict[str, str]:
     from importlib import metadata
 
-    from . import __version__
 
     found = {"python": platform.python_version(), "wingclr": __version__}
     for name in ("numpy", "torch", "torchvision", *packages):
@@ -351,3 +353,40 @@ def check_finished(out_dir: Path | str, wanted: Settings | dict, overwrite: bool
     raise UserError(f"{out_dir} already holds a finished {what} made with other settings "
                     f"({', '.join(changed[:4])} differ); pass --overwrite to replace it or choose "
                     "another --output")
+
+
+def file_digest(path: Path) -> dict:
+    """Size and SHA-256 of a file (stage 4 records it for embeddings.csv)."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return {"size": Path(path).stat().st_size, "sha256": sha.hexdigest()}
+
+
+def place_file(src: Path, dst: Path, link: str) -> None:
+    """Copy ``src`` to ``dst`` (``link="copy"``) or link it (``"symlink"``, ``"hardlink"``),
+    replacing a file already at ``dst``.
+
+    A full disk or read-only folder is a one-line :class:`UserError`; no half-copied file stays.
+    """
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.is_symlink() or dst.exists():
+            dst.unlink()
+        if link == "symlink":
+            os.symlink(os.path.relpath(src.resolve(), dst.parent.resolve()), dst)
+        elif link == "hardlink":
+            os.link(src, dst)
+        else:
+            shutil.copy2(src, dst)
+    except OSError as e:
+        if link == "copy" and dst.is_file():
+            dst.unlink()
+        if link == "hardlink" and e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise UserError(f"cannot hard-link {src} into {dst.parent} ({e.strerror}); use "
+                            "--link symlink or --link copy") from None
+        error = write_error(dst, e)
+        if error is None:
+            raise
+        raise error from None

@@ -110,3 +110,22 @@ def scatter_groups(ax, xy: np.ndarray, groups, grey: Sequence[str] = GREY_NAMES,
         ax.scatter(*xy[m].T, s=s * (0.7 if name in grey else 1), color=colours[name],
                    label=f"{name} ({int(m.sum())})", **kw)
     return colours
+
+
+def pca_figure(scores: np.ndarray, groups, ratio: np.ndarray, title: str,
+               legend_title: str = "cluster", grey=("-1", "outliers")):
+    """PC1/PC2 scatter coloured by cluster (stage 4's pca.png) or by a trait (stage 5), legend
+    outside the axes."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    y = scores[:, 1] if scores.shape[1] > 1 else np.zeros(len(scores))
+    colours = scatter_groups(ax, np.c_[scores[:, 0], y], groups, grey, s=10, alpha=0.8)
+    legend_outside(ax, f"{legend_title} (images)", len(colours))
+    ax.set(xlabel=f"PC1 ({ratio[0]:.1%})", ylabel=f"PC2 ({ratio[1]:.1%})" if len(ratio) > 1 else "",
+           title=title)
+    return fig
+
+
+def plot_pca(scores: np.ndarray, groups, ratio: np.ndarray, path: Path, title: str) -> None:
+    """Save :func:`pca_figure` to ``path``."""
+    save_figure(pca_figure(scores, groups, ratio, title), path)

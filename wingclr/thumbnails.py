@@ -17,6 +17,9 @@ from typing import Sequence
 
 import numpy as np
 
+from .outputs import atomic_path
+from .plotting import pyplot
+
 CAPTION_PX = 30    # height of the caption strip under each cell (two lines of 7 pt text)
 DPI = 100
 
@@ -204,8 +207,6 @@ class Mosaic:
 
     def save(self, path: Path) -> Path:
         """Write the mosaic as PNG at :data:`DPI` (one canvas pixel = one image pixel)."""
-        from .plotting import pyplot
-        from .outputs import atomic_path
 
         plt = pyplot()
         h, w = self.canvas.shape[:2]

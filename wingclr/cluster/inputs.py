@@ -16,6 +16,7 @@ from .. import outputs
 from ..cli import UserError, require_folder
 from ..identity import input_changes
 from ..outputs import check_finished, read_manifest
+from ..weights import instead
 from .settings import ClusterSettings
 
 BY_HAND = ("or sort the photos into one folder per group yourself and give their parent folder to "
@@ -37,7 +38,7 @@ def check_random_features(*, pretrained: str, allow_random_features: bool, backb
     if pretrained != "none":
         return False
     if not allow_random_features:
-        from ..weights import installed_backbones, instead
+        from ..models import installed_backbones
 
         installed = instead("--pretrained imagenet --backbone", installed_backbones())
         raise UserError(f"--pretrained none clusters random (untrained) {backbone} features, "

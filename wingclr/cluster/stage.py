@@ -31,10 +31,10 @@ import numpy as np
 import pandas as pd
 
 from ..cli import UserError, check_input_size, check_minimum, require_output_folder
+from ..contact_sheets import write_contact_sheets
 from ..identity import COLUMNS, identify, segmentation_identity, stamp_files, write_inputs
 from ..imageio import list_files
-from ..outputs import MANIFEST, atomic_path, write_csv, write_manifest, write_text
-from ..split import place_file
+from ..outputs import MANIFEST, atomic_path, place_file, write_csv, write_manifest, write_text
 from .clustering import (OUTLIERS, Clustering, cluster, folder_name, identical_rows, project_umap,
                          sweep, sweep_grid)
 from .inputs import (check_random_features, guard_output, input_changed_error,
@@ -187,7 +187,6 @@ def draw_sheets(features: np.ndarray, labels: np.ndarray, images: list[Path], fo
     """One contact sheet per cluster (nearest its centre first) and one of the outliers, replacing
     the previous try's; pictures never fail the stage."""
     try:
-        from ..contact_sheets import write_contact_sheets
 
         for old in folder.glob("sheet_*.png"):
             old.unlink()
@@ -240,6 +239,48 @@ def wrote_line(result: Clustering, out: Path) -> str:
             f"(cluster_0 the largest){outliers} and clusters.csv to {out}")
 
 
+def check_clustering(s: ClusterSettings, *, stdin_is_tty: bool) -> tuple[ClusterSettings, str, bool, Path]:
+    """Stage 1's flags, the mode and the input folder, checked before any image is read.
+
+    Returns:
+        ``(settings, mode, random_features, input root)``: in batch mode the settings carry the
+        batch defaults; ``random_features`` is True when ``--pretrained none`` is allowed.
+    """
+    check_minimum(("--min-cluster-size", s.min_cluster_size, 2),
+                  ("--cluster-selection-epsilon", s.cluster_selection_epsilon, 0),
+                  ("--min-samples", s.min_samples, 1),
+                  ("--n-neighbors", s.n_neighbors, 2), ("--min-dist", s.min_dist, 0),
+                  ("--batch-size", s.batch_size, 1), ("--pca-dims", s.pca_dims, 0))
+    check_input_size(s.input_size)
+    random_features = check_random_features(
+        pretrained=s.pretrained, allow_random_features=s.allow_random_features,
+        backbone=s.backbone)
+    mode = decide_mode(s, stdin_is_tty=stdin_is_tty)
+    if mode == "batch":
+        s = with_batch_defaults(s)
+    require_output_folder(Path(s.output))
+    return s, mode, random_features, resolve_input(s.input, Path(s.output))
+
+
+def check_image_count(n: int, s: ClusterSettings, root: Path) -> None:
+    """Enough images in ``root`` for UMAP and for ``--min-cluster-size``."""
+    if n < max(MIN_IMAGES, s.min_cluster_size or 0):
+        need = (f"fewer than --min-cluster-size {s.min_cluster_size}; pass a smaller "
+                f"--min-cluster-size (at most {n})") if n >= MIN_IMAGES else (
+                f"clustering needs at least {MIN_IMAGES}; add images or point --input elsewhere")
+        raise UserError(f"{root} holds {n} image{'s' * (n != 1)}, {need}")
+
+
+def check_readable(readable: int, n: int, s: ClusterSettings, root: Path) -> None:
+    """Enough readable images (after feature extraction) for the clustering flags."""
+    if readable < max(MIN_IMAGES, s.min_cluster_size or 0):
+        raise UserError(f"only {readable} of the {n} images in {root} are readable; fix or "
+                        "remove the files listed above, or pass a smaller --min-cluster-size")
+    if s.min_samples is not None and s.min_samples > readable:
+        raise UserError(f"--min-samples {s.min_samples} is more than the {readable} "
+                        f"readable images in {root}; pass a smaller --min-samples")
+
+
 def run_clustering(s: ClusterSettings, *, stdin_is_tty: bool | None = None,
                    builder=None) -> dict | None:
     """Run stage 1 (``ClusterSettings.from_args`` of ``1-clustering/cluster.py``'s arguments).
@@ -255,23 +296,9 @@ def run_clustering(s: ClusterSettings, *, stdin_is_tty: bool | None = None,
     from ..features import FeatureConfig, compute_features, default_workers
     from ..models import build_backbone
 
-    if stdin_is_tty is None:
-        stdin_is_tty = stdin_isatty()
-    check_minimum(("--min-cluster-size", s.min_cluster_size, 2),
-                  ("--cluster-selection-epsilon", s.cluster_selection_epsilon, 0),
-                  ("--min-samples", s.min_samples, 1),
-                  ("--n-neighbors", s.n_neighbors, 2), ("--min-dist", s.min_dist, 0),
-                  ("--batch-size", s.batch_size, 1), ("--pca-dims", s.pca_dims, 0))
-    check_input_size(s.input_size)
-    random_features = check_random_features(
-        pretrained=s.pretrained, allow_random_features=s.allow_random_features,
-        backbone=s.backbone)
-    mode = decide_mode(s, stdin_is_tty=stdin_is_tty)
-    if mode == "batch":
-        s = with_batch_defaults(s)
+    s, mode, random_features, root = check_clustering(
+        s, stdin_is_tty=stdin_isatty() if stdin_is_tty is None else stdin_is_tty)
     out = Path(s.output)
-    require_output_folder(out)
-    root = resolve_input(s.input, out)
     finished = guard_output(out, s, mode=mode)
     images, skipped = list_files(root)
     stamps = stamp_files(root, images)  # recorded at the end: what this clustering is made of
@@ -282,14 +309,12 @@ def run_clustering(s: ClusterSettings, *, stdin_is_tty: bool | None = None,
         print(f"skip: {out} already holds this clustering (manifest.json); pass --overwrite to redo it")
         return None
     n = len(images)
-    if n < max(MIN_IMAGES, s.min_cluster_size or 0):
-        need = (f"fewer than --min-cluster-size {s.min_cluster_size}; pass a smaller "
-                f"--min-cluster-size (at most {n})") if n >= MIN_IMAGES else (
-                f"clustering needs at least {MIN_IMAGES}; add images or point --input elsewhere")
-        raise UserError(f"{root} holds {n} image{'s' * (n != 1)}, {need}")
+    check_image_count(n, s, root)
     # a finished clustering being overwritten stays whole until the new one is kept: the tries'
     # pictures go to a hidden folder (stage 2 ignores it) and the manifest goes just before writing
     tries = out / TRIES if (out / MANIFEST).is_file() and mode != "sweep-only" else out
+
+    # ============ features: the backbone's vectors, cached in the output folder ============
     config = FeatureConfig(s.backbone, s.pretrained == "imagenet", s.input_size,
                            dataset_channels(root, images, None), tuple(s.background),
                            s.seed)
@@ -305,20 +330,19 @@ def run_clustering(s: ClusterSettings, *, stdin_is_tty: bool | None = None,
         print(f"skipped: {path}: {reason}")
     ok = feats.ok
     readable = [images[i].as_posix() for i in np.flatnonzero(ok)]
-    if len(readable) < max(MIN_IMAGES, s.min_cluster_size or 0):
-        raise UserError(f"only {len(readable)} of the {n} images in {root} are readable; fix or "
-                        "remove the files listed above, or pass a smaller --min-cluster-size")
-    if s.min_samples is not None and s.min_samples > len(readable):
-        raise UserError(f"--min-samples {s.min_samples} is more than the {len(readable)} "
-                        f"readable images in {root}; pass a smaller --min-samples")
+    check_readable(len(readable), n, s, root)
     values, computed = (feats.values if ok.all() else feats.values[ok]), feats.computed
     del feats  # the readable rows are all that is kept
+
+    # ============ UMAP: 3-D projection (none when every image gives the same vector) ============
     degenerate = identical_rows(values)
     embedding = (np.zeros((len(values), 3), np.float32) if degenerate
                  else umap_embedding(values, s, out=out))
     if degenerate:
         print(f"all {len(values)} images give identical features (duplicate images?): nothing to "
               "project or separate; they form one cluster and the silhouette is undefined")
+
+    # ============ sweep (--sweep): HDBSCAN over a grid of settings, a table to choose from ============
     if s.sweep:
         grid = sweep_grid(s.min_cluster_size or min(DEFAULT_MIN_CLUSTER_SIZE, len(values)),
                           len(values), s.cluster_selection_epsilon)
@@ -330,11 +354,15 @@ def run_clustering(s: ClusterSettings, *, stdin_is_tty: bool | None = None,
         if mode == "sweep-only":
             print(f"pick a row and run again with {BATCH_HINT}")
             return None
+
+    # ============ HDBSCAN: the clustering kept (batch values, or the interactive answers) ============
     show = not s.no_show and display_available()
     warning = random_features_warning(s.backbone) if random_features else ""
     result, tried, (mcs, eps) = choose(
         embedding, s, mode=mode, out=tries, degenerate=degenerate, show=show,
         features=None if degenerate else values, warning=warning, images=[root / r for r in readable])
+
+    # ============ write: cluster folders, clusters.csv, pictures, inputs.csv, manifest (last) ============
     (out / MANIFEST).unlink(missing_ok=True)  # kept: from here on the output is unfinished
     if tries != out:
         move_pictures(tries, out)

@@ -25,7 +25,8 @@ import numpy as np
 
 from ..cli import UserError
 from ..outputs import write_text
-from .probe import C_GRID, CLEAR_MARGIN, score_split
+from ..probe import C_GRID, CLEAR_MARGIN, score_split
+from .folds import score_cv
 
 BASELINES = {"pixel": "pixel_pca", "imagenet": "imagenet", "random": "random_init"}
 DEFAULT_BASELINES = ("pixel", "imagenet")
@@ -84,14 +85,13 @@ def score_features(feats: np.ndarray, split: SplitData, seed: int = 0, k: int = 
         pixel_pca: ``cv`` only: PCA fitted inside each training part (the pixel baseline).
 
     Returns:
-        ``(metrics, predictions)``: metrics as :func:`wingclr.evaluate.probe.score_split` (``cv``:
+        ``(metrics, predictions)``: metrics as :func:`wingclr.probe.score_split` (``cv``:
         :func:`wingclr.evaluate.folds.score_cv`); predictions ``{"rows", "linear", "knn",
         "fold", "C"}``: the scored rows (``(M,)`` indices) and their predictions (``split``: the
         validation rows; ``cv``: every scored row, out of fold), the fold of each (``split``:
         none) and the probe strength to refit with.
     """
     if split.protocol == "cv":
-        from .folds import score_cv
 
         # rows in image order: the probe's inner folds (and so C) must not depend on how a
         # spreadsheet sorted embeddings.csv
@@ -173,7 +173,7 @@ def baseline_features(method: str, meta: dict, split: SplitData, pixel_size: int
     Returns:
         ``(features (N, D) float32, ok (N,) bool)``; ok is False for images that cannot be read.
     """
-    from ..embedding import embed_images
+    from ..features import embed_images
 
     if method == "pixel":  # pixels in [0, 1]: no normalisation, the PCA centres them
         c = meta["in_chans"]
@@ -203,7 +203,7 @@ def run_baseline(method: str, meta: dict, split: SplitData, cache_dir: Path, pix
     """Score one baseline on ``split`` (cached).
 
     Returns:
-        ``{"name", "label", "settings", "metrics"}``; metrics as :func:`wingclr.evaluate.probe.score_split`.
+        ``{"name", "label", "settings", "metrics"}``; metrics as :func:`wingclr.probe.score_split`.
 
     Raises:
         UserError: the baseline cannot be computed (missing weights or image folder).

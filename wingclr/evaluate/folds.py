@@ -6,7 +6,7 @@ about the class shares of the whole. Which group goes to which part depends only
 ``(group, label)`` pairs and the seed (scikit-learn works on the sorted unique groups), never on
 the row order or the features, so every run and every baseline evaluated on the same images,
 labels and groups is scored on the same folds. Each fold trains the linear probe
-(:func:`wingclr.evaluate.probe.linear_probe`: C chosen by CV inside the training part) and the
+(:func:`wingclr.probe.linear_probe`: C chosen by CV inside the training part) and the
 kNN on the other parts and scores it on its own part; the result is one score per fold, and
 every image gets one out-of-fold prediction.
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .probe import C_GRID, knn_predict, linear_probe
+from ..probe import C_GRID, cluster_quality, knn_predict, linear_probe, probe_collapse
 
 DEFAULT_FOLDS = 5
 MAX_PCA = 100  # pixel-PCA axes, as the split protocol's pixel baseline
@@ -207,7 +207,7 @@ def paired(a, b, *, alpha: float = 0.05) -> Paired | None:
 def score_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, folds: int = DEFAULT_FOLDS,
              seed: int = 0, k: int = 20, pixel_pca: bool = False) -> tuple[dict, CVResult]:
     """Stage 5's metrics of features ``x`` under ``--protocol cv`` (the keys of
-    :func:`wingclr.evaluate.probe.score_split`, as means over the folds, plus their spread).
+    :func:`wingclr.probe.score_split`, as means over the folds, plus their spread).
 
     Args:
         x: ``(N, D)`` features; y: ``(N,)`` labels ('' = not scored: outliers, unlabelled);
@@ -220,7 +220,6 @@ def score_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, folds: int = D
         silhouette, davies_bouldin, probe_C (median over folds), probe_cv_accuracy,
         probe_collapsed(_to) (of the out-of-fold predictions), folds and n_groups.
     """
-    from .probe import cluster_quality, probe_collapse
 
     y = np.asarray(y).astype(str)
     r = cross_validate(x, y, groups, folds=folds, seed=seed, pixel_pca=pixel_pca, k=k)

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 
 from ..outputs import fit_name
+from ..plotting import pyplot, save_figure
+from ..probe import fit_probe
 from ..thumbnails import display_bands, fit_size, read_rgba
 
 
@@ -251,7 +253,6 @@ def transparency_note(rgba: np.ndarray) -> str:
 def plot_cams(rgba: np.ndarray, panels: Sequence[tuple[str, np.ndarray | None, np.ndarray]],
               path: Path, title: str) -> Path:
     """A row of panels: ``(caption, heat map (H, W) or None, rgba image)`` each."""
-    from ..plotting import pyplot, save_figure
 
     plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(3.1 * len(panels), 3.4), layout="constrained")
@@ -288,7 +289,6 @@ def write_gradcam(backbone: nn.Module, meta: dict, features: np.ndarray, labels:
         The figures written.
     """
     from .neighbours import cosine_neighbours
-    from .probe import fit_probe
 
     labels = np.asarray(list(map(str, labels)))
     head = ProbeHead(fit_probe(np.asarray(features)[train], labels[train], probe_c))

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..plotting import save_figure
+from ..plotting import pyplot, save_figure
+from ..probe import collapse_note, is_collapsed
 from .folds import paired, split_scores
-from .probe import collapse_note, is_collapsed
 
 GRID_KEYS = ["batch_size", "epochs", "temperature"]
 BASELINE_LINES = {"pixel_pca": ("pixel PCA", "--"), "imagenet": ("ImageNet", ":"),
@@ -78,7 +78,6 @@ def grid_figure(table: pd.DataFrame, title: str = ""):
     Args:
         title: above the panels (which labels were scored, e.g. ``labels: labels.csv: sex``).
     """
-    from ..plotting import pyplot
 
     grid = grid_runs(table)
     if grid.empty:

@@ -1,7 +1,8 @@
-"""Figures of stages 4 and 5: confusion matrix, 2-D UMAP and the PCA scatter.
+"""Figures of stage 5: confusion matrix and 2-D UMAP.
 
 Stage 5 draws, per run, the confusion matrix of the linear probe and a 2-D UMAP of the
-embeddings; stage 4 draws the PCA scatter (pca.png). Categorical colours come from
+embeddings; the PCA scatter (stage 4's pca.png, stage 5's trait views) is
+:func:`wingclr.plotting.pca_figure`. Categorical colours come from
 :func:`wingclr.plotting.class_colours` (also used by :mod:`wingclr.cluster.plots` and
 :mod:`wingclr.morphospace`), and legends sit outside the axes so they never cover points.
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..plotting import legend_outside, pyplot, save_figure, scatter_groups
+from ..plotting import legend_outside, pca_figure, pyplot, save_figure, scatter_groups  # noqa: F401
 
 
 def confusion_figure(y_true, y_pred, labels, run: str, labels_from: str,
@@ -92,22 +93,3 @@ def save_umap(xy: np.ndarray, groups, grey: str, path: Path, title: str,
     """:func:`umap_figure` of ready ``(N, 2)`` UMAP points, saved to ``path`` (one UMAP, several
     colourings: by each trait and by cluster)."""
     save_figure(umap_figure(xy, groups, grey, title, legend_title), path)
-
-
-def pca_figure(scores: np.ndarray, groups, ratio: np.ndarray, title: str,
-               legend_title: str = "cluster", grey=("-1", "outliers")):
-    """PC1/PC2 scatter coloured by cluster (stage 4's pca.png) or by a trait (stage 5), legend
-    outside the axes."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 5))
-    y = scores[:, 1] if scores.shape[1] > 1 else np.zeros(len(scores))
-    colours = scatter_groups(ax, np.c_[scores[:, 0], y], groups, grey, s=10, alpha=0.8)
-    legend_outside(ax, f"{legend_title} (images)", len(colours))
-    ax.set(xlabel=f"PC1 ({ratio[0]:.1%})", ylabel=f"PC2 ({ratio[1]:.1%})" if len(ratio) > 1 else "",
-           title=title)
-    return fig
-
-
-def plot_pca(scores: np.ndarray, groups, ratio: np.ndarray, path: Path, title: str) -> None:
-    """Save :func:`pca_figure` to ``path``."""
-    save_figure(pca_figure(scores, groups, ratio, title), path)

@@ -22,7 +22,8 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
-from ..outputs import read_csv
+from ..outputs import read_csv, write_text
+from .traits import safe_name
 
 COLUMNS = [  # evaluation.csv column, header, what it means
     ("run", "run", "training run (stage 3 name: batch size, epochs, temperature)"),
@@ -223,14 +224,11 @@ def run_section(run: str, folder: Path, root: Path, row: dict, open_: bool) -> s
 
 
 def _safe(trait: str) -> str:
-    from .traits import safe_name
-
     return safe_name(trait)
 
 
 def write_report(out: Path) -> Path:
     """Write ``<out>/report.html`` for a stage 5 output folder; returns its path."""
-    from ..outputs import write_text
 
     out = Path(out)
     evaluation = read_csv(out / "evaluation.csv", dtype={"run": str, "dataset": str})

@@ -5,7 +5,7 @@ stage 2 out of fold, on grouped stratified folds that are the same for every run
 (:mod:`wingclr.evaluate.folds`); ``split`` fits on stage 2's train/ and scores validation/ once.
 With ``--labels ... --label-column sex,genus`` each trait is scored on its own (``<run>/<trait>/``).
 
-Per run (``<output>/<run>/``): linear probe and weighted kNN (:mod:`wingclr.evaluate.probe`), silhouette and
+Per run (``<output>/<run>/``): linear probe and weighted kNN (:mod:`wingclr.probe`), silhouette and
 Davies-Bouldin of the classes in embedding space, report.csv, classification_report.txt,
 predictions.csv, confusion_matrix.png, umap.png and manifest.json (written last; it also keeps the
 run's evaluation.csv row, so a finished run is skipped when evaluated again with the same settings).
@@ -21,13 +21,15 @@ import numpy as np
 import pandas as pd
 
 from ..cli import STAGE_DIRS, UserError, check_gpu_request, check_minimum, require_output_folder
+from ..embed.settings import BATCH_SIZE, EmbedSettings
 from ..outputs import (MANIFEST, check_finished, read_csv, read_manifest, write_csv, write_manifest,
                        write_text)
+from ..probe import collapse_note, is_collapsed
 from .baselines import BASELINES, SplitData, parse_baselines, run_baseline, score_features
 from .folds import paired, split_scores
 from .gridplot import summary_table, write_grid_summary
 from .inputs import check_data, identity_columns, load_embeddings
-from .probe import collapse_note, is_collapsed
+from .plots import plot_confusion, save_umap, umap_2d
 from .settings import EvalSettings
 from .traits import check_queries, load_split, make_split, safe_name, trait_splits  # noqa: F401
 from .visuals import run_visuals, write_report_note
@@ -56,7 +58,7 @@ def run_info(manifest: dict) -> dict:
 
 def image_root(manifest: dict, data: Path | None) -> Path | None:
     """Folder the embedded image paths are relative to: ``--data`` or the one stage 4 used."""
-    from ..embedding import image_table
+    from ..features import image_table
 
     data = data or manifest.get("args", {}).get("data")
     try:
@@ -124,7 +126,6 @@ def evaluate_trait(name: str, emb_dir: Path, out_dir: Path, data: tuple, trait: 
     Returns:
         The evaluation.csv row without baselines.
     """
-    from .plots import plot_confusion, save_umap
 
     manifest, ids, feats = data
     cv = split.protocol == "cv"
@@ -162,7 +163,6 @@ def evaluate_trait(name: str, emb_dir: Path, out_dir: Path, data: tuple, trait: 
             (out_dir / stale).unlink(missing_ok=True)
     if s.umap and not (out_dir / "umap.png").exists():
         if "xy" not in umap_cache:
-            from .plots import umap_2d
 
             umap_cache["xy"] = umap_2d(feats, s.seed)
         groups, grey, legend = umap_colouring(ids, split, labels=s.labels, trait=trait,
@@ -214,7 +214,7 @@ def imagenet_beside(row: dict) -> str:
     """``"; frozen ImageNet: linear 0.710 (SimCLR -0.020), kNN 0.650"`` or "" without that baseline.
 
     SimCLR fine-tuning can make ImageNet features worse; the user sees it on every run's line.
-    When either linear probe collapsed (:func:`wingclr.evaluate.probe.probe_collapse`) no difference is
+    When either linear probe collapsed (:func:`wingclr.probe.probe_collapse`) no difference is
     given: the line says which one collapsed.
     """
     base = row.get("imagenet_accuracy", float("nan"))
@@ -304,14 +304,16 @@ def find_embedding_dirs(paths: list[Path], emb_root: Path, embed=None) -> list[t
 
 def evaluate_runs(s: EvalSettings) -> pd.DataFrame:
     """Run stage 5 (``EvalSettings.from_args`` of ``5-evaluation/evaluate.py``'s arguments)."""
-    from ..embedding import embed_run, resolve_runs
+    from ..embed.stage import run_embedding
 
     def embed(path: Path) -> Path:
-        (name, ckpt), = resolve_runs([path], Path(path).parent)
-        embed_run(name, ckpt, data=s.data or STAGE_DIRS["dataset"], output=s.embeddings,
-                  num_workers=s.num_workers, device=s.device, cache_dir=s.cache_dir,
-                  quiet=s.quiet)
-        return Path(s.embeddings) / name
+        """Stage 4 on one run, with stage 5's data, device, workers and cache."""
+        folder, = run_embedding(EmbedSettings(
+            checkpoints=(Path(path),), training_dir=Path(path).parent,
+            data=s.data or STAGE_DIRS["dataset"], output=s.embeddings, batch_size=BATCH_SIZE,
+            num_workers=s.num_workers, device=s.device, cache_dir=s.cache_dir, quiet=s.quiet,
+            overwrite=False), output_flag="--embeddings")
+        return folder
 
     parse_baselines(s.baselines)  # bad names and flags fail before any work
     check_minimum(("--knn-k", s.knn_k, 1), ("--num-workers", s.num_workers, 0),

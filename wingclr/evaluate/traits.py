@@ -12,6 +12,7 @@ import pandas as pd
 from ..cli import UserError
 from .baselines import SplitData
 from .inputs import attach_labels, read_labels, specimen_groups
+from .neighbours import match_queries
 from .settings import EvalSettings
 
 
@@ -62,7 +63,6 @@ def trait_splits(ids: pd.DataFrame, root: Path | None, s: EvalSettings) -> list[
 
 def check_queries(ids: pd.DataFrame, queries, emb_dir: Path) -> None:
     """``--query`` names none of the embedded images: a one-line error before any work."""
-    from .neighbours import match_queries
 
     if queries and not len(match_queries(ids["image"].to_numpy(str), list(queries))[0]):
         raise UserError(f"--query: none of {', '.join(list(queries)[:3])}"

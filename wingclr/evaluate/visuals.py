@@ -17,6 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli import UserError
+from ..outputs import read_manifest, write_text
+from ..plotting import pca_figure, save_figure
+from .baselines import baseline_features, parse_baselines
 from .settings import EvalSettings
 
 MAX_QUERIES = 24   # rows of neighbours.png
@@ -30,7 +34,6 @@ def _note(name: str, what: str, error: Exception) -> None:
 
 def imagenet_features(split, model: dict, s: EvalSettings) -> tuple[np.ndarray, np.ndarray] | None:
     """The frozen ImageNet backbone's features of the run's images, when that baseline ran."""
-    from .baselines import baseline_features, parse_baselines
 
     if "imagenet" not in parse_baselines(s.baselines):
         return None
@@ -89,7 +92,6 @@ def run_visuals(name: str, emb_dir: Path, out_dir: Path, split, model: dict, row
 def _run_visuals(name: str, emb_dir: Path, out_dir: Path, split, model: dict, row: dict,
                  s: EvalSettings, feats, ids, trait: str) -> list[Path]:
     from .inputs import load_embeddings
-    from ..outputs import read_manifest, write_text
 
     manifest = read_manifest(emb_dir) or {}
     k, n_cam = s.neighbours, s.gradcam
@@ -157,7 +159,6 @@ def _run_visuals(name: str, emb_dir: Path, out_dir: Path, split, model: dict, ro
 
 
 def _neighbours(name, feats, split, images, model, row, s, out_dir, k) -> list[Path]:
-    from ..cli import UserError
     from .neighbours import write_neighbours
 
     baseline, pool = None, None
@@ -180,10 +181,8 @@ def _neighbours(name, feats, split, images, model, row, s, out_dir, k) -> list[P
 
 def _by_trait(name, feats, split, images, model, s, out_dir, trait) -> list[Path]:
     """``morphospace.png`` (+ ``_pc3_pc4``) and ``pca.png`` coloured by the trait's labels."""
-    from ..embedding import pca_projection
+    from ..features import pca_projection
     from ..morphospace import NO_LABEL, plot_morphospace
-    from ..plotting import save_figure
-    from .plots import pca_figure
 
     scores, ratio, _ = pca_projection(np.asarray(feats, np.float64))
     groups = np.where(split.y == "", NO_LABEL, split.y)

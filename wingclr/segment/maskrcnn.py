@@ -23,8 +23,9 @@ from torch import nn
 from ..cli import UserError
 from ..outputs import atomic_path
 from ..untrusted import load_torch
-from ..weights import torchvision_state_dict, weights_dir
+from ..weights import instead, torchvision_state_dict, weights_dir
 from .masks import Instance
+from .rembg import installed_rembg_models
 
 FORMAT = "wingclr-maskrcnn"
 DEFAULT_CHECKPOINT = "maskrcnn_wings.pth"
@@ -142,7 +143,6 @@ def read_checkpoint(path: Path | str) -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        from ..weights import installed_rembg_models, instead
 
         installed = instead("--method rembg --rembg-model", installed_rembg_models())
         raise UserError(f"Mask R-CNN checkpoint {path} not found; {installed}train one with "

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..outputs import atomic_path
+
 
 @dataclass
 class Instance:
@@ -168,7 +170,6 @@ def write_label_png(path, labels: np.ndarray, n_classes: int) -> None:
 
     from PIL import Image
 
-    from ..outputs import atomic_path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

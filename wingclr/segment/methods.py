@@ -20,7 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli import UserError
+from ..weights import fetch_advice, instead, weights_dir
 from .masks import (Instance, instances_to_fg, instances_to_owner, remove_specks)
+from .rembg import foreground, installed_rembg_models, load_session, model_path, onnx_providers
+from .threshold import threshold_foreground
 
 METHODS = ("maskrcnn+rembg", "maskrcnn", "rembg", "threshold")
 DEFAULT_METHOD = "maskrcnn+rembg"
@@ -57,10 +61,7 @@ def choose_method(method: str | None, checkpoint: Path | None,
 
             checkpoint = default_checkpoint()
         return method, checkpoint, ""
-    from ..cli import UserError
     from .maskrcnn import default_checkpoint
-    from .rembg import model_path
-    from ..weights import fetch_advice, weights_dir
 
     wings = default_checkpoint()
     if wings.is_file():
@@ -68,7 +69,6 @@ def choose_method(method: str | None, checkpoint: Path | None,
     try:
         model_path(rembg_model)
     except UserError:
-        from ..weights import installed_rembg_models, instead
 
         onnx = rembg_model if rembg_model.endswith(".onnx") else f"{rembg_model}.onnx"
         raise UserError(f"the default method needs a wing Mask R-CNN ({wings}) or at least a rembg "
@@ -98,9 +98,6 @@ def choose_rembg_model(name: str | None) -> tuple[str, str]:
     """
     if name is not None:
         return name, ""
-    from ..cli import UserError
-    from ..weights import installed_rembg_models
-    from .rembg import model_path
 
     try:
         model_path(DEFAULT_REMBG, alternatives=False)
@@ -165,7 +162,6 @@ class Segmenter:
         if method in ("maskrcnn+rembg", "rembg"):
             import onnxruntime
 
-            from .rembg import load_session, onnx_providers
 
             providers, note = onnx_providers(device, onnxruntime.get_available_providers())
             self.notes += [note] if note else []
@@ -189,12 +185,10 @@ class Segmenter:
     def _one(self, rgb: np.ndarray, instances: list[Instance]) -> Result:
         shape = rgb.shape[:2]
         if self.method == "threshold":
-            from .threshold import threshold_foreground
 
             return Result(np.ones(shape, np.uint8), threshold_foreground(rgb))
         scores = {inst.label: inst.score for inst in instances}
         if self.method == "rembg":
-            from .rembg import foreground
 
             fg = foreground(self.session, rgb)
             owner = np.ones(shape, np.uint8)
@@ -206,7 +200,6 @@ class Segmenter:
             if not instances:
                 return Result(np.zeros(shape, np.uint8), np.zeros(shape, np.uint8))
             owner = instances_to_owner(instances, shape, self._dilate_px(instances))
-            from .rembg import foreground
 
             fg = foreground(self.session, rgb)
         labels = np.where(fg >= 128, owner, 0).astype(np.uint8)

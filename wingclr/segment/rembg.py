@@ -20,7 +20,8 @@ from typing import Iterator
 import numpy as np
 
 from ..cli import UserError
-from ..weights import fetch_advice, installed_rembg_models, instead, weights_dir
+from ..weights import fetch_advice, instead, weights_dir
+from ..weights.checksums import require_checksum
 
 RELEASES = "https://github.com/danielgatis/rembg/releases/download/v0.0.0/"
 # rembg model name -> published file (saved by `rembg d <name>` as <name>.onnx)
@@ -33,6 +34,18 @@ REMBG_MODELS = {
     "birefnet-general-lite": "BiRefNet-general-bb_swin_v1_tiny-epoch_232.onnx",
     "birefnet-dis": "BiRefNet-DIS-epoch_590.onnx",
     "bria-rmbg": "bria-rmbg-2.0.onnx",
+}
+
+# published checksums of rembg's release files (from rembg's own session classes)
+REMBG_CHECKSUMS = {
+    "u2net": "md5:60024c5c889badc19c04ad937298a77b",
+    "u2netp": "md5:8e83ca70e441ab06c318d82300c84806",
+    "silueta": "md5:55e59e0d8062d2f5d013f4725ee84782",
+    "isnet-general-use": "md5:fc16ebd8b0c10d971d3513d564d01e29",
+    "birefnet-general": "md5:7a35a0141cbbc80de11d9c9a28f52697",
+    "birefnet-general-lite": "md5:4fab47adc4ff364be1713e97b7e66334",
+    "birefnet-dis": "md5:2d4d44102b446f33a4ebb2e56c051f2b",
+    "bria-rmbg": "sha256:5b486f08200f513f460da46dd701db5fbb47d79b4be4b708a19444bcd4e79958",
 }
 
 
@@ -120,9 +133,6 @@ def load_session(name: str, home: Path | None = None, providers: list | None = N
     """
     path = model_path(name, home)
     if not name.endswith(".onnx"):  # a published model: its file must be the published one
-        from ..checksums import require_checksum
-        from ..weights_catalog import REMBG_CHECKSUMS
-
         require_checksum(path, REMBG_CHECKSUMS.get(name), name)
     import rembg
 
@@ -154,3 +164,15 @@ def foreground(session, rgb: np.ndarray) -> np.ndarray:
 
         out = cv2.resize(out, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
     return out
+
+
+def installed_rembg_models(*, exclude: str = "") -> list[str]:
+    """``--rembg-model`` names whose ``.onnx`` file is in the weights folder."""
+    found = []
+    for name in REMBG_MODELS:
+        try:
+            model_path(name, alternatives=False)
+            found.append(name)
+        except UserError:
+            pass
+    return [n for n in found if n != exclude]

@@ -20,11 +20,26 @@ import re
 import shutil
 from pathlib import Path
 
+import pandas as pd
+
 from ..cli import UserError
-from ..outputs import changed_keys, write_text
+from ..imageio import list_files
+from ..outputs import changed_keys, read_csv, read_manifest, write_text
 
 PARTS = "parts"
+TABLE = "segmentation.csv"
 _SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+def previous_rows(path: Path) -> dict[str, dict]:
+    """Rows of a segmentation table by photo (empty when missing or damaged)."""
+    if not path.is_file():
+        return {}
+    try:
+        table = read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return {}  # a damaged table only costs recomputation
+    return {row["image"]: row for row in table.to_dict("records") if "image" in row}
 
 
 def parse_shard(spec: str | None, env=os.environ) -> tuple[int, int] | None:
@@ -112,11 +127,12 @@ def check_complete(out: Path, n: int, markers: dict[int, dict]) -> dict:
     return first
 
 
-def merge(out: Path, n: int | None = None) -> dict:
-    """Merge the parts of a finished split (see above) into the single-process output."""
-    from ..imageio import list_files
-    from ..outputs import read_manifest
-    from .stage import TABLE, _previous_rows, finish
+def merge(out: Path, n: int | None = None, *, finish) -> dict:
+    """Merge the parts of a finished split (see above) into the single-process output.
+
+    Args:
+        finish: the stage's ``finish(out, inp, info, rows, not_images)`` (table, sheets, manifest).
+    """
 
     if not (Path(out) / PARTS).is_dir() and read_manifest(out) is not None:
         print(f"skip: {out} is merged already (manifest.json, no {PARTS}/)")
@@ -128,7 +144,7 @@ def merge(out: Path, n: int | None = None) -> dict:
     images, not_images = list_files(inp)
     rows: dict[str, dict] = {}
     for k in range(1, n + 1):
-        rows.update(_previous_rows(part_table(out, k, n)))
+        rows.update(previous_rows(part_table(out, k, n)))
     missing = [rel.as_posix() for rel in images if rel.as_posix() not in rows]
     if missing:
         raise UserError(f"the shards' tables in {out / PARTS}/ lack {len(missing)} photo(s) of "

@@ -16,8 +16,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..thumbnails import grid_columns
 from ..imageio import quiet_decoders
+from ..outputs import atomic_path
+from ..thumbnails import grid_columns, middle_clip
 
 TILE, CAPTION, COLUMNS, PER_SHEET, MAX_SHEETS = 96, 14, 20, 200, 5
 SHEET_GLOB = "contact_sheet*.png"
@@ -67,7 +68,6 @@ def tile(thumb: Image.Image | None, caption: str, status: str) -> Image.Image:
 
 def fit_caption(caption: str, font, width_px: int) -> str:
     """``caption`` with characters taken out of its middle (an ellipsis instead) until it fits."""
-    from ..thumbnails import middle_clip
 
     chars = len(caption)
     while chars > 4 and font.getlength(middle_clip(caption, chars)) > width_px:
@@ -96,7 +96,6 @@ def write_contact_sheets(out: Path, rows: Sequence[dict], photos: Path,
     Returns:
         The sheets written, in order.
     """
-    from ..outputs import atomic_path
 
     for old in out.glob(SHEET_GLOB):
         old.unlink()

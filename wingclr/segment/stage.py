@@ -36,16 +36,15 @@ import pandas as pd
 from ..cli import UserError, require_folder, require_output_folder, saved_so_far
 from ..identity import GROUP, SOURCE, SPECIMEN, posix, without_extension
 from ..imageio import ImageReadError, list_files, match_channels, read_image, write_png
-from ..outputs import (MANIFEST, changed_keys, check_finished, jsonable, read_csv, read_manifest,
-                       remove_stale_temps, settings,
-                       write_csv, write_manifest, write_text)
+from ..outputs import (MANIFEST, changed_keys, check_finished, jsonable, read_manifest, remove_stale_temps,
+                       settings, write_csv, write_manifest, write_text)
 from .masks import cutout, downscale, to_full_resolution, write_label_png
 from .methods import Segmenter, choose_method, choose_rembg_model
 from .settings import SegmentSettings
-from .shards import PARTS, finished_shards, mark_done, merge, parse_shard, part_table, shard_images
+from .shards import (PARTS, TABLE, finished_shards, mark_done, merge, parse_shard,
+                     part_table, previous_rows, shard_images)
 from .sheet import SHEET_GLOB, write_contact_sheets
 
-TABLE = "segmentation.csv"
 PARTIAL = ".settings.json"  # settings of an unfinished run, so a resume cannot mix settings
 FLAGGED = ("low_coverage", "high_coverage")
 REJECTED = "rejected"  # flagged cut-outs: rejected/images/, rejected/masks/
@@ -97,17 +96,6 @@ def _guard(out: Path, semantic: dict, overwrite: bool) -> None:
             raise UserError(f"{out} holds an unfinished segmentation made with other settings "
                             f"({', '.join(changed[:4])} differ); re-run it with the same settings "
                             "to resume, or pass --overwrite to start again")
-
-
-def _previous_rows(path: Path) -> dict[str, dict]:
-    """Rows of a segmentation table by photo (empty when missing or damaged)."""
-    if not path.is_file():
-        return {}
-    try:
-        table = read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-        return {}  # a damaged table only costs recomputation
-    return {row["image"]: row for row in table.to_dict("records") if "image" in row}
 
 
 def _finished(out: Path, row: dict | None) -> bool:
@@ -238,7 +226,7 @@ def segment(s: SegmentSettings) -> dict:
     (a shard that leaves the merge to others: its marker)."""
     inp, out = Path(s.input), Path(s.output)
     if s.merge:
-        return merge(out)
+        return merge(out, finish=finish)
     require_folder(inp, "input folder", "pass your photos folder with --input")
     require_output_folder(out)
     if out.resolve() == inp.resolve() or inp.resolve() in out.resolve().parents:
@@ -268,9 +256,9 @@ def segment(s: SegmentSettings) -> dict:
     names = output_names(images)  # on the whole list: shards never collide
     mine = images if shard is None else shard_images(images, *shard)
     table = out / TABLE if shard is None else part_table(out, *shard)
-    previous = _previous_rows(out / TABLE)
+    previous = previous_rows(out / TABLE)
     for part in sorted((out / PARTS).glob("segmentation_*_of_*.csv")):  # any split's work counts
-        previous.update(_previous_rows(part))
+        previous.update(previous_rows(part))
     rows = {rel: with_identity(previous[rel.as_posix()], names[rel]) for rel in mine
             if _finished(out, previous.get(rel.as_posix()))}
     todo = [rel for rel in mine if rel not in rows]
@@ -309,7 +297,7 @@ def segment(s: SegmentSettings) -> dict:
         print(f"shard {shard[0]}/{n} done; {len(markers)} of {n} shards finished, the last one "
               f"merges (or run segment.py --output {out} --merge)")
         return info
-    return merge(out, n)
+    return merge(out, n, finish=finish)
 
 
 def finish(out: Path, inp: Path, info: dict, rows: list[dict], not_images: list) -> dict:

@@ -23,6 +23,7 @@ from ..outputs import (MANIFEST, atomic_path, changed_keys, check_finished, sett
 from ..untrusted import load_torch
 from .annotations import check_classes, load_coco, load_mask_folder
 from .dataset import WingDataset, check_items, collate, split_items
+from .labelme import load_labelme
 from .maskrcnn import (ModelSpec, best_per_class, build_model, default_checkpoint,
                        keep_best_per_class, read_checkpoint, save_checkpoint,
                        spec_of)
@@ -38,7 +39,6 @@ def load_annotations(s: MaskRCNNSettings, expected: list[str] | None):
     """``(classes, items, skipped)`` from ``--annotations`` (a COCO file or a folder of labelme
     files) or ``--masks`` (label PNGs); ``expected``: the ``--init`` checkpoint's classes."""
     if s.annotations and Path(s.annotations).is_dir():
-        from .labelme import load_labelme
 
         return load_labelme(s.annotations, s.images, expected or s.classes)
     if s.annotations:

@@ -23,6 +23,7 @@ import torch
 
 from ..cli import write_errors
 from ..outputs import TEMP_PREFIX, write_csv
+from ..plotting import pyplot, save_figure
 from .simclr import NonFiniteLossError
 
 CHECK_EVERY = 50  # steps between reads of the device: finite loss, and (DDP) the ranks' stop flags
@@ -270,7 +271,6 @@ def loss_figure(history: list[dict], title: str):
     the starting weights) on a second axis when the run was monitored."""
     from matplotlib.ticker import MaxNLocator
 
-    from ..plotting import pyplot
 
     plt = pyplot()
 
@@ -295,6 +295,4 @@ def loss_figure(history: list[dict], title: str):
 
 
 def plot_loss(history: list[dict], path: Path, title: str) -> None:
-    from ..plotting import save_figure
-
     save_figure(loss_figure(history, title), path)

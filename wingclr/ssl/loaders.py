@@ -16,10 +16,12 @@ import torch
 
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..cache import ensure_cache
 from ..cli import UserError
 from ..data import FolderDataset, ImageSet, ReadSpec, dataset_channels, scan_clusters, worker_init
 from ..features import default_workers
 from .augment import AugmentConfig, BatchAugment, batch_seed, lightly_transform
+from .bands import plan_views
 from .settings import TrainSettings
 
 
@@ -249,7 +251,6 @@ def read_spec(s: TrainSettings, channels: int) -> ReadSpec:
 
 def build_cache_only(s: TrainSettings, images: ImageSet) -> Path:
     """``--cache-only``: build (or find) the device path's uint8 cache and return its folder."""
-    from ..cache import ensure_cache
 
     channels = dataset_channels(images.root, images.images, s.bands)
     workers = default_workers() if s.num_workers is None else s.num_workers
@@ -285,7 +286,6 @@ def build_data(s: TrainSettings, trainer, images: ImageSet | None = None) -> Tra
     Args:
         images: the training images when already scanned (default: scan ``s.data``).
     """
-    from ..bands import plan_views
 
     images = images or training_images(s.data)
     channels = dataset_channels(images.root, images.images, s.bands)
@@ -312,7 +312,6 @@ def build_data(s: TrainSettings, trainer, images: ImageSet | None = None) -> Tra
     spec = read_spec(s, channels)
     workers = default_workers() if s.num_workers is None else s.num_workers
     if on_device:  # decode once into the cache; uint8 batches are augmented on the device
-        from ..cache import ensure_cache
 
         dataset = ensure_cache(s.cache_dir, images.root, images.images, spec, workers)
         valid = dataset.valid_indices()

@@ -22,6 +22,8 @@ import pytorch_lightning as pl
 
 from ..checkpoints import read_checkpoint
 from ..cli import UserError
+from ..labels import label_columns, read_labels
+from ..probe import knn_predict
 
 KNN_K = 20
 BEST_WEIGHTS = ".best.ckpt"  # the best-scoring weights while training (--select best); never a run's name
@@ -54,7 +56,7 @@ def monitor_set(data: Path, *, labels: Path | None = None, label_column: str = "
     Raises:
         UserError: ``--labels`` does not label enough of the images (stage 5's matching rules).
     """
-    from ..embedding import image_table
+    from ..features import image_table
 
     data = Path(data)
     if not (data / "split.csv").is_file():
@@ -62,7 +64,6 @@ def monitor_set(data: Path, *, labels: Path | None = None, label_column: str = "
     root, table = image_table(data)
     table = table[table["split"].isin(["train", "validation"])].reset_index(drop=True)
     if labels is not None:
-        from ..evaluate.inputs import label_columns, read_labels
 
         column = label_columns(label_column)[0]
         table["class"] = read_labels(table, labels, columns=(column,), id_column=id_column,
@@ -81,8 +82,7 @@ def monitor_set(data: Path, *, labels: Path | None = None, label_column: str = "
 
 def knn_score(backbone, meta: dict, mset: MonitorSet, device: str, batch_size: int = 64) -> float:
     """kNN accuracy of the validation images against the train images (cosine, k = 20)."""
-    from ..embedding import embed_images
-    from ..evaluate.probe import knn_predict
+    from ..features import embed_images
 
     x, ok = embed_images(backbone, meta, mset.root, mset.images, batch_size=batch_size, num_workers=0,
                          device=device, progress=False)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import cli
-from ..bands import parse_bands
+from .bands import parse_bands
 from ..flags import flag, run_only, value_list
 from ..models import BACKBONES, check_backbone
 from ..outputs import RUN_ONLY

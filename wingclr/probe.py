@@ -12,6 +12,8 @@ A probe whose chosen ``C`` regularises everything away answers one class for eve
 accuracy is then the class share, not a measure of the features. :func:`probe_collapse` flags it
 (when kNN on the same features clearly does better) so it is reported as collapsed, never as a
 level to beat.
+
+Shared by stage 3 (the kNN monitor, :mod:`wingclr.ssl.monitor`) and stage 5 (:mod:`wingclr.evaluate`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """Stage 4: frozen-backbone embeddings of every image, as CSV, plus their PCA projection.
 
+:func:`run_embedding` is the stage (``4-embed/embed.py`` and stage 5 call it with an
+:class:`~wingclr.embed.settings.EmbedSettings`); the images are read and embedded by
+:func:`wingclr.features.embed_images`, which stage 3's kNN monitor and stage 5's baselines share.
+
 Memory: the images stream through a DataLoader one batch at a time; only the ``(N, D)`` float32
 output array is held, so 100 000 ResNet-50 embeddings need ~0.8 GB.
 """
@@ -10,28 +14,47 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from .cache import CachedImages, ensure_cache
-from .checkpoints import load_backbone
-from .cli import UserError, check_gpu_request, check_minimum, require_output_folder
-from .data import FolderDataset, read_spec, scan_clusters
-from .evaluate.inputs import file_digest
-from .features import default_workers, iter_features
-from .identity import COLUMNS as IDENTITY
-from .identity import below_cluster, clusters_identity, identify, read_identity
-from .outputs import (MANIFEST, atomic_path, check_finished, escape_formulas, read_csv, read_manifest,
-                      write_csv, write_manifest)
-from .untrusted import check_paths, path_inside
-
-PCA_MIN_VARIANCE = 0.005  # keep principal axes that explain more than 0.5 % of the variance
+from ..checkpoints import load_backbone
+from ..cli import UserError, check_gpu_request, check_minimum, require_output_folder, saved_so_far
+from ..features import PCA_MIN_VARIANCE, embed_images, image_table, pca_projection
+from ..identity import COLUMNS as IDENTITY
+from ..morphospace import write_morphospace
+from ..outputs import (MANIFEST, atomic_path, check_finished, escape_formulas, file_digest,
+                       read_manifest, write_csv, write_manifest)
+from ..plotting import plot_pca
+from ..untrusted import path_inside
+from .settings import EmbedSettings
 
 
-def check_embed_args(*, batch_size: int, num_workers: int | None, device: str, output: Path) -> None:
-    """Stage 4's flags, checked before any checkpoint or image is read."""
-    check_minimum(("--batch-size", batch_size, 1), ("--num-workers", num_workers, 0))
-    check_gpu_request("--device", device)
-    require_output_folder(output)
+def check_embed(s: EmbedSettings, *, output_flag: str = "--output") -> None:
+    """Stage 4's flags, checked before any checkpoint or image is read (``output_flag``: the
+    caller's name for ``s.output``)."""
+    check_minimum(("--batch-size", s.batch_size, 1), ("--num-workers", s.num_workers, 0))
+    check_gpu_request("--device", s.device)
+    require_output_folder(s.output, output_flag)
+
+
+def run_embedding(s: EmbedSettings, *, output_flag: str = "--output") -> list[Path]:
+    """Stage 4: check the flags, then embed each run of ``s.checkpoints`` (every finished run
+    under ``s.training_dir`` when empty) into ``s.output/<run>/``; finished ones are skipped.
+
+    Stage 5 embeds a run it is given as a checkpoint through here too, with its own
+    :class:`EmbedSettings` (``output_flag="--embeddings"`` names its flag in errors).
+
+    Returns:
+        The run folders under ``s.output``, finished or skipped.
+    """
+    check_embed(s, output_flag=output_flag)
+    runs = resolve_runs(list(s.checkpoints), s.training_dir)
+    for done, (name, ckpt) in enumerate(runs):
+        saved_so_far(f"{done} of {len(runs)} runs embedded in {s.output} (a run folder "
+                     "without manifest.json is unfinished)")
+        embed_run(name, ckpt, data=s.data, output=s.output, batch_size=s.batch_size,
+                  num_workers=s.num_workers, device=s.device, cache_dir=s.cache_dir,
+                  quiet=s.quiet, overwrite=s.overwrite)
+    saved_so_far("")  # stage 5 goes on after embedding: its own stop message again
+    return [Path(s.output) / name for name, _ in runs]
 
 
 def resolve_runs(paths: list[Path], training_dir: Path) -> list[tuple[str, Path]]:
@@ -90,75 +113,6 @@ def embedded_other_split(out: Path, data: Path) -> bool:
     old = (read_manifest(out) or {}).get("split_csv")
     new = split_digest(data) if old else None
     return new is not None and old != new
-
-
-def image_table(data: Path) -> tuple[Path, pd.DataFrame]:
-    """Image root and ``(image, cluster, split, specimen, source_image, group)`` rows: stage 2's split.csv
-    or a folder scan (identities from stage 1's clusters.csv there, else from the paths)."""
-    data = Path(data)
-    split_csv = data / "split.csv"
-    if split_csv.exists():
-        table = read_csv(split_csv, dtype=str, keep_default_na=False)
-        table = table[["image", "cluster", "split"]].reset_index(drop=True)
-        check_paths(table, ["image"], source=split_csv)  # the images are read below unlabeled/
-        ids = identify(table["image"].tolist(), read_identity(split_csv))
-        return data / "unlabeled", pd.concat([table, ids], axis=1)
-    found = scan_clusters(data, what="image")
-    images = [p.as_posix() for p in found.images]
-    known = clusters_identity(data)
-    ids = identify(images, known, key=below_cluster, source="clusters.csv" if known else "")
-    return data, pd.concat([pd.DataFrame({"image": images, "cluster": found.clusters, "split": ""}),
-                            ids], axis=1)
-
-
-def embed_images(backbone: torch.nn.Module, meta: dict, root: Path, images: list[str],
-                 batch_size: int = 64, num_workers: int | None = None,
-                 device: str = "auto", progress: bool = True,
-                 cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Embed images with a frozen backbone.
-
-    When stage 3 left a decode-once cache of exactly these images at this size in ``cache_dir``,
-    images are read from it instead of being decoded again.
-
-    Returns:
-        ``(features, ok)``: ``(N, D)`` float32 and ``(N,)`` bool (False: unreadable, row is zeros).
-    """
-    rels = [Path(p) for p in images]
-    cache = ensure_cache(cache_dir, root, rels, read_spec(meta), build=False) if cache_dir else None
-    if cache is not None:
-        print(f"reading images from the cache {cache.folder}")
-    dataset = CachedImages(cache) if cache else FolderDataset(root, rels, read_spec(meta), flag_errors=True)
-    return embed_dataset(backbone, meta, dataset, batch_size, num_workers, device, progress)
-
-
-def embed_dataset(backbone: torch.nn.Module, meta: dict, dataset, batch_size: int = 64,
-                  num_workers: int | None = None, device: str = "auto",
-                  progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`embed_images` for a dataset of ``((C, S, S) uint8, index, readable)`` items."""
-    workers = default_workers() if num_workers is None else num_workers
-    out = np.zeros((len(dataset), 0), np.float32)
-    ok = np.zeros(len(dataset), bool)
-    for idx, feats, good in iter_features(backbone, dataset, meta["mean"], meta["std"], batch_size,
-                                          workers, device, progress, desc="embedding"):
-        if out.shape[1] == 0:
-            out = np.zeros((len(dataset), feats.shape[1]), np.float32)
-        out[idx] = np.where(good[:, None], feats, 0)
-        ok[idx] = good
-    return out, ok
-
-
-def pca_projection(features: np.ndarray, min_variance: float = PCA_MIN_VARIANCE):
-    """PCA keeping the axes that explain more than ``min_variance`` of the variance.
-
-    Returns:
-        ``(scores (N, k), explained_variance_ratio (all axes), k)``.
-    """
-    from sklearn.decomposition import PCA
-
-    pca = PCA(n_components=min(features.shape), svd_solver="full").fit(features)
-    ratio = pca.explained_variance_ratio_
-    k = max(1, int((ratio > min_variance).sum()))
-    return pca.transform(features)[:, :k], ratio, k
 
 
 def write_matrix_csv(path: Path, ids: pd.DataFrame, values: np.ndarray, columns: list[str],
@@ -229,11 +183,8 @@ def embed_run(name: str, ckpt: Path, *, data: Path, output: Path, batch_size: in
     write_csv(out / "pca_variance.csv", pd.DataFrame({
         "component": [f"PC{i + 1}" for i in range(len(ratio))], "explained_variance_ratio": ratio,
         "cumulative": np.cumsum(ratio), "kept": ratio > PCA_MIN_VARIANCE}))
-    from .evaluate.plots import plot_pca
-
     plot_pca(scores, table["cluster"], ratio, out / "pca.png", name)
     try:  # thumbnails at their PC scores; a picture never fails the stage
-        from .morphospace import write_morphospace
         write_morphospace(out, root, meta)
     except Exception as e:  # noqa: BLE001
         print(f"note: {name}: morphospace.png not drawn ({type(e).__name__}: {str(e)[:200]})")

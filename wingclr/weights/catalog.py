@@ -1,27 +1,17 @@
 """Every weights file the pipeline knows: where it goes, who uses it, where it is published, and
-its checksum (for ``python -m wingclr.weights``, :mod:`wingclr.weights_cli`)."""
+its checksum (for ``python -m wingclr.weights``, :mod:`wingclr.weights.__main__`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checksums import verify  # noqa: F401 - weights_cli and tests use it from here
-from .cli import UserError
-from .segment.rembg import RELEASES as REMBG_RELEASES
-from .weights import hub_checkpoint_dir, timm_local, weights_dir
+from ..cli import UserError
+from ..segment.rembg import REMBG_CHECKSUMS, REMBG_MODELS, model_path  # noqa: F401 - __main__ uses them
+from ..segment.rembg import RELEASES as REMBG_RELEASES
+from . import hub_checkpoint_dir, timm_local, weights_dir
+from .checksums import verify  # noqa: F401 - __main__ and tests use it from here
 
-# published checksums of rembg's release files (from rembg's own session classes)
-REMBG_CHECKSUMS = {
-    "u2net": "md5:60024c5c889badc19c04ad937298a77b",
-    "u2netp": "md5:8e83ca70e441ab06c318d82300c84806",
-    "silueta": "md5:55e59e0d8062d2f5d013f4725ee84782",
-    "isnet-general-use": "md5:fc16ebd8b0c10d971d3513d564d01e29",
-    "birefnet-general": "md5:7a35a0141cbbc80de11d9c9a28f52697",
-    "birefnet-general-lite": "md5:4fab47adc4ff364be1713e97b7e66334",
-    "birefnet-dis": "md5:2d4d44102b446f33a4ebb2e56c051f2b",
-    "bria-rmbg": "sha256:5b486f08200f513f460da46dd701db5fbb47d79b4be4b708a19444bcd4e79958",
-}
 WING_CHECKPOINT = "maskrcnn_wings"
 # what each stage uses with its default flags (tests/test_first_day.py checks them against the
 # stage parsers): stage 0 rembg model, Mask R-CNN COCO start for train_maskrcnn.py, the wing
@@ -59,11 +49,10 @@ class Entry:
     def local(self) -> Path | None:
         """Where the file already is on this machine, or None."""
         if self.hf_hub_id is not None or self.key.startswith("timm/"):
-            from .models import timm_cfg
+            from ..models import timm_cfg
 
             return timm_local(self.key, timm_cfg(self.key))
         if self.key in REMBG_CHECKSUMS:
-            from .segment.rembg import model_path
 
             try:
                 return model_path(self.key)
@@ -78,7 +67,7 @@ class Entry:
 def torchvision_entry(name: str) -> Entry:
     import torchvision.models as tvm
 
-    from .models import BACKBONES
+    from ..models import BACKBONES
 
     enum_name, member = BACKBONES[name].weights.split(".")
     url = getattr(getattr(tvm, enum_name), member).url
@@ -86,7 +75,7 @@ def torchvision_entry(name: str) -> Entry:
 
 
 def maskrcnn_entry(arch: str) -> Entry:
-    from .segment.maskrcnn import coco_weights
+    from ..segment.maskrcnn import coco_weights
 
     return url_entry(arch, coco_weights(arch).url, f"train_maskrcnn.py --arch {arch} --pretrained coco")
 
@@ -98,14 +87,12 @@ def url_entry(key: str, url: str, used_by: str) -> Entry:
 
 
 def rembg_entry(name: str) -> Entry:
-    from .segment.rembg import REMBG_MODELS
-
     return Entry(name, f"{name}.onnx", f"segment.py --rembg-model {name}",
                  REMBG_RELEASES + REMBG_MODELS[name], REMBG_CHECKSUMS.get(name))
 
 
 def timm_entry(name: str) -> Entry:
-    from .models import timm_arch, timm_cfg
+    from ..models import timm_arch, timm_cfg
 
     cfg = timm_cfg(name)
     return Entry(name, f"timm/{timm_arch(name)}.safetensors", f"--backbone {name}",
@@ -123,9 +110,8 @@ def entry(name: str) -> Entry:
     Raises:
         UserError: nothing of that name is known.
     """
-    from .models import BACKBONES
-    from .segment.maskrcnn import ARCHS
-    from .segment.rembg import REMBG_MODELS
+    from ..models import BACKBONES
+    from ..segment.maskrcnn import ARCHS
 
     if name.startswith("timm/"):
         return timm_entry(name)
@@ -148,8 +134,7 @@ def entry(name: str) -> Entry:
 
 def known_names() -> list[str]:
     """Every file this project knows by name (check lists them)."""
-    from .models import BACKBONES
-    from .segment.maskrcnn import ARCHS
-    from .segment.rembg import REMBG_MODELS
+    from ..models import BACKBONES
+    from ..segment.maskrcnn import ARCHS
 
     return [*BACKBONES, *ARCHS, *REMBG_MODELS, "timm/efficientnet_lite0", WING_CHECKPOINT]

@@ -1,0 +1,1 @@
+"""Stage 4 (``4-embed/embed.py``): a trained backbone's embeddings of every image."""
