@@ -27,11 +27,13 @@ RECIPES = {
     "phenotype": {"min_scale": 0.5, "cj_prob": 0.0, "gray_prob": 0.2, "blur_prob": 0.0,
                   "vf_prob": 0.5, "rr_prob": 0.5, "optimizer": "sgd", "lr": 0.01,
                   "lr_scaling": "none", "weight_decay": 5e-4, "warmup_epochs": 0,
-                  "balance": "none", "backbone_lr_scale": 1.0, "bn": "train", "forward": "separate"},
+                  "balance": "none", "backbone_lr_scale": 1.0, "bn": "train", "forward": "separate",
+                  "interpolate": 0.25},
     "simclr": {"min_scale": 0.08, "cj_prob": 0.8, "gray_prob": 0.2, "blur_prob": 0.5,
                "vf_prob": 0.0, "rr_prob": 0.0, "optimizer": "sgd", "lr": None,
                "lr_scaling": "sqrt", "weight_decay": None, "warmup_epochs": 10,
-               "balance": "none", "backbone_lr_scale": 1.0, "bn": "train", "forward": "separate"},
+               "balance": "none", "backbone_lr_scale": 1.0, "bn": "train", "forward": "separate",
+               "interpolate": 1.0},
 }
 RECIPES["cpu"] = {**RECIPES["simclr"], "min_scale": 0.3, "blur_prob": 0.0, "optimizer": "adam", "lr": 2e-3}
 DEFAULT_RECIPE = "phenotype"
@@ -84,6 +86,10 @@ def add_recipe_args(p) -> None:
     g.add_argument("--forward", choices=["joint", "separate"], default=None,
                    help="joint: one forward pass of both views concatenated (BatchNorm statistics over "
                         f"both, as lightly's benchmarks); separate: one pass per view ({r['forward']})")
+    g.add_argument("--interpolate", type=float, default=None,
+                   help="the checkpoint's backbone is (1 - a) x the ImageNet start + a x the trained "
+                        "weights (WiSE-FT; 1: the trained weights as they are); used when starting "
+                        f"from --pretrained imagenet, 1 from random init ({r['interpolate']})")
 
 
 def recipe_values(s) -> dict:
@@ -107,6 +113,8 @@ def recipe_values(s) -> dict:
     for key in PROBABILITIES:
         if not 0 <= v[key] <= 1:
             raise UserError(f"--{key.replace('_', '-')} must be in [0, 1], got {v[key]}")
+    if not 0 <= v["interpolate"] <= 1:
+        raise UserError(f"--interpolate must be in [0, 1], got {v['interpolate']}")
     if not 0 <= v["backbone_lr_scale"] <= 10:
         raise UserError(f"--backbone-lr-scale must be in [0, 10], got {v['backbone_lr_scale']}")
     if not 0 < v["min_scale"] <= 1:

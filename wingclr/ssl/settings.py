@@ -56,6 +56,7 @@ class TrainSettings(Settings):
     backbone_lr_scale: float | None
     bn: str | None
     forward: str | None
+    interpolate: float | None
     monitor_every: int | None
     labels: Path | None
     label_column: str
