@@ -143,7 +143,7 @@ class KnnMonitor(pl.Callback):
             if score < start:
                 print(f"warning: epoch {epoch} scores below the start (kNN {score:.3f} < {start:.3f} at "
                       "epoch 0): training is making the embedding worse on these classes; consider "
-                      "--select best, a lower --lr or --balance none", flush=True)
+                      "--select best, a lower --interpolate or a lower --lr", flush=True)
         if score > self.best["knn_accuracy"]:
             self.best = {"epoch": epoch, "knn_accuracy": score}
             if self.best_path is not None:

@@ -8,7 +8,10 @@
   over the run and no warm-up or batch scaling. The original also sampled every cluster equally
   often (``WeightedRandomSampler``); here every image is drawn equally often (``--balance none``):
   on skewed clusters (one big cluster, many tiny ones, as stage 1 gives on a real drawer)
-  balancing made every task worse (README "Real specimens").
+  balancing made every task worse (README "Real specimens"). From ImageNet, the checkpoint holds
+  0.75 x the ImageNet start + 0.25 x the trained weights (``--interpolate 0.25``, WiSE-FT,
+  :mod:`wingclr.ssl.interpolate`): on skewed collections the trained weights alone scored below
+  their ImageNet start, the mixture at or above it.
 * ``simclr``: lightly's ImageNet recipe (SimCLR paper): colour jitter 0.8, grayscale 0.2, blur
   0.5, crops down to 8 %, horizontal flips only; SGD 0.06 x sqrt(batch / 256) after a warm-up.
 * ``cpu``: ``simclr`` for a few hundred steps from random initialisation on a laptop (``make demo``,
