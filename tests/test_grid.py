@@ -8,7 +8,8 @@ from conftest import TINY_TRAIN, load_stage, run_stage
 from wingclr.cli import UserError
 from wingclr.ssl.grid import GRID, clamp_to_data, largest_batch
 from wingclr.outputs import settings
-from wingclr.ssl.settings import TrainSettings, resolve
+from wingclr.ssl.recipes import resolve
+from wingclr.ssl.settings import TrainSettings
 
 SCRIPT = "3-training/train.py"
 _B = TINY_TRAIN.index("--batch-size")

@@ -118,7 +118,8 @@ def test_stage1_timm_features_record_their_size(demo_set, tmp_path):
 def train_args(*argv):
     from conftest import load_stage
 
-    from wingclr.ssl.settings import TrainSettings, resolve
+    from wingclr.ssl.recipes import resolve
+    from wingclr.ssl.settings import TrainSettings
 
     args = load_stage("3-training/train.py").get_args_parser().parse_args([str(a) for a in argv])
     return resolve(TrainSettings.from_args(args))[0]

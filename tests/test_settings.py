@@ -9,11 +9,12 @@ import ast
 import dataclasses
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from conftest import REPO, load_stage
-from wingclr import cli
+from wingclr import cli, flags
 from wingclr.outputs import settings
 
 STAGES = [  # script, manifest stage, settings class, a command line
@@ -81,6 +82,98 @@ def test_given_counts_typed_flags_even_at_their_default_and_is_never_recorded():
 def test_from_args_changes_replace_a_flag_value_and_lists_still_become_tuples():
     s = Tiny.from_args(tiny_parser().parse_args([]), names=["x", "y"])
     assert s.names == ("x", "y")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Declared(cli.Settings):
+    GROUPS = {None: "", "run": "run", "advanced": "advanced: rare"}
+    size: int = flags.flag(4, "side (px)", action=cli.Given, group="run")
+    rate: float | None = flags.flag(None, "rate (default: from --size)", group="advanced")
+    folder: Path = flags.flag(Path("out"), "where")
+    mode: str = flags.flag("a", "mode", choices=["a", "b"], group="run",
+                           also=[("--b-mode", {"action": "store_const", "const": "b", "help": "--mode b"})])
+    tags: tuple[str, ...] = flags.flag((), "tag, repeatable", action="append", group="advanced")
+    runs: tuple[Path, ...] = flags.flag((), "run folders", type=Path, nargs="*")
+    umap: bool = flags.flag(True, "skip the UMAP", name="--no-umap", action="store_false")
+    quiet: bool = flags.flag(False, "no progress bar", run_only=True)
+
+
+def test_one_declaration_gives_the_parser_the_settings_and_the_run_only_flags():
+    p = flags.parser(Declared, "doc")
+    assert {a.dest for a in p._actions} - {"help"} == {f.name for f in dataclasses.fields(Declared)} - {"given"}
+    s = Declared.from_args(p.parse_args(["--size", "4", "--rate", "0.5", "--folder", "x", "--b-mode",
+                                         "--tags", "t", "--tags", "u", "--quiet", "--runs", "r", "--no-umap"]))
+    assert (s.size, s.rate, s.folder, s.mode, s.tags, s.quiet) == (4, 0.5, Path("x"), "b", ("t", "u"), True)
+    assert (s.runs, s.umap) == ((Path("r"),), False)
+    assert s.given == {"size"}  # cli.Given: a typed value, even the default, is noted
+    assert Declared.from_args(p.parse_args([])) == Declared()  # the parser's defaults are the fields'
+    assert flags.run_only(Declared) == {"quiet"}
+    text = p.format_help().split("options:")[1]  # sections in GROUPS order, the shown default once
+    assert text.index("--quiet") < text.index("run:") < text.index("--size") < text.index("advanced: rare")
+    assert "side (px) (default: 4)" in " ".join(text.split())
+    with pytest.raises(SystemExit):
+        p.parse_args(["--size", "x"])  # int from the annotation
+
+
+def test_adding_a_declaration_adds_a_flag_without_a_second_edit():
+    @dataclass(frozen=True, kw_only=True)
+    class More(Declared):
+        new_flag: int = flags.flag(7, "a new one", group="run", run_only=True)
+
+    p = flags.parser(More, "doc")
+    s = More.from_args(p.parse_args(["--new-flag", "8"]))
+    assert s.as_dict()["new_flag"] == 8 and flags.run_only(More) == {"quiet", "new_flag"}
+    assert "a new one (default: 7)" in " ".join(p.format_help().split())
+
+    @dataclass(frozen=True, kw_only=True)
+    class Lost(Declared):
+        lost: int = flags.flag(1, "in a section GROUPS lacks", group="nowhere")
+
+    with pytest.raises(KeyError):
+        flags.parser(Lost, "doc")
+
+
+# Each declared stage: script, manifest stage, class, its run-only flags as outputs.RUN_ONLY listed
+# them by hand before they were declared with the flags.
+DECLARED = [
+    ("2-create_dataset/create_dataset.py", "2-create_dataset", "wingclr.split.DatasetSettings",
+     {"overwrite", "quiet", "num_workers", "update"}),
+    ("3-training/train.py", "3-training", "wingclr.ssl.settings.TrainSettings",
+     {"overwrite", "quiet", "num_workers", "devices", "accelerator", "num_nodes", "cache_dir", "compile",
+      "keep_last", "save_every_min", "cache_only", "grid", "batch_sizes", "epoch_list", "temperatures"}),
+    ("5-evaluation/evaluate.py", "5-evaluation", "wingclr.evaluate.settings.EvalSettings",
+     {"overwrite", "quiet", "device", "num_workers", "cache_dir"}),
+]
+
+
+@pytest.mark.parametrize("script,stage,cls,old_run_only", DECLARED, ids=[d[1] for d in DECLARED])
+def test_a_declared_stage_gets_its_parser_and_run_only_flags_from_its_settings_class(
+        script, stage, cls, old_run_only):
+    from wingclr.outputs import RUN_ONLY
+
+    p, cls = load_stage(script).get_args_parser(), settings_class(cls)
+    names = [f.name for f in flags.declared(cls)]
+    assert names == [f.name for f in dataclasses.fields(cls) if f.name != "given"]
+    own = [a for a in p._actions[1:] if a.option_strings not in (["--no-pretrained"], ["--no-baselines"])]
+    assert [a.dest for a in own] == names  # field order is the Namespace's (and the manifest's)
+    for action in own:  # each flag is its field's name (or the one it declares), its default the field's
+        field = cls.__dataclass_fields__[action.dest]
+        assert action.option_strings[0] == (field.metadata["flag"]["name"] or flags.option(field.name))
+        default = list(field.default) if action.nargs == "*" or action.dest == "band_group" else field.default
+        assert action.default == default
+    assert RUN_ONLY[stage] == flags.run_only(cls) == old_run_only
+
+
+def test_stage3_defaults_have_one_home():
+    from wingclr.ssl import grid, recipes, simclr
+    from wingclr.ssl import settings as declaration
+
+    # the grid, the recipes and the optimiser read the defaults declared with the flags
+    assert grid.DEFAULTS == {"batch_size": 256, "epochs": 300, "temperature": 0.5}
+    assert grid.DEFAULTS.items() <= flags.defaults(declaration.TrainSettings).items()
+    assert grid.GRID[0] == (declaration.BATCH_SIZES[0], declaration.EPOCHS[0], declaration.TEMPERATURES[0])
+    assert recipes.RECIPES is declaration.RECIPES and recipes.WEIGHT_DECAY is declaration.WEIGHT_DECAY
+    assert simclr.BASE_LR is declaration.BASE_LR
 
 
 def test_train_maskrcnn_records_the_default_wing_classes_as_before():

@@ -363,7 +363,8 @@ def test_a_rembg_model_with_a_wrong_checksum_is_refused(rembg_home, demo_set, tm
     (("--batch-size", "1"), "batch size must be between 2 and 65536"),
 ])
 def test_training_values_out_of_range_are_one_line_errors(argv, needle):
-    from wingclr.ssl.settings import TrainSettings, resolve
+    from wingclr.ssl.recipes import resolve
+    from wingclr.ssl.settings import TrainSettings
 
     args = __import__("conftest").load_stage("3-training/train.py").get_args_parser().parse_args(
         ["--data", "d", *argv])

@@ -148,8 +148,9 @@ def require_folder(path: Path, what: str, fix: str) -> None:
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """A stage's flags, read once from the command line and passed (frozen) to its modules, in
-    place of the argparse Namespace. A stage subclasses it with one field per flag (no defaults:
-    those live in the stage script's parser only).
+    place of the argparse Namespace. A stage subclasses it with one field per flag: either declared
+    with :func:`wingclr.flags.flag` (default, help, section: the parser is built from the class,
+    as stage 3's), or plain fields whose defaults live in the stage script's parser.
 
     Attributes:
         given: the flags typed on the command line among those stored with :class:`Given` (a
@@ -194,18 +195,23 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
 
 
+# Flags several stages share: their help (and the --no-pretrained shortcut) in one place, for the
+# add_* helpers below and for stage 3's declaration (wingclr/ssl/settings.py).
+PRETRAINED_HELP = ("start from ImageNet weights (looked up in weights/, see weights/README.md) "
+                   "or random initialisation")
+NO_PRETRAINED = ("--no-pretrained", {"action": "store_const", "const": "none",
+                                     "help": "same as --pretrained none (random initialisation)"})
+BACKGROUND_HELP = "R,G,B colour that transparent pixels (RGBA) are composited on"
+
+
 def add_pretrained_args(p: argparse.ArgumentParser, default: str = "imagenet") -> None:
     """``--pretrained imagenet|none`` plus the ``--no-pretrained`` shortcut."""
-    p.add_argument("--pretrained", choices=["imagenet", "none"], default=default,
-                   help="start from ImageNet weights (looked up in weights/, see weights/README.md) "
-                        "or random initialisation")
-    p.add_argument("--no-pretrained", dest="pretrained", action="store_const", const="none",
-                   help="same as --pretrained none (random initialisation)")
+    p.add_argument("--pretrained", choices=["imagenet", "none"], default=default, help=PRETRAINED_HELP)
+    p.add_argument(NO_PRETRAINED[0], dest="pretrained", **NO_PRETRAINED[1])
 
 
 def add_background_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--background", type=parse_rgb, default=(255, 255, 255),
-                   help="R,G,B colour that transparent pixels (RGBA) are composited on")
+    p.add_argument("--background", type=parse_rgb, default=(255, 255, 255), help=BACKGROUND_HELP)
 
 
 def add_quiet_arg(p: argparse.ArgumentParser, help: str = "no progress bar",

@@ -23,15 +23,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from .cli import (Settings, UserError, check_minimum, progress, require_output_folder, saved_so_far,
-                  write_error)
+from .cli import (STAGE_DIRS, Settings, UserError, check_minimum, progress, require_output_folder,
+                  saved_so_far, write_error)
 from .data import dataset_channels, scan_clusters
 from .draw_split import assign_splits, update_splits  # noqa: F401 (stage 2 API)
+from .flags import flag, run_only
 from .groups import Grouping, check_flags, photo_groups, split_across
 from .identity import (COLUMNS, GROUP, Changes, below_cluster, clusters_identity, identify,
                        input_changes, shorten, stamp_files, write_inputs)
 from .imageio import try_read
-from .outputs import changed_keys, check_finished, read_csv, settings, write_csv, write_manifest
+from .outputs import RUN_ONLY, changed_keys, check_finished, read_csv, settings, write_csv, write_manifest
 from .untrusted import check_paths
 
 SUBSETS = ("unlabeled", "train", "validation")
@@ -43,22 +44,35 @@ GROUPS_DIGEST = "groups_sha256"
 
 @dataclass(frozen=True, kw_only=True)
 class DatasetSettings(Settings):
-    """Every stage 2 flag (see ``2-create_dataset/create_dataset.py --help`` for what each does)."""
+    """Every stage 2 flag, declared once (:mod:`wingclr.flags`): ``create_dataset.py``'s parser and
+    ``outputs.RUN_ONLY["2-create_dataset"]`` are built from it; the field order is the manifest's."""
 
-    input: Path
-    output: Path
-    val_fraction: float
-    seed: int
-    group_by: str | None
-    groups: Path | None
-    group_column: str | None
-    group_id_column: str | None
-    link: str
-    outliers_folder: str
-    num_workers: int
-    quiet: bool
-    overwrite: bool
-    update: bool
+    input: Path = flag(STAGE_DIRS["clustering"],
+                       "folder with one subfolder per cluster (stage 1 output or hand-made)")
+    output: Path = flag(STAGE_DIRS["dataset"], "output folder")
+    val_fraction: float = flag(0.2, "share of each cluster that goes to validation/")
+    seed: int = flag(0, "random seed of the split")
+    group_by: str | None = flag(
+        None, "regular expression searched in each file name without extension; its first capture group "
+              "(or the match) is the specimen, whose photos land on one side of the split, e.g. "
+              "'^(.*?)[DV]$' drops a trailing D/V view letter (default: one photo, one group)", metavar="REGEX")
+    groups: Path | None = flag(None, "CSV naming each photo's specimen group (with --group-column); rows "
+                                     "match photos by specimen, source_image, image or file name", metavar="CSV")
+    group_column: str | None = flag(None, "column of --groups holding the group (e.g. id)")
+    group_id_column: str | None = flag(None, "column of --groups naming the photo (default: the first of "
+                                             "specimen, source_image, image it has; e.g. filename)")
+    link: str = flag("copy", "copy the images or link to them (saves disk for large sets)",
+                     choices=["copy", "symlink", "hardlink"])
+    outliers_folder: str = flag("outliers", "subfolder whose images go to unlabeled/ only")
+    num_workers: int = flag(4, "threads that check the images", run_only=True)
+    quiet: bool = flag(False, "no progress while copying / linking (the summary table stays)", run_only=True)
+    overwrite: bool = flag(False, "replace a finished output folder", run_only=True)
+    update: bool = flag(False, "after images were added, removed or changed in --input: keep every image's "
+                               "split, place the new images (drawn per cluster), drop removed ones and copy "
+                               "changed ones again", run_only=True)
+
+
+RUN_ONLY["2-create_dataset"] = run_only(DatasetSettings)
 
 
 def place_file(src: Path, dst: Path, link: str) -> None:

@@ -10,7 +10,6 @@ one-line note.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import time
@@ -22,17 +21,6 @@ from .settings import EvalSettings
 
 MAX_QUERIES = 24   # rows of neighbours.png
 STAMP = "visuals.json"
-
-
-def count(text: str) -> int:
-    """argparse type: a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative; use 0 to switch it off")
-    return value
 
 
 def _note(name: str, what: str, error: Exception) -> None:

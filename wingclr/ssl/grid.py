@@ -17,20 +17,18 @@ point is skipped.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import itertools
 from pathlib import Path
 
 from ..cli import UserError
+from ..flags import defaults
+from .settings import BATCH_SIZES, EPOCHS, TEMPERATURES, TrainSettings
 
-BATCH_SIZES = (64, 128, 256)
-EPOCHS = (50, 100, 300)
-TEMPERATURES = (0.1, 0.5, 0.8)
 GRID = list(itertools.product(BATCH_SIZES, EPOCHS, TEMPERATURES))  # param-i = position + 1
 
 AXES = ("batch_size", "epochs", "temperature")
-DEFAULTS = {"batch_size": 256, "epochs": 300, "temperature": 0.5}
+DEFAULTS = {axis: defaults(TrainSettings)[axis] for axis in AXES}  # the flags' (256, 300, 0.5)
 DEFAULT_AXES = {"batch_size": BATCH_SIZES, "epochs": EPOCHS, "temperature": TEMPERATURES}
 TYPES = {"batch_size": int, "epochs": int, "temperature": float}
 LIST_FLAGS = {"batch_size": "batch_sizes", "epochs": "epoch_list", "temperature": "temperatures"}
@@ -40,19 +38,6 @@ GRID_FLAGS = ("grid", *LIST_FLAGS.values())  # where a grid was listed; they do 
 RANGES = {"batch_size": (2, 65536), "epochs": (1, 100000), "temperature": (0.01, 10.0)}
 
 Point = tuple[int, int, float]
-
-
-def value_list(kind: type):
-    """argparse ``type`` for a comma-separated list (``32,64``) of ``kind`` values."""
-    def parse(text: str) -> tuple:
-        try:
-            values = tuple(kind(v) for v in text.split(",") if v.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, e.g. 32,64 (got {text!r})")
-        if not values or len(set(values)) != len(values):
-            raise argparse.ArgumentTypeError(f"expected distinct comma-separated numbers (got {text!r})")
-        return values
-    return parse
 
 
 def out_of_range(batch_size, epochs, temperature) -> str:
@@ -139,6 +124,13 @@ def build_grid(*, grid_file: Path | None = None, fixed: dict[str, float] | None 
             raise UserError(f"grid points {points.index((b, e, t)) + 1} and {i} are the same "
                             f"({run_name(b, e, t)}); list each point once")
     return points
+
+
+def grid_points(s: TrainSettings) -> list[Point]:
+    """The grid in use (:func:`build_grid`): ``--grid``, the list flags, and the single values typed
+    on the command line, which fix their axis."""
+    return build_grid(grid_file=s.grid, fixed={a: getattr(s, a) for a in AXES if a in s.given},
+                      lists={a: getattr(s, LIST_FLAGS[a]) for a in AXES})
 
 
 def grid_point(param_i: int, grid: list[Point] | None = None) -> Point:

@@ -19,9 +19,8 @@ from lightly.models.modules import SimCLRProjectionHead
 from ..models import build_backbone
 from .augment import AugmentConfig, BatchAugment, batch_seed
 from .loss import IndexedNTXentLoss
+from .settings import BASE_LR
 
-BASE_LR = {"sgd": 0.06, "lars": 1.2, "adam": 1e-3}
-WEIGHT_DECAY = {"sgd": 5e-4, "lars": 1e-6, "adam": 1e-6}
 
 
 def scaled_lr(optimizer: str, global_batch: int, base_lr: float | None = None) -> float:

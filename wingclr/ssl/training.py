@@ -37,7 +37,8 @@ from .interpolate import interpolated, start_state
 from .monitor import BEST_WEIGHTS, KnnMonitor, check_monitor, monitor_epochs, select_weights
 from .run_folder import (RunLock, changed_settings, finish_replacement, is_rank_zero, run_settings,
                          staging_dir)
-from .settings import TrainSettings, resolve
+from .recipes import resolve
+from .settings import TrainSettings
 from .simclr import NonFiniteLossError, SimCLR, scaled_lr
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)  # SIGINT: Ctrl-C
