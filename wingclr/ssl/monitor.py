@@ -24,6 +24,7 @@ from ..checkpoints import read_checkpoint
 from ..cli import UserError
 from ..labels import label_columns, read_labels
 from ..probe import knn_predict
+from .interpolate import interpolated_copy
 
 KNN_K = 20
 BEST_WEIGHTS = ".best.ckpt"  # the best-scoring weights while training (--select best); never a run's name
@@ -108,12 +109,15 @@ class KnnMonitor(pl.Callback):
         every: epochs between scores.
         best_path: where the best-scoring weights are saved (``--select best``), or None.
         log: print a line per score.
+        start, alpha: with ``--interpolate`` (:mod:`~wingclr.ssl.interpolate`), the weights scored
+            are those the checkpoint would hold: ``alpha`` of the trained ones mixed with ``start``.
     """
 
     def __init__(self, mset: MonitorSet, meta: dict, checkpointing, every: int, best_path: Path | None,
-                 log: bool = True):
+                 log: bool = True, start: dict | None = None, alpha: float = 1.0):
         self.mset, self.meta, self.ckpt, self.every = mset, meta, checkpointing, max(1, every)
         self.best_path, self.log = best_path, log
+        self.start, self.alpha = start, alpha
         self.best = {"epoch": None, "knn_accuracy": -1.0}
 
     def _score(self, trainer, pl_module) -> float:
@@ -123,7 +127,8 @@ class KnnMonitor(pl.Callback):
         if trainer.is_global_zero:
             was_training = pl_module.training
             try:
-                score = knn_score(pl_module.backbone, self.meta, self.mset, str(pl_module.device))
+                backbone = interpolated_copy(pl_module.backbone, self.start, alpha=self.alpha)
+                score = knn_score(backbone, self.meta, self.mset, str(pl_module.device))
             finally:
                 pl_module.train(was_training)
         return float(trainer.strategy.broadcast(score, src=0)) if trainer.world_size > 1 else score
@@ -138,7 +143,7 @@ class KnnMonitor(pl.Callback):
             if score < start:
                 print(f"warning: epoch {epoch} scores below the start (kNN {score:.3f} < {start:.3f} at "
                       "epoch 0): training is making the embedding worse on these classes; consider "
-                      "--select best, a lower --lr or --balance none", flush=True)
+                      "--select best, a lower --interpolate or a lower --lr", flush=True)
         if score > self.best["knn_accuracy"]:
             self.best = {"epoch": epoch, "knn_accuracy": score}
             if self.best_path is not None:

@@ -33,6 +33,8 @@ def recipe_values(s: TrainSettings) -> dict:
     for key in PROBABILITIES:
         if not 0 <= v[key] <= 1:
             raise UserError(f"--{key.replace('_', '-')} must be in [0, 1], got {v[key]}")
+    if not 0 <= v["interpolate"] <= 1:
+        raise UserError(f"--interpolate must be in [0, 1], got {v['interpolate']}")
     if not 0 <= v["backbone_lr_scale"] <= 10:
         raise UserError(f"--backbone-lr-scale must be in [0, 10], got {v['backbone_lr_scale']}")
     if not 0 < v["min_scale"] <= 1:

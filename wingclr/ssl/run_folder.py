@@ -49,7 +49,7 @@ def run_settings(s, images, *, batch_size_requested: int | None = None) -> dict:
 
 
 # settings added later, with the value runs recorded before them trained with
-LEGACY_DEFAULTS = {"forward": "separate"}
+LEGACY_DEFAULTS = {"forward": "separate", "interpolate": 1.0}
 
 
 def changed_settings(stored: dict, wanted: dict) -> list[str]:

@@ -14,7 +14,10 @@ Recipes (``--recipe``; each recipe flag given explicitly overrides its value):
   over the run and no warm-up or batch scaling. The original also sampled every cluster equally
   often (``WeightedRandomSampler``); here every image is drawn equally often (``--balance none``):
   on skewed clusters (one big cluster, many tiny ones, as stage 1 gives on a real drawer)
-  balancing made every task worse (README "Real specimens").
+  balancing made every task worse (README "Real specimens"). From ImageNet, the checkpoint holds
+  0.75 x the ImageNet start + 0.25 x the trained weights (``--interpolate 0.25``, WiSE-FT,
+  :mod:`wingclr.ssl.interpolate`): on skewed collections the trained weights alone scored below
+  their ImageNet start, the mixture at or above it.
 * ``simclr``: lightly's ImageNet recipe (SimCLR paper): colour jitter 0.8, grayscale 0.2, blur
   0.5, crops down to 8 %, horizontal flips only; SGD 0.06 x sqrt(batch / 256) after a warm-up.
 * ``cpu``: ``simclr`` for a few hundred steps from random initialisation on a laptop (``make demo``,
@@ -48,11 +51,13 @@ RECIPES = {
     "phenotype": {"min_scale": 0.5, "cj_prob": 0.0, "gray_prob": 0.2, "blur_prob": 0.0,
                   "vf_prob": 0.5, "rr_prob": 0.5, "optimizer": "sgd", "lr": 0.01,
                   "lr_scaling": "none", "weight_decay": 5e-4, "warmup_epochs": 0,
-                  "balance": "none", "backbone_lr_scale": 1.0, "bn": "train", "forward": "separate"},
+                  "balance": "none", "backbone_lr_scale": 1.0, "bn": "train", "forward": "separate",
+                  "interpolate": 0.25},
     "simclr": {"min_scale": 0.08, "cj_prob": 0.8, "gray_prob": 0.2, "blur_prob": 0.5,
                "vf_prob": 0.0, "rr_prob": 0.0, "optimizer": "sgd", "lr": None,
                "lr_scaling": "sqrt", "weight_decay": None, "warmup_epochs": 10,
-               "balance": "none", "backbone_lr_scale": 1.0, "bn": "train", "forward": "separate"},
+               "balance": "none", "backbone_lr_scale": 1.0, "bn": "train", "forward": "separate",
+               "interpolate": 1.0},
 }
 RECIPES["cpu"] = {**RECIPES["simclr"], "min_scale": 0.3, "blur_prob": 0.0, "optimizer": "adam", "lr": 2e-3}
 DEFAULT_RECIPE = "phenotype"
@@ -74,7 +79,7 @@ class TrainSettings(cli.Settings):
     """Every stage 3 flag. The field order is the manifest's "args" order (keep it: finished runs
     of earlier versions are recognised by it); ``GROUPS`` orders the ``--help`` sections.
 
-    The recipe flags (``min_scale`` .. ``forward``) are None until
+    The recipe flags (``min_scale`` .. ``interpolate``) are None until
     :func:`~wingclr.ssl.recipes.resolve` fills them.
     """
 
@@ -165,6 +170,10 @@ class TrainSettings(cli.Settings):
         None, "joint: one forward pass of both views concatenated (BatchNorm statistics over both, as "
               f"lightly's benchmarks); separate: one pass per view ({_R['forward']})",
         choices=["joint", "separate"], group="recipe")
+    interpolate: float | None = flag(
+        None, "the checkpoint's backbone is (1 - a) x the ImageNet start + a x the trained weights "
+              "(WiSE-FT; 1: the trained weights as they are); used when starting from --pretrained "
+              f"imagenet, 1 from random init ({_R['interpolate']})", group="recipe")
     monitor_every: int | None = flag(
         None, "score the backbone every N epochs and before training (epoch 0); 0 = off (default: "
               "epochs / 10, at least 1; needs stage 2's split.csv in --data)", group="monitor")

@@ -33,6 +33,7 @@ from .grid import fit_point_to_data, run_name
 from .batchnorm import sync_batchnorm
 from .loaders import RankSeeds, build_cache_only, build_data, training_images
 from .memory import check_gpu_memory
+from .interpolate import interpolated, start_state
 from .monitor import BEST_WEIGHTS, KnnMonitor, check_monitor, monitor_epochs, select_weights
 from .run_folder import (RunLock, changed_settings, finish_replacement, is_rank_zero, run_settings,
                          staging_dir)
@@ -358,10 +359,14 @@ def fit_run(s: TrainSettings, trainer: pl.Trainer, checkpointing: EpochCheckpoin
     if sync:  # global BN (the SimCLR paper, lightly): the same model on any number of GPUs
         module = sync_batchnorm(module, cuda=trainer.strategy.root_device.type == "cuda")
     meta = module.checkpoint_meta()
+    alpha = s.interpolate if s.pretrained == "imagenet" else 1.0  # WiSE-FT: mixed with the start
+    start = None if alpha >= 1 else start_state(backbone=s.backbone, in_chans=data.plan.in_chans,
+                                                rgb_bands=data.plan.rgb[0], input_size=s.input_size)
     monitor = None
     if mset is not None:  # scores before the checkpoint callback writes the epoch's row
         monitor = KnnMonitor(mset, meta, checkpointing, monitor_epochs(s),
-                             work / BEST_WEIGHTS if s.select == "best" else None, log=not s.quiet)
+                             work / BEST_WEIGHTS if s.select == "best" else None, log=not s.quiet,
+                             start=start, alpha=alpha)
         trainer.callbacks.insert(0, monitor)
 
     # ============ fit: resume mid-epoch, stop signals save after the current batch ============
@@ -407,6 +412,11 @@ def fit_run(s: TrainSettings, trainer: pl.Trainer, checkpointing: EpochCheckpoin
 
     # ============ save: final (or best) weights, loss plot, manifest (last), then tidy up ============
     monitored = select_weights(module, monitor, s, work)
+    if start is not None:
+        module.backbone.load_state_dict(interpolated(module.backbone.state_dict(), start, alpha=alpha))
+        if is_rank_zero() and not s.quiet:
+            print(f"--interpolate {alpha:g}: the checkpoint's backbone is {1 - alpha:g} x the ImageNet "
+                  f"start + {alpha:g} x the trained weights")
     ckpt = work / f"{name}.ckpt"
     save_checkpoint(trainer, ckpt, weights_only=True)  # every rank: a barrier
     if not trainer.is_global_zero:
