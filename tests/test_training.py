@@ -210,6 +210,13 @@ def test_batch_larger_than_dataset_is_a_clear_error(dataset_dir, tmp_path):
     assert_one_line_error(proc, "fewer than --batch-size 64")
 
 
+def test_run_name_last_is_refused_before_its_checkpoint_could_be_removed(dataset_dir, tmp_path):
+    proc = run_cli(SCRIPT, "--data", dataset_dir, "--output", tmp_path, "--epochs", "1",
+                   "--run-name", "last", *TINY_TRAIN)
+    assert_one_line_error(proc, "--run-name last", "choose another --run-name")
+    assert not (tmp_path / "last").exists()
+
+
 def test_missing_imagenet_weights_name_file_and_flag(dataset_dir, tmp_path):
     proc = run_cli(SCRIPT, "--data", dataset_dir, "--output", tmp_path, "--epochs", "1",
                    *TINY_TRAIN[:2], "--pretrained", "imagenet", *TINY_TRAIN[4:])

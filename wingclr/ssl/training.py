@@ -50,6 +50,9 @@ def check_settings(s: TrainSettings) -> None:
     check_input_size(s.cache_size, "--cache-size")
     check_minimum(("--num-workers", s.num_workers, 0), ("--num-nodes", s.num_nodes, 1),
                   ("--save-every-min", s.save_every_min, 0))
+    if s.run_name == "last":  # its checkpoint would be last.ckpt, the resume file removed at the end
+        raise UserError("--run-name last would name the run's checkpoint last.ckpt, the file stage 3 "
+                        "resumes from and removes when the run finishes; choose another --run-name")
     if s.monitor_every is not None and s.monitor_every < 0:
         raise UserError(f"--monitor-every must be >= 0 (0 = off), got {s.monitor_every}")
     check_hardware(accelerator=s.accelerator, devices=s.devices)
