@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def skewed(n: int = 5062, k: int = 40) -> list[str]:
+    """``n`` images in ``k`` clusters of very unequal size (3 to ~1 000 images); tests use it too."""
     sizes = np.round(np.geomspace(3, 600, k)).astype(int)
     sizes[-1] += n - sizes.sum()
     return [f"c{i}" for i, m in enumerate(sizes) for _ in range(m)]

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO, TINY_TRAIN, assert_one_line_error, run_cli, run_stage
+from conftest import REPO, TINY_TRAIN, assert_one_line_error, load_stage, run_cli, run_stage
 from wingclr.ssl.grid import GRID, grid_point, run_name
 
 SCRIPT = "3-training/train.py"
@@ -96,12 +96,9 @@ def test_balanced_sampling_draws_clusters_equally_or_by_square_root():
 
 
 def skewed_clusters() -> list[str]:
-    """5 062 images in 40 clusters of very unequal size (3 to ~1 000 images)."""
-    import numpy as np
-
-    sizes = np.round(np.geomspace(3, 600, 40)).astype(int)
-    sizes[-1] += 5062 - sizes.sum()
-    return [f"c{k}" for k, n in enumerate(sizes) for _ in range(n)]
+    """5 062 images in 40 clusters of very unequal size (3 to ~1 000 images): the clusters of
+    ``benchmarks/sampler_repeats.py``, which measures the same sampler at more batch sizes."""
+    return load_stage("benchmarks/sampler_repeats.py").skewed()
 
 
 @pytest.mark.parametrize("balance", ["clusters", "sqrt"])
