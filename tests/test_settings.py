@@ -143,6 +143,8 @@ DECLARED = [
     ("3-training/train.py", "3-training", "wingclr.ssl.settings.TrainSettings",
      {"overwrite", "quiet", "num_workers", "devices", "accelerator", "num_nodes", "cache_dir", "compile",
       "keep_last", "save_every_min", "cache_only", "grid", "batch_sizes", "epoch_list", "temperatures"}),
+    ("4-embed/embed.py", "4-embed", "wingclr.embed.settings.EmbedSettings",
+     {"overwrite", "quiet", "device", "num_workers", "cache_dir"}),
     ("5-evaluation/evaluate.py", "5-evaluation", "wingclr.evaluate.settings.EvalSettings",
      {"overwrite", "quiet", "device", "num_workers", "cache_dir"}),
 ]
