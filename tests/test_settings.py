@@ -138,6 +138,9 @@ def test_adding_a_declaration_adds_a_flag_without_a_second_edit():
 # Each declared stage: script, manifest stage, class, its run-only flags as outputs.RUN_ONLY listed
 # them by hand before they were declared with the flags.
 DECLARED = [
+    ("1-clustering/cluster.py", "1-clustering", "wingclr.cluster.settings.ClusterSettings",
+     {"overwrite", "quiet", "yes", "interactive", "sweep", "no_show", "batch_size", "device", "num_workers",
+      "allow_random_features"}),
     ("2-create_dataset/create_dataset.py", "2-create_dataset", "wingclr.split.DatasetSettings",
      {"overwrite", "quiet", "num_workers", "update"}),
     ("3-training/train.py", "3-training", "wingclr.ssl.settings.TrainSettings",
