@@ -14,10 +14,10 @@ from ..cli import BACKGROUND_HELP, STAGE_DIRS, Settings, parse_rgb
 from ..demo import WING_CLASSES
 from ..flags import OneOf, flag, run_only
 from ..outputs import RUN_ONLY
-from .methods import METHODS
 from .rembg import REMBG_MODELS
 
-ARCHS = {  # builder -> torchvision weights enum (its COCO_V1 member is the published file)
+METHODS = ("maskrcnn+rembg", "maskrcnn", "rembg", "threshold")  # --method (wingclr/segment/methods.py)
+ARCHS = {  # --arch: builder -> torchvision weights enum (its COCO_V1 member is the published file)
     "maskrcnn_resnet50_fpn": "MaskRCNN_ResNet50_FPN_Weights",
     "maskrcnn_resnet50_fpn_v2": "MaskRCNN_ResNet50_FPN_V2_Weights",
 }
