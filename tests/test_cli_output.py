@@ -101,6 +101,7 @@ def test_each_stage_lists_its_run_only_flags_in_one_place(stage, script):
 
 
 def test_run_only_flags_are_ignored_on_both_sides_of_the_settings_check(tmp_path):
+    import wingclr.cluster.settings  # noqa: F401  (its declaration fills RUN_ONLY["1-clustering"])
     from wingclr.cli import UserError
     from wingclr.outputs import check_finished, read_manifest, write_manifest
 

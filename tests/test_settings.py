@@ -138,11 +138,20 @@ def test_adding_a_declaration_adds_a_flag_without_a_second_edit():
 # Each declared stage: script, manifest stage, class, its run-only flags as outputs.RUN_ONLY listed
 # them by hand before they were declared with the flags.
 DECLARED = [
+    ("0-segmentation/segment.py", "0-segmentation", "wingclr.segment.settings.SegmentSettings",
+     {"overwrite", "progress", "device", "num_workers", "batch_size", "flush_every", "shard", "merge"}),
+    ("0-segmentation/train_maskrcnn.py", "0-train-maskrcnn", "wingclr.segment.settings.MaskRCNNSettings",
+     {"overwrite", "quiet", "device", "num_workers"}),
+    ("1-clustering/cluster.py", "1-clustering", "wingclr.cluster.settings.ClusterSettings",
+     {"overwrite", "quiet", "yes", "interactive", "sweep", "no_show", "batch_size", "device", "num_workers",
+      "allow_random_features"}),
     ("2-create_dataset/create_dataset.py", "2-create_dataset", "wingclr.split.DatasetSettings",
      {"overwrite", "quiet", "num_workers", "update"}),
     ("3-training/train.py", "3-training", "wingclr.ssl.settings.TrainSettings",
      {"overwrite", "quiet", "num_workers", "devices", "accelerator", "num_nodes", "cache_dir", "compile",
       "keep_last", "save_every_min", "cache_only", "grid", "batch_sizes", "epoch_list", "temperatures"}),
+    ("4-embed/embed.py", "4-embed", "wingclr.embed.settings.EmbedSettings",
+     {"overwrite", "quiet", "device", "num_workers", "cache_dir"}),
     ("5-evaluation/evaluate.py", "5-evaluation", "wingclr.evaluate.settings.EvalSettings",
      {"overwrite", "quiet", "device", "num_workers", "cache_dir"}),
 ]
@@ -156,7 +165,8 @@ def test_a_declared_stage_gets_its_parser_and_run_only_flags_from_its_settings_c
     p, cls = load_stage(script).get_args_parser(), settings_class(cls)
     names = [f.name for f in flags.declared(cls)]
     assert names == [f.name for f in dataclasses.fields(cls) if f.name != "given"]
-    own = [a for a in p._actions[1:] if a.option_strings not in (["--no-pretrained"], ["--no-baselines"])]
+    aliases = (["--no-pretrained"], ["--no-baselines"], ["--no-progress"])  # declared with `also`
+    own = [a for a in p._actions[1:] if a.option_strings not in aliases]
     assert [a.dest for a in own] == names  # field order is the Namespace's (and the manifest's)
     for action in own:  # each flag is its field's name (or the one it declares), its default the field's
         field = cls.__dataclass_fields__[action.dest]
@@ -164,6 +174,27 @@ def test_a_declared_stage_gets_its_parser_and_run_only_flags_from_its_settings_c
         default = list(field.default) if action.nargs == "*" or action.dest == "band_group" else field.default
         assert action.default == default
     assert RUN_ONLY[stage] == flags.run_only(cls) == old_run_only
+
+
+def test_every_stage_declares_its_flags_once():
+    assert [d[:3] for d in DECLARED] == [s[:3] for s in STAGES]  # no stage left with a hand-written parser
+    for _, _, cls, _ in STAGES:
+        assert flags.declared(settings_class(cls)), cls
+
+
+def test_one_of_groups_flags_that_exclude_each_other():
+    @dataclass(frozen=True, kw_only=True)
+    class Source(cli.Settings):
+        GROUPS = {None: "", "source": flags.OneOf(required=True)}
+        coco: Path | None = flags.flag(None, "COCO file", group="source")
+        masks: Path | None = flags.flag(None, "mask folder", group="source")
+
+    p = flags.parser(Source, "doc")
+    assert Source.from_args(p.parse_args(["--masks", "m"])) == Source(masks=Path("m"))
+    for argv in ([], ["--coco", "c", "--masks", "m"]):  # exactly one is required
+        with pytest.raises(SystemExit):
+            p.parse_args(argv)
+    assert "(--coco COCO | --masks MASKS)" in p.format_usage()
 
 
 def test_stage3_defaults_have_one_home():

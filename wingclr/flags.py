@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import types
 import typing
-from dataclasses import Field, field, fields
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -48,6 +48,14 @@ def flag(default: Any = None, help: str = "", *, group: str | None = None, run_o
     return field(default=default, metadata={"flag": {"help": help, "group": group, "run_only": run_only,
                                                      "name": name, "also": tuple(also),
                                                      "kwargs": argparse_kwargs}})
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """A ``GROUPS`` title for flags that exclude each other (``required``: exactly one must be
+    given); argparse's mutually exclusive group, listed among the main options."""
+
+    required: bool = False
 
 
 def declared(cls) -> list[Field]:
@@ -76,15 +84,16 @@ def _argparse_kwargs(f: Field, hint: Any) -> dict:
 
 
 def add_flags(p: argparse.ArgumentParser, cls) -> argparse.ArgumentParser:
-    """Add every flag of ``cls`` to ``p``: the ``cls.GROUPS`` sections (key -> title; key None: the
-    parser's main options) are made in their order, then the flags are added in field order (so
-    the parsed Namespace keeps the fields' order).
+    """Add every flag of ``cls`` to ``p``: the ``cls.GROUPS`` sections (key -> title, or
+    :class:`OneOf`; key None: the parser's main options) are made in their order, then the flags
+    are added in field order (so the parsed Namespace keeps the fields' order).
 
     Raises:
         KeyError: a flag names a group that ``cls.GROUPS`` lacks.
     """
     sections = getattr(cls, "GROUPS", {None: ""})  # no GROUPS: every flag among the main options
-    groups = {key: p if key is None else p.add_argument_group(title) for key, title in sections.items()}
+    groups = {key: p if key is None else p.add_mutually_exclusive_group(required=title.required)
+              if isinstance(title, OneOf) else p.add_argument_group(title) for key, title in sections.items()}
     hints = typing.get_type_hints(cls)
     for f in declared(cls):
         spec = f.metadata["flag"]

@@ -30,16 +30,10 @@ MANIFEST = "manifest.json"
 # They are left out of manifest.json's "args" and ignored when a re-run compares its settings with a
 # finished output (on both sides, so a manifest that recorded one still matches). Every other flag
 # defines the output. tests/test_cli_output.py checks each name is a flag of its stage.
-# Stages 2, 3 and 5 add theirs from their flag declarations (run_only=True: wingclr/split.py,
-# wingclr/ssl/settings.py, wingclr/evaluate/settings.py).
-RUN_ONLY = {
-    "0-segmentation": {"overwrite", "progress", "device", "num_workers", "batch_size", "flush_every",
-                       "shard", "merge"},
-    "0-train-maskrcnn": {"overwrite", "quiet", "device", "num_workers"},
-    "1-clustering": {"overwrite", "quiet", "yes", "interactive", "sweep", "no_show", "batch_size",
-                     "device", "num_workers", "allow_random_features"},
-    "4-embed": {"overwrite", "quiet", "device", "num_workers", "cache_dir"},
-}
+# Each stage adds its own from its flag declarations (run_only=True: wingclr/segment/settings.py,
+# wingclr/cluster/settings.py, wingclr/split.py, wingclr/ssl/settings.py, wingclr/embed/settings.py,
+# wingclr/evaluate/settings.py), so a stage's entry exists once its settings module is imported.
+RUN_ONLY: dict[str, frozenset[str]] = {}
 
 
 TEMP_PREFIX = ".tmp-"  # every temporary file wingclr writes beside an output starts with this

@@ -26,13 +26,10 @@ from ..untrusted import load_torch
 from ..weights import instead, torchvision_state_dict, weights_dir
 from .masks import Instance
 from .rembg import installed_rembg_models
+from .settings import ARCHS  # noqa: F401  (declared with --arch; catalog.py reads it here)
 
 FORMAT = "wingclr-maskrcnn"
 DEFAULT_CHECKPOINT = "maskrcnn_wings.pth"
-ARCHS = {  # builder -> torchvision weights enum (its COCO_V1 member is the published file)
-    "maskrcnn_resnet50_fpn": "MaskRCNN_ResNet50_FPN_Weights",
-    "maskrcnn_resnet50_fpn_v2": "MaskRCNN_ResNet50_FPN_V2_Weights",
-}
 BACKBONE_LAYERS = ("layer4", "layer3", "layer2", "layer1", "conv1")
 
 

@@ -24,9 +24,9 @@ from ..cli import UserError
 from ..weights import fetch_advice, instead, weights_dir
 from .masks import (Instance, instances_to_fg, instances_to_owner, remove_specks)
 from .rembg import foreground, installed_rembg_models, load_session, model_path, onnx_providers
+from .settings import METHODS  # noqa: F401  (declared with --method)
 from .threshold import threshold_foreground
 
-METHODS = ("maskrcnn+rembg", "maskrcnn", "rembg", "threshold")
 DEFAULT_METHOD = "maskrcnn+rembg"
 WHOLE_SPECIMEN = ("specimen",)
 
