@@ -30,7 +30,7 @@ from wingclr import cli  # noqa: E402
 from wingclr.demo import WING_CLASSES  # noqa: E402
 from wingclr.segment.maskrcnn import ARCHS  # noqa: E402
 from wingclr.segment.settings import MaskRCNNSettings  # noqa: E402
-from wingclr.segment.train import train_maskrcnn  # noqa: E402
+from wingclr.segment.train_maskrcnn import train_maskrcnn  # noqa: E402
 
 
 def _names(text: str) -> list[str]:

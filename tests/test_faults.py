@@ -267,7 +267,7 @@ def _one_error_line(err: str, *needles) -> str:
 
 def _stop_after_epoch(monkeypatch, epoch: int, error=RuntimeError("killed")):
     """Make stage 3 die right after saving epoch ``epoch`` (a kill between epochs)."""
-    from wingclr.ssl.training import EpochCheckpoint
+    from wingclr.train.run import EpochCheckpoint
 
     saved = EpochCheckpoint.on_train_epoch_end
 
@@ -484,7 +484,7 @@ def test_case17_truncated_checkpoint_has_a_way_back(dataset_dir, tmp_path, capsy
 
 
 def test_case18_nan_stop_is_worded_for_what_exists(dataset_dir, tmp_path, monkeypatch):
-    from wingclr.ssl.simclr import NonFiniteLossError, SimCLR
+    from wingclr.train.simclr import NonFiniteLossError, SimCLR
 
     out = tmp_path / "runs"
     text = _one_line_user_error(lambda: _train(dataset_dir, out, "--lr", "1e30", "--epochs", "3"),
@@ -518,7 +518,7 @@ def test_case19_input_size_has_one_rule(dataset_dir, tmp_path):
 def test_case20_more_cpu_processes_than_cores_are_refused(dataset_dir, tmp_path, monkeypatch):
     import torch
 
-    from wingclr.ssl import training
+    from wingclr.train import run as training
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(training, "cpu_cores", lambda: 2)

@@ -6,10 +6,10 @@ import pytest
 
 from conftest import TINY_TRAIN, load_stage, run_stage
 from wingclr.cli import UserError
-from wingclr.ssl.grid import GRID, clamp_to_data, largest_batch
+from wingclr.train.grid import GRID, clamp_to_data, largest_batch
 from wingclr.outputs import settings
-from wingclr.ssl.recipes import resolve
-from wingclr.ssl.settings import TrainSettings
+from wingclr.train.recipes import resolve
+from wingclr.train.settings import TrainSettings
 
 SCRIPT = "3-training/train.py"
 _B = TINY_TRAIN.index("--batch-size")

@@ -24,9 +24,9 @@ STAGES = [  # script, manifest stage, settings class, a command line
      ["--images", "photos", "--masks", "masks"]),
     ("1-clustering/cluster.py", "1-clustering", "wingclr.cluster.settings.ClusterSettings",
      ["--min-cluster-size", "5", "--cluster-selection-epsilon", "0.2"]),
-    ("2-create_dataset/create_dataset.py", "2-create_dataset", "wingclr.split.DatasetSettings",
+    ("2-create_dataset/create_dataset.py", "2-create_dataset", "wingclr.dataset.DatasetSettings",
      ["--val-fraction", "0.3"]),
-    ("3-training/train.py", "3-training", "wingclr.ssl.settings.TrainSettings",
+    ("3-training/train.py", "3-training", "wingclr.train.settings.TrainSettings",
      ["--band-group", "uv=3", "--bands", "0,1,2,3", "--epochs", "5"]),
     ("4-embed/embed.py", "4-embed", "wingclr.embed.settings.EmbedSettings",
      ["--checkpoints", "a.ckpt", "b", "--num-workers", "0"]),
@@ -138,9 +138,9 @@ def test_adding_a_declaration_adds_a_flag_without_a_second_edit():
 # Each declared stage: script, manifest stage, class, its run-only flags as outputs.RUN_ONLY listed
 # them by hand before they were declared with the flags.
 DECLARED = [
-    ("2-create_dataset/create_dataset.py", "2-create_dataset", "wingclr.split.DatasetSettings",
+    ("2-create_dataset/create_dataset.py", "2-create_dataset", "wingclr.dataset.DatasetSettings",
      {"overwrite", "quiet", "num_workers", "update"}),
-    ("3-training/train.py", "3-training", "wingclr.ssl.settings.TrainSettings",
+    ("3-training/train.py", "3-training", "wingclr.train.settings.TrainSettings",
      {"overwrite", "quiet", "num_workers", "devices", "accelerator", "num_nodes", "cache_dir", "compile",
       "keep_last", "save_every_min", "cache_only", "grid", "batch_sizes", "epoch_list", "temperatures"}),
     ("5-evaluation/evaluate.py", "5-evaluation", "wingclr.evaluate.settings.EvalSettings",
@@ -167,8 +167,8 @@ def test_a_declared_stage_gets_its_parser_and_run_only_flags_from_its_settings_c
 
 
 def test_stage3_defaults_have_one_home():
-    from wingclr.ssl import grid, recipes, simclr
-    from wingclr.ssl import settings as declaration
+    from wingclr.train import grid, recipes, simclr
+    from wingclr.train import settings as declaration
 
     # the grid, the recipes and the optimiser read the defaults declared with the flags
     assert grid.DEFAULTS == {"batch_size": 256, "epochs": 300, "temperature": 0.5}

@@ -30,8 +30,8 @@ MANIFEST = "manifest.json"
 # They are left out of manifest.json's "args" and ignored when a re-run compares its settings with a
 # finished output (on both sides, so a manifest that recorded one still matches). Every other flag
 # defines the output. tests/test_cli_output.py checks each name is a flag of its stage.
-# Stages 2, 3 and 5 add theirs from their flag declarations (run_only=True: wingclr/split.py,
-# wingclr/ssl/settings.py, wingclr/evaluate/settings.py).
+# Stages 2, 3 and 5 add theirs from their flag declarations (run_only=True: wingclr/dataset/__init__.py,
+# wingclr/train/settings.py, wingclr/evaluate/settings.py).
 RUN_ONLY = {
     "0-segmentation": {"overwrite", "progress", "device", "num_workers", "batch_size", "flush_every",
                        "shard", "merge"},

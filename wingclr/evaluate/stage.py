@@ -29,7 +29,7 @@ from .baselines import BASELINES, SplitData, parse_baselines, run_baseline, scor
 from .folds import paired, split_scores
 from .gridplot import summary_table, write_grid_summary
 from .inputs import check_data, identity_columns, load_embeddings
-from .plots import plot_confusion, save_umap, umap_2d
+from .figures import plot_confusion, save_umap, umap_2d
 from .settings import EvalSettings
 from .traits import check_queries, load_split, make_split, safe_name, trait_splits  # noqa: F401
 from .visuals import run_visuals, write_report_note

@@ -1,8 +1,8 @@
 """Stage 2: cluster folders -> ``unlabeled/`` (all), ``train/`` and ``validation/`` (per cluster).
 
 The split is drawn per cluster with a generator seeded by ``(seed, cluster name)``, so adding or
-removing a cluster never reshuffles the others (:mod:`wingclr.split.draw`). Photos of one specimen
-(``--group-by``, ``--groups``: :mod:`wingclr.split.groups`) are drawn together and never split. Outliers
+removing a cluster never reshuffles the others (:mod:`wingclr.dataset.draw`). Photos of one specimen
+(``--group-by``, ``--groups``: :mod:`wingclr.dataset.groups`) are drawn together and never split. Outliers
 go to ``unlabeled/`` only; a cluster with one image stays in ``train/`` and is reported.
 
 A finished dataset records its input images (``inputs.csv``). A re-run whose input images changed
