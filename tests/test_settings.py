@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO, load_stage
 from wingclr import cli, flags
-from wingclr.outputs import settings
+from wingclr.outputs import recorded_settings
 
 STAGES = [  # script, manifest stage, settings class, a command line
     ("0-segmentation/segment.py", "0-segmentation", "wingclr.segment.settings.SegmentSettings",
@@ -45,7 +45,7 @@ def test_each_stage_settings_record_exactly_what_its_namespace_recorded(script, 
     args = load_stage(script).get_args_parser().parse_args(argv)
     s = settings_class(cls).from_args(args)
     flags = {k: v for k, v in vars(args).items() if k != "given"}  # cli.Given's note, not a flag
-    assert json.dumps(settings(s, stage)) == json.dumps(settings(flags, stage))  # keys, order, values
+    assert json.dumps(recorded_settings(s, stage)) == json.dumps(recorded_settings(flags, stage))  # keys, order, values
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.seed = 1
     assert not any(isinstance(v, list) for v in s.as_dict().values())  # frozen all the way down
@@ -78,7 +78,7 @@ def test_given_counts_typed_flags_even_at_their_default_and_is_never_recorded():
     s = Tiny.from_args(tiny_parser().parse_args(["--size", "4", "--names", "b", "c"]))
     assert (s.size, s.names, s.given) == (4, ("b", "c"), {"size"})
     assert s.as_dict() == {"size": 4, "names": ("b", "c")}
-    assert settings(s, "any") == {"size": 4, "names": ["b", "c"]}
+    assert recorded_settings(s, "any") == {"size": 4, "names": ["b", "c"]}
 
 
 def test_from_args_changes_replace_a_flag_value_and_lists_still_become_tuples():
@@ -187,7 +187,7 @@ def test_train_maskrcnn_records_the_default_wing_classes_as_before():
     module.train_maskrcnn = lambda s: seen.setdefault("s", s)
     module.main(args)
     assert seen["s"].classes == tuple(WING_CLASSES)
-    assert settings(seen["s"], "0-train-maskrcnn")["classes"] == list(WING_CLASSES)
+    assert recorded_settings(seen["s"], "0-train-maskrcnn")["classes"] == list(WING_CLASSES)
 
 
 # Modules that are command lines themselves (their own parser, nothing passed on) and the converter.

@@ -243,7 +243,7 @@ def versions(packages: Iterable[str] = ()) -> dict[str, str]:
     return found
 
 
-def settings(values: Settings | dict, stage: str) -> dict:
+def recorded_settings(values: Settings | dict, stage: str) -> dict:
     """The settings that define ``stage``'s output (its :data:`RUN_ONLY` flags dropped), as JSON values."""
     run_only = RUN_ONLY.get(stage, ())
     return {k: v for k, v in jsonable(values).items() if k not in run_only}
@@ -309,7 +309,7 @@ def write_manifest(out_dir: Path | str, stage: str, values: Settings | dict, cou
         "stage": stage,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": command_line(),
-        "args": settings(values, stage),
+        "args": recorded_settings(values, stage),
         "counts": jsonable(counts),
         "seed": seed,
         "git_sha": git_sha(),
@@ -346,7 +346,7 @@ def check_finished(out_dir: Path | str, wanted: Settings | dict, overwrite: bool
     if manifest is None or overwrite:
         return False
     stage = manifest.get("stage", "")
-    old, new = settings(manifest.get("args", {}), stage), settings(wanted, stage)
+    old, new = recorded_settings(manifest.get("args", {}), stage), recorded_settings(wanted, stage)
     changed = (compare or changed_keys)(old, new)
     if not changed:
         return True
