@@ -384,7 +384,7 @@ def fit_run(s: TrainSettings, trainer: pl.Trainer, checkpointing: EpochCheckpoin
             # already trained (EpochBatchSampler.skip), each batch's augmentations come from its
             # own seed (SeededBatches; the device path's from the random states in last.ckpt),
             # so the resumed epoch trains the batches an uninterrupted run trains
-            # (tests/test_stops_and_names.py compares the losses).
+            # (tests/test_long_names_and_signal_stops.py compares the losses).
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended "
                                     "before the epoch ended")
             # weights_only: Lightning's own read of last.ckpt runs no pickled code either

@@ -1,4 +1,4 @@
-"""Issue 13, a new user's first day: one command for the weights (fetch / check, offline mode),
+"""A new user's first day: one command for the weights (fetch / check, offline mode),
 stage 0 without a wing model (rembg fallback, coverage flags, contact sheet, palette masks),
 labelme annotations for train_maskrcnn.py, and stage 1 refusing random features unless asked."""
 

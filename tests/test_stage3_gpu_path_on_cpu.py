@@ -38,7 +38,7 @@ def test_a_training_step_never_waits_for_the_device(tmp_path):
     module = tiny_module()
     with SyncCounter() as counter:
         module.views(uint8_batches(1)[0])
-    assert counter.total == 0, counter.counts  # the target of issue 25: 0 from augmentation
+    assert counter.total == 0, counter.counts  # the target: 0 from augmentation
     syncs = step_sync_callback()  # with the real loss (IndexedNTXentLoss: its masks from indexes)
     trainer = pl.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False,
