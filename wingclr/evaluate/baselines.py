@@ -231,7 +231,7 @@ def run_baseline(method: str, meta: dict, split: SplitData, cache_dir: Path, pix
         print(f"note: {label}: {int(bad.sum())} image(s) unreadable now, scored without them "
               f"(first: {Path(split.root) / split.images[bad][0]})")
     metrics, _ = score_features(feats, split.scored(ok), seed, k, pixel_pca=method == "pixel")
-    result = {"name": BASELINES[method], "label": label, "settings": settings, "metrics": metrics}
+    result = {"name": BASELINES[method], "label": label, "settings": spec, "metrics": metrics}
     if not bad.any():
         write_text(cache, json.dumps(result, indent=2) + "\n")
     return result
