@@ -519,10 +519,10 @@ def test_input_size_has_one_rule(dataset_dir, tmp_path):
 def test_more_cpu_processes_than_cores_are_refused(dataset_dir, tmp_path, monkeypatch):
     import torch
 
-    from wingclr.train import run as training
+    from wingclr.train import run
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(training, "cpu_cores", lambda: 2)
+    monkeypatch.setattr(run, "cpu_cores", lambda: 2)
     _one_line_user_error(lambda: _train(dataset_dir, tmp_path / "runs", "--devices", "4"),
                          "--devices 4", "4 CPU training processes", "2 CPU cores", "--devices 1")
     assert not (tmp_path / "runs").exists()

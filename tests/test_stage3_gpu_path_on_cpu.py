@@ -140,11 +140,11 @@ def test_cache_only_builds_the_cache_and_trains_nothing(dataset_dir, tmp_path, c
 
 def test_last_ckpt_waits_for_the_save_interval(dataset_dir, tmp_path, monkeypatch):
     """Epochs of seconds: with the default 10-minute interval no epoch end writes last.ckpt."""
-    from wingclr.train import saving as checkpointing
+    from wingclr.train import saving
 
     saved = []
-    save = checkpointing.save_checkpoint
-    monkeypatch.setattr(checkpointing, "save_checkpoint", lambda t, path, **kw: saved.append(path.name)
+    save = saving.save_checkpoint
+    monkeypatch.setattr(saving, "save_checkpoint", lambda t, path, **kw: saved.append(path.name)
                         or save(t, path, **kw))
     run_stage(SCRIPT, "--data", dataset_dir, "--output", tmp_path, "--epochs", "2", "--run-name", "i",
               *TINY_TRAIN)
@@ -162,14 +162,14 @@ def fake_trainer(step: int, last: bool) -> SimpleNamespace:
 
 
 def test_a_nan_loss_is_found_at_the_next_check_naming_epoch_and_step(monkeypatch):
-    from wingclr.train import saving as checkpointing
+    from wingclr.train import saving
     from wingclr.train.simclr import NonFiniteLossError
 
     reads = []
-    agree = checkpointing.EpochCheckpoint._agree
-    monkeypatch.setattr(checkpointing.EpochCheckpoint, "_agree",
+    agree = saving.EpochCheckpoint._agree
+    monkeypatch.setattr(saving.EpochCheckpoint, "_agree",
                         lambda self, *a: reads.append(1) or agree(self, *a))
-    cb = checkpointing.EpochCheckpoint(None)
+    cb = saving.EpochCheckpoint(None)
     batch = (None, torch.arange(4))
     for step, loss in enumerate([1.0, float("nan"), 2.0], 1):
         cb.on_train_batch_end(fake_trainer(step, False), None, torch.tensor(loss), batch, step)

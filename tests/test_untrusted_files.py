@@ -106,14 +106,14 @@ def test_lightning_resume_reads_last_ckpt_as_data_even_when_the_environment_allo
     and torch is told to default to full unpickling)."""
     import pickle
 
-    from wingclr.train import run as training
+    from wingclr.train import run
 
     marker = tmp_path / "ran"
     (tmp_path / "runs" / "r").mkdir(parents=True)
     payload_file(tmp_path / "runs" / "r" / "last.ckpt", marker)
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    monkeypatch.setattr(training, "read_checkpoint", lambda path: {})  # as if it were this run's
-    monkeypatch.setattr(training, "changed_settings", lambda old, new: [])
+    monkeypatch.setattr(run, "read_checkpoint", lambda path: {})  # as if it were this run's
+    monkeypatch.setattr(run, "changed_settings", lambda old, new: [])
     with pytest.raises(pickle.UnpicklingError):
         run_stage("3-training/train.py", "--data", dataset_dir, "--output", tmp_path / "runs",
                   "--epochs", "1", "--run-name", "r", *TINY_TRAIN)
@@ -131,13 +131,13 @@ def test_pickled_code_in_a_mask_rcnn_checkpoint_is_refused(demo_set, tmp_path):
 
 
 def test_pickled_code_in_mask_rcnn_last_pth_is_refused_on_resume(monkeypatch, tmp_path):
-    from wingclr.segment import train
+    from wingclr.segment import train_maskrcnn
 
     marker = tmp_path / "ran"
-    torch.save({"settings": Payload(marker)}, tmp_path / train.LAST)
+    torch.save({"settings": Payload(marker)}, tmp_path / train_maskrcnn.LAST)
     with pytest.raises(UserError) as excinfo:
-        train._read_last(tmp_path, None)
-    assert_refused(excinfo, tmp_path / train.LAST, marker)
+        train_maskrcnn._read_last(tmp_path, None)
+    assert_refused(excinfo, tmp_path / train_maskrcnn.LAST, marker)
 
 
 def test_pickled_code_in_a_weights_file_is_refused(tmp_path, monkeypatch):
