@@ -34,7 +34,7 @@ npm-check:
 	$(PY) -m wingclr.weights.isnet --output $@
 
 # Stage 3 in the demo is a CPU-sized run (~5.5 min on 2 cores) with the short-run recipe
-# (--recipe cpu, wingclr/ssl/settings.py; benchmarks/probe_common.py uses the same): Adam, crops >= 30 %, no blur.
+# (--recipe cpu, wingclr/train/settings.py; benchmarks/probe_common.py uses the same): Adam, crops >= 30 %, no blur.
 demo: install
 	$(PY) -m wingclr.demo --output $(DEMO)/specimens-set --n 600 --size 96
 	$(PY) 2-create_dataset/create_dataset.py --input $(DEMO)/specimens-set/clusters --output $(DEMO)/2-dataset

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from wingclr import cli, flags  # noqa: E402
 from wingclr.demo import WING_CLASSES  # noqa: E402
 from wingclr.segment.settings import MaskRCNNSettings  # noqa: E402
-from wingclr.segment.train import train_maskrcnn  # noqa: E402
+from wingclr.segment.train_maskrcnn import train_maskrcnn  # noqa: E402
 
 
 def get_args_parser():

@@ -18,11 +18,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wingclr import cli, flags  # noqa: E402
-from wingclr.split import DatasetSettings, create_dataset  # noqa: E402
+from wingclr.dataset import DatasetSettings, create_dataset  # noqa: E402
 
 
 def get_args_parser():
-    """Every flag, from its one declaration (wingclr/split.py DatasetSettings)."""
+    """Every flag, from its one declaration (wingclr/dataset/__init__.py DatasetSettings)."""
     return flags.parser(DatasetSettings, __doc__)
 
 

@@ -28,12 +28,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wingclr import cli, flags  # noqa: E402
-from wingclr.ssl.grid import grid_points, grid_table  # noqa: E402
-from wingclr.ssl.settings import TrainSettings  # noqa: E402
+from wingclr.train.grid import grid_points, grid_table  # noqa: E402
+from wingclr.train.settings import TrainSettings  # noqa: E402
 
 
 def get_args_parser():
-    """Every flag, from its one declaration in wingclr/ssl/settings.py (rare ones under "advanced")."""
+    """Every flag, from its one declaration in wingclr/train/settings.py (rare ones under "advanced")."""
     return flags.parser(TrainSettings, __doc__)
 
 
@@ -42,7 +42,7 @@ def main(args):
     if settings.list_grid:
         print(grid_table(grid_points(settings)))
         return
-    from wingclr.ssl.training import train
+    from wingclr.train.run import train
 
     return train(settings)
 

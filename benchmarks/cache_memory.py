@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wingclr.cache import CacheDataset, CachedImages, ensure_cache  # noqa: E402
 from wingclr.data import ReadSpec  # noqa: E402
-from wingclr.ssl.loaders import EpochBatchSampler  # noqa: E402
+from wingclr.train.loaders import EpochBatchSampler  # noqa: E402
 
 GB = 2**30
 
@@ -89,8 +89,8 @@ def images100k(args) -> None:
 
 
 def hyperspectral(args) -> None:
-    from wingclr.ssl.augment import AugmentConfig
-    from wingclr.ssl.simclr import SimCLR
+    from wingclr.train.augment import AugmentConfig
+    from wingclr.train.simclr import SimCLR
 
     n, size, bands, bs = args.cubes, 224, 408, 8
     root = args.work / "cubes"

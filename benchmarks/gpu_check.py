@@ -7,7 +7,7 @@ Prints, then ``PASS`` or ``FAIL`` per check (exit 1 when one fails):
 
 1. throughput: (a) / (b) / (c) of ``benchmarks/train_throughput.py`` and their ratios b/a, b/c;
 2. memory: the peak GPU memory of one stage 3 training step beside the estimate of
-   ``wingclr.ssl.memory`` (the check before training), and their ratio;
+   ``wingclr.train.memory`` (the check before training), and their ratio;
 3. syncs: host-device sync ops per training step (augmentation alone must have 0);
 4. resume: a short real ``3-training/train.py`` run on generated images, stopped with SIGUSR1
    during epoch 2 and re-run, against the same run uninterrupted: the same steps and epochs, the
@@ -72,10 +72,10 @@ def step_memory_and_syncs(cfg: dict) -> dict:
     the peak GPU memory beside the estimate."""
     import torch
 
-    from wingclr.ssl.augment import AugmentConfig
-    from wingclr.ssl.memory import activation_gib
-    from wingclr.ssl.simclr import SimCLR
-    from wingclr.ssl.syncs import SyncCounter
+    from wingclr.train.augment import AugmentConfig
+    from wingclr.train.memory import activation_gib
+    from wingclr.train.simclr import SimCLR
+    from wingclr.train.syncs import SyncCounter
 
     device, size, batch = torch.device(cfg["device"]), cfg["input_size"], cfg["batch"]
     aug = AugmentConfig(input_size=size).to_dict()  # lightly's recipe: every op on
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
         s = step_memory_and_syncs(cfg)
         peak = "no GPU" if s["peak"] is None else f"peak {s['peak']:.1f} GiB, ratio {s['peak'] / s['estimate']:.2f}"
         check("memory", s["peak"] is None or s["peak"] <= s["estimate"] * 1.25,
-              f"{peak}; estimate {s['estimate']:.1f} GiB (wingclr.ssl.memory)")
+              f"{peak}; estimate {s['estimate']:.1f} GiB (wingclr.train.memory)")
         check("syncs", not s["augmentation"],
               f"augmentation {sum(s['augmentation'].values())}, whole step {sum(s['step'].values())} "
               f"{s['step'] or ''}")

@@ -36,7 +36,7 @@ def stage(script: str, *argv) -> None:
 # The short-CPU-run recipe (same as `make demo`): a few hundred steps from random initialisation
 # learn little with the ImageNet-style defaults (SGD, T=0.5, crops down to 8 % of a 64 px image,
 # blur); Adam, T=0.2 and crops of >= 30 % without blur learn wing patterns within that budget.
-# The recipe's values live in wingclr/ssl/settings.py (RECIPES["cpu"]); only the temperature is a grid value.
+# The recipe's values live in wingclr/train/settings.py (RECIPES["cpu"]); only the temperature is a grid value.
 CPU_RECIPE = {"temperature": 0.2, "train": "--recipe cpu"}
 
 

@@ -112,7 +112,7 @@ def features(method: str, root: Path, images: list[str], args, run: Path | None 
     """``(N, D)`` frozen features of ``root/<images>`` for one method (cached in ``root/..``)."""
     import torch
 
-    from wingclr.checkpoints import load_backbone
+    from wingclr.train.checkpoint_files import load_backbone
     from wingclr.features import embed_images
     from wingclr.models import build_backbone, channel_stats
 

@@ -35,7 +35,7 @@ def twin_share(batches) -> float:
 
 
 def main() -> None:
-    from wingclr.ssl.loaders import EpochBatchSampler, cluster_weights
+    from wingclr.train.loaders import EpochBatchSampler, cluster_weights
 
     clusters = skewed()
     big = max(set(clusters), key=clusters.count)

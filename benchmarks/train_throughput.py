@@ -5,7 +5,7 @@ In one process, on the same backbone, batch and input size:
   (a) reference: lightly's SimCLRTransform in a torch DataLoader with N workers reading JPEGs,
       and the plain float32 training step of lightly's examples (default memory format);
   (b) fast path: images decoded once into wingclr's uint8 cache, uint8 batches moved to the device
-      and augmented there in one batch (wingclr.ssl.augment.BatchAugment), then stage 3's training
+      and augmented there in one batch (wingclr.train.augment.BatchAugment), then stage 3's training
       step (channels_last; bf16 autocast on CUDA);
   (c) ceiling: (b)'s training step on pre-made tensors (no data loading, no augmentation).
 
@@ -32,11 +32,11 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wingclr.ssl.augment import AugmentConfig, lightly_transform  # noqa: E402
+from wingclr.train.augment import AugmentConfig, lightly_transform  # noqa: E402
 from wingclr.cache import ensure_cache  # noqa: E402
 from wingclr.data import ReadSpec  # noqa: E402
-from wingclr.ssl.loaders import EpochBatchSampler, cache_loader_workers  # noqa: E402
-from wingclr.ssl.simclr import SimCLR  # noqa: E402
+from wingclr.train.loaders import EpochBatchSampler, cache_loader_workers  # noqa: E402
+from wingclr.train.simclr import SimCLR  # noqa: E402
 
 
 class JpegViews(Dataset):

@@ -18,8 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "wingclr"
 STAGES = [
     ("segment", ("wingclr.segment",)),
     ("cluster", ("wingclr.cluster",)),
-    ("dataset", ("wingclr.split",)),
-    ("ssl", ("wingclr.ssl",)),
+    ("dataset", ("wingclr.dataset",)),
+    ("train", ("wingclr.train",)),
     ("embed", ("wingclr.embed",)),
     ("evaluate", ("wingclr.evaluate",)),
 ]
@@ -110,15 +110,15 @@ def flat_modules(package: Path = PACKAGE) -> list[str]:
 
 def test_the_graph_sees_imports_inside_functions(tmp_path):
     package = tmp_path / "wingclr"
-    (package / "ssl").mkdir(parents=True)
+    (package / "train").mkdir(parents=True)
     (package / "__init__.py").write_text("")
-    (package / "ssl" / "__init__.py").write_text("")
-    (package / "cli.py").write_text("def f():\n    from .ssl import loss\n")
-    (package / "ssl" / "loss.py").write_text("from .. import cli\n")
+    (package / "train" / "__init__.py").write_text("")
+    (package / "cli.py").write_text("def f():\n    from .train import loss\n")
+    (package / "train" / "loss.py").write_text("from .. import cli\n")
     graph = import_graph(package)
-    assert graph["wingclr.cli"] == {"wingclr.ssl", "wingclr.ssl.loss"}
-    assert cycles(graph) == [["wingclr.cli", "wingclr.ssl.loss"]]
-    assert arrows_back_up(graph) == [("wingclr.cli", "wingclr.ssl"), ("wingclr.cli", "wingclr.ssl.loss")]
+    assert graph["wingclr.cli"] == {"wingclr.train", "wingclr.train.loss"}
+    assert cycles(graph) == [["wingclr.cli", "wingclr.train.loss"]]
+    assert arrows_back_up(graph) == [("wingclr.cli", "wingclr.train"), ("wingclr.cli", "wingclr.train.loss")]
 
 
 def test_no_import_circle():

@@ -9,7 +9,7 @@ import torchvision.transforms as T
 from PIL import Image
 from scipy.stats import ks_2samp
 
-from wingclr.ssl.augment import AugmentConfig, BatchAugment, adjust_hue, lightly_transform, sample_crops
+from wingclr.train.augment import AugmentConfig, BatchAugment, adjust_hue, lightly_transform, sample_crops
 
 N = 4000
 
@@ -107,7 +107,7 @@ def test_multiband_colour_ops_touch_rgb_bands_only():
 def test_gaussian_blur_equals_torchvision_per_image_sigma():
     from torchvision.transforms.functional import gaussian_blur as tv_blur
 
-    from wingclr.ssl.augment import gaussian_blur
+    from wingclr.train.augment import gaussian_blur
 
     x = torch.rand(3, 4, 20, 17, generator=torch.Generator().manual_seed(0))
     sigma = torch.tensor([0.3, 1.0, 2.0])
@@ -117,7 +117,7 @@ def test_gaussian_blur_equals_torchvision_per_image_sigma():
 
 
 def test_flips_in_the_sampling_grid_equal_flipping_the_resized_crop():
-    from wingclr.ssl.augment import crop_resize
+    from wingclr.train.augment import crop_resize
 
     g = torch.Generator().manual_seed(1)
     x = torch.rand(6, 2, 30, 40, generator=g)
@@ -144,7 +144,7 @@ def test_band_jitter_scales_only_the_selected_bands():
 
 
 def test_large_images_are_augmented_in_slices_with_the_same_result(monkeypatch):
-    import wingclr.ssl.augment as A
+    import wingclr.train.augment as A
 
     aug = BatchAugment(AugmentConfig(input_size=12, rgb_bands=[0, 1, 2], mean=[0] * 5, std=[1] * 5), 5)
     x = torch.randint(0, 255, (7, 5, 16, 16), dtype=torch.uint8)
@@ -160,7 +160,7 @@ def test_large_images_are_augmented_in_slices_with_the_same_result(monkeypatch):
 
 
 def test_turns_in_the_sampling_grid_equal_rot90_of_the_flipped_crop():
-    from wingclr.ssl.augment import crop_resize
+    from wingclr.train.augment import crop_resize
 
     g = torch.Generator().manual_seed(5)
     x = torch.rand(6, 2, 30, 40, generator=g)
@@ -176,7 +176,7 @@ def per_image_view(aug: BatchAugment, img: torch.Tensor, p: dict, i: int) -> tor
     """One image's view with torchvision's per-image ops and the batch's parameters of image ``i``."""
     import torchvision.transforms.v2.functional as F
 
-    from wingclr.ssl.augment import crop_resize
+    from wingclr.train.augment import crop_resize
 
     cfg = aug.cfg
     y = crop_resize(img[None].float() / 255, p["box"][i:i + 1], cfg.input_size, p["hflip"][i:i + 1],
@@ -210,7 +210,7 @@ def test_batched_view_equals_torchvision_ops_applied_image_by_image():
 @pytest.mark.parametrize("chans, rgb", [(3, (0, 1, 2)), (5, (1, 2, 3)), (4, ())])
 def test_batched_augmentation_never_waits_for_the_device(chans, rgb):
     """No op whose result the host must read (nonzero, boolean masks, .item()): 0 syncs on a GPU."""
-    from wingclr.ssl.syncs import SyncCounter
+    from wingclr.train.syncs import SyncCounter
 
     cfg = AugmentConfig(input_size=16, vf_prob=0.5, rr_prob=0.5, rgb_bands=rgb, mean=[0.5] * chans,
                         std=[0.25] * chans)

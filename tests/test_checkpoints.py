@@ -38,8 +38,8 @@ def test_checkpoints_pickle_no_wingclr_class_so_module_moves_cannot_break_them(d
 
 
 def test_stage4_reads_checkpoints_without_importing_lightning():
-    code = ("import sys, wingclr.embed.stage, wingclr.checkpoints; "
-            "print(sorted(m for m in sys.modules if 'lightning' in m or m.startswith('wingclr.ssl')))")
+    code = ("import sys, wingclr.embed.stage, wingclr.train.checkpoint_files; "
+            "print(sorted(m for m in sys.modules if 'lightning' in m or m.startswith('wingclr.train.')))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "[]"
+    assert proc.stdout.strip() == "['wingclr.train.checkpoint_files']"  # no other stage 3 module

@@ -159,7 +159,7 @@ def test_stage3_quiet_turns_off_the_progress_bar(dataset_dir, tmp_path, monkeypa
         raise Stop
 
     monkeypatch.setattr(pl, "Trainer", trainer)
-    monkeypatch.setattr("wingclr.ssl.training.stdout_is_terminal", lambda: True, raising=False)
+    monkeypatch.setattr("wingclr.train.run.stdout_is_terminal", lambda: True, raising=False)
     for flags, bar in (((), True), (("--quiet",), False)):
         with pytest.raises(Stop):
             run_stage("3-training/train.py", "--data", dataset_dir, "--output", tmp_path,

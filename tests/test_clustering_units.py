@@ -84,7 +84,7 @@ def test_run_modes():
 
 
 def test_plots_are_shown_only_with_a_display(blobs, tmp_path, monkeypatch):
-    import wingclr.cluster.plots as plots
+    import wingclr.cluster.figures as plots
     import wingclr.cluster.stage as stage
 
     monkeypatch.delenv("DISPLAY", raising=False)

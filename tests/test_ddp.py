@@ -57,7 +57,7 @@ def test_gathered_ntxent_equals_single_process_loss_on_concatenated_batch():
 
 @pytest.mark.parametrize("augment_on", ["device"])
 def test_two_process_ddp_training_on_cpu(dataset_dir, tmp_path, augment_on):
-    from wingclr.checkpoints import load_backbone
+    from wingclr.train.checkpoint_files import load_backbone
 
     proc = run_cli("3-training/train.py", "--data", dataset_dir, "--output", tmp_path / "runs",
                    "--epochs", "1", "--run-name", "ddp", "--accelerator", "cpu", "--devices", "2",
@@ -80,8 +80,8 @@ import hashlib, importlib.util, json, os, sys
 sys.path.insert(0, {repo!r})
 import torch
 from wingclr import cli
-from wingclr.ssl import loaders
-from wingclr.ssl.augment import BatchAugment
+from wingclr.train import loaders
+from wingclr.train.augment import BatchAugment
 
 
 def record(value):
@@ -133,8 +133,8 @@ def test_each_rank_draws_its_own_augmentations(dataset_dir, tmp_path, augment_on
 
 
 def _bn_worker(rank: int, port: int, x0: torch.Tensor, x1: torch.Tensor, out: dict) -> None:
-    from wingclr.ssl.batchnorm import sync_batchnorm
-    from wingclr.ssl.simclr import SimCLR
+    from wingclr.train.batchnorm import sync_batchnorm
+    from wingclr.train.simclr import SimCLR
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
@@ -157,7 +157,7 @@ def _bn_worker(rank: int, port: int, x0: torch.Tensor, x1: torch.Tensor, out: di
 
 
 def test_global_batchnorm_makes_two_processes_of_8_train_as_one_of_16():
-    from wingclr.ssl.simclr import SimCLR
+    from wingclr.train.simclr import SimCLR
 
     g = torch.Generator().manual_seed(1)
     x0, x1 = torch.rand(16, 3, 32, 32, generator=g), torch.rand(16, 3, 32, 32, generator=g)
@@ -180,7 +180,7 @@ def test_global_batchnorm_makes_two_processes_of_8_train_as_one_of_16():
 def test_sync_batchnorm_keeps_timm_activation_and_state_keys(cuda):
     from timm.layers import BatchNormAct2d
 
-    from wingclr.ssl.batchnorm import sync_batchnorm
+    from wingclr.train.batchnorm import sync_batchnorm
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), BatchNormAct2d(4, act_layer=torch.nn.ReLU),
@@ -242,7 +242,7 @@ def test_a_refusal_on_rank_0_ends_every_rank(dataset_dir, tmp_path):
 
 
 def test_local_rank_0_of_a_second_node_is_not_rank_zero(monkeypatch):
-    from wingclr.ssl.run_folder import is_rank_zero
+    from wingclr.train.run_folder import is_rank_zero
 
     for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
         monkeypatch.delenv(name, raising=False)

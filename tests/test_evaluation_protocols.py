@@ -140,7 +140,8 @@ def test_labels_spreadsheet_with_several_traits_scores_each_with_groups_from_a_c
 
 
 def test_pictures_of_a_trait_name_the_labels_file_and_column(dataset_dir, tmp_path):
-    from wingclr.evaluate.plots import confusion_figure, pca_figure
+    from wingclr.evaluate.figures import confusion_figure
+    from wingclr.plotting import pca_figure
     from wingclr.morphospace import plot_morphospace
 
     y = np.array(["M", "F", "M", "F", "", "M"])

@@ -29,9 +29,9 @@ def fake_run(emb_root, dataset_dir, batch, epochs, temp, noise, seed=0):
     np.save(out / "embeddings.npy", feats)
     pd.concat([split, pd.DataFrame(feats, columns=[f"emb_{i}" for i in range(16)])],
               axis=1).to_csv(out / "embeddings.csv", index=False)
-    settings = {"batch_size": batch, "epochs": epochs, "temperature": temp}
+    run_values = {"batch_size": batch, "epochs": epochs, "temperature": temp}
     write_manifest(out, "4-embed", {"checkpoint": f"{name}.ckpt", "data": str(dataset_dir)},
-                   counts={"images": len(split)}, model={**MODEL, "settings": settings})
+                   counts={"images": len(split)}, model={**MODEL, "settings": run_values})
     return out
 
 

@@ -6,10 +6,10 @@ import pytest
 
 from conftest import TINY_TRAIN, load_stage, run_stage
 from wingclr.cli import UserError
-from wingclr.ssl.grid import GRID, clamp_to_data, largest_batch
-from wingclr.outputs import settings
-from wingclr.ssl.recipes import resolve
-from wingclr.ssl.settings import TrainSettings
+from wingclr.train.grid import GRID, clamp_to_data, largest_batch
+from wingclr.outputs import recorded_settings
+from wingclr.train.recipes import resolve
+from wingclr.train.settings import TrainSettings
 
 SCRIPT = "3-training/train.py"
 _B = TINY_TRAIN.index("--batch-size")
@@ -57,7 +57,7 @@ def test_csv_rows_take_missing_columns_from_flags_or_defaults(tmp_path):
     assert grid == [(32, 5, 0.1), (32, 10, 0.1), (16, 5, 0.3), (16, 10, 0.3)]
     args, _ = resolved("--grid", csv, "--epochs", "7", "--param-i", "2")
     assert (args.batch_size, args.epochs, args.temperature) == (16, 7, 0.3)
-    assert not {"grid", "batch_sizes", "epoch_list", "temperatures"} & set(settings(args, "3-training"))
+    assert not {"grid", "batch_sizes", "epoch_list", "temperatures"} & set(recorded_settings(args, "3-training"))
 
 
 @pytest.mark.parametrize("text,argv,needle", [

@@ -15,7 +15,7 @@ def backbone_state(ckpt) -> dict:
 
 
 def test_interpolated_mixes_float_tensors_and_keeps_integer_buffers():
-    from wingclr.ssl.interpolate import interpolated
+    from wingclr.train.interpolate import interpolated
 
     start = {"w": torch.zeros(3), "n": torch.tensor(0)}
     trained = {"w": torch.tensor([4.0, 8.0, -4.0]), "n": torch.tensor(7)}
@@ -25,7 +25,7 @@ def test_interpolated_mixes_float_tensors_and_keeps_integer_buffers():
 
 
 def test_interpolate_mixes_the_start_and_the_trained_weights(dataset_dir, tmp_path, lite0_weights, monkeypatch):
-    from wingclr.ssl.interpolate import interpolated, start_state
+    from wingclr.train.interpolate import interpolated, start_state
 
     monkeypatch.setenv("WINGCLR_WEIGHTS_DIR", str(lite0_weights))
     common = ("--data", dataset_dir, "--output", tmp_path, "--epochs", "1", "--lr", "0.5", "--monitor-every", "0",
@@ -44,7 +44,7 @@ def test_interpolate_mixes_the_start_and_the_trained_weights(dataset_dir, tmp_pa
 
 def test_interpolate_zero_keeps_the_start_and_the_monitor_scores_what_is_kept(dataset_dir, tmp_path,
                                                                                 lite0_weights, monkeypatch):
-    from wingclr.ssl.interpolate import start_state
+    from wingclr.train.interpolate import start_state
 
     monkeypatch.setenv("WINGCLR_WEIGHTS_DIR", str(lite0_weights))
     run_stage("3-training/train.py", "--data", dataset_dir, "--output", tmp_path, "--epochs", "2",

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from wingclr.ssl.loss import IndexedNTXentLoss
+from wingclr.train.loss import IndexedNTXentLoss
 
 
 def reference_loss(z0, z1, index, t):

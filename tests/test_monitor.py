@@ -43,8 +43,8 @@ def test_epoch_zero_score_is_frozen_imagenets_knn_on_the_same_images(dataset_dir
 
 
 def test_select_best_keeps_the_best_scoring_epochs_weights(dataset_dir, tmp_path, capsys):
-    from wingclr.checkpoints import load_backbone
-    from wingclr.ssl.monitor import knn_score, monitor_set
+    from wingclr.train.checkpoint_files import load_backbone
+    from wingclr.train.monitor import knn_score, monitor_set
 
     run_stage("3-training/train.py", "--data", dataset_dir, "--output", tmp_path, "--epochs", "3",
               "--run-name", "sel", "--select", "best", "--monitor-every", "1", "--lr", "0.5", *TINY_TRAIN)
@@ -59,7 +59,7 @@ def test_select_best_keeps_the_best_scoring_epochs_weights(dataset_dir, tmp_path
 
 
 def test_a_score_below_the_start_is_a_one_line_warning(dataset_dir, tmp_path, capsys):
-    from wingclr.ssl.monitor import KnnMonitor
+    from wingclr.train.monitor import KnnMonitor
 
     class Trainer:
         is_global_zero = True

@@ -55,7 +55,7 @@ def test_cross_modal_views_pair_rgb_with_uv(tmp_path):
 
 
 def test_view_plan_rules():
-    from wingclr.ssl.bands import plan_views
+    from wingclr.train.bands import plan_views
     from wingclr.cli import UserError
 
     plan = plan_views(7, None, "all,uv", ["uv=3,4"])

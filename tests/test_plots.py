@@ -43,7 +43,7 @@ def test_palette_beyond_twenty_stays_distinct():
 
 def test_every_categorical_plot_uses_the_shared_palette(tmp_path):
     from wingclr.cluster.clustering import Clustering
-    from wingclr.cluster.plots import plot_silhouette
+    from wingclr.cluster.figures import plot_silhouette
     from wingclr.morphospace import cluster_colours as morpho_colours
 
     labels = np.repeat(np.arange(12), 3)
@@ -58,7 +58,7 @@ def test_every_categorical_plot_uses_the_shared_palette(tmp_path):
 
 
 def test_pca_plot_legend_lies_outside_the_axes_and_uses_the_palette():
-    from wingclr.evaluate.plots import pca_figure
+    from wingclr.plotting import pca_figure
 
     rng = np.random.default_rng(0)
     groups = np.repeat([f"cluster_{i}" for i in range(12)], 5)
@@ -70,7 +70,7 @@ def test_pca_plot_legend_lies_outside_the_axes_and_uses_the_palette():
 
 
 def test_confusion_matrix_title_says_probe_run_images_labels_and_balanced_accuracy():
-    from wingclr.evaluate.plots import confusion_figure
+    from wingclr.evaluate.figures import confusion_figure
 
     y_true = np.array(["a", "a", "b", "b"])
     y_pred = np.array(["a", "a", "b", "a"])  # recall a 1.0, b 0.5: balanced 0.750
@@ -83,7 +83,7 @@ def test_confusion_matrix_title_says_probe_run_images_labels_and_balanced_accura
 
 def test_stage5_umap_is_coloured_by_the_user_labels_when_given():
     from wingclr.evaluate.baselines import SplitData
-    from wingclr.evaluate.plots import umap_figure
+    from wingclr.evaluate.figures import umap_figure
     from wingclr.plotting import group_colours
     from wingclr.evaluate.stage import umap_colouring
 

@@ -118,8 +118,8 @@ def test_stage1_timm_features_record_their_size(demo_set, tmp_path):
 def train_args(*argv):
     from conftest import load_stage
 
-    from wingclr.ssl.recipes import resolve
-    from wingclr.ssl.settings import TrainSettings
+    from wingclr.train.recipes import resolve
+    from wingclr.train.settings import TrainSettings
 
     args = load_stage("3-training/train.py").get_args_parser().parse_args([str(a) for a in argv])
     return resolve(TrainSettings.from_args(args))[0]
@@ -157,7 +157,7 @@ def test_recipe_flags_out_of_range_are_refused_before_any_work(flag, value, data
 
 
 def test_recipe_reaches_augmentation_sampler_and_learning_rate(dataset_dir, tmp_path):
-    from wingclr.ssl.loaders import TwoViews
+    from wingclr.train.loaders import TwoViews
 
     common = ("--data", dataset_dir, "--output", tmp_path, "--epochs", "1", "--augment-on", "device",
               "--cache-dir", tmp_path / "cache", *TINY_TRAIN)
@@ -172,7 +172,7 @@ def test_recipe_reaches_augmentation_sampler_and_learning_rate(dataset_dir, tmp_
     ckpt = torch.load(tmp_path / "ssl" / "ssl.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["hyper_parameters"]["lr"] == pytest.approx(0.06 * (8 / 256) ** 0.5)
     assert ckpt["hyper_parameters"]["augment"][0]["cj_prob"] == 0.8
-    from wingclr.ssl.augment import AugmentConfig
+    from wingclr.train.augment import AugmentConfig
 
     lightly_steps = TwoViews([AugmentConfig(input_size=32, rr_prob=0.5)] * 2, [[0, 1, 2]] * 2, 3)
     steps = lightly_steps._make(lightly_steps.cfgs[0])[0].transform.transforms
@@ -183,7 +183,7 @@ def test_recipe_reaches_augmentation_sampler_and_learning_rate(dataset_dir, tmp_
 def test_batched_rotation_turns_views_counter_clockwise_like_pil():
     from PIL import Image
 
-    from wingclr.ssl.augment import AugmentConfig, BatchAugment
+    from wingclr.train.augment import AugmentConfig, BatchAugment
 
     img = np.random.default_rng(0).integers(0, 256, (1, 3, 16, 16), dtype=np.uint8)
     cfg = AugmentConfig(input_size=16, min_scale=1.0, hf_prob=0, cj_prob=0, gray_prob=0, blur_prob=0,

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import TINY_TRAIN, run_stage
-from wingclr.ssl.checkpointing import EpochCheckpoint, loss_figure
+from wingclr.train.saving import EpochCheckpoint, loss_figure
 from wingclr.cli import Stopped
 
 SCRIPT = "3-training/train.py"

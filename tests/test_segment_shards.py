@@ -1,4 +1,4 @@
-"""Stage 0 split over processes (issue 24 item 4): --shard K/N (or a SLURM array) then a merge
+"""Stage 0 split over processes: --shard K/N (or a SLURM array) then a merge
 gives the single-process output byte for byte."""
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ def test_training_resumes_after_interruption(demo_set, tmp_path, monkeypatch):
     images, masks = _subset(demo_set, tmp_path / "data", 3)  # 2 train (1 step/epoch), 1 validation
     args = ("--images", images, "--masks", masks, "--output", tmp_path / "m.pth", "--work-dir",
             tmp_path / "work", "--epochs", "2", "--val-fraction", "0.34", *TINY)
-    from wingclr.segment import train as segmentation_train
+    from wingclr.segment import train_maskrcnn as segmentation_train
 
     original = segmentation_train._train_epoch
 

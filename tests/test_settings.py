@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO, load_stage
 from wingclr import cli, flags
-from wingclr.outputs import settings
+from wingclr.outputs import recorded_settings
 
 STAGES = [  # script, manifest stage, settings class, a command line
     ("0-segmentation/segment.py", "0-segmentation", "wingclr.segment.settings.SegmentSettings",
@@ -24,9 +24,9 @@ STAGES = [  # script, manifest stage, settings class, a command line
      ["--images", "photos", "--masks", "masks"]),
     ("1-clustering/cluster.py", "1-clustering", "wingclr.cluster.settings.ClusterSettings",
      ["--min-cluster-size", "5", "--cluster-selection-epsilon", "0.2"]),
-    ("2-create_dataset/create_dataset.py", "2-create_dataset", "wingclr.split.DatasetSettings",
+    ("2-create_dataset/create_dataset.py", "2-create_dataset", "wingclr.dataset.DatasetSettings",
      ["--val-fraction", "0.3"]),
-    ("3-training/train.py", "3-training", "wingclr.ssl.settings.TrainSettings",
+    ("3-training/train.py", "3-training", "wingclr.train.settings.TrainSettings",
      ["--band-group", "uv=3", "--bands", "0,1,2,3", "--epochs", "5"]),
     ("4-embed/embed.py", "4-embed", "wingclr.embed.settings.EmbedSettings",
      ["--checkpoints", "a.ckpt", "b", "--num-workers", "0"]),
@@ -45,7 +45,7 @@ def test_each_stage_settings_record_exactly_what_its_namespace_recorded(script, 
     args = load_stage(script).get_args_parser().parse_args(argv)
     s = settings_class(cls).from_args(args)
     flags = {k: v for k, v in vars(args).items() if k != "given"}  # cli.Given's note, not a flag
-    assert json.dumps(settings(s, stage)) == json.dumps(settings(flags, stage))  # keys, order, values
+    assert json.dumps(recorded_settings(s, stage)) == json.dumps(recorded_settings(flags, stage))  # keys, order, values
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.seed = 1
     assert not any(isinstance(v, list) for v in s.as_dict().values())  # frozen all the way down
@@ -78,7 +78,7 @@ def test_given_counts_typed_flags_even_at_their_default_and_is_never_recorded():
     s = Tiny.from_args(tiny_parser().parse_args(["--size", "4", "--names", "b", "c"]))
     assert (s.size, s.names, s.given) == (4, ("b", "c"), {"size"})
     assert s.as_dict() == {"size": 4, "names": ("b", "c")}
-    assert settings(s, "any") == {"size": 4, "names": ["b", "c"]}
+    assert recorded_settings(s, "any") == {"size": 4, "names": ["b", "c"]}
 
 
 def test_from_args_changes_replace_a_flag_value_and_lists_still_become_tuples():
@@ -145,9 +145,9 @@ DECLARED = [
     ("1-clustering/cluster.py", "1-clustering", "wingclr.cluster.settings.ClusterSettings",
      {"overwrite", "quiet", "yes", "interactive", "sweep", "no_show", "batch_size", "device", "num_workers",
       "allow_random_features"}),
-    ("2-create_dataset/create_dataset.py", "2-create_dataset", "wingclr.split.DatasetSettings",
+    ("2-create_dataset/create_dataset.py", "2-create_dataset", "wingclr.dataset.DatasetSettings",
      {"overwrite", "quiet", "num_workers", "update"}),
-    ("3-training/train.py", "3-training", "wingclr.ssl.settings.TrainSettings",
+    ("3-training/train.py", "3-training", "wingclr.train.settings.TrainSettings",
      {"overwrite", "quiet", "num_workers", "devices", "accelerator", "num_nodes", "cache_dir", "compile",
       "keep_last", "save_every_min", "cache_only", "grid", "batch_sizes", "epoch_list", "temperatures"}),
     ("4-embed/embed.py", "4-embed", "wingclr.embed.settings.EmbedSettings",
@@ -198,8 +198,8 @@ def test_one_of_groups_flags_that_exclude_each_other():
 
 
 def test_stage3_defaults_have_one_home():
-    from wingclr.ssl import grid, recipes, simclr
-    from wingclr.ssl import settings as declaration
+    from wingclr.train import grid, recipes, simclr
+    from wingclr.train import settings as declaration
 
     # the grid, the recipes and the optimiser read the defaults declared with the flags
     assert grid.DEFAULTS == {"batch_size": 256, "epochs": 300, "temperature": 0.5}
@@ -218,7 +218,7 @@ def test_train_maskrcnn_records_the_default_wing_classes_as_before():
     module.train_maskrcnn = lambda s: seen.setdefault("s", s)
     module.main(args)
     assert seen["s"].classes == tuple(WING_CLASSES)
-    assert settings(seen["s"], "0-train-maskrcnn")["classes"] == list(WING_CLASSES)
+    assert recorded_settings(seen["s"], "0-train-maskrcnn")["classes"] == list(WING_CLASSES)
 
 
 # Modules that are command lines themselves (their own parser, nothing passed on) and the converter.

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import REPO, TINY_TRAIN, assert_one_line_error, load_stage, run_cli, run_stage
-from wingclr.ssl.grid import GRID, grid_point, run_name
+from wingclr.train.grid import GRID, grid_point, run_name
 
 SCRIPT = "3-training/train.py"
 
@@ -55,7 +55,7 @@ def reference_ntxent(z0: torch.Tensor, z1: torch.Tensor, t: float) -> torch.Tens
 
 @pytest.mark.parametrize("t", [0.1, 0.5, 0.8])
 def test_ntxent_matches_hand_written_reference(t):
-    from wingclr.ssl.simclr import SimCLR
+    from wingclr.train.simclr import SimCLR
 
     criterion = SimCLR(backbone="resnet18", temperature=t).criterion
     g = torch.Generator().manual_seed(0)
@@ -82,7 +82,7 @@ def test_training_writes_run_and_skips_when_finished(dataset_dir, tmp_path):
 
 
 def test_balanced_sampling_draws_clusters_equally_or_by_square_root():
-    from wingclr.ssl.loaders import EpochBatchSampler, cluster_weights
+    from wingclr.train.loaders import EpochBatchSampler, cluster_weights
 
     clusters = ["big"] * 900 + ["small"] * 100
     sampler = EpochBatchSampler(range(1000), 50, weights=cluster_weights(clusters, "clusters"))
@@ -104,7 +104,7 @@ def skewed_clusters() -> list[str]:
 @pytest.mark.parametrize("balance", ["clusters", "sqrt"])
 @pytest.mark.parametrize("batch", [64, 256, 1024])
 def test_balanced_batches_never_repeat_an_image(balance, batch):
-    from wingclr.ssl.loaders import EpochBatchSampler, cluster_weights
+    from wingclr.train.loaders import EpochBatchSampler, cluster_weights
 
     clusters = skewed_clusters()
     assert len(clusters) == 5062
@@ -119,7 +119,7 @@ def test_balanced_batches_never_repeat_an_image(balance, batch):
 def test_balanced_batches_never_repeat_an_image_across_ranks(monkeypatch):
     import torch.distributed as dist
 
-    from wingclr.ssl.loaders import EpochBatchSampler, cluster_weights
+    from wingclr.train.loaders import EpochBatchSampler, cluster_weights
 
     clusters = skewed_clusters()
     weights = cluster_weights(clusters, "clusters")
@@ -135,7 +135,7 @@ def test_balanced_batches_never_repeat_an_image_across_ranks(monkeypatch):
 def test_epoch_sampler_shards_ranks_and_skips_trained_batches(monkeypatch):
     import torch.distributed as dist
 
-    from wingclr.ssl.loaders import EpochBatchSampler
+    from wingclr.train.loaders import EpochBatchSampler
 
     shards = []
     for rank in (0, 1):
@@ -266,8 +266,8 @@ def test_crop_scale_and_blur_flags_reach_the_augmentation(dataset_dir, tmp_path)
     views = ckpt["hyper_parameters"]["augment"]
     assert [(v["min_scale"], v["blur_prob"]) for v in views] == [(0.3, 0.0), (0.3, 0.0)]
 
-    from wingclr.ssl.loaders import TwoViews
-    from wingclr.ssl.augment import AugmentConfig
+    from wingclr.train.loaders import TwoViews
+    from wingclr.train.augment import AugmentConfig
 
     views = TwoViews([AugmentConfig(input_size=32, min_scale=0.3, blur_prob=0.0)] * 2, [[0, 1, 2]] * 2, 3)
     steps = views._make(views.cfgs[0])[0].transform.transforms  # lightly's per-view Compose

@@ -48,7 +48,7 @@ def test_checkpoint_written_before_safe_loading_still_loads():
     checkpoints were read with weights_only=True (shrunk to a few KB, same pickled structure)."""
     from lightning_fabric.utilities.cloud_io import _load as pl_load
 
-    from wingclr.checkpoints import read_checkpoint
+    from wingclr.train.checkpoint_files import read_checkpoint
 
     for name in ("old_last.ckpt", "old_final.ckpt"):
         ckpt = read_checkpoint(FIXTURES / name)
@@ -106,14 +106,14 @@ def test_lightning_resume_reads_last_ckpt_as_data_even_when_the_environment_allo
     and torch is told to default to full unpickling)."""
     import pickle
 
-    from wingclr.ssl import training
+    from wingclr.train import run
 
     marker = tmp_path / "ran"
     (tmp_path / "runs" / "r").mkdir(parents=True)
     payload_file(tmp_path / "runs" / "r" / "last.ckpt", marker)
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    monkeypatch.setattr(training, "read_checkpoint", lambda path: {})  # as if it were this run's
-    monkeypatch.setattr(training, "changed_settings", lambda old, new: [])
+    monkeypatch.setattr(run, "read_checkpoint", lambda path: {})  # as if it were this run's
+    monkeypatch.setattr(run, "changed_settings", lambda old, new: [])
     with pytest.raises(pickle.UnpicklingError):
         run_stage("3-training/train.py", "--data", dataset_dir, "--output", tmp_path / "runs",
                   "--epochs", "1", "--run-name", "r", *TINY_TRAIN)
@@ -131,13 +131,13 @@ def test_pickled_code_in_a_mask_rcnn_checkpoint_is_refused(demo_set, tmp_path):
 
 
 def test_pickled_code_in_mask_rcnn_last_pth_is_refused_on_resume(monkeypatch, tmp_path):
-    from wingclr.segment import train
+    from wingclr.segment import train_maskrcnn
 
     marker = tmp_path / "ran"
-    torch.save({"settings": Payload(marker)}, tmp_path / train.LAST)
+    torch.save({"settings": Payload(marker)}, tmp_path / train_maskrcnn.LAST)
     with pytest.raises(UserError) as excinfo:
-        train._read_last(tmp_path, None)
-    assert_refused(excinfo, tmp_path / train.LAST, marker)
+        train_maskrcnn._read_last(tmp_path, None)
+    assert_refused(excinfo, tmp_path / train_maskrcnn.LAST, marker)
 
 
 def test_pickled_code_in_a_weights_file_is_refused(tmp_path, monkeypatch):
@@ -363,8 +363,8 @@ def test_a_rembg_model_with_a_wrong_checksum_is_refused(rembg_home, demo_set, tm
     (("--batch-size", "1"), "batch size must be between 2 and 65536"),
 ])
 def test_training_values_out_of_range_are_one_line_errors(argv, needle):
-    from wingclr.ssl.recipes import resolve
-    from wingclr.ssl.settings import TrainSettings
+    from wingclr.train.recipes import resolve
+    from wingclr.train.settings import TrainSettings
 
     args = __import__("conftest").load_stage("3-training/train.py").get_args_parser().parse_args(
         ["--data", "d", *argv])
@@ -397,7 +397,7 @@ def test_list_grid_refuses_a_huge_batch_or_epoch_list(argv, needle):
 @pytest.mark.parametrize("text", ['{"pid": "abc"}', "[1, 2]", "[]", '{"host": "h", "pid": true}', "5",
                                   '{"host": "h", "pid": 100000000000000000000}'])
 def test_a_lock_of_the_wrong_json_shape_is_taken_over_as_stale_with_a_note(tmp_path, capsys, text):
-    from wingclr.ssl.run_folder import RunLock
+    from wingclr.train.run_folder import RunLock
 
     run = tmp_path / "runs" / "r"
     run.parent.mkdir()
@@ -411,7 +411,7 @@ def test_a_lock_of_the_wrong_json_shape_is_taken_over_as_stale_with_a_note(tmp_p
 def test_a_lock_whose_live_pid_was_reused_by_another_process_is_stale(tmp_path, capsys):
     import socket
 
-    from wingclr.ssl.run_folder import RunLock, process_start
+    from wingclr.train.run_folder import RunLock, process_start
 
     run = tmp_path / "runs" / "r"
     run.parent.mkdir()
@@ -428,7 +428,7 @@ def test_a_lock_whose_live_pid_was_reused_by_another_process_is_stale(tmp_path, 
 
 
 def test_a_lock_records_the_start_time_of_its_process():
-    from wingclr.ssl.run_folder import RunLock, process_start
+    from wingclr.train.run_folder import RunLock, process_start
 
     owner = RunLock(Path("r"))._owner()
     stat = Path(f"/proc/{os.getpid()}/stat").read_text()
@@ -495,7 +495,7 @@ def test_segmentation_csv_output_outside_masks_is_refused_by_the_segmentation_ev
 
 
 def test_a_damaged_checkpoint_is_called_damaged_not_refused_as_code(tmp_path):
-    from wingclr.checkpoints import read_checkpoint
+    from wingclr.train.checkpoint_files import read_checkpoint
 
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError) as excinfo:

@@ -1,4 +1,4 @@
-"""Issue 15's pictures: morphospace, contact sheets, nearest neighbours, Grad-CAM and report.html."""
+"""Stage 4 and 5 pictures: morphospace, contact sheets, nearest neighbours, Grad-CAM and report.html."""
 
 from html.parser import HTMLParser
 from pathlib import Path

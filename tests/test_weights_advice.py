@@ -1,4 +1,4 @@
-"""Issue 24 item 1: every missing-weights error names the installed alternatives (exact flags)
+"""Every missing-weights error names the installed alternatives (exact flags)
 before the download advice and never a flag the same stage refuses; following the messages alone
 from a weights folder holding only Lite0 and ISNet runs stages 0-5 (report.html)."""
 

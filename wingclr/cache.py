@@ -43,9 +43,9 @@ def cache_key(root: Path, images: Sequence[Path], spec: ReadSpec) -> tuple[str, 
     for rel in images:
         st = (Path(root) / rel).stat()
         entries.append([Path(rel).as_posix(), st.st_size, st.st_mtime_ns])
-    settings = {"size": spec.size, "channels": spec.channels, "bands": spec.bands,
+    read = {"size": spec.size, "channels": spec.channels, "bands": spec.bands,
                 "background": list(spec.background), "scale16": spec.scale16}
-    digest = hashlib.sha256(json.dumps([settings, entries]).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps([read, entries]).encode()).hexdigest()[:16]
     return digest, entries
 
 

@@ -196,7 +196,7 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
 
 
 # Flags several stages share: their help (and the --no-pretrained shortcut) in one place, for the
-# add_* helpers below and for stage 3's declaration (wingclr/ssl/settings.py).
+# add_* helpers below and for stage 3's declaration (wingclr/train/settings.py).
 PRETRAINED_HELP = ("start from ImageNet weights (looked up in weights/, see weights/README.md) "
                    "or random initialisation")
 NO_PRETRAINED = ("--no-pretrained", {"action": "store_const", "const": "none",

@@ -9,7 +9,7 @@ and the record of a stage's input files.
   identity per photo. Two photos that differ only in their extension keep it (``x.jpg``,
   ``x.tif``), as stage 0's names do;
 * ``group``: the specimen (animal) the photo shows; several photos (dorsal and ventral views) share
-  it. Stage 2 sets it (``--group-by`` / ``--groups``, :mod:`wingclr.split.groups`); until then, and
+  it. Stage 2 sets it (``--group-by`` / ``--groups``, :mod:`wingclr.dataset.groups`); until then, and
   without grouping, it equals ``specimen`` (one photo, one group).
 
 Each stage copies all three from the previous stage's CSV (``segmentation.csv`` -> ``clusters.csv`` ->

@@ -31,7 +31,7 @@ MANIFEST = "manifest.json"
 # finished output (on both sides, so a manifest that recorded one still matches). Every other flag
 # defines the output. tests/test_cli_output.py checks each name is a flag of its stage.
 # Each stage adds its own from its flag declarations (run_only=True: wingclr/segment/settings.py,
-# wingclr/cluster/settings.py, wingclr/split.py, wingclr/ssl/settings.py, wingclr/embed/settings.py,
+# wingclr/cluster/settings.py, wingclr/dataset/__init__.py, wingclr/train/settings.py, wingclr/embed/settings.py,
 # wingclr/evaluate/settings.py), so a stage's entry exists once its settings module is imported.
 RUN_ONLY: dict[str, frozenset[str]] = {}
 
@@ -237,7 +237,7 @@ def versions(packages: Iterable[str] = ()) -> dict[str, str]:
     return found
 
 
-def settings(values: Settings | dict, stage: str) -> dict:
+def recorded_settings(values: Settings | dict, stage: str) -> dict:
     """The settings that define ``stage``'s output (its :data:`RUN_ONLY` flags dropped), as JSON values."""
     run_only = RUN_ONLY.get(stage, ())
     return {k: v for k, v in jsonable(values).items() if k not in run_only}
@@ -303,7 +303,7 @@ def write_manifest(out_dir: Path | str, stage: str, values: Settings | dict, cou
         "stage": stage,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": command_line(),
-        "args": settings(values, stage),
+        "args": recorded_settings(values, stage),
         "counts": jsonable(counts),
         "seed": seed,
         "git_sha": git_sha(),
@@ -340,7 +340,7 @@ def check_finished(out_dir: Path | str, wanted: Settings | dict, overwrite: bool
     if manifest is None or overwrite:
         return False
     stage = manifest.get("stage", "")
-    old, new = settings(manifest.get("args", {}), stage), settings(wanted, stage)
+    old, new = recorded_settings(manifest.get("args", {}), stage), recorded_settings(wanted, stage)
     changed = (compare or changed_keys)(old, new)
     if not changed:
         return True

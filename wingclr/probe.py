@@ -13,7 +13,7 @@ accuracy is then the class share, not a measure of the features. :func:`probe_co
 (when kNN on the same features clearly does better) so it is reported as collapsed, never as a
 level to beat.
 
-Shared by stage 3 (the kNN monitor, :mod:`wingclr.ssl.monitor`) and stage 5 (:mod:`wingclr.evaluate`).
+Shared by stage 3 (the kNN monitor, :mod:`wingclr.train.monitor`) and stage 5 (:mod:`wingclr.evaluate`).
 """
 
 from __future__ import annotations

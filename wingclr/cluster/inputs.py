@@ -71,7 +71,7 @@ def with_weights_advice(build):
 
 def stage_settings(s: ClusterSettings) -> dict:
     """The settings that define the output (stored in manifest.json, compared on re-runs)."""
-    return outputs.settings(s, "1-clustering")
+    return outputs.recorded_settings(s, "1-clustering")
 
 
 def guard_output(out: Path, s: ClusterSettings, *, mode: str) -> bool:

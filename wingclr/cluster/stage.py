@@ -40,7 +40,7 @@ from .clustering import (OUTLIERS, Clustering, cluster, folder_name, identical_r
 from .inputs import (check_random_features, guard_output, input_changed_error,
                      random_features_warning, resolve_input, stage_settings,
                      with_weights_advice)
-from .plots import display_available, plot_silhouette, plot_umap_3d, show_figures
+from .figures import display_available, plot_silhouette, plot_umap_3d, show_figures
 from .settings import ClusterSettings
 
 DEFAULT_MIN_CLUSTER_SIZE, DEFAULT_EPSILON = 20, 0.0

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..checkpoints import load_backbone
+from ..train.checkpoint_files import load_backbone
 from ..cli import UserError, check_gpu_request, check_minimum, require_output_folder, saved_so_far
 from ..features import PCA_MIN_VARIANCE, embed_images, image_table, pca_projection
 from ..identity import COLUMNS as IDENTITY

@@ -133,13 +133,13 @@ def baseline_settings(method: str, meta: dict, split_key: str, pixel_size: int, 
             "rgb_bands": meta.get("rgb_bands"), "mean": meta["mean"], "std": meta["std"]}
 
 
-def describe(settings: dict) -> str:
+def describe(spec: dict) -> str:
     """Row label of a baseline, e.g. ``ImageNet resnet18 (64 px)``."""
-    size = f"({settings['input_size']} px)"
-    if settings["method"] == "pixel":
+    size = f"({spec['input_size']} px)"
+    if spec["method"] == "pixel":
         return f"pixel PCA {size}"
-    kind = "ImageNet" if settings["method"] == "imagenet" else "random-init"
-    return f"{kind} {settings['backbone']} {size}"
+    kind = "ImageNet" if spec["method"] == "imagenet" else "random-init"
+    return f"{kind} {spec['backbone']} {size}"
 
 
 def baseline_model(method: str, meta: dict, seed: int):
@@ -208,8 +208,8 @@ def run_baseline(method: str, meta: dict, split: SplitData, cache_dir: Path, pix
     Raises:
         UserError: the baseline cannot be computed (missing weights or image folder).
     """
-    settings = baseline_settings(method, meta, split.key(), pixel_size, seed, k)
-    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    spec = baseline_settings(method, meta, split.key(), pixel_size, seed, k)
+    digest = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     cache = Path(cache_dir) / f"{BASELINES[method]}-{digest}.json"
     if cache.exists():
         try:
@@ -223,7 +223,7 @@ def run_baseline(method: str, meta: dict, split: SplitData, cache_dir: Path, pix
         where = f"image folder {split.root}" if split.root else "the folder the run was embedded from"
         raise UserError(f"{where} not found; pass --data <stage 2 folder>")
     model = baseline_model(method, meta, seed)  # fails first when weights are missing
-    label = describe(settings)
+    label = describe(spec)
     print(f"baseline: {label} ...")
     feats, ok = baseline_features(method, meta, split, pixel_size, seed, device, num_workers, model)
     bad = (split.train | split.val) & ~ok
@@ -231,7 +231,7 @@ def run_baseline(method: str, meta: dict, split: SplitData, cache_dir: Path, pix
         print(f"note: {label}: {int(bad.sum())} image(s) unreadable now, scored without them "
               f"(first: {Path(split.root) / split.images[bad][0]})")
     metrics, _ = score_features(feats, split.scored(ok), seed, k, pixel_pca=method == "pixel")
-    result = {"name": BASELINES[method], "label": label, "settings": settings, "metrics": metrics}
+    result = {"name": BASELINES[method], "label": label, "settings": spec, "metrics": metrics}
     if not bad.any():
         write_text(cache, json.dumps(result, indent=2) + "\n")
     return result

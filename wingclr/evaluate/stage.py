@@ -29,7 +29,7 @@ from .baselines import BASELINES, SplitData, parse_baselines, run_baseline, scor
 from .folds import paired, split_scores
 from .gridplot import summary_table, write_grid_summary
 from .inputs import check_data, identity_columns, load_embeddings
-from .plots import plot_confusion, save_umap, umap_2d
+from .figures import plot_confusion, save_umap, umap_2d
 from .settings import EvalSettings
 from .traits import check_queries, load_split, make_split, safe_name, trait_splits  # noqa: F401
 from .visuals import run_visuals, write_report_note
@@ -137,11 +137,11 @@ def evaluate_trait(name: str, emb_dir: Path, out_dir: Path, data: tuple, trait: 
                            ">= 2 train and >= 1 validation image")
                         + " (split.csv from stage 2 gives them; user labels need a label column "
                           "beside image, specimen or source_image)")
-    settings = {"embeddings": str(Path(emb_dir).resolve()), "embedded": manifest.get("finished"),
+    recorded = {"embeddings": str(Path(emb_dir).resolve()), "embedded": manifest.get("finished"),
                 "labels": str(s.labels) if s.labels else None, "knn_k": s.knn_k,
                 "seed": s.seed, **trait_settings(s, trait)}
     labels_from = s.trait_from(trait)
-    if check_finished(out_dir, settings, s.overwrite, "evaluation"):
+    if check_finished(out_dir, recorded, s.overwrite, "evaluation"):
         print(f"skip: {out_dir} is finished (manifest.json); pass --overwrite to evaluate again")
         row = read_manifest(out_dir)["row"]
         row.update({k: v for k, v in {"trait": trait, "labels": s.labels_from, "protocol": split.protocol,
@@ -173,7 +173,7 @@ def evaluate_trait(name: str, emb_dir: Path, out_dir: Path, data: tuple, trait: 
             save_umap(umap_cache["xy"], ids["cluster"].to_numpy(str), s.outliers_folder,
                       out_dir / "umap_clusters.png", f"{name} (stage 1 clusters)", "cluster")
     if read_manifest(out_dir) is None:
-        write_manifest(out_dir, "5-evaluation", settings, seed=s.seed, packages=("scikit-learn",),
+        write_manifest(out_dir, "5-evaluation", recorded, seed=s.seed, packages=("scikit-learn",),
                        counts={"train": row["n_train"], "validation": row["n_val"]}, row=row)
     return row
 

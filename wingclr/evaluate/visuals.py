@@ -200,7 +200,7 @@ def _by_trait(name, feats, split, images, model, s, out_dir, trait) -> list[Path
 
 
 def _gradcam(name, feats, split, images, model, row, s, out_dir, n, manifest) -> list[Path]:
-    from ..checkpoints import load_backbone
+    from ..train.checkpoint_files import load_backbone
     from ..features import pick_device
     from .gradcam import write_gradcam
 

@@ -37,7 +37,7 @@ from ..cli import UserError, require_folder, require_output_folder, saved_so_far
 from ..identity import GROUP, SOURCE, SPECIMEN, posix, without_extension
 from ..imageio import ImageReadError, list_files, match_channels, read_image, write_png
 from ..outputs import (MANIFEST, changed_keys, check_finished, jsonable, read_manifest, remove_stale_temps,
-                       settings, write_csv, write_manifest, write_text)
+                       recorded_settings, write_csv, write_manifest, write_text)
 from .masks import cutout, downscale, to_full_resolution, write_label_png
 from .methods import Segmenter, choose_method, choose_rembg_model
 from .settings import SegmentSettings
@@ -61,7 +61,7 @@ def output_names(images: list[Path]) -> dict[Path, str]:
 
 def run_settings(s: SegmentSettings) -> dict:
     """Settings that decide the output; those the (resolved) method does not use are blanked."""
-    semantic = settings(s, "0-segmentation")
+    semantic = recorded_settings(s, "0-segmentation")
     if not s.method.startswith("maskrcnn"):
         semantic["checkpoint"] = semantic["score_threshold"] = None
     if "rembg" not in s.method:

@@ -13,8 +13,8 @@ from . import hub_checkpoint_dir, timm_local, weights_dir
 from .checksums import verify  # noqa: F401 - __main__ and tests use it from here
 
 WING_CHECKPOINT = "maskrcnn_wings"
-# what each stage uses with its default flags (tests/test_first_day.py checks them against the
-# stage parsers): stage 0 rembg model, Mask R-CNN COCO start for train_maskrcnn.py, the wing
+# what each stage uses with its default flags (tests/test_offline_weights_and_stage0_1_fallbacks.py
+# checks them against the stage parsers): stage 0 rembg model, Mask R-CNN COCO start for train_maskrcnn.py, the wing
 # checkpoint (made by the user); stage 1 --backbone; stage 3 --backbone (stage 5's imagenet baseline)
 STAGE_NEEDS = {0: ("u2net", "maskrcnn_resnet50_fpn", WING_CHECKPOINT), 1: ("vgg16",),
                2: (), 3: ("resnet50",), 4: (), 5: ("resnet50",)}

@@ -7,7 +7,7 @@ re-running the same command resumes from it. When training ends, the weights go 
 keeps it). SIGUSR1, SIGTERM and SIGINT (Ctrl-C) save after the
 current batch and stop (SIGUSR1 requeues a SLURM job; otherwise the exit status is 128 + signal).
 The lock, ``--overwrite`` beside the finished run and the settings comparison live in
-:mod:`wingclr.ssl.run_folder`.
+:mod:`wingclr.train.run_folder`.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from ..checkpoints import checkpoint_damage, read_checkpoint
+from .checkpoint_files import checkpoint_damage, read_checkpoint
 from ..cli import (Stopped, UserError, check_gpu_request, check_input_size, check_minimum,
                    require_output_folder, stdout_is_terminal)
 from ..outputs import MANIFEST, check_finished, read_manifest, remove_stale_temps, write_manifest
-from .checkpointing import EpochCheckpoint, plot_loss, save_checkpoint, start_line, trained_epochs
+from .saving import EpochCheckpoint, plot_loss, save_checkpoint, start_line, trained_epochs
 from .grid import fit_point_to_data, run_name
 from .batchnorm import sync_batchnorm
 from .loaders import RankSeeds, build_cache_only, build_data, training_images
@@ -146,7 +146,7 @@ def prepare_run_dir(run_dir: Path, *, wanted: dict, overwrite: bool) -> tuple[Pa
     by ``--keep-last``; no epoch is trained again); without a whole one, ``--overwrite`` is asked for.
 
     Args:
-        wanted: this command's :func:`~wingclr.ssl.run_folder.run_settings`.
+        wanted: this command's :func:`~wingclr.train.run_folder.run_settings`.
 
     Returns:
         ``(folder to train in, checkpoint to resume from or None)``; the folder is the run
@@ -387,7 +387,7 @@ def fit_run(s: TrainSettings, trainer: pl.Trainer, checkpointing: EpochCheckpoin
             # already trained (EpochBatchSampler.skip), each batch's augmentations come from its
             # own seed (SeededBatches; the device path's from the random states in last.ckpt),
             # so the resumed epoch trains the batches an uninterrupted run trains
-            # (tests/test_stops_and_names.py compares the losses).
+            # (tests/test_long_names_and_signal_stops.py compares the losses).
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended "
                                     "before the epoch ended")
             # weights_only: Lightning's own read of last.ckpt runs no pickled code either

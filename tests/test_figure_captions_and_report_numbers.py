@@ -1,4 +1,4 @@
-"""Issue 24 item 10: captions cut in the middle keeping the end, near-square sheets of few tiles,
+"""Captions cut in the middle keeping the end, near-square sheets of few tiles,
 titles wrapped at spaces, and numbers with the same decimals in summary.txt and report.html."""
 
 from __future__ import annotations

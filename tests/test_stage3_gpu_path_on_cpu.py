@@ -9,8 +9,8 @@ from torch.utils.data import DataLoader
 
 from conftest import TINY_TRAIN, run_stage
 from wingclr.cli import UserError
-from wingclr.ssl.augment import AugmentConfig
-from wingclr.ssl.simclr import SimCLR
+from wingclr.train.augment import AugmentConfig
+from wingclr.train.simclr import SimCLR
 
 SCRIPT = "3-training/train.py"
 
@@ -31,14 +31,14 @@ def test_a_training_step_never_waits_for_the_device(tmp_path):
     no op that makes the host wait for a GPU, and neither does the loss."""
     import pytorch_lightning as pl
 
-    from wingclr.ssl.checkpointing import EpochCheckpoint
-    from wingclr.ssl.syncs import SyncCounter, step_sync_callback
+    from wingclr.train.saving import EpochCheckpoint
+    from wingclr.train.syncs import SyncCounter, step_sync_callback
 
     torch.manual_seed(0)
     module = tiny_module()
     with SyncCounter() as counter:
         module.views(uint8_batches(1)[0])
-    assert counter.total == 0, counter.counts  # the target of issue 25: 0 from augmentation
+    assert counter.total == 0, counter.counts  # the target: 0 from augmentation
     syncs = step_sync_callback()  # with the real loss (IndexedNTXentLoss: its masks from indexes)
     trainer = pl.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False,
@@ -61,7 +61,7 @@ def test_joint_forward_gives_the_separate_loss_with_batchnorm_in_eval_mode():
 
 
 def test_forward_mode_is_a_recipe_value_that_a_flag_overrides(dataset_dir, tmp_path):
-    from wingclr.ssl.recipes import RECIPES
+    from wingclr.train.recipes import RECIPES
 
     assert {r["forward"] for r in RECIPES.values()} == {"separate"}
     run_stage(SCRIPT, "--data", dataset_dir, "--output", tmp_path, "--epochs", "1", "--run-name", "j",
@@ -72,14 +72,14 @@ def test_forward_mode_is_a_recipe_value_that_a_flag_overrides(dataset_dir, tmp_p
 
 
 def test_runs_recorded_before_the_forward_setting_still_match():
-    from wingclr.ssl.run_folder import changed_settings
+    from wingclr.train.run_folder import changed_settings
 
     assert changed_settings({"epochs": 3}, {"epochs": 3, "forward": "separate"}) == []
     assert changed_settings({"epochs": 3}, {"epochs": 3, "forward": "joint"}) == ["forward"]
 
 
 def test_lars_leaves_batchnorm_and_biases_without_weight_decay_or_adaptation():
-    from wingclr.ssl.simclr import lars_groups
+    from wingclr.train.simclr import lars_groups
 
     module = tiny_module()
     groups = {g["name"]: g for g in lars_groups(module, 1e-6)}
@@ -101,7 +101,7 @@ def test_lars_leaves_batchnorm_and_biases_without_weight_decay_or_adaptation():
 
 
 def test_memory_estimate_is_calibrated_on_resnet50_and_scales_with_the_step():
-    from wingclr.ssl.memory import OVERHEAD_GIB, activation_gib
+    from wingclr.train.memory import OVERHEAD_GIB, activation_gib
 
     def gib(**kw):
         args = dict(backbone="resnet50", input_size=224, batch_per_gpu=256, precision="bf16-mixed")
@@ -115,7 +115,7 @@ def test_memory_estimate_is_calibrated_on_resnet50_and_scales_with_the_step():
 
 
 def test_a_batch_too_large_for_the_gpu_is_refused_in_one_line_with_the_fix(monkeypatch):
-    from wingclr.ssl.memory import check_gpu_memory
+    from wingclr.train.memory import check_gpu_memory
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * 2**30, 80 * 2**30))
     step = dict(backbone="resnet50", input_size=224, precision="bf16-mixed", device="cuda:0")
@@ -140,11 +140,11 @@ def test_cache_only_builds_the_cache_and_trains_nothing(dataset_dir, tmp_path, c
 
 def test_last_ckpt_waits_for_the_save_interval(dataset_dir, tmp_path, monkeypatch):
     """Epochs of seconds: with the default 10-minute interval no epoch end writes last.ckpt."""
-    from wingclr.ssl import checkpointing
+    from wingclr.train import saving
 
     saved = []
-    save = checkpointing.save_checkpoint
-    monkeypatch.setattr(checkpointing, "save_checkpoint", lambda t, path, **kw: saved.append(path.name)
+    save = saving.save_checkpoint
+    monkeypatch.setattr(saving, "save_checkpoint", lambda t, path, **kw: saved.append(path.name)
                         or save(t, path, **kw))
     run_stage(SCRIPT, "--data", dataset_dir, "--output", tmp_path, "--epochs", "2", "--run-name", "i",
               *TINY_TRAIN)
@@ -162,14 +162,14 @@ def fake_trainer(step: int, last: bool) -> SimpleNamespace:
 
 
 def test_a_nan_loss_is_found_at_the_next_check_naming_epoch_and_step(monkeypatch):
-    from wingclr.ssl import checkpointing
-    from wingclr.ssl.simclr import NonFiniteLossError
+    from wingclr.train import saving
+    from wingclr.train.simclr import NonFiniteLossError
 
     reads = []
-    agree = checkpointing.EpochCheckpoint._agree
-    monkeypatch.setattr(checkpointing.EpochCheckpoint, "_agree",
+    agree = saving.EpochCheckpoint._agree
+    monkeypatch.setattr(saving.EpochCheckpoint, "_agree",
                         lambda self, *a: reads.append(1) or agree(self, *a))
-    cb = checkpointing.EpochCheckpoint(None)
+    cb = saving.EpochCheckpoint(None)
     batch = (None, torch.arange(4))
     for step, loss in enumerate([1.0, float("nan"), 2.0], 1):
         cb.on_train_batch_end(fake_trainer(step, False), None, torch.tensor(loss), batch, step)

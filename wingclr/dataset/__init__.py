@@ -1,8 +1,8 @@
 """Stage 2: cluster folders -> ``unlabeled/`` (all), ``train/`` and ``validation/`` (per cluster).
 
 The split is drawn per cluster with a generator seeded by ``(seed, cluster name)``, so adding or
-removing a cluster never reshuffles the others (:mod:`wingclr.split.draw`). Photos of one specimen
-(``--group-by``, ``--groups``: :mod:`wingclr.split.groups`) are drawn together and never split. Outliers
+removing a cluster never reshuffles the others (:mod:`wingclr.dataset.draw`). Photos of one specimen
+(``--group-by``, ``--groups``: :mod:`wingclr.dataset.groups`) are drawn together and never split. Outliers
 go to ``unlabeled/`` only; a cluster with one image stays in ``train/`` and is reported.
 
 A finished dataset records its input images (``inputs.csv``). A re-run whose input images changed
@@ -29,8 +29,8 @@ from .groups import Grouping, check_flags, photo_groups, split_across
 from ..identity import (COLUMNS, GROUP, Changes, below_cluster, clusters_identity, identify,
                        input_changes, shorten, stamp_files, write_inputs)
 from ..imageio import try_read
-from ..outputs import (RUN_ONLY, changed_keys, check_finished, place_file, read_csv, settings,  # noqa: F401
-                       write_csv, write_manifest)
+from ..outputs import (RUN_ONLY, changed_keys, check_finished, place_file, read_csv,  # noqa: F401
+                       recorded_settings, write_csv, write_manifest)
 from ..untrusted import check_paths
 
 SUBSETS = ("unlabeled", "train", "validation")
@@ -101,7 +101,7 @@ def readable_images(found, reasons: list[str]) -> tuple[list[Path], list[str], l
 def dataset_settings(s: DatasetSettings) -> dict:
     """The settings that define the output (``--update`` says how to run, not what), with the
     digest of the ``--groups`` CSV when one is given."""
-    found = settings(s, "2-create_dataset")
+    found = recorded_settings(s, "2-create_dataset")
     if s.groups is not None and Path(s.groups).is_file():
         found[GROUPS_DIGEST] = hashlib.sha256(Path(s.groups).read_bytes()).hexdigest()
     return found

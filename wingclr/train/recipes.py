@@ -1,6 +1,6 @@
 """The run's values from stage 3's flags: the ``--param-i`` grid point, then ``--recipe``'s values
 for the recipe flags left unset. The recipes themselves (``RECIPES``) and every other stage 3
-default are declared with the flags in :mod:`wingclr.ssl.settings`.
+default are declared with the flags in :mod:`wingclr.train.settings`.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def resolve(s: TrainSettings) -> tuple[TrainSettings, list[Point] | None]:
 
     Returns:
         ``(settings, grid)``; the grid when ``--param-i`` chose the batch size, which may then be
-        clamped to the data (:func:`~wingclr.ssl.grid.fit_point_to_data`), else None.
+        clamped to the data (:func:`~wingclr.train.grid.fit_point_to_data`), else None.
 
     Raises:
         UserError: a grid flag without ``--param-i``, a bad grid, values out of range.

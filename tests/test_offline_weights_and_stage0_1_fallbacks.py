@@ -1,4 +1,4 @@
-"""Issue 13, a new user's first day: one command for the weights (fetch / check, offline mode),
+"""A new user's first day: one command for the weights (fetch / check, offline mode),
 stage 0 without a wing model (rembg fallback, coverage flags, contact sheet, palette masks),
 labelme annotations for train_maskrcnn.py, and stage 1 refusing random features unless asked."""
 
@@ -225,7 +225,7 @@ def test_palette_masks_read_back_as_labels(tmp_path):
 
 def test_labelme_polygons_train_like_coco(tmp_path):
     from wingclr.segment.annotations import decode_segmentation, instances
-    from wingclr.segment.train import load_annotations
+    from wingclr.segment.train_maskrcnn import load_annotations
 
     photos, ann = tmp_path / "photos", tmp_path / "labelme"
     (photos / "a").mkdir(parents=True)

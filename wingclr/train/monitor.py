@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 
-from ..checkpoints import read_checkpoint
+from .checkpoint_files import read_checkpoint
 from ..cli import UserError
 from ..labels import label_columns, read_labels
 from ..probe import knn_predict
@@ -98,7 +98,7 @@ def knn_score(backbone, meta: dict, mset: MonitorSet, device: str, batch_size: i
 class KnnMonitor(pl.Callback):
     """Scores the backbone before training and every ``every`` epochs (and at the last epoch).
 
-    Must come before :class:`~wingclr.ssl.checkpointing.EpochCheckpoint` in the trainer's
+    Must come before :class:`~wingclr.train.saving.EpochCheckpoint` in the trainer's
     callbacks: the score of an epoch is handed to it (``checkpointing.extra``) before it writes
     the epoch's row.
 
@@ -109,7 +109,7 @@ class KnnMonitor(pl.Callback):
         every: epochs between scores.
         best_path: where the best-scoring weights are saved (``--select best``), or None.
         log: print a line per score.
-        start, alpha: with ``--interpolate`` (:mod:`~wingclr.ssl.interpolate`), the weights scored
+        start, alpha: with ``--interpolate`` (:mod:`~wingclr.train.interpolate`), the weights scored
             are those the checkpoint would hold: ``alpha`` of the trained ones mixed with ``start``.
     """
 
@@ -134,7 +134,7 @@ class KnnMonitor(pl.Callback):
         return float(trainer.strategy.broadcast(score, src=0)) if trainer.world_size > 1 else score
 
     def _record(self, trainer, epoch: int, score: float) -> None:
-        from .checkpointing import save_checkpoint
+        from .saving import save_checkpoint
 
         start = next((h["knn_accuracy"] for h in self.ckpt.history if h.get("epoch") == 0), score)
         if self.log and trainer.is_global_zero:
@@ -179,7 +179,7 @@ def monitor_epochs(s) -> int:
 
 
 def check_monitor(s) -> MonitorSet | None:
-    """The monitor's images and classes (:func:`~wingclr.ssl.monitor.monitor_set`), or None when
+    """The monitor's images and classes (:func:`~wingclr.train.monitor.monitor_set`), or None when
     it is off or ``--data`` has no stage 2 split (a note says so when it was asked for)."""
     if monitor_epochs(s) == 0:
         if s.select == "best":

@@ -1,4 +1,5 @@
-"""Issue 14, "nothing silently wrong, nothing lost": one test per fault case, named after it."""
+"""Nothing silently wrong, nothing lost: bad or changed inputs, bad flags, full disks, stops and
+killed runs in stages 0-5, one test per case, named after what it checks."""
 
 import json
 import os
@@ -27,7 +28,7 @@ def _tree_with_loops(root, loops: int):
     return root
 
 
-def test_case02_symlink_loops(tmp_path, demo_set):
+def test_symlink_loops(tmp_path, demo_set):
     # one loop: each photo listed once, the link reported instead of followed
     images, skipped = list_files(_tree_with_loops(tmp_path / "one", 1))
     assert [p.as_posix() for p in images] == ["a/x.png", "a/y.png"]
@@ -57,7 +58,7 @@ def _garbage_tiff(path):
     return path
 
 
-def test_case08_garbage_tiff_is_reported_and_skipped(tmp_path, demo_set):
+def test_garbage_tiff_is_reported_and_skipped(tmp_path, demo_set):
     bad = _garbage_tiff(tmp_path / "bad.tif")
     with pytest.raises(ImageReadError, match="bad.tif"):
         read_image(bad)
@@ -75,7 +76,7 @@ def test_case08_garbage_tiff_is_reported_and_skipped(tmp_path, demo_set):
     assert [p for p, _ in manifest["skipped_files"]] == [os.path.join("band", "scan.tif")]
 
 
-def test_case21_file_input_and_format_by_content(tmp_path):
+def test_file_input_and_format_by_content(tmp_path):
     photo = tmp_path / "photo.jpg"
     Image.new("RGB", (16, 12), (10, 120, 240)).save(photo, format="JPEG")
     proc = run_cli("0-segmentation/segment.py", "--input", photo, "--output", tmp_path / "out")
@@ -117,7 +118,7 @@ def _one_line_user_error(call, *needles) -> str:
     return text
 
 
-def test_case04_retrained_checkpoint_is_embedded_again(tmp_path, dataset_dir, capsys):
+def test_retrained_checkpoint_is_embedded_again(tmp_path, dataset_dir, capsys):
     ckpt = fake_checkpoint(tmp_path / "run.ckpt", seed=0)
     out = tmp_path / "4-embeddings"
     _embed(ckpt, dataset_dir, out, capsys)
@@ -131,7 +132,7 @@ def test_case04_retrained_checkpoint_is_embedded_again(tmp_path, dataset_dir, ca
     assert "skip:" in _embed(ckpt, dataset_dir, out, capsys)  # unchanged since: finished
 
 
-def test_case11_checkpoint_metadata_disagrees_with_weights(tmp_path, dataset_dir, capsys):
+def test_checkpoint_metadata_disagrees_with_weights(tmp_path, dataset_dir, capsys):
     four = fake_checkpoint(tmp_path / "four.ckpt", 0, in_chans=4)  # metadata says 3
     text = _one_line_user_error(lambda: _embed(four, dataset_dir, tmp_path / "out", capsys),
                                 "four.ckpt", "resnet18", "3 channels", "4 channels")
@@ -141,7 +142,7 @@ def test_case11_checkpoint_metadata_disagrees_with_weights(tmp_path, dataset_dir
                          "r50.ckpt", "resnet50", "3 channels")
 
 
-def test_case05_outputs_of_removed_photos_are_removed(tmp_path, demo_set, capsys):
+def test_outputs_of_removed_photos_are_removed(tmp_path, demo_set, capsys):
     photos = tmp_path / "photos"
     photos.mkdir()
     for name in sorted(p.name for p in (demo_set / "specimens").iterdir())[:4]:
@@ -167,7 +168,7 @@ def _evaluate(emb_dir, out, *extra):
     return pd.read_csv(out / emb_dir.name / "predictions.csv")
 
 
-def test_case01_sorted_embeddings_csv(tmp_path, dataset_dir):
+def test_sorted_embeddings_csv(tmp_path, dataset_dir):
     from wingclr.evaluate.inputs import load_embeddings
     from wingclr.outputs import read_manifest
 
@@ -195,7 +196,7 @@ def test_case01_sorted_embeddings_csv(tmp_path, dataset_dir):
     _one_line_user_error(lambda: load_embeddings(emb, read_manifest(emb)), "emb_2", csv.image[7])
 
 
-def test_case06_partial_labels_are_counted_and_refused(tmp_path, dataset_dir, capsys):
+def test_partial_labels_are_counted_and_refused(tmp_path, dataset_dir, capsys):
     from wingclr.evaluate.inputs import attach_labels
 
     emb, _ = fake_embeddings(tmp_path / "4" / "run", dataset_dir)
@@ -214,7 +215,7 @@ def test_case06_partial_labels_are_counted_and_refused(tmp_path, dataset_dir, ca
     assert "20 of 30" in capsys.readouterr().out
 
 
-def test_case12_spreadsheet_saved_embeddings_csv(tmp_path, dataset_dir):
+def test_spreadsheet_saved_embeddings_csv(tmp_path, dataset_dir):
     from wingclr.evaluate.inputs import load_embeddings
 
     emb, vectors = fake_embeddings(tmp_path / "4" / "run", dataset_dir)
@@ -232,7 +233,7 @@ def test_case12_spreadsheet_saved_embeddings_csv(tmp_path, dataset_dir):
     _one_line_user_error(lambda: load_embeddings(emb), "embeddings.csv", "image, cluster, split")
 
 
-# ---- stage 3 and the flags of stages 2-5 (cases 7, 9, 10, 13/14, 15-20, 22) ----
+# ---- stage 3 and the flags of stages 2-5 ----
 
 TRAIN = "3-training/train.py"
 
@@ -267,7 +268,7 @@ def _one_error_line(err: str, *needles) -> str:
 
 def _stop_after_epoch(monkeypatch, epoch: int, error=RuntimeError("killed")):
     """Make stage 3 die right after saving epoch ``epoch`` (a kill between epochs)."""
-    from wingclr.ssl.training import EpochCheckpoint
+    from wingclr.train.run import EpochCheckpoint
 
     saved = EpochCheckpoint.on_train_epoch_end
 
@@ -279,7 +280,7 @@ def _stop_after_epoch(monkeypatch, epoch: int, error=RuntimeError("killed")):
     monkeypatch.setattr(EpochCheckpoint, "on_train_epoch_end", end)
 
 
-def test_case07_overwrite_keeps_finished_run_until_replacement_finishes(dataset_dir, tmp_path,
+def test_overwrite_keeps_finished_run_until_replacement_finishes(dataset_dir, tmp_path,
                                                                          monkeypatch, capsys):
     out = tmp_path / "runs"
     _train(dataset_dir, out, "--run-name", "r")
@@ -308,7 +309,7 @@ def test_case07_overwrite_keeps_finished_run_until_replacement_finishes(dataset_
     assert sorted(p.name for p in out.iterdir()) == ["r"]  # no replacement, old copy or lock left
 
 
-def test_case09_output_file_read_only_and_full_disk(dataset_dir, demo_set, tmp_path, monkeypatch,
+def test_output_file_read_only_and_full_disk(dataset_dir, demo_set, tmp_path, monkeypatch,
                                                     capsys):
     import errno
 
@@ -353,7 +354,7 @@ def test_case09_output_file_read_only_and_full_disk(dataset_dir, demo_set, tmp_p
     assert not runs.exists()  # neither .tmp-last.ckpt nor an empty run folder is left
 
 
-def test_case10_bad_flags_are_refused_before_any_work(dataset_dir, tmp_path):
+def test_bad_flags_are_refused_before_any_work(dataset_dir, tmp_path):
     import torch
 
     out = tmp_path / "out"
@@ -374,7 +375,7 @@ def test_case10_bad_flags_are_refused_before_any_work(dataset_dir, tmp_path):
     assert not out.exists()  # refused before anything was written
 
 
-def test_case13_14_sigterm_saves_stops_workers_and_exits_143(dataset_dir, tmp_path):
+def test_sigterm_saves_stops_workers_and_exits_143(dataset_dir, tmp_path):
     """SIGTERM to the whole process group (workers included): save, no traceback, exit 143."""
     import signal
     import time
@@ -407,7 +408,7 @@ def test_case13_14_sigterm_saves_stops_workers_and_exits_143(dataset_dir, tmp_pa
     assert pd.read_csv(out / "term" / "metrics.csv").epoch.tolist() == [0, 1, 2, 3, 4, 5]
 
 
-def test_case15_a_run_folder_is_trained_by_one_command_at_a_time(dataset_dir, tmp_path, capsys):
+def test_a_run_folder_is_trained_by_one_command_at_a_time(dataset_dir, tmp_path, capsys):
     import socket
 
     out = tmp_path / "runs"
@@ -427,7 +428,7 @@ def test_case15_a_run_folder_is_trained_by_one_command_at_a_time(dataset_dir, tm
     assert (out / "r" / "manifest.json").is_file() and not lock.exists()
 
 
-def test_case16_moved_folders_hold_the_same_run(dataset_dir, tmp_path, capsys):
+def test_moved_folders_hold_the_same_run(dataset_dir, tmp_path, capsys):
     out = tmp_path / "runs"
     data = tmp_path / "data"
     shutil.copytree(dataset_dir, data)
@@ -448,7 +449,7 @@ def test_case16_moved_folders_hold_the_same_run(dataset_dir, tmp_path, capsys):
                          "dataset_images", "--overwrite")
 
 
-def test_case17_truncated_checkpoint_has_a_way_back(dataset_dir, tmp_path, capsys):
+def test_truncated_checkpoint_has_a_way_back(dataset_dir, tmp_path, capsys):
     import torch
 
     out = tmp_path / "runs"
@@ -483,8 +484,8 @@ def test_case17_truncated_checkpoint_has_a_way_back(dataset_dir, tmp_path, capsy
     assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == steps
 
 
-def test_case18_nan_stop_is_worded_for_what_exists(dataset_dir, tmp_path, monkeypatch):
-    from wingclr.ssl.simclr import NonFiniteLossError, SimCLR
+def test_nan_stop_is_worded_for_what_exists(dataset_dir, tmp_path, monkeypatch):
+    from wingclr.train.simclr import NonFiniteLossError, SimCLR
 
     out = tmp_path / "runs"
     text = _one_line_user_error(lambda: _train(dataset_dir, out, "--lr", "1e30", "--epochs", "3"),
@@ -505,7 +506,7 @@ def test_case18_nan_stop_is_worded_for_what_exists(dataset_dir, tmp_path, monkey
                          str(out / "n" / "last.ckpt"), "keeps epoch 1", "--overwrite")
 
 
-def test_case19_input_size_has_one_rule(dataset_dir, tmp_path):
+def test_input_size_has_one_rule(dataset_dir, tmp_path):
     for flag in ("--input-size", "--cache-size"):
         _one_line_user_error(lambda: _train(dataset_dir, tmp_path / "runs", flag, "16"),
                              flag, "at least 32")
@@ -515,19 +516,19 @@ def test_case19_input_size_has_one_rule(dataset_dir, tmp_path):
     assert cli.MIN_INPUT_SIZE == 32  # the rule stage 1 checks too
 
 
-def test_case20_more_cpu_processes_than_cores_are_refused(dataset_dir, tmp_path, monkeypatch):
+def test_more_cpu_processes_than_cores_are_refused(dataset_dir, tmp_path, monkeypatch):
     import torch
 
-    from wingclr.ssl import training
+    from wingclr.train import run
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(training, "cpu_cores", lambda: 2)
+    monkeypatch.setattr(run, "cpu_cores", lambda: 2)
     _one_line_user_error(lambda: _train(dataset_dir, tmp_path / "runs", "--devices", "4"),
                          "--devices 4", "4 CPU training processes", "2 CPU cores", "--devices 1")
     assert not (tmp_path / "runs").exists()
 
 
-def test_case22_failed_starts_leave_no_run_folder(dataset_dir, tmp_path):
+def test_failed_starts_leave_no_run_folder(dataset_dir, tmp_path):
     out = tmp_path / "runs"
     _one_line_user_error(lambda: _train(dataset_dir, out, "--batch-size", "64"), "--batch-size 64")
     _one_line_user_error(lambda: _train(dataset_dir, out, "--pretrained", "imagenet"), "resnet18")
@@ -538,7 +539,7 @@ def test_case22_failed_starts_leave_no_run_folder(dataset_dir, tmp_path):
 
 
 @pytest.mark.parametrize("flag", ["--epochs", "--batch-size"])
-def test_case03_zero_epochs_or_batch_is_refused_not_replaced_by_the_default(flag, dataset_dir, tmp_path):
+def test_zero_epochs_or_batch_is_refused_not_replaced_by_the_default(flag, dataset_dir, tmp_path):
     proc = run_cli("3-training/train.py", "--data", dataset_dir, "--output", tmp_path, *TINY_TRAIN, flag, "0")
     assert_one_line_error(proc, f"{flag}: ", "must be between", "(got 0)")
     assert not any(tmp_path.iterdir())  # nothing trained, no run folder

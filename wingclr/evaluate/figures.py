@@ -3,7 +3,7 @@
 Stage 5 draws, per run, the confusion matrix of the linear probe and a 2-D UMAP of the
 embeddings; the PCA scatter (stage 4's pca.png, stage 5's trait views) is
 :func:`wingclr.plotting.pca_figure`. Categorical colours come from
-:func:`wingclr.plotting.class_colours` (also used by :mod:`wingclr.cluster.plots` and
+:func:`wingclr.plotting.class_colours` (also used by :mod:`wingclr.cluster.figures` and
 :mod:`wingclr.morphospace`), and legends sit outside the axes so they never cover points.
 
 ``umap`` is imported inside :func:`umap_2d`: its first import in a fresh environment compiles
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..plotting import legend_outside, pca_figure, pyplot, save_figure, scatter_groups  # noqa: F401
+from ..plotting import legend_outside, pyplot, save_figure, scatter_groups
 
 
 def confusion_figure(y_true, y_pred, labels, run: str, labels_from: str,

@@ -234,7 +234,7 @@ class RankSeeds(pl.Callback):
     when there are no loader workers (workers: :func:`training_worker_init`). At the start of fit
     each rank is re-seeded from ``(seed, rank, step)``: different per rank, and the same again when
     the run resumes from the same step. A single process is left alone: its resume repeats the
-    uninterrupted run's random numbers exactly (:class:`~wingclr.ssl.checkpointing.EpochCheckpoint`).
+    uninterrupted run's random numbers exactly (:class:`~wingclr.train.saving.EpochCheckpoint`).
     """
 
     def __init__(self, seed: int):

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import assert_one_line_error, load_stage, run_cli, run_stage
-from wingclr.split import assign_splits
+from wingclr.dataset import assign_splits
 
 SCRIPT = "2-create_dataset/create_dataset.py"
 
@@ -167,7 +167,7 @@ def test_group_by_keeps_both_views_of_a_specimen_on_one_side(tmp_path, capsys):
 
 
 def test_without_grouping_the_split_is_the_one_drawn_before_groups(tmp_path):
-    from wingclr.split import update_splits
+    from wingclr.dataset import update_splits
 
     clusters = ["a"] * 7 + ["b"] * 12 + ["outliers"] * 2 + ["c"] + ["d"] * 2
     splits = assign_splits(clusters, 0.25, 3)
@@ -251,7 +251,7 @@ def test_a_bad_grouping_stops_before_any_image_is_decoded(tmp_path, monkeypatch)
     from wingclr.cli import UserError
 
     src = make_views(tmp_path / "in", 4)
-    monkeypatch.setattr("wingclr.split.check_readable", lambda *a, **k: pytest.fail("decoded"))
+    monkeypatch.setattr("wingclr.dataset.check_readable", lambda *a, **k: pytest.fail("decoded"))
     with pytest.raises(UserError, match="matches none"):
         run_stage(SCRIPT, "--input", src, "--output", tmp_path / "o", "--group-by", "^XYZ")
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from ..cli import UserError
-from ..outputs import MANIFEST, RUN_ONLY, changed_keys, settings
+from ..outputs import MANIFEST, RUN_ONLY, changed_keys, recorded_settings
 from ..processes import process_start, reused
 
 PATH_KEYS = ("data", "output")
@@ -41,11 +41,11 @@ def is_rank_zero() -> bool:
 
 def run_settings(s, images, *, batch_size_requested: int | None = None) -> dict:
     """The settings recorded with a run: its flags (``s``: the resolved
-    :class:`~wingclr.ssl.settings.TrainSettings`), the batch size a grid point asked for when it
+    :class:`~wingclr.train.settings.TrainSettings`), the batch size a grid point asked for when it
     was clamped to the data, and the digest of the image list it trains on."""
     listing = "\n".join(p.as_posix() for p in images.images).encode()
     asked = {} if batch_size_requested is None else {"batch_size_requested": batch_size_requested}
-    return {**settings(s, STAGE), **asked, DATASET_KEY: hashlib.sha256(listing).hexdigest()}
+    return {**recorded_settings(s, STAGE), **asked, DATASET_KEY: hashlib.sha256(listing).hexdigest()}
 
 
 # settings added later, with the value runs recorded before them trained with

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from ..cli import UserError, require_output_folder
-from ..outputs import (MANIFEST, atomic_path, changed_keys, check_finished, settings, write_csv,
+from ..outputs import (MANIFEST, atomic_path, changed_keys, check_finished, recorded_settings, write_csv,
                        write_manifest)
 from ..untrusted import load_torch
 from .annotations import check_classes, load_coco, load_mask_folder
@@ -238,7 +238,7 @@ def _read_last(work: Path, s: MaskRCNNSettings) -> dict | None:
     if not isinstance(last, dict) or not isinstance(last.get("settings", {}), dict):
         raise UserError(f"{path} is not a training state written by train_maskrcnn.py; delete it "
                         "to start the training again, or pass --overwrite")
-    old, new = last.get("settings", {}), settings(s, STAGE)
+    old, new = last.get("settings", {}), recorded_settings(s, STAGE)
     changed = changed_keys(old, new)
     if changed:
         raise UserError(f"{work} holds an unfinished training with other settings "
@@ -251,4 +251,5 @@ def _save_last(work: Path, model, optimizer, scheduler, state: dict,
                s: MaskRCNNSettings) -> None:
     with atomic_path(work / LAST) as tmp:
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "settings": settings(s, STAGE), **state}, tmp)
+                    "scheduler": scheduler.state_dict(), "settings": recorded_settings(s, STAGE),
+                    **state}, tmp)

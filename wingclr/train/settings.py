@@ -1,8 +1,8 @@
 """Stage 3's flags, each declared once (name, type, default, help, ``--help`` section, run-only), and
 every stage 3 default: the grid, the recipes, the optimisers' base rates. ``3-training/train.py``'s
 parser, the frozen :class:`TrainSettings` and ``outputs.RUN_ONLY["3-training"]`` are built from it
-(:mod:`wingclr.flags`); :mod:`~wingclr.ssl.grid`, :mod:`~wingclr.ssl.recipes` and
-:mod:`~wingclr.ssl.simclr` read their defaults here. To add a flag, add one field below.
+(:mod:`wingclr.flags`); :mod:`~wingclr.train.grid`, :mod:`~wingclr.train.recipes` and
+:mod:`~wingclr.train.simclr` read their defaults here. To add a flag, add one field below.
 
 Recipes (``--recipe``; each recipe flag given explicitly overrides its value):
 
@@ -16,7 +16,7 @@ Recipes (``--recipe``; each recipe flag given explicitly overrides its value):
   on skewed clusters (one big cluster, many tiny ones, as stage 1 gives on a real drawer)
   balancing made every task worse (README "Real specimens"). From ImageNet, the checkpoint holds
   0.75 x the ImageNet start + 0.25 x the trained weights (``--interpolate 0.25``, WiSE-FT,
-  :mod:`wingclr.ssl.interpolate`): on skewed collections the trained weights alone scored below
+  :mod:`wingclr.train.interpolate`): on skewed collections the trained weights alone scored below
   their ImageNet start, the mixture at or above it.
 * ``simclr``: lightly's ImageNet recipe (SimCLR paper): colour jitter 0.8, grayscale 0.2, blur
   0.5, crops down to 8 %, horizontal flips only; SGD 0.06 x sqrt(batch / 256) after a warm-up.
@@ -62,7 +62,7 @@ RECIPES = {
 RECIPES["cpu"] = {**RECIPES["simclr"], "min_scale": 0.3, "blur_prob": 0.0, "optimizer": "adam", "lr": 2e-3}
 DEFAULT_RECIPE = "phenotype"
 # The optimisers' rates where a recipe leaves them to the optimiser (simclr, cpu: lr at batch 256,
-# scaled by sqrt(batch / 256); see wingclr/ssl/simclr.py).
+# scaled by sqrt(batch / 256); see wingclr/train/simclr.py).
 BASE_LR = {"sgd": 0.06, "lars": 1.2, "adam": 1e-3}
 WEIGHT_DECAY = {"sgd": 5e-4, "lars": 1e-6, "adam": 1e-6}
 
@@ -80,7 +80,7 @@ class TrainSettings(cli.Settings):
     of earlier versions are recognised by it); ``GROUPS`` orders the ``--help`` sections.
 
     The recipe flags (``min_scale`` .. ``interpolate``) are None until
-    :func:`~wingclr.ssl.recipes.resolve` fills them.
+    :func:`~wingclr.train.recipes.resolve` fills them.
     """
 
     GROUPS = {  # --help sections: the common flags first, the rare ones under "advanced"

@@ -4,7 +4,7 @@ Learning rate rule of ``--recipe simclr`` (README "Training"): ``lr = base_lr * 
 256)``, the square-root scaling the SimCLR paper recommends for large-batch SGD/LARS (its
 0.075 * sqrt(B) for LARS is base_lr 1.2 here). Base rates: sgd 0.06, lars 1.2, adam 1e-3. Cosine
 decay after a linear warm-up. ``--recipe phenotype`` uses lr 0.01 unscaled and no warm-up
-(:mod:`wingclr.ssl.recipes`).
+(:mod:`wingclr.train.recipes`).
 """
 
 from __future__ import annotations

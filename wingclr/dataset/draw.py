@@ -1,7 +1,7 @@
 """Stage 2's draw: which images of each cluster go to train and which to validation.
 
 The split is drawn per cluster with a generator seeded by ``(seed, cluster name)``, so adding or
-removing a cluster never reshuffles the others. Whole groups (:mod:`wingclr.split.groups`: the photos of
+removing a cluster never reshuffles the others. Whole groups (:mod:`wingclr.dataset.groups`: the photos of
 one specimen) are drawn, so a group never has photos on both sides; with one photo per group the
 draw is the one stage 2 made before groups existed.
 """

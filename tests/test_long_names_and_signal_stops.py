@@ -142,7 +142,7 @@ def test_a_garbage_tiff_is_listed_unreadable_without_decoder_warnings(tmp_path):
 
 
 def test_unicode_labels_draw_without_glyph_warnings(tmp_path):
-    code = ("import numpy as np; from wingclr.evaluate.plots import plot_confusion; from wingclr.plotting import plot_pca; "
+    code = ("import numpy as np; from wingclr.evaluate.figures import plot_confusion; from wingclr.plotting import plot_pca; "
             "y = ['蝶', 'クラス', 'Ω'] * 4; "
             f"plot_confusion(y, y[::-1], sorted(set(y)), {str(tmp_path / 'c.png')!r}, 'ラン', 'labels'); "
             f"plot_pca(np.random.default_rng(0).normal(size=(12, 2)), y, np.array([0.5, 0.2]), "
@@ -209,12 +209,12 @@ def test_sigterm_during_stage0_says_what_was_saved_and_the_resume_clears_temp_fi
 
 
 def test_sigterm_during_stage2_says_the_dataset_is_unfinished(demo_set, tmp_path, monkeypatch, capsys):
-    import wingclr.split
+    import wingclr.dataset
 
     out = tmp_path / "2-dataset"
     args = ("--input", demo_set / "clusters", "--output", out)
     with monkeypatch.context() as m:
-        _sigterm_on_call(m, wingclr.split, "place_file", 5)
+        _sigterm_on_call(m, wingclr.dataset, "place_file", 5)
         assert _cli_run("2-create_dataset/create_dataset.py", *args) == 128 + signal.SIGTERM
     assert f"{out} is unfinished (no manifest.json" in _stop_line(capsys.readouterr().err)
     assert not (out / "manifest.json").exists()
@@ -277,7 +277,7 @@ def test_ctrl_c_during_training_saves_and_the_resumed_run_equals_an_uninterrupte
         uninterrupted, monkeypatch, capfd):
     import warnings
 
-    from wingclr.ssl.checkpointing import EpochCheckpoint
+    from wingclr.train.saving import EpochCheckpoint
 
     runs, flags = uninterrupted
     start = EpochCheckpoint.on_train_batch_start

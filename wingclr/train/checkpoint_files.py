@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from .cli import UserError
-from .models import build_backbone
-from .outputs import MANIFEST, read_manifest
-from .untrusted import load_torch
+from ..cli import UserError
+from ..models import build_backbone
+from ..outputs import MANIFEST, read_manifest
+from ..untrusted import load_torch
 
 
 def read_checkpoint(path: Path) -> dict:
