@@ -71,11 +71,13 @@ def test_forward_mode_is_a_recipe_value_that_a_flag_overrides(dataset_dir, tmp_p
     assert ckpt["wingclr"]["settings"]["forward"] == "joint"
 
 
-def test_runs_recorded_before_the_forward_setting_still_match():
+def test_runs_recorded_before_the_forward_and_interpolate_settings_still_match():
     from wingclr.train.run_folder import changed_settings
 
-    assert changed_settings({"epochs": 3}, {"epochs": 3, "forward": "separate"}) == []
-    assert changed_settings({"epochs": 3}, {"epochs": 3, "forward": "joint"}) == ["forward"]
+    old = {"epochs": 3}  # recorded before --forward and --interpolate: separate passes, raw weights
+    assert changed_settings(old, {"epochs": 3, "forward": "separate", "interpolate": 1.0}) == []
+    assert changed_settings(old, {"epochs": 3, "forward": "joint", "interpolate": 1.0}) == ["forward"]
+    assert changed_settings(old, {"epochs": 3, "forward": "separate", "interpolate": 0.25}) == ["interpolate"]
 
 
 def test_lars_leaves_batchnorm_and_biases_without_weight_decay_or_adaptation():
