@@ -24,11 +24,17 @@ import torch
 from ..models import build_backbone
 
 
+def state_copy(model: torch.nn.Module) -> dict:
+    """A CPU copy of ``model``'s state dict (the start, kept while training changes the model)."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
 def start_state(*, backbone: str, in_chans: int, rgb_bands: Sequence[int], input_size: int) -> dict:
     """The pretrained backbone's state dict, built again from its weights file (the same tensors
-    the run started from: building is deterministic), on the CPU."""
+    the run started from: building is deterministic), on the CPU. A run that resumes needs it; a
+    fresh run copies its just-built backbone instead (:func:`state_copy`)."""
     model, _ = build_backbone(backbone, True, in_chans, list(rgb_bands), input_size)
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return state_copy(model)
 
 
 def interpolated(trained: dict, start: dict, *, alpha: float) -> dict:

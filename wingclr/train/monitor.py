@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 
-from .checkpoint_files import read_checkpoint
 from ..cli import UserError
 from ..labels import label_columns, read_labels
 from ..probe import knn_predict
+from .checkpoint_files import read_checkpoint
 from .interpolate import interpolated_copy
 
 KNN_K = 20
@@ -65,7 +65,6 @@ def monitor_set(data: Path, *, labels: Path | None = None, label_column: str = "
     root, table = image_table(data)
     table = table[table["split"].isin(["train", "validation"])].reset_index(drop=True)
     if labels is not None:
-
         column = label_columns(label_column)[0]
         table["class"] = read_labels(table, labels, columns=(column,), id_column=id_column,
                                      allow_partial=True)[column].to_numpy()

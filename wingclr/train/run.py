@@ -33,7 +33,7 @@ from .grid import fit_point_to_data, run_name
 from .batchnorm import sync_batchnorm
 from .loaders import RankSeeds, build_cache_only, build_data, training_images
 from .memory import check_gpu_memory
-from .interpolate import interpolated, start_state
+from .interpolate import interpolated, start_state, state_copy
 from .monitor import BEST_WEIGHTS, KnnMonitor, check_monitor, monitor_epochs, select_weights
 from .run_folder import (RunLock, changed_settings, finish_replacement, is_rank_zero, run_settings,
                          staging_dir)
@@ -363,8 +363,11 @@ def fit_run(s: TrainSettings, trainer: pl.Trainer, checkpointing: EpochCheckpoin
         module = sync_batchnorm(module, cuda=trainer.strategy.root_device.type == "cuda")
     meta = module.checkpoint_meta()
     alpha = s.interpolate if s.pretrained == "imagenet" else 1.0  # WiSE-FT: mixed with the start
-    start = None if alpha >= 1 else start_state(backbone=s.backbone, in_chans=data.plan.in_chans,
-                                                rgb_bands=data.plan.rgb[0], input_size=s.input_size)
+    start = None
+    if alpha < 1:  # a fresh module holds the pretrained weights now; a resumed one must rebuild them
+        start = state_copy(module.backbone) if resume is None else start_state(
+            backbone=s.backbone, in_chans=data.plan.in_chans, rgb_bands=data.plan.rgb[0],
+            input_size=s.input_size)
     monitor = None
     if mset is not None:  # scores before the checkpoint callback writes the epoch's row
         monitor = KnnMonitor(mset, meta, checkpointing, monitor_epochs(s),
