@@ -99,7 +99,7 @@ def test_checkpoint_with_other_classes_is_refused(tiny_model, demo_set, tmp_path
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     proc = run_cli(SEGMENT, "--input", images, "--output", tmp_path / "o", "--method", "maskrcnn",
                    "--checkpoint", tmp_path / "junk.pth")
-    assert_one_line_error(proc, "junk.pth", "could not be loaded")
+    assert_one_line_error(proc, "junk.pth", "is not a readable Mask R-CNN checkpoint")
 
 
 def test_training_resumes_after_interruption(demo_set, tmp_path, monkeypatch):

@@ -494,10 +494,51 @@ def test_segmentation_csv_output_outside_masks_is_refused_by_the_segmentation_ev
         evaluate_folder(pred, gt)
 
 
-def test_a_damaged_checkpoint_is_called_damaged_not_refused_as_code(tmp_path):
+def _load_weights(path: Path, monkeypatch):
+    from wingclr.weights import load_state_dict
+
+    monkeypatch.setenv("WINGCLR_WEIGHTS_DIR", str(path.parent))
+    return load_state_dict(path.name)
+
+
+def _load_maskrcnn(path: Path, monkeypatch):
+    from wingclr.segment.maskrcnn import read_checkpoint
+
+    return read_checkpoint(path)
+
+
+def _load_training_state(path: Path, monkeypatch):
+    from wingclr.segment import train_maskrcnn
+
+    return train_maskrcnn._read_last(path.parent, None)
+
+
+def _load_stage3(path: Path, monkeypatch):
     from wingclr.train.checkpoint_files import read_checkpoint
 
-    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    return read_checkpoint(path)
+
+
+@pytest.mark.parametrize("load, name, what, fix", [
+    (_load_weights, "my_weights.pth", "weights file", "replace it with a fresh download"),
+    (_load_maskrcnn, "maskrcnn_wings.pth", "Mask R-CNN checkpoint", "train_maskrcnn.py"),
+    (_load_training_state, "last.pth", "Mask R-CNN training state", "delete it to start the training"),
+    (_load_stage3, "run.ckpt", "checkpoint", "re-run the stage 3 command"),
+])
+@pytest.mark.parametrize("damage", ["junk", "truncated"])
+def test_a_damaged_torch_file_is_called_damaged_not_refused_as_code(load, name, what, fix, damage,
+                                                                      tmp_path, monkeypatch):
+    """Every reader words it once (:func:`wingclr.untrusted.load_torch`): the file, what it
+    should be, how to get a good one back."""
+    path = tmp_path / name
+    if damage == "junk":
+        path.write_bytes(b"not a torch file")
+    else:
+        torch.save({"state_dict": {"w": torch.zeros(64, 64)}}, path)
+        path.write_bytes(path.read_bytes()[:2000])
     with pytest.raises(UserError) as excinfo:
-        read_checkpoint(tmp_path / "junk.ckpt")
-    assert "is not a readable checkpoint" in str(excinfo.value) and "refused" not in str(excinfo.value)
+        load(path, monkeypatch)
+    message = str(excinfo.value)
+    assert "\n" not in message and "refused" not in message, message
+    assert message.startswith(f"{path} is not a readable {what} ("), message
+    assert fix in message, message

@@ -18,23 +18,29 @@ import os
 import pickle
 import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Callable
 
 from .cli import UserError
 
 
-def load_torch(path: Path | str, *, what: str = "checkpoint"):
+def load_torch(path: Path | str, *, what: str = "checkpoint",
+               fix: str | Callable[[], str] | None = None):
     """``torch.load(path)`` on the CPU that runs no code from the file.
 
     Args:
         path: the file.
         what: what the file is, for the error message (``checkpoint``, ``weights file``).
+        fix: how to get a good file back (``"replace it with a fresh download"``, or a function
+            that words it, called only on failure). Given, a damaged file is a one-line error
+            ending with it; None, the error propagates.
 
     Returns:
         The loaded object (dicts, lists, tensors and plain values).
 
     Raises:
         UserError: the file pickles an object that is not plain data (one line; nothing of it
-            ran). Other errors (a missing or damaged file) propagate for the caller to word.
+            ran), or it is damaged and ``fix`` is given.
+        FileNotFoundError: there is no file (each caller words where it should have been).
     """
     import torch
 
@@ -42,9 +48,27 @@ def load_torch(path: Path | str, *, what: str = "checkpoint"):
         # explicit, so TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD in the environment cannot switch it off
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "GLOBAL " not in str(e):  # not a refused object: a damaged file, for the caller to word
+        if "GLOBAL " in str(e):
+            raise UserError(refusal(path, e, what)) from None
+        if fix is None:
             raise
-        raise UserError(refusal(path, e, what)) from None
+        raise UserError(damaged(path, e, what, fix)) from None
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
+        if fix is None:
+            raise
+        raise UserError(damaged(path, e, what, fix)) from None
+
+
+def damaged(path: Path | str, error: Exception, what: str, fix: str | Callable[[], str]) -> str:
+    """The one-line error for a torch file that cannot be read (truncated, not a torch file)."""
+    if isinstance(error, pickle.UnpicklingError):  # torch's text here advises weights_only=False
+        reason = "not a torch file, or cut short"
+    else:
+        reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0].split('. ')[0][:120]}"
+    fix = fix() if callable(fix) else fix
+    return f"{path} is not a readable {what} ({reason}); {fix}"
 
 
 def refusal(path: Path | str, error: Exception, what: str = "checkpoint") -> str:

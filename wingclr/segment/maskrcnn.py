@@ -145,13 +145,8 @@ def read_checkpoint(path: Path | str) -> dict:
         raise UserError(f"Mask R-CNN checkpoint {path} not found; {installed}train one with "
                         "0-segmentation/train_maskrcnn.py, pass --checkpoint, or use "
                         "--method threshold (or rembg), which needs no Mask R-CNN")
-    try:
-        ckpt = load_torch(path, what="Mask R-CNN checkpoint")
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 - corrupt files raise many types
-        raise UserError(f"{path} could not be loaded as a checkpoint ({type(e).__name__}); "
-                        "re-save it with train_maskrcnn.py") from None
+    ckpt = load_torch(path, what="Mask R-CNN checkpoint",
+                      fix="train one again with 0-segmentation/train_maskrcnn.py")
     if not isinstance(ckpt, dict) or "model" not in ckpt or not ckpt.get("classes"):
         raise UserError(f"{path} is not a wingclr Mask R-CNN checkpoint (it needs 'model' and "
                         "'classes'); train one with 0-segmentation/train_maskrcnn.py")

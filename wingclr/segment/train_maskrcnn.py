@@ -228,13 +228,8 @@ def _read_last(work: Path, s: MaskRCNNSettings) -> dict | None:
     path = work / LAST
     if not path.is_file():
         return None
-    try:
-        last = load_torch(path, what="Mask R-CNN training state")
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a damaged file raises many types
-        raise UserError(f"{path} is damaged ({type(e).__name__}); delete it to start the training "
-                        "again, or pass --overwrite") from None
+    last = load_torch(path, what="Mask R-CNN training state",
+                      fix="delete it to start the training again, or pass --overwrite")
     if not isinstance(last, dict) or not isinstance(last.get("settings", {}), dict):
         raise UserError(f"{path} is not a training state written by train_maskrcnn.py; delete it "
                         "to start the training again, or pass --overwrite")

@@ -25,17 +25,12 @@ def read_checkpoint(path: Path) -> dict:
     get it back (:func:`rebuild_hint`), one that pickles code is refused without running it
     (:func:`wingclr.untrusted.load_torch`)."""
     try:
-        ckpt = load_torch(path, what="checkpoint")
-    except UserError:
-        raise
+        ckpt = load_torch(path, what="checkpoint", fix=lambda: rebuild_hint(Path(path)))
     except FileNotFoundError:
         if (Path(path).parent / MANIFEST).is_file():  # a finished run lost its checkpoint
             raise UserError(f"checkpoint {path} does not exist; {rebuild_hint(Path(path))}") from None
         raise UserError(f"checkpoint {path} does not exist; check the path (runs live in "
                         "work/3-training/<run>/)") from None
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
-        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:120]}); {rebuild_hint(path)}") from None
     if not isinstance(ckpt, dict):
         raise UserError(f"{path} is not a wingclr SimCLR checkpoint (it holds a "
                         f"{type(ckpt).__name__}, not a dict); {rebuild_hint(Path(path))}")

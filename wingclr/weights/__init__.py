@@ -84,13 +84,7 @@ def load_state_dict(filename: str, url: str | None = None, hint: str = "", *,
     """Resolve ``filename`` and load it on the CPU as a state dict (no pickled code runs)."""
 
     path = resolve(filename, url, hint, installed=installed)
-    try:
-        state = load_torch(path, what="weights file")
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 - corrupt files raise many types
-        raise UserError(f"{path} could not be loaded ({type(e).__name__}); replace it with a fresh "
-                        "download") from None
+    state = load_torch(path, what="weights file", fix="replace it with a fresh download")
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
