@@ -23,23 +23,21 @@ from typing import Callable
 from .cli import UserError
 
 
-def load_torch(path: Path | str, *, what: str = "checkpoint",
-               fix: str | Callable[[], str] | None = None):
+def load_torch(path: Path | str, *, what: str, fix: str | Callable[[], str]):
     """``torch.load(path)`` on the CPU that runs no code from the file.
 
     Args:
         path: the file.
         what: what the file is, for the error message (``checkpoint``, ``weights file``).
-        fix: how to get a good file back (``"replace it with a fresh download"``, or a function
-            that words it, called only on failure). Given, a damaged file is a one-line error
-            ending with it; None, the error propagates.
+        fix: how to get a good file back (``"replace it with a fresh download"``), or a function
+            that words it, called only on failure; it ends a damaged file's one-line error.
 
     Returns:
         The loaded object (dicts, lists, tensors and plain values).
 
     Raises:
         UserError: the file pickles an object that is not plain data (one line; nothing of it
-            ran), or it is damaged and ``fix`` is given.
+            ran), or it is damaged.
         FileNotFoundError: there is no file (each caller words where it should have been).
     """
     import torch
@@ -47,17 +45,11 @@ def load_torch(path: Path | str, *, what: str = "checkpoint",
     try:
         # explicit, so TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD in the environment cannot switch it off
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "GLOBAL " in str(e):
-            raise UserError(refusal(path, e, what)) from None
-        if fix is None:
-            raise
-        raise UserError(damaged(path, e, what, fix)) from None
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
-        if fix is None:
-            raise
+        if isinstance(e, pickle.UnpicklingError) and "GLOBAL " in str(e):
+            raise UserError(refusal(path, e, what)) from None
         raise UserError(damaged(path, e, what, fix)) from None
 
 
